@@ -1,0 +1,221 @@
+"""One loader for every weight file the project reads, with a strict key report.
+
+Every released file goes through :func:`read_weights` (untrusted input: ``weights_only=True`` unless the
+caller opts out) and :func:`load_into` (a declarative renaming table, then an exact comparison of names
+and shapes). A mismatch raises :class:`CheckpointMismatchError` listing the missing, unexpected and
+mis-shaped keys, together with a guess of which released file was given, so the user can fix the path.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = [
+    'CheckpointError', 'CheckpointMismatchError', 'LoadReport', 'RenameRule', 'read_weights',
+    'unwrap_state_dict', 'rename_keys', 'load_into', 'describe_checkpoint'
+]
+
+
+class CheckpointError(RuntimeError):
+    """A weight file cannot be read or does not have the expected format."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A weight file was read but its keys or shapes do not fit the model."""
+
+
+@dataclass(frozen=True)
+class RenameRule:
+    """Rename checkpoint keys matching ``pattern`` (a regex, anchored at the start) to ``replacement``."""
+
+    pattern: str
+    replacement: str
+
+    def apply(self, key: str) -> str | None:
+        new_key, count = re.subn('^' + self.pattern, self.replacement, key, count=1)
+        return new_key if count else None
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_into` did. ``ignored`` are file keys deliberately skipped (e.g. the text tower)."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def format(self, limit: int = 20) -> str:
+        """Human-readable report; each list is cut after ``limit`` entries with a count of the rest."""
+
+        def block(title: str, rows: Sequence[str]) -> list[str]:
+            if not rows:
+                return []
+            lines = [f'  {title} ({len(rows)}):']
+            lines += [f'    {row}' for row in rows[:limit]]
+            if len(rows) > limit:
+                lines.append(f'    ... and {len(rows) - limit} more')
+            return lines
+
+        lines = [f'{self.source}: {len(self.loaded)} tensors loaded']
+        lines += block('missing from the file', self.missing)
+        lines += block('unexpected in the file', self.unexpected)
+        lines += block('shape mismatch (file vs model)',
+                       [f'{k}: {list(a)} vs {list(b)}' for k, a, b in self.mismatched])
+        return '\n'.join(lines)
+
+
+# Key signatures of the released files, used to tell the user which file they actually passed.
+_KNOWN_LAYOUTS: tuple[tuple[str, str], ...] = (
+    ('OMG-Seg checkpoint (omg_seg_convl.pth)', r'^panoptic_head\.'),
+    ('OMG-LLaVA pretrain checkpoint (omg_llava_7b_pretrain_8gpus.pth)', r'^llm\.model\.tok_embeddings\.'),
+    ('OMG-LLaVA finetune checkpoint (omg_llava_7b_finetune_8gpus.pth or a task finetune)',
+     r'^llm\.base_model\.model\.'),
+    ('open_clip CLIP checkpoint (open_clip_pytorch_model.bin / .safetensors)', r'^visual\.trunk\.'),
+    ('InternLM2 HF weights (internlm2-chat-7b)', r'^model\.layers\.\d+\.attention\.wqkv\.'),
+    ('merged OMG-LLaVA export', r'^visual_encoder\.'),
+)
+
+
+def describe_checkpoint(keys: Iterable[str]) -> str:
+    """Guess which released file a key set comes from (for error messages)."""
+    keys = list(keys)
+    for name, pattern in _KNOWN_LAYOUTS:
+        if any(re.match(pattern, k) for k in keys):
+            return name
+    return 'an unrecognised weight file'
+
+
+def read_weights(path: str | os.PathLike, *, weights_only: bool = True) -> dict[str, torch.Tensor] | torch.Tensor:
+    """Read a ``.pth`` / ``.bin`` / ``.pt`` (torch pickle) or ``.safetensors`` file on the CPU.
+
+    Args:
+        path: the file.
+        weights_only: load through torch's restricted unpickler (default). Set ``False`` only for
+            files you trust (e.g. full mmengine training checkpoints with optimizer state).
+
+    Returns:
+        The raw object: a ``dict`` of tensors (possibly wrapped, see :func:`unwrap_state_dict`) or,
+        for the class-embedding file, a bare tensor.
+
+    Raises:
+        CheckpointError: the file is missing, truncated, corrupt or holds non-tensor objects.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f'weight file not found: {path!r}. Check the path (see docs/model_zoo.md '
+                              'for where each released file goes).')
+    if path.endswith('.safetensors'):
+        try:
+            from safetensors.torch import load_file
+            return load_file(path, device='cpu')
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise CheckpointError(f'cannot read {path!r} as safetensors ({exc}). The file is truncated or '
+                                  'corrupt: download it again.') from exc
+    try:
+        return torch.load(path, map_location='cpu', weights_only=weights_only)
+    except pickle.UnpicklingError as exc:
+        if weights_only:
+            raise CheckpointError(
+                f'{path!r} holds Python objects other than tensors, which are refused by default because a '
+                'checkpoint is untrusted input. If you trust this file (for example a full mmengine training '
+                'checkpoint with optimizer state), load it with weights_only=False '
+                f'(CLI: --trust-checkpoint). Detail: {str(exc).splitlines()[0]}') from exc
+        raise CheckpointError(f'{path!r} is not a torch checkpoint ({exc}).') from exc
+    except (EOFError, zipfile.BadZipFile, RuntimeError, ValueError) as exc:
+        size = os.path.getsize(path)
+        raise CheckpointError(f'cannot read {path!r} ({size} bytes): {str(exc).splitlines()[0]}. The file is '
+                              'truncated or corrupt (an interrupted download?): download it again.') from exc
+
+
+def unwrap_state_dict(obj: object, source: str = 'checkpoint') -> dict[str, torch.Tensor]:
+    """Return the flat ``{name: tensor}`` dict of an mmengine ``{'state_dict': ...}`` wrapper or a flat dict."""
+    if isinstance(obj, Mapping) and 'state_dict' in obj and isinstance(obj['state_dict'], Mapping):
+        obj = obj['state_dict']
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f'{source}: expected a dict of tensors, got {type(obj).__name__}. '
+                              'Is this the class-embedding file given in place of a model checkpoint?')
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f'{source}: entries that are not tensors: {not_tensors[:10]}. '
+                              'Expected a flat state dict or an mmengine {"state_dict": ...} checkpoint.')
+    return dict(obj)
+
+
+def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Sequence[RenameRule],
+                ignore: Sequence[str] = ()) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Apply the first matching rule to each key; keys matching an ``ignore`` regex are dropped.
+
+    With an empty ``rules`` list, keys are kept as they are. With rules, a key no rule matches is
+    kept unchanged (so that it surfaces as *unexpected* in the report).
+
+    Returns:
+        ``(renamed, ignored_keys)``.
+    """
+    renamed, ignored = {}, []
+    for key, value in state_dict.items():
+        if any(re.match(p, key) for p in ignore):
+            ignored.append(key)
+            continue
+        new_key = key
+        for rule in rules:
+            candidate = rule.apply(key)
+            if candidate is not None:
+                new_key = candidate
+                break
+        renamed[new_key] = value
+    return renamed, ignored
+
+
+def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str,
+              expected_keys: Iterable[str] | None = None, strict: bool = True) -> LoadReport:
+    """Copy ``state_dict`` into ``module`` after checking names and shapes exactly.
+
+    Args:
+        module: the target; its ``state_dict()`` names are the reference.
+        state_dict: already renamed to the module's names.
+        source: a label for messages (usually the file path).
+        expected_keys: the module keys this file must provide (default: all of them). Keys of the
+            module outside this set are neither required nor reported.
+        strict: raise :class:`CheckpointMismatchError` on any missing, unexpected or mis-shaped key.
+
+    Returns:
+        The report. Nothing is copied when ``strict`` and the report is not clean.
+    """
+    own = module.state_dict(keep_vars=True)
+    expected = set(own) if expected_keys is None else set(expected_keys)
+    report = LoadReport(source=source)
+    report.missing = sorted(k for k in expected if k not in state_dict)
+    report.unexpected = sorted(k for k in state_dict if k not in own)
+    report.mismatched = sorted((k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+                               if k in own and tuple(v.shape) != tuple(own[k].shape))
+    if strict and not report.ok:
+        hint = describe_checkpoint(state_dict)
+        raise CheckpointMismatchError(
+            f'the weights do not fit the model.\n{report.format()}\n'
+            f'The file looks like: {hint}. Check that each --*-pth option points to the right file '
+            '(docs/model_zoo.md lists what goes where) and that the config matches the checkpoint size.')
+    bad = {k for k, _, _ in report.mismatched}
+    with torch.no_grad():
+        for key, value in state_dict.items():
+            if key in own and key not in bad:
+                target = own[key]
+                if target.is_meta:
+                    raise CheckpointError(f'{source}: cannot copy {key} into a meta-device model; build the '
+                                          'model on a real device (cpu) before loading weights.')
+                target.copy_(value.to(dtype=target.dtype))
+                report.loaded.append(key)
+    return report

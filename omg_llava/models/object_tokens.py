@@ -1,0 +1,52 @@
+"""Object-centric visual tokens (spec §1.3): pixel-shuffled CLIP features plus an object prior.
+
+Both functions are pure tensor code; :class:`~omg_llava.models.omg_seg_encoder.OMGSegVisualEncoder` wires
+them to the backbone and the head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def pixel_shuffle_down(features: Tensor, ratio: int) -> Tensor:
+    """Space-to-depth: (B, C, H, W) → (B, C·r², H/r, W/r).
+
+    Output channel ``(dy·r + dx)·C + c`` of cell (row, col) is input ``[c, r·row + dy, r·col + dx]``
+    (offset-major, channel-minor), the order the projector's ``model_feat.0`` columns were trained on.
+    Note that this differs from ``F.pixel_unshuffle`` (channel-major).
+    """
+    B, C, H, W = features.shape
+    if H % ratio or W % ratio:
+        raise ValueError(f'feature map {H}x{W} is not divisible by the pixel-shuffle ratio {ratio}: the input '
+                         f'image side must be a multiple of {32 * ratio} pixels')
+    x = features.view(B, C, H // ratio, ratio, W // ratio, ratio)
+    return x.permute(0, 3, 5, 1, 2, 4).reshape(B, ratio * ratio * C, H // ratio, W // ratio)
+
+
+def object_prior(class_logits: Tensor, mask_logits: Tensor, query_tokens: Tensor, grid_size: tuple[int, int],
+                 smooth: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Per-cell query mixture and the winning query of each cell.
+
+    Args:
+        class_logits: (B, Q, K+1) last-layer class logits (no IoU channel), no-object last.
+        mask_logits: (B, Q, H, W) last-layer mask logits already upsampled to the input size.
+        query_tokens: (B, Q, 2C) ``[content | positional]`` of each query.
+        grid_size: (h, w) token grid (input size / 64 for ratio 2).
+        smooth: ``P = (smooth + (1 - smooth)·s) · sigmoid(mask)`` with s the best real-class probability.
+
+    Returns:
+        ``(prior, blocked)``: prior (B, h·w, 2C) = softmaxᵀ(P over queries) · query_tokens, and
+        blocked (B, Q, h·w), True where the query is *not* the argmax of P in that cell.
+        The softmax is over probabilities in [0, 1], so the mixture is nearly uniform (spec §10.22);
+        that is what the projector was trained on.
+    """
+    scores = class_logits.softmax(dim=-1)[..., :-1].max(dim=-1).values  # (B, Q)
+    probs = (smooth + (1.0 - smooth) * scores)[..., None, None] * mask_logits.sigmoid()  # (B, Q, H, W)
+    probs = F.interpolate(probs, size=grid_size, mode='bilinear', align_corners=False).flatten(2)  # (B, Q, hw)
+    prior = torch.einsum('bqn,bqc->bnc', probs.softmax(dim=1), query_tokens)  # (B, hw, 2C)
+    winner = probs.argmax(dim=1)  # (B, hw)
+    query_index = torch.arange(probs.shape[1], device=probs.device)
+    blocked = query_index[None, :, None] != winner[:, None, :]  # (B, Q, hw)
+    return prior, blocked

@@ -1,0 +1,194 @@
+"""The OMG-Seg visual encoder of OMG-LLaVA: ConvNeXt CLIP trunk + OMG-Seg head, frozen (spec §1.2–1.3, §3).
+
+:meth:`OMGSegVisualEncoder.forward` turns images into the three tensors the projector consumes
+(pixel tokens, query tokens, query mask) and returns the per-image features that prompt and [SEG]
+decoding need, so no state is kept on the module between calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from omg_llava.registry import MODELS
+
+from .object_tokens import object_prior, pixel_shuffle_down
+from .seg_heads.omg_seg_head import DecodeOutput, ImageFeatures, OMGSegHead, own_prediction_policy
+from .seg_heads.prompt_queries import (box_center_points, box_policy, prompt_queries, region_center_points,
+                                       region_mask_policy)
+
+
+@dataclass
+class VisualEncoderOutput:
+    """What one image batch produces.
+
+    Attributes:
+        pixel_tokens: (B, h·w, 4·C5 + 2C) = [pixel-shuffled C5 | prior-weighted content | prior-weighted pos].
+        query_tokens: (B, Q, 2C) = [final query content (no post_norm) | ``query_embed``].
+        query_blocked: (B, Q, h·w) True where the query does not win the cell; a query with at least one
+            False becomes a visual token.
+        image_features: pixel-decoder features for prompt / [SEG] decoding.
+        class_logits: (B, Q, K+1) last-layer class logits (IoU channel removed).
+        iou_logits: (B, Q, 1).
+        mask_logits: (B, Q, H/4, W/4) last-layer mask logits.
+        backbone_features: the 4 trunk maps (B, C_i, H/s_i, W/s_i).
+        decode: every decoder step (for inspection and parity checks).
+    """
+
+    pixel_tokens: Tensor
+    query_tokens: Tensor
+    query_blocked: Tensor
+    image_features: ImageFeatures
+    class_logits: Tensor
+    iou_logits: Tensor
+    mask_logits: Tensor
+    backbone_features: list[Tensor]
+    decode: DecodeOutput
+
+    def visual_tokens(self) -> list[Tensor]:
+        """``[pixel tokens, query tokens, query mask]``, the projector input of the reference."""
+        return [self.pixel_tokens, self.query_tokens, self.query_blocked]
+
+
+@dataclass
+class PromptOutput:
+    """Decoded visual prompts: ``query_features`` (N, 1, 2C) = [final content | positional], the points used
+    (N, 2) (x, y), and every decoder step."""
+
+    query_features: Tensor
+    points: Tensor
+    decode: DecodeOutput
+
+
+def _build(module: nn.Module | dict) -> nn.Module:
+    return module if isinstance(module, nn.Module) else MODELS.build(module)
+
+
+@MODELS.register_module()
+class OMGSegVisualEncoder(nn.Module):
+    """Frozen OMG-Seg (CLIP ConvNeXt trunk + :class:`OMGSegHead`) producing object-centric visual tokens.
+
+    Args:
+        backbone: the trunk (module or config), e.g. ``ConvNeXtCLIPBackbone``.
+        panoptic_head: the head (module or config), :class:`OMGSegHead`.
+        pixel_shuffle_ratio: space-to-depth ratio applied to C5 (2 → tokens at stride 64).
+        object_prior_smooth: ``smooth`` of :func:`~omg_llava.models.object_tokens.object_prior`.
+        frozen: keep everything in eval mode without gradients (the released models never train it).
+        weights: optional paths loaded by :meth:`init_weights` (never at construction):
+            ``omg_seg`` (omg_seg_convl.pth), ``clip`` (open_clip ConvNeXt file), ``class_embed``
+            (convnext_large_d_320_CocoPanopticOVDataset.pth).
+    """
+
+    def __init__(self, backbone: nn.Module | dict, panoptic_head: nn.Module | dict, pixel_shuffle_ratio: int = 2,
+                 object_prior_smooth: float = 0.5, frozen: bool = True,
+                 weights: dict[str, str | None] | None = None) -> None:
+        super().__init__()
+        self.backbone = _build(backbone)
+        self.panoptic_head: OMGSegHead = _build(panoptic_head)
+        self.pixel_shuffle_ratio = pixel_shuffle_ratio
+        self.object_prior_smooth = object_prior_smooth
+        self.frozen = frozen
+        self.weights = dict(weights or {})
+        if frozen:
+            self.requires_grad_(False)
+            self.train(False)
+
+    def train(self, mode: bool = True) -> 'OMGSegVisualEncoder':
+        """A frozen encoder stays in eval mode whatever the runner asks."""
+        return super().train(mode and not self.frozen)
+
+    def init_weights(self) -> None:
+        """Load the files named in ``weights`` (called by mmengine's runner, or by hand)."""
+        from .weights import load_visual_encoder_weights
+        load_visual_encoder_weights(self, **self.weights)
+
+    @property
+    def query_channels(self) -> int:
+        return 2 * self.panoptic_head.feat_channels
+
+    # ------------------------------------------------------------------ images
+    def forward(self, pixel_values: Tensor) -> VisualEncoderOutput:
+        """Encode (B, 3, H, W) normalised square images (H, W multiples of 64) → :class:`VisualEncoderOutput`."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            pixel_values = pixel_values.to(next(self.parameters()).dtype)
+            image_size = tuple(pixel_values.shape[-2:])
+            feats = self.backbone(pixel_values)
+            head = self.panoptic_head
+            image_features = head.encode_image(feats, image_size)
+            decode = head.decode_object_queries(image_features)
+            class_logits = decode.class_logits[-1][..., :-1]  # (B, Q, K+1)
+            iou_logits = decode.class_logits[-1][..., -1:]
+            mask_logits = decode.mask_logits[-1]
+            B = pixel_values.shape[0]
+            query_tokens = torch.cat([decode.queries[-1], head.query_embed.weight[None].expand(B, -1, -1)], dim=-1)
+            shuffled = pixel_shuffle_down(feats[-1], self.pixel_shuffle_ratio)  # (B, 4*C5, h, w)
+            grid = tuple(shuffled.shape[-2:])
+            full_masks = F.interpolate(mask_logits, size=image_size, mode='bilinear', align_corners=False)
+            prior, blocked = object_prior(class_logits, full_masks, query_tokens, grid, self.object_prior_smooth)
+            pixel_tokens = torch.cat([shuffled.flatten(2).transpose(1, 2), prior], dim=-1)
+        return VisualEncoderOutput(pixel_tokens, query_tokens, blocked, image_features, class_logits, iou_logits,
+                                   mask_logits, list(feats), decode)
+
+    # ------------------------------------------------------------------ prompts
+    def _decode_prompts(self, points: Tensor, batch_idxs: Tensor, features: ImageFeatures, policy: Any) -> PromptOutput:
+        head = self.panoptic_head
+        selected = features.select(batch_idxs)
+        content, pos = prompt_queries(head, points, features.image_size)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            decode = head.decode(content, pos, selected, policy)
+        return PromptOutput(torch.cat([decode.queries[-1], pos], dim=-1), points, decode)
+
+    def encode_point_prompts(self, points: Tensor, batch_idxs: Tensor, features: ImageFeatures) -> PromptOutput:
+        """Point prompts (N, 2) (x, y) in input pixels, on images ``batch_idxs`` (N,) → :class:`PromptOutput`."""
+        check_points_inside(points, features.image_size)
+        return self._decode_prompts(points.float(), batch_idxs, features, own_prediction_policy)
+
+    def encode_box_prompts(self, boxes: Tensor, batch_idxs: Tensor, features: ImageFeatures) -> PromptOutput:
+        """Box prompts (N, 4) (x1, y1, x2, y2) in input pixels → :class:`PromptOutput`."""
+        check_boxes_inside(boxes, features.image_size)
+        return self._decode_prompts(box_center_points(boxes.float()), batch_idxs, features,
+                                    box_policy(boxes, features.image_size))
+
+    def encode_region_prompts(self, masks: Tensor, batch_idxs: Tensor, features: ImageFeatures) -> PromptOutput:
+        """Region-mask prompts (N, H, W) binary at the input size → :class:`PromptOutput`."""
+        if tuple(masks.shape[-2:]) != features.image_size or masks.dim() != 3:
+            raise ValueError(f'region masks must be (N, {features.image_size[0]}, {features.image_size[1]}) at the '
+                             f'network input size, got {list(masks.shape)}')
+        empty = (masks.flatten(1) > 0).sum(-1) == 0
+        if empty.any():
+            raise ValueError(f'region masks {empty.nonzero().flatten().tolist()} are empty: a region prompt needs '
+                             'at least one foreground pixel')
+        points, _ = region_center_points(masks)
+        return self._decode_prompts(points.float(), batch_idxs, features, region_mask_policy(masks))
+
+    def decode_seg_queries(self, queries: Tensor, batch_idxs: Tensor, features: ImageFeatures) -> DecodeOutput:
+        """[SEG] queries (N, 2C) = [content | positional] → every decoder step; ``.mask_logits[j]`` is
+        (N, 1, H/4, W/4) and the last one is what inference uses (spec §1.5, §6.1)."""
+        head = self.panoptic_head
+        C = head.feat_channels
+        queries = queries.to(head.query_feat.weight.dtype).unsqueeze(1)  # (N, 1, 2C)
+        return head.decode(queries[..., :C], queries[..., C:], features.select(batch_idxs), own_prediction_policy,
+                           use_llm_decoder=head.with_llm_decoder_copy)
+
+
+def check_points_inside(points: Tensor, image_size: tuple[int, int]) -> None:
+    """Raise a clear error for (N, 2) (x, y) points outside the [0, W) x [0, H) input."""
+    H, W = image_size
+    outside = (points[:, 0] < 0) | (points[:, 0] >= W) | (points[:, 1] < 0) | (points[:, 1] >= H)
+    if outside.any():
+        bad = points[outside].tolist()
+        raise ValueError(f'point prompts {bad} lie outside the {W}x{H} image (x in [0, {W}), y in [0, {H})); '
+                         'give coordinates in image pixels')
+
+
+def check_boxes_inside(boxes: Tensor, image_size: tuple[int, int]) -> None:
+    """Raise a clear error for (N, 4) boxes that are empty or leave the input."""
+    H, W = image_size
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    bad = (x1 < 0) | (y1 < 0) | (x2 > W) | (y2 > H) | (x2 <= x1) | (y2 <= y1)
+    if bad.any():
+        raise ValueError(f'box prompts {boxes[bad].tolist()} are empty or outside the {W}x{H} image; give '
+                         '(x1, y1, x2, y2) with 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H')

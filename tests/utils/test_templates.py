@@ -1,0 +1,51 @@
+"""internlm2_chat template and its registration in xtuner 0.1.11's PROMPT_TEMPLATE."""
+import pytest
+
+import omg_llava.utils
+from omg_llava.utils import constants
+from omg_llava.utils.templates import INTERNLM2_CHAT, register_prompt_templates
+
+xtuner_utils = pytest.importorskip('xtuner.utils')
+
+
+def test_registered_on_import():
+    template = xtuner_utils.PROMPT_TEMPLATE.internlm2_chat
+    assert template.INSTRUCTION.format(input='hi') == (
+        '<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n')
+    assert template.SYSTEM.format(system='be brief') == (
+        '<|im_start|>system\nbe brief<|im_end|>\n')
+    assert template.SUFFIX == '<|im_end|>'
+    assert template.SUFFIX_AS_EOS is True
+    assert template.SEP == '\n'
+    assert template.STOP_WORDS == ['<|im_end|>']
+
+
+def test_register_is_idempotent():
+    before = dict(xtuner_utils.PROMPT_TEMPLATE)
+    register_prompt_templates()
+    register_prompt_templates()
+    after = xtuner_utils.PROMPT_TEMPLATE
+    assert list(after.keys()) == list(before.keys())
+    assert list(after.keys()).count('internlm2_chat') == 1
+    assert after.internlm2_chat == INTERNLM2_CHAT
+    # xtuner's own templates are untouched
+    assert after.internlm_chat.INSTRUCTION == '<|User|>:{input}<eoh>\n<|Bot|>:'
+
+
+def test_registered_copy_is_independent():
+    registered = xtuner_utils.PROMPT_TEMPLATE.internlm2_chat
+    assert registered is not INTERNLM2_CHAT
+    assert registered.STOP_WORDS is not INTERNLM2_CHAT.STOP_WORDS
+
+
+def test_constants():
+    assert omg_llava.utils.IMAGE_TOKEN_INDEX == xtuner_utils.IMAGE_TOKEN_INDEX == -200
+    assert constants.IGNORE_INDEX == xtuner_utils.IGNORE_INDEX == -100
+    assert constants.DEFAULT_PAD_TOKEN_ID == 0
+    assert constants.DEFAULT_IMAGE_TOKEN == xtuner_utils.DEFAULT_IMAGE_TOKEN
+    assert [constants.SEG_TOKEN, constants.PHRASE_START, constants.PHRASE_END,
+            constants.REGION_TOKEN, constants.MARK_TOKEN] == [
+                '[SEG]', '<p>', '</p>', '<region>', '<mark>']
+    # 255 * mean gives the (122, 116, 104) padding colour of spec §1.1
+    assert tuple(int(255 * m) for m in constants.CLIP_MEAN) == (122, 116, 104)
+    assert constants.CLIP_STD == (0.26862954, 0.26130258, 0.27577711)
