@@ -1,8 +1,8 @@
 """Prompt templates missing from xtuner 0.1.11, and their registration in xtuner.
 
-Configs can import a template directly (``from omg_llava.utils.templates import INTERNLM2_CHAT``) or,
-after ``import omg_llava.utils``, use ``xtuner.utils.PROMPT_TEMPLATE.internlm2_chat``. The strings
-follow the InternLM2 chat format (spec §5.4).
+Configs can import a template directly (``from omg_llava.utils.templates import INTERNLM2_CHAT``)
+or, after ``import omg_llava.utils``, use ``xtuner.utils.PROMPT_TEMPLATE.internlm2_chat``.
+The strings follow the InternLM2 chat format (spec §5.4).
 """
 from importlib.util import find_spec
 

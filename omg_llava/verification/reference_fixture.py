@@ -98,8 +98,9 @@ def _encoder_memory_hook(encoder: OMGSegVisualEncoder, store: dict[str, Tensor])
 
 
 @torch.no_grad()
-def compute_outputs(encoder: OMGSegVisualEncoder, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+def compute_outputs(encoder: OMGSegVisualEncoder, tensors: dict[str, Tensor], config: dict[str, Any]) -> dict[str, Tensor]:
     """This project's value of every fixture output it implements, under the fixture's names."""
+    mark_id = config['special_tokens']['<mark>']
     x = tensors['input/pixel_values']
     head = encoder.panoptic_head
     got: dict[str, Tensor] = {}
@@ -146,7 +147,7 @@ def compute_outputs(encoder: OMGSegVisualEncoder, tensors: dict[str, Tensor]) ->
         got['out/prompt/region/center_point'] = points
         got['out/prompt/region/distance_transform'] = distance
     if 'input/points' in tensors:
-        prompts['point'] = encoder.encode_point_prompts(tensors['input/points'], _mark_batch_idxs(tensors), features)
+        prompts['point'] = encoder.encode_point_prompts(tensors['input/points'], _mark_batch_idxs(tensors, mark_id), features)
     if 'input/boxes' in tensors:
         prompts['box'] = encoder.encode_box_prompts(tensors['input/boxes'], tensors['input/box_batch_idxs'], features)
     for kind, prompt in prompts.items():
@@ -162,9 +163,8 @@ def compute_outputs(encoder: OMGSegVisualEncoder, tensors: dict[str, Tensor]) ->
     return got
 
 
-def _mark_batch_idxs(tensors: dict[str, Tensor]) -> Tensor:
+def _mark_batch_idxs(tensors: dict[str, Tensor], mark_id: int) -> Tensor:
     """Image index of every ``<mark>`` in batch-then-position order (one point each)."""
-    mark_id = int(tensors['input/input_ids'].max())  # the last added special token
     ids = tensors['input/input_ids']
     return torch.cat([torch.full((int((row == mark_id).sum()), ), b, dtype=torch.long) for b, row in enumerate(ids)])
 
@@ -207,4 +207,4 @@ def run_fixture(path: str | os.PathLike) -> list[CheckResult]:
     encoder = build_visual_encoder(meta['config'])
     load_fixture_weights(encoder, tensors)
     encoder.eval()
-    return compare({k: v for k, v in tensors.items() if k.startswith('out/')}, compute_outputs(encoder, tensors), meta)
+    return compare({k: v for k, v in tensors.items() if k.startswith('out/')}, compute_outputs(encoder, tensors, meta['config']), meta)

@@ -38,7 +38,7 @@ def build_runner(tmp_path, train_cfg: dict) -> Runner:
         train_cfg=train_cfg,
         optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.01)),
         default_hooks=dict(logger=None, checkpoint=None, timer=None, param_scheduler=None,
-                           sampler_seed=None, visualization=None),
+                           sampler_seed=None),
         default_scope='mmengine',
         experiment_name=f'toy_{tmp_path.name}',
     )
@@ -47,7 +47,7 @@ def build_runner(tmp_path, train_cfg: dict) -> Runner:
 @pytest.mark.parametrize('train_cfg, expected_iters', [
     (dict(type=TrainLoop, max_epochs=2), 6),  # 2 epochs x 3 batches of 2
     (dict(type=TrainLoop, max_iters=3), 3),
-    (dict(type='TrainLoop', max_epochs=1), 3),  # string name resolves through the registry
+    (dict(type='omg_llava.TrainLoop', max_epochs=1), 3),  # scoped string name, via the registry
 ])
 def test_train_loop_runs_expected_iterations(tmp_path, train_cfg, expected_iters):
     runner = build_runner(tmp_path, train_cfg)

@@ -1,0 +1,95 @@
+"""Universal (panoptic) segmentation with the frozen OMG-Seg encoder alone.
+
+The head's last-layer class and mask logits are fused by mmdet's ``MaskFormerFusionHead`` (Mask2Former
+panoptic inference: keep queries whose best class beats ``score_thr``, assign each pixel to the query with
+the highest score·probability, drop segments that lose more than ``overlap_thr`` of their mask).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from mmdet.models.seg_heads.panoptic_fusion_heads import MaskFormerFusionHead
+from torch import Tensor
+
+from omg_llava.models.omg_seg_encoder import OMGSegVisualEncoder, VisualEncoderOutput
+
+from .image_io import SquareGeometry
+
+
+@dataclass
+class Segment:
+    """One panoptic segment on the original image: class id and name, score, (H, W) bool mask."""
+
+    label: int
+    name: str
+    is_thing: bool
+    score: float
+    mask: np.ndarray
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+
+def coco_panoptic_class_names() -> tuple[str, ...]:
+    """The 133 COCO-panoptic class names (80 things, then 53 stuff), the order of the class-embedding file."""
+    from mmdet.datasets import CocoPanopticDataset
+    return tuple(CocoPanopticDataset.METAINFO['classes'])
+
+
+@torch.no_grad()
+def panoptic_segments(encoder: OMGSegVisualEncoder, output: VisualEncoderOutput, geometry: SquareGeometry,
+                      class_names: tuple[str, ...], *, score_thr: float = 0.8, overlap_thr: float = 0.8,
+                      image_index: int = 0) -> list[Segment]:
+    """Panoptic segments of image ``image_index`` of an encoder output, on the original image.
+
+    Args:
+        encoder: the encoder that produced ``output`` (for the class split).
+        output: :meth:`OMGSegVisualEncoder.forward` result.
+        geometry: how that image was padded and resized.
+        class_names: one name per class (K).
+        score_thr: minimum class probability of a kept query (reference 0.8).
+        overlap_thr: minimum fraction of a query's mask it must keep after overlaps (reference 0.8).
+    """
+    head = encoder.panoptic_head
+    if len(class_names) != head.num_classes:
+        raise ValueError(f'{len(class_names)} class names for a head with {head.num_classes} classes')
+    fusion = MaskFormerFusionHead(num_things_classes=head.num_things_classes,
+                                  num_stuff_classes=head.num_stuff_classes,
+                                  test_cfg=dict(object_mask_thr=score_thr, iou_thr=overlap_thr, filter_low_score=True))
+    class_logits = output.class_logits[image_index].float()  # (Q, K+1)
+    mask_logits = geometry.logits_to_original(output.mask_logits[image_index])  # (Q, H, W)
+    panoptic = fusion.panoptic_postprocess(class_logits, mask_logits).sem_seg[0]  # (H, W) label + id*OFFSET
+    probs = class_logits.softmax(-1)[:, :-1]
+    segments = []
+    from mmdet.evaluation.functional import INSTANCE_OFFSET
+    for segment_id in panoptic.unique().tolist():
+        label = segment_id % INSTANCE_OFFSET
+        if label >= head.num_classes:  # unassigned pixels
+            continue
+        mask = panoptic == segment_id
+        # score of the segment: best class probability among queries of that class overlapping it most
+        overlap = (mask_logits[:, mask] > 0).float().mean(-1)
+        score = float(probs[overlap.argmax(), label])
+        segments.append(Segment(label, class_names[label], label < head.num_things_classes, score,
+                                mask.cpu().numpy()))
+    return sorted(segments, key=lambda s: -s.area)
+
+
+def overlay(image: np.ndarray, segments: list[Segment], alpha: float = 0.5, seed: int = 0) -> np.ndarray:
+    """Blend a distinct colour per segment over an (H, W, 3) uint8 image."""
+    rng = np.random.default_rng(seed)
+    out = image.astype(np.float32).copy()
+    for segment in segments:
+        colour = rng.integers(40, 255, size=3).astype(np.float32)
+        out[segment.mask] = (1 - alpha) * out[segment.mask] + alpha * colour
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def random_class_embeddings(num_classes: int, num_synonyms: int, dim: int, seed: int = 0) -> Tensor:
+    """Unit-norm random class embeddings (classes, synonyms, dim), for models built without the released file."""
+    generator = torch.Generator().manual_seed(seed)
+    embed = torch.randn(num_classes, num_synonyms, dim, generator=generator)
+    return embed / embed.norm(dim=-1, keepdim=True)

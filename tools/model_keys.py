@@ -1,0 +1,25 @@
+"""Print the parameter names and shapes of a config's full-size model part, built on the meta device.
+
+    python tools/model_keys.py configs/omg_llava_7b_finetune_8gpus.py --part visual_encoder
+
+Output: ``key<TAB>a,b,c`` per line, sorted. Compare with shared/spec/keys/*.tsv to check that the
+released checkpoints will load.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    from omg_llava.verification.model_keys import PARTS, format_key_shapes, part_key_shapes
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='a python config, e.g. configs/omg_llava_7b_finetune_8gpus.py')
+    parser.add_argument('--part', choices=PARTS, required=True, help='which checkpoint part to list')
+    args = parser.parse_args(argv)
+    print(format_key_shapes(part_key_shapes(args.config, args.part)))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
