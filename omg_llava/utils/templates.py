@@ -35,3 +35,6 @@ def register_prompt_templates() -> None:
     for name, template in PROMPT_TEMPLATE.items():
         if name not in XTUNER_PROMPT_TEMPLATE:
             XTUNER_PROMPT_TEMPLATE[name] = ConfigDict(template)
+
+
+register_prompt_templates()  # importing this module makes 'internlm2_chat' available to xtuner

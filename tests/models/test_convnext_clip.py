@@ -1,9 +1,7 @@
 """Tests of the first-party ConvNeXt CLIP trunk and of the open_clip weight loader."""
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +11,9 @@ from omg_llava.checkpoint import CheckpointError, CheckpointMismatchError, load_
 from omg_llava.models.backbones.convnext_clip import ConvNeXtBlock, ConvNeXtCLIPBackbone, load_open_clip_weights
 from omg_llava.registry import MODELS
 
-SHARED = Path(__file__).resolve().parents[2].parent / 'shared'
-SPEC_TSV = SHARED / 'spec' / 'keys' / 'omg_llava_visual_backbone_model_side.tsv'
-FIXTURES = Path(os.environ.get('OMG_LLAVA_FIXTURES', SHARED / 'fixtures'))
+from conftest import DATA_DIR, KEYS_DIR
+
+SPEC_TSV = KEYS_DIR / 'omg_llava_visual_backbone_model_side.tsv'
 PREFIX = 'visual_encoder.backbone.'
 TINY = dict(depths=(1, 1, 2, 1), dims=(32, 64, 128, 256), clip_embed_dim=32)
 
@@ -84,9 +82,7 @@ def test_block_matches_direct_computation():
 
 
 def test_golden_fixture_parity():
-    path = FIXTURES / 'omg_llava_reference_tiny.pt'
-    assert path.is_file(), (f'golden fixture not found at {path}; set OMG_LLAVA_FIXTURES to the folder that holds '
-                            'omg_llava_reference_tiny.pt')
+    path = DATA_DIR / 'fixtures' / 'omg_llava_reference_tiny.pt'  # the sizes below are this fixture's
     fx = torch.load(path, weights_only=True)
     head = 'state_dict/' + PREFIX
     weights = {k[len(head):]: v for k, v in fx.items() if k.startswith(head)}

@@ -71,16 +71,19 @@ class ConvNeXtStage(nn.Module):
     def __init__(self, in_dim: int, dim: int, depth: int, downsample: bool, kernel_size: int = 7,
                  mlp_ratio: int = 4, layer_norm_eps: float = 1e-6) -> None:
         super().__init__()
-        self.downsample = (nn.Sequential(LayerNorm2d(in_dim, eps=layer_norm_eps),
-                                         nn.Conv2d(in_dim, dim, 2, stride=2, bias=True)) if downsample else nn.Identity())
-        self.blocks = nn.Sequential(*[ConvNeXtBlock(dim, kernel_size, mlp_ratio, layer_norm_eps) for _ in range(depth)])
+        self.downsample: nn.Module = nn.Identity()
+        if downsample:
+            self.downsample = nn.Sequential(LayerNorm2d(in_dim, eps=layer_norm_eps),
+                                            nn.Conv2d(in_dim, dim, 2, stride=2, bias=True))
+        self.blocks = nn.Sequential(
+            *[ConvNeXtBlock(dim, kernel_size, mlp_ratio, layer_norm_eps) for _ in range(depth)])
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(self.downsample(x))
 
 
 class TrunkHead(nn.Module):
-    """timm ConvNeXt head without classifier: global average pool → LayerNorm2d → flatten: (B, C, H, W) → (B, C)."""
+    """timm ConvNeXt head without classifier: average pool → LayerNorm2d → flatten: (B, C, H, W) → (B, C)."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -128,7 +131,8 @@ class ConvNeXtCLIPBackbone(nn.Module):
             raise ValueError(f'expected 4 stages, got depths={tuple(depths)} dims={tuple(dims)}')
         self.dims = tuple(int(d) for d in dims)
         self.frozen = frozen
-        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, stride=4, bias=True), LayerNorm2d(dims[0], eps=layer_norm_eps))
+        self.stem = nn.Sequential(nn.Conv2d(3, dims[0], 4, stride=4, bias=True),
+                                  LayerNorm2d(dims[0], eps=layer_norm_eps))
         for i in range(4):
             stage = ConvNeXtStage(dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0,
                                   kernel_size=kernel_size, mlp_ratio=mlp_ratio, layer_norm_eps=layer_norm_eps)

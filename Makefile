@@ -1,0 +1,13 @@
+# The two commands of the README. Each sets up .venv itself (idempotent; ~6 min cold, seconds after).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test
+setup:
+	scripts/setup_env.sh $(VENV)
+
+demo: setup
+	$(PY) tools/segment_image.py
+
+test: setup
+	$(PY) -m pytest -q tests
