@@ -8,16 +8,20 @@ released checkpoints will load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from omg_llava.verification.model_keys import PARTS, format_key_shapes, part_key_shapes
+    with contextlib.redirect_stdout(sys.stderr):  # library import chatter (deepspeed) must not mix with keys
+        from omg_llava.verification.model_keys import PARTS, format_key_shapes, part_key_shapes
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='a python config, e.g. configs/omg_llava_7b_finetune_8gpus.py')
     parser.add_argument('--part', choices=PARTS, required=True, help='which checkpoint part to list')
     args = parser.parse_args(argv)
-    print(format_key_shapes(part_key_shapes(args.config, args.part)))
+    with contextlib.redirect_stdout(sys.stderr):
+        shapes = part_key_shapes(args.config, args.part)
+    print(format_key_shapes(shapes))
     return 0
 
 

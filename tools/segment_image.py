@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--out-dir', default='outputs/segment_image', help='where the PNGs go')
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
     parser.add_argument('--score-thr', type=float, default=0.8, help='minimum class probability (reference 0.8)')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='load weight files with the full unpickler (only for files you trust)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random weights when none are given')
     args = parser.parse_args(argv)
 
@@ -52,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     _, cfg = visual_encoder_config(args.config)
     start = time.perf_counter()
     encoder, notes = build_visual_encoder(args.config, omg_seg=args.omg_seg_pth, clip=args.clip_pth,
-                                          class_embed=args.class_embed_pth, device=args.device, seed=args.seed)
+                                          class_embed=args.class_embed_pth, device=args.device, seed=args.seed,
+                                          weights_only=not args.trust_checkpoint)
     print(f'config: {args.config}')
     for note in notes:
         print(f'  {note}')

@@ -41,7 +41,7 @@ def read_class_embeddings(path: str | os.PathLike) -> torch.Tensor:
     source = os.fspath(path)
     obj = read_weights(source, weights_only=True)
     if not isinstance(obj, torch.Tensor):
-        kind = describe_checkpoint(obj.keys()) if isinstance(obj, dict) else type(obj).__name__
+        kind = describe_checkpoint(obj.get('state_dict', obj)) if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(f'{source}: expected the class-embedding file (a bare tensor of shape [133, 17, 768]), '
                               f'but it holds {kind}. Pass convnext_large_d_320_CocoPanopticOVDataset.pth here.')
     if obj.dim() != 3 or not obj.is_floating_point():

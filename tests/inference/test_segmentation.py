@@ -1,0 +1,74 @@
+"""Preprocessing geometry, panoptic fusion on the original image, and the README demo tool."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from omg_llava.inference.image_io import PAD_COLOR, SquareGeometry, load_image, preprocess_image
+from omg_llava.inference.segmentation import coco_panoptic_class_names, panoptic_segments
+
+from conftest import REPO_ROOT
+
+
+def test_pad_to_square_geometry_round_trip():
+    image = Image.new('RGB', (300, 200), (255, 0, 0))  # W=300, H=200 -> 50 px bands top and bottom
+    pixels, geometry = preprocess_image(image, 150)
+    assert pixels.shape == (3, 150, 150) and geometry.offset == (50, 0) and geometry.scale == 0.5
+    red = (1.0 - 0.48145466) / 0.26862954
+    pad = (PAD_COLOR[0] / 255 - 0.48145466) / 0.26862954
+    assert abs(pixels[0, 75, 75].item() - red) < 1e-3 and abs(pixels[0, 5, 75].item() - pad) < 1e-3
+    assert torch.equal(geometry.points_to_input(torch.tensor([[100.0, 20.0]])), torch.tensor([[50.0, 35.0]]))
+    assert torch.equal(geometry.boxes_to_input(torch.tensor([[0.0, 0.0, 300.0, 200.0]])),
+                       torch.tensor([[0.0, 25.0, 150.0, 125.0]]))
+    logits = torch.full((1, 10, 10), -5.0)
+    logits[0, 5:, :] = 5.0  # lower half of the square
+    mask = geometry.logits_to_original(logits)[0] > 0
+    assert mask.shape == (200, 300) and mask[150:].all() and not mask[:100].any()
+
+
+def test_unreadable_image_is_a_clear_error(tmp_path):
+    (tmp_path / 'broken.png').write_bytes(b'not an image')
+    with pytest.raises(ValueError, match='cannot read'):
+        load_image(tmp_path / 'broken.png')
+    with pytest.raises(FileNotFoundError):
+        load_image(tmp_path / 'missing.png')
+
+
+class _Head:
+    num_classes, num_things_classes, num_stuff_classes = 133, 80, 53
+
+
+def test_panoptic_segments_on_the_original_image():
+    geometry = SquareGeometry((40, 80), 80)  # image 80 wide, 40 high; square 80, offset top 20
+    q = 3
+    class_logits = torch.full((1, q, 134), -10.0)
+    class_logits[0, 0, 0] = 10.0  # person, confident
+    class_logits[0, 1, 100] = 10.0  # a stuff class, confident
+    class_logits[0, 2, 5] = 0.1  # unsure -> dropped
+    mask_logits = torch.full((1, q, 20, 20), -10.0)
+    mask_logits[0, 0, :, :10] = 10.0  # left half of the square
+    mask_logits[0, 1, :, 10:] = 10.0  # right half
+    output = type('Out', (), dict(class_logits=class_logits, mask_logits=mask_logits))()
+    encoder = type('Enc', (), dict(panoptic_head=_Head()))()
+    segments = panoptic_segments(encoder, output, geometry, coco_panoptic_class_names())
+    names = sorted(s.name for s in segments)
+    assert names == sorted(['person', coco_panoptic_class_names()[100]])
+    person = next(s for s in segments if s.name == 'person')
+    assert person.mask.shape == (40, 80) and person.mask[:, :38].all() and not person.mask[:, 42:].any()
+    assert person.is_thing and person.score > 0.99
+
+
+def test_readme_demo_writes_an_overlay(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location('segment_image', REPO_ROOT / 'tools' / 'segment_image.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(['--out-dir', str(tmp_path), '--config',
+                      str(REPO_ROOT / 'configs' / 'tiny' / 'omg_llava_tiny_finetune.py')]) == 0
+    out = capsys.readouterr().out
+    assert 'random weights' in out and 'visual tokens: 16 pixel tokens' in out
+    overlay = np.asarray(Image.open(tmp_path / 'panoptic_overlay.png'))
+    assert overlay.shape == (300, 451, 3)  # skimage's chelsea at its original size

@@ -1,0 +1,76 @@
+"""Numerical parity with the reference implementation (tools/check_reference.py on the fixtures)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from omg_llava.verification.reference_fixture import PENDING_PREFIXES, run_fixture
+
+from conftest import REPO_ROOT, fixture_paths
+
+VISUAL_ENCODER_STAGES = ('out/backbone/', 'out/pixel_decoder/', 'out/decoder/', 'out/predict/', 'out/visual_encoder/',
+                         'out/prompt/', 'out/seg/mask_logits', 'out/seg/layer', 'out/misc/')
+
+
+def _status(line: str) -> str:
+    return re.search(r'\s(PASS|FAIL|SKIP)(\s|$)', line).group(1)
+
+
+def _load_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('check_reference', REPO_ROOT / 'tools' / 'check_reference.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('fixture', fixture_paths(), ids=lambda p: p.stem)
+def test_every_visual_encoder_stage_passes(fixture):
+    results = run_fixture(fixture)
+    by_status = {r.name: r.status for r in results}
+    failed = [r.line() for r in results if r.status == 'FAIL']
+    assert not failed, '\n'.join(failed)
+    visual = [n for n in by_status if n.startswith(VISUAL_ENCODER_STAGES) and not n.startswith(tuple(PENDING_PREFIXES))]
+    assert len(visual) >= 70 and all(by_status[n] == 'PASS' for n in visual)
+    skipped = [n for n, s in by_status.items() if s == 'SKIP']
+    assert all(n.startswith(tuple(PENDING_PREFIXES)) for n in skipped), skipped
+
+
+def test_cli_prints_one_line_per_output_and_exits_zero(capsys, reference_fixture_path):
+    rc = _load_tool().main([str(reference_fixture_path)])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('out/')]
+    n_outputs = sum(1 for k in torch.load(reference_fixture_path, weights_only=True) if k.startswith('out/'))
+    assert rc == 0 and len(lines) == n_outputs
+    assert all(_status(ln) in ('PASS', 'SKIP') for ln in lines)
+    assert sum(_status(ln) == 'PASS' for ln in lines) >= 70
+
+
+def test_cli_fails_on_a_perturbed_fixture(tmp_path, capsys, reference_fixture_path):
+    """A fixture whose recorded output disagrees must FAIL with a non-zero exit (the check can fail)."""
+    tensors = torch.load(reference_fixture_path, weights_only=True)
+    tensors['out/decoder/layer2/mask_logits'] = tensors['out/decoder/layer2/mask_logits'] + 1e-2
+    tensors['out/visual_encoder/attn_mask'] = ~tensors['out/visual_encoder/attn_mask']
+    target = tmp_path / 'perturbed.pt'
+    torch.save(tensors, target)
+    shutil.copy(reference_fixture_path.with_suffix('.json'), target.with_suffix('.json'))
+    rc = _load_tool().main([str(target)])
+    out = capsys.readouterr().out
+    assert rc == 1
+    failing = {ln.split()[0] for ln in out.splitlines() if ln.startswith('out/') and _status(ln) == 'FAIL'}
+    assert failing == {'out/decoder/layer2/mask_logits', 'out/visual_encoder/attn_mask'}
+
+
+def test_builder_follows_the_fixture_config(tmp_path, reference_fixture_path):
+    """Sizes come from the JSON config, not from constants: a changed config no longer fits the weights."""
+    meta = json.loads(reference_fixture_path.with_suffix('.json').read_text())
+    meta['config']['head']['num_queries'] += 1
+    target = tmp_path / 'other.pt'
+    shutil.copy(reference_fixture_path, target)
+    target.with_suffix('.json').write_text(json.dumps(meta))
+    from omg_llava.checkpoint import CheckpointMismatchError
+    with pytest.raises(CheckpointMismatchError, match='query_embed.weight'):
+        run_fixture(target)
