@@ -1,14 +1,26 @@
-"""Registries of the plugin, children of mmengine's so that mmengine, mmdet and xtuner builders find them.
+"""Registries of the plugin, children of mmengine's so that mmengine and xtuner builders find them.
 
-Configs may name a component as an object (``type=OMGSegVisualEncoder``) or as a string
-(``type='OMGSegVisualEncoder'``); both resolve through :data:`MODELS`. xtuner's ``BUILDER`` is
-mmengine's ``MODELS`` registry, so xtuner builds these components too.
+Configs may name a component as an object (``type=OMGSegVisualEncoder``, the xtuner style, which
+xtuner's ``BUILDER`` builds) or as a string: ``'OMGSegVisualEncoder'`` through these registries, or
+``'omg_llava.OMGSegVisualEncoder'`` through mmengine's. Builds through these registries always run in the
+``omg_llava`` scope, so plain strings resolve whatever default scope a runner has set.
 """
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmengine.registry import Registry
+from mmengine.registry import DefaultScope, Registry, build_from_cfg
 
-MODELS = Registry('model', parent=MMENGINE_MODELS, scope='omg_llava', locations=['omg_llava.models'])
-LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope='omg_llava', locations=['omg_llava.engine'])
+SCOPE = 'omg_llava'
 
-__all__ = ['MODELS', 'LOOPS']
+
+def build_in_plugin_scope(cfg, registry, default_args=None):
+    """``build_from_cfg`` with the default scope set to this plugin for the duration of the build."""
+    with DefaultScope.overwrite_default_scope(SCOPE):
+        return build_from_cfg(cfg, registry, default_args)
+
+
+MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, locations=['omg_llava.models'],
+                  build_func=build_in_plugin_scope)
+LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope=SCOPE, locations=['omg_llava.engine'],
+                 build_func=build_in_plugin_scope)
+
+__all__ = ['MODELS', 'LOOPS', 'SCOPE']
