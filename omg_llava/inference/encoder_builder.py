@@ -13,7 +13,9 @@ from omg_llava.registry import MODELS
 from .segmentation import random_class_embeddings
 
 
-def visual_encoder_config(config_path: str):
+def visual_encoder_config(config_path: str) -> tuple[dict, Config]:
+    """The visual-encoder part of a config (``model.visual_encoder`` or top-level ``visual_encoder``) and the
+    whole config."""
     cfg = Config.fromfile(config_path)
     if 'model' in cfg and 'visual_encoder' in cfg.model:
         return cfg.model.visual_encoder, cfg
@@ -50,9 +52,8 @@ def build_visual_encoder(config_path: str, *, omg_seg: str | None = None, clip: 
     notes = [f'{k}: {v}' for k, v in weights.items() if v]
     head = encoder.panoptic_head
     if not weights.get('class_embed'):
-        _, classes_plus_one, synonyms = head.cls_embed.shape[0], head.cls_embed.shape[1], head.cls_embed.shape[2]
-        head.set_class_embeddings(random_class_embeddings(classes_plus_one - 1, synonyms, head.cls_embed.shape[0],
-                                                          seed))
+        dim, classes_plus_one, synonyms = head.cls_embed.shape
+        head.set_class_embeddings(random_class_embeddings(classes_plus_one - 1, synonyms, dim, seed))
         notes.append('class embeddings: random (no class-embedding file)')
     if not weights.get('omg_seg') or not weights.get('clip'):
         notes.append(f'random weights (seed {seed}) for: ' + ', '.join(

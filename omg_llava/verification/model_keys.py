@@ -6,9 +6,9 @@ manifests in ``shared/spec/keys/`` (what the released checkpoints hold).
 from __future__ import annotations
 
 import torch
-from mmengine.config import Config
 from torch import nn
 
+from omg_llava.inference.encoder_builder import visual_encoder_config
 from omg_llava.registry import MODELS
 
 PARTS = ('visual_encoder', )  # 'pretrain' and 'finetune' come with the OMG-LLaVA model
@@ -18,13 +18,7 @@ def build_part_on_meta(config_path: str, part: str) -> nn.Module:
     """Build the module behind ``part`` of a config on the meta device."""
     if part not in PARTS:
         raise ValueError(f'unknown part {part!r}; choose from {", ".join(PARTS)}')
-    cfg = Config.fromfile(config_path)
-    if 'model' in cfg and 'visual_encoder' in cfg.model:
-        part_cfg = cfg.model.visual_encoder
-    elif 'visual_encoder' in cfg:
-        part_cfg = cfg.visual_encoder
-    else:
-        raise KeyError(f'{config_path} defines neither model.visual_encoder nor visual_encoder')
+    part_cfg, _ = visual_encoder_config(config_path)
     with torch.device('meta'):
         return MODELS.build(part_cfg)
 
