@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     for seg in segments:
         kind = 'thing' if seg.is_thing else 'stuff'
         print(f'  {seg.name:<24} {kind}  score {seg.score:.2f}  area {100 * seg.area / seg.mask.size:5.1f}%')
+    if not segments:
+        names = coco_panoptic_class_names()
+        probs = output.class_logits[0].softmax(-1)[:, :-1]
+        score, label = probs.max(-1)
+        print('no segment survived the score and overlap filters; strongest object queries:')
+        for q in score.topk(min(5, len(score))).indices.tolist():
+            area = (output.mask_logits[0, q] > 0).float().mean().item()
+            print(f'  query {q:3d}: {names[label[q]]:<24} p={score[q]:.2f}  mask {100 * area:5.1f}% of the image')
     out_path = os.path.join(args.out_dir, 'panoptic_overlay.png')
     Image.fromarray(overlay(np.asarray(image), segments)).save(out_path)
     print(f'overlay written to {out_path}')
