@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--class-embed-pth', help='convnext_large_d_320_CocoPanopticOVDataset.pth (overrides the config)')
     parser.add_argument('--out-dir', default='outputs/segment_image', help='where the PNGs go')
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
-    parser.add_argument('--score-thr', type=float, default=0.8, help='minimum class probability (reference 0.8)')
+    parser.add_argument('--mode', choices=('panoptic', 'instance'), default='panoptic', help='what to segment')
+    parser.add_argument('--score-thr', type=float, default=None,
+                        help='minimum score (default: 0.8 panoptic as in the reference, 0.3 instance)')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='load weight files with the full unpickler (only for files you trust)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random weights when none are given')
@@ -46,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from omg_llava.inference.encoder_builder import build_visual_encoder, visual_encoder_config
     from omg_llava.inference.image_io import load_image, preprocess_image
-    from omg_llava.inference.segmentation import coco_panoptic_class_names, overlay, panoptic_segments
+    from omg_llava.inference.segmentation import (coco_panoptic_class_names, instance_segments, overlay,
+                                                  panoptic_segments)
 
     os.makedirs(args.out_dir, exist_ok=True)
     image_path = args.image or _default_image(args.out_dir)
@@ -62,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     pixel_values, geometry = preprocess_image(image, cfg.get('image_size', 1024))
     with torch.no_grad():
         output = encoder(pixel_values[None].to(args.device))
-    segments = panoptic_segments(encoder, output, geometry, coco_panoptic_class_names(), score_thr=args.score_thr)
+    if args.mode == 'panoptic':
+        args.score_thr = 0.8 if args.score_thr is None else args.score_thr
+        segments = panoptic_segments(encoder, output, geometry, coco_panoptic_class_names(), score_thr=args.score_thr)
+    else:
+        args.score_thr = 0.3 if args.score_thr is None else args.score_thr
+        segments = instance_segments(encoder, output, geometry, coco_panoptic_class_names(), score_thr=args.score_thr)
     print(f'image: {image_path} ({image.width}x{image.height}), network input {pixel_values.shape[-1]}px, '
           f'{time.perf_counter() - start:.1f}s')
     n_tokens = int((~output.query_blocked[0]).any(-1).sum())
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         for q in score.topk(min(5, len(score))).indices.tolist():
             area = (output.mask_logits[0, q] > 0).float().mean().item()
             print(f'  query {q:3d}: {names[label[q]]:<24} p={score[q]:.2f}  mask {100 * area:5.1f}% of the image')
-    out_path = os.path.join(args.out_dir, 'panoptic_overlay.png')
+    out_path = os.path.join(args.out_dir, f'{args.mode}_overlay.png')
     Image.fromarray(overlay(np.asarray(image), segments)).save(out_path)
     print(f'overlay written to {out_path}')
     return 0

@@ -1,8 +1,9 @@
-"""Universal (panoptic) segmentation with the frozen OMG-Seg encoder alone.
+"""Universal (panoptic and instance) segmentation with the frozen OMG-Seg encoder alone.
 
 The head's last-layer class and mask logits are fused by mmdet's ``MaskFormerFusionHead`` (Mask2Former
-panoptic inference: keep queries whose best class beats ``score_thr``, assign each pixel to the query with
-the highest score·probability, drop segments that lose more than ``overlap_thr`` of their mask).
+inference). Panoptic: keep queries whose best class beats ``score_thr``, assign each pixel to the query with
+the highest score·probability, drop segments that keep less than ``overlap_thr`` of their mask. Instance:
+top-k (query, thing class) pairs scored by class probability x mean mask probability.
 """
 from __future__ import annotations
 
@@ -54,11 +55,7 @@ def panoptic_segments(encoder: OMGSegVisualEncoder, output: VisualEncoderOutput,
         overlap_thr: minimum fraction of a query's mask it must keep after overlaps (reference 0.8).
     """
     head = encoder.panoptic_head
-    if len(class_names) != head.num_classes:
-        raise ValueError(f'{len(class_names)} class names for a head with {head.num_classes} classes')
-    fusion = MaskFormerFusionHead(num_things_classes=head.num_things_classes,
-                                  num_stuff_classes=head.num_stuff_classes,
-                                  test_cfg=dict(object_mask_thr=score_thr, iou_thr=overlap_thr, filter_low_score=True))
+    fusion = _fusion_head(head, class_names, object_mask_thr=score_thr, iou_thr=overlap_thr, filter_low_score=True)
     class_logits = output.class_logits[image_index].float()  # (Q, K+1)
     mask_logits = geometry.logits_to_original(output.mask_logits[image_index])  # (Q, H, W)
     panoptic = fusion.panoptic_postprocess(class_logits, mask_logits).sem_seg[0]  # (H, W) label + id*OFFSET
@@ -76,6 +73,28 @@ def panoptic_segments(encoder: OMGSegVisualEncoder, output: VisualEncoderOutput,
         segments.append(Segment(label, class_names[label], label < head.num_things_classes, score,
                                 mask.cpu().numpy()))
     return sorted(segments, key=lambda s: -s.area)
+
+
+@torch.no_grad()
+def instance_segments(encoder: OMGSegVisualEncoder, output: VisualEncoderOutput, geometry: SquareGeometry,
+                      class_names: tuple[str, ...], *, score_thr: float = 0.3, max_per_image: int = 100,
+                      image_index: int = 0) -> list[Segment]:
+    """Instance segmentation (things only) of one image: Mask2Former's top-k (query, class) pairs scored by
+    class probability x mean mask probability, kept when the score reaches ``score_thr``; highest first."""
+    head = encoder.panoptic_head
+    fusion = _fusion_head(head, class_names, max_per_image=max_per_image)
+    mask_logits = geometry.logits_to_original(output.mask_logits[image_index])  # (Q, H, W)
+    result = fusion.instance_postprocess(output.class_logits[image_index].float(), mask_logits)
+    order = result.scores.argsort(descending=True)
+    return [Segment(int(result.labels[i]), class_names[int(result.labels[i])], True, float(result.scores[i]),
+                    result.masks[i].cpu().numpy()) for i in order.tolist() if result.scores[i] >= score_thr]
+
+
+def _fusion_head(head, class_names: tuple[str, ...], **test_cfg) -> MaskFormerFusionHead:
+    if len(class_names) != head.num_classes:
+        raise ValueError(f'{len(class_names)} class names for a head with {head.num_classes} classes')
+    return MaskFormerFusionHead(num_things_classes=head.num_things_classes, num_stuff_classes=head.num_stuff_classes,
+                                test_cfg=test_cfg)
 
 
 def overlay(image: np.ndarray, segments: list[Segment], alpha: float = 0.5, seed: int = 0) -> np.ndarray:

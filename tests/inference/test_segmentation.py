@@ -72,3 +72,21 @@ def test_readme_demo_writes_an_overlay(tmp_path, capsys):
     assert 'random weights' in out and 'visual tokens: 16 pixel tokens' in out
     overlay = np.asarray(Image.open(tmp_path / 'panoptic_overlay.png'))
     assert overlay.shape == (300, 451, 3)  # skimage's chelsea at its original size
+
+
+def test_instance_segments_keep_things_ranked_by_score():
+    from omg_llava.inference.segmentation import instance_segments
+    geometry = SquareGeometry((40, 80), 80)
+    class_logits = torch.full((1, 3, 134), -10.0)
+    class_logits[0, 0, 2] = 10.0  # car, whole left half
+    class_logits[0, 1, 100] = 10.0  # stuff: never an instance
+    class_logits[0, 2, 0] = 10.0  # person, weaker mask
+    mask_logits = torch.full((1, 3, 20, 20), -10.0)
+    mask_logits[0, 0, :, :10] = 10.0
+    mask_logits[0, 1, :, 10:] = 10.0
+    mask_logits[0, 2, 8:12, 12:16] = 0.5
+    output = type('Out', (), dict(class_logits=class_logits, mask_logits=mask_logits))()
+    encoder = type('Enc', (), dict(panoptic_head=_Head()))()
+    segments = instance_segments(encoder, output, geometry, coco_panoptic_class_names(), max_per_image=10)
+    assert [s.name for s in segments] == ['car', 'person']
+    assert segments[0].score > segments[1].score and segments[0].mask[:, :38].all()
