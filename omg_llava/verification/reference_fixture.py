@@ -18,20 +18,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from omg_llava.checkpoint import load_into, read_weights
-from omg_llava.models import ConvNeXtCLIPBackbone, OMGSegHead, OMGSegVisualEncoder
+from omg_llava.models import (ConvNeXtCLIPBackbone, OMGSegHead, OMGSegVisualEncoder, OMGVisualProjector,
+                              Text2VisionProjector)
 from omg_llava.models.seg_heads.prompt_queries import region_center_points
 
 DEFAULT_TOLERANCE = (1e-4, 1e-4)
 CLASS_LOGIT_TOLERANCE = (5e-4, 1e-4)
 PENDING_PREFIXES = {
-    'out/projector/': 'projector (model issue)',
     'out/llm/': 'LLM (model issue)',
-    'out/prompt/region/llm_embedding': 'projector (model issue)',
-    'out/prompt/point/llm_embedding': 'projector (model issue)',
-    'out/prompt/box/llm_embedding': 'projector (model issue)',
     'out/seg/batch_idxs': 'LLM (model issue)',
     'out/seg/hidden_states': 'LLM (model issue)',
-    'out/seg/text2vision': 'LLM (model issue)',
 }
 
 
@@ -83,12 +79,26 @@ def build_visual_encoder(config: dict[str, Any]) -> OMGSegVisualEncoder:
                                object_prior_smooth=ve.get('object_prior_smooth_ratio', 0.5))
 
 
-def load_fixture_weights(encoder: OMGSegVisualEncoder, tensors: dict[str, Tensor]) -> None:
-    """Strictly load every ``state_dict/visual_encoder.*`` tensor and the class embeddings."""
-    prefix = 'state_dict/visual_encoder.'
-    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    load_into(encoder, weights, source='fixture state_dict/visual_encoder.*')
-    encoder.panoptic_head.set_class_embeddings(tensors['input/ov_class_embed'])
+def build_projector(config: dict[str, Any]) -> OMGVisualProjector:
+    """The visual projector described by a fixture ``config``."""
+    proj = config['projector']
+    return OMGVisualProjector(query_channels=2 * proj['query_channels'],
+                              clip_channels=proj['feat_channels_after_shuffle'],
+                              llm_hidden_size=proj['llm_hidden_size'], depth=proj['depth'])
+
+
+def build_text2vision(config: dict[str, Any]) -> Text2VisionProjector:
+    """The [SEG] → query projector described by a fixture ``config``."""
+    t2v = config['projector_text2vision']
+    return Text2VisionProjector(llm_hidden_size=t2v['in_features'], query_channels=t2v['out_features'],
+                                depth=t2v['depth'])
+
+
+def load_fixture_weights(module: torch.nn.Module, tensors: dict[str, Tensor], prefix: str) -> None:
+    """Strictly load every ``state_dict/<prefix>*`` tensor into ``module``."""
+    head = 'state_dict/' + prefix
+    weights = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+    load_into(module, weights, source=f'fixture state_dict/{prefix}*')
 
 
 def _encoder_memory_hook(encoder: OMGSegVisualEncoder, store: dict[str, Tensor]):
@@ -98,7 +108,8 @@ def _encoder_memory_hook(encoder: OMGSegVisualEncoder, store: dict[str, Tensor])
 
 
 @torch.no_grad()
-def compute_outputs(encoder: OMGSegVisualEncoder, tensors: dict[str, Tensor], config: dict[str, Any]) -> dict[str, Tensor]:
+def compute_outputs(encoder: OMGSegVisualEncoder, projector: OMGVisualProjector, text2vision: Text2VisionProjector,
+                    tensors: dict[str, Tensor], config: dict[str, Any]) -> dict[str, Tensor]:
     """This project's value of every fixture output it implements, under the fixture's names."""
     mark_id = config['special_tokens']['<mark>']
     x = tensors['input/pixel_values']
@@ -150,11 +161,16 @@ def compute_outputs(encoder: OMGSegVisualEncoder, tensors: dict[str, Tensor], co
         prompts['point'] = encoder.encode_point_prompts(tensors['input/points'], _mark_batch_idxs(tensors, mark_id), features)
     if 'input/boxes' in tensors:
         prompts['box'] = encoder.encode_box_prompts(tensors['input/boxes'], tensors['input/box_batch_idxs'], features)
+    for b, tokens in enumerate(projector(*out.visual_tokens())):
+        got[f'out/projector/visual_tokens{b}'] = tokens
     for kind, prompt in prompts.items():
         got[f'out/prompt/{kind}/query_pos_feat'] = prompt.query_features
+        got[f'out/prompt/{kind}/llm_embedding'] = projector.project_queries(prompt.query_features[:, 0])
         for j, (m, a) in enumerate(zip(prompt.decode.mask_logits, prompt.decode.attn_masks)):
             got[f'out/prompt/{kind}/layer{j}/mask_logits'] = m
             got[f'out/prompt/{kind}/layer{j}/attn_mask'] = a
+    if 'out/seg/hidden_states' in tensors:  # fed with the recorded LLM hidden states
+        got['out/seg/text2vision'] = text2vision(tensors['out/seg/hidden_states'])
     if 'out/seg/text2vision' in tensors:  # [SEG] decoding fed with the recorded projector output
         seg = encoder.decode_seg_queries(tensors['out/seg/text2vision'], tensors['out/seg/batch_idxs'], features)
         for j, (m, a) in enumerate(zip(seg.mask_logits, seg.attn_masks)):
@@ -204,7 +220,11 @@ def compare(expected: dict[str, Tensor], got: dict[str, Tensor], meta: dict[str,
 def run_fixture(path: str | os.PathLike) -> list[CheckResult]:
     """Build, load, run and compare one fixture."""
     tensors, meta = load_fixture(path)
-    encoder = build_visual_encoder(meta['config'])
-    load_fixture_weights(encoder, tensors)
-    encoder.eval()
-    return compare({k: v for k, v in tensors.items() if k.startswith('out/')}, compute_outputs(encoder, tensors, meta['config']), meta)
+    encoder, projector = build_visual_encoder(meta['config']), build_projector(meta['config'])
+    load_fixture_weights(encoder, tensors, 'visual_encoder.')
+    encoder.panoptic_head.set_class_embeddings(tensors['input/ov_class_embed'])
+    text2vision = build_text2vision(meta['config'])
+    load_fixture_weights(projector, tensors, 'projector.')
+    load_fixture_weights(text2vision, tensors, 'projector_text2vision.')
+    got = compute_outputs(encoder.eval(), projector.eval(), text2vision.eval(), tensors, meta['config'])
+    return compare({k: v for k, v in tensors.items() if k.startswith('out/')}, got, meta)
