@@ -1,8 +1,10 @@
 """Shared test helpers: paths of the committed spec data (tests/data) and TSV manifest reading."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -30,6 +32,14 @@ def read_key_manifest(name: str, strip_prefix: str = '') -> dict[str, tuple[int,
         if key.startswith(strip_prefix):
             manifest[key[len(strip_prefix):]] = tuple(int(s) for s in shape.split(',') if s)
     return manifest
+
+
+def load_tool(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` (tools are scripts, not a package) so tests can call its ``main(argv)``."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope='session')

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from mmdet.evaluation.functional import INSTANCE_OFFSET
 from mmdet.models.seg_heads.panoptic_fusion_heads import MaskFormerFusionHead
 from torch import Tensor
 
@@ -61,13 +62,12 @@ def panoptic_segments(encoder: OMGSegVisualEncoder, output: VisualEncoderOutput,
     panoptic = fusion.panoptic_postprocess(class_logits, mask_logits).sem_seg[0]  # (H, W) label + id*OFFSET
     probs = class_logits.softmax(-1)[:, :-1]
     segments = []
-    from mmdet.evaluation.functional import INSTANCE_OFFSET
     for segment_id in panoptic.unique().tolist():
         label = segment_id % INSTANCE_OFFSET
         if label >= head.num_classes:  # unassigned pixels
             continue
         mask = panoptic == segment_id
-        # score of the segment: best class probability among queries of that class overlapping it most
+        # score of the segment: the probability of its class under the query whose mask covers it most
         overlap = (mask_logits[:, mask] > 0).float().mean(-1)
         score = float(probs[overlap.argmax(), label])
         segments.append(Segment(label, class_names[label], label < head.num_things_classes, score,

@@ -1,8 +1,6 @@
 """Preprocessing geometry, panoptic fusion on the original image, and the README demo tool."""
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,7 @@ from PIL import Image
 from omg_llava.inference.image_io import PAD_COLOR, SquareGeometry, load_image, preprocess_image
 from omg_llava.inference.segmentation import coco_panoptic_class_names, panoptic_segments
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, load_tool
 
 
 def test_pad_to_square_geometry_round_trip():
@@ -63,10 +61,7 @@ def test_panoptic_segments_on_the_original_image():
 
 
 def test_readme_demo_writes_an_overlay(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location('segment_image', REPO_ROOT / 'tools' / 'segment_image.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.main(['--out-dir', str(tmp_path), '--config',
+    assert load_tool('segment_image').main(['--out-dir', str(tmp_path), '--config',
                       str(REPO_ROOT / 'configs' / 'tiny' / 'omg_llava_tiny_finetune.py')]) == 0
     out = capsys.readouterr().out
     assert 'random weights' in out and 'visual tokens: 16 pixel tokens' in out

@@ -150,6 +150,15 @@ def source_model() -> ConvNeXtCLIPBackbone:
     return model
 
 
+def _save(state_dict: dict, path) -> None:
+    """Write a flat state dict as ``.safetensors`` or as a torch pickle, by suffix."""
+    if str(path).endswith('.safetensors'):
+        from safetensors.torch import save_file
+        save_file(state_dict, str(path))
+    else:
+        torch.save(state_dict, path)
+
+
 def _assert_same_weights(a: ConvNeXtCLIPBackbone, b: ConvNeXtCLIPBackbone) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
@@ -161,11 +170,7 @@ def _assert_same_weights(a: ConvNeXtCLIPBackbone, b: ConvNeXtCLIPBackbone) -> No
 def test_load_open_clip_file(tmp_path, source_model, suffix):
     sd = _open_clip_state_dict(source_model)
     path = tmp_path / f'open_clip_pytorch_model{suffix}'
-    if suffix == '.safetensors':
-        from safetensors.torch import save_file
-        save_file(sd, str(path))
-    else:
-        torch.save(sd, path)
+    _save(sd, path)
     target = _tiny()
     report = load_open_clip_weights(target, str(path))
     assert report.ok and len(report.loaded) == 66
@@ -215,11 +220,7 @@ def test_missing_key_names_key(tmp_path, source_model):
 def test_truncated_file(tmp_path, source_model, suffix):
     sd = _open_clip_state_dict(source_model)
     full = tmp_path / f'full{suffix}'
-    if suffix == '.safetensors':
-        from safetensors.torch import save_file
-        save_file(sd, str(full))
-    else:
-        torch.save(sd, full)
+    _save(sd, full)
     data = full.read_bytes()
     cut = tmp_path / f'cut{suffix}'
     cut.write_bytes(data[:len(data) // 2])

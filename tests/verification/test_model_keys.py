@@ -1,11 +1,9 @@
 """The full-size model of the real config has exactly the released files' names and shapes."""
 from __future__ import annotations
 
-import importlib.util
-
 from omg_llava.verification.model_keys import build_part_on_meta, part_key_shapes
 
-from conftest import FINETUNE_CONFIG, REPO_ROOT, read_key_manifest
+from conftest import FINETUNE_CONFIG, load_tool, read_key_manifest
 
 
 def test_visual_encoder_keys_equal_the_released_files():
@@ -37,10 +35,7 @@ def test_built_on_meta_without_memory():
 
 
 def test_cli_output_format(capsys):
-    spec = importlib.util.spec_from_file_location('model_keys', REPO_ROOT / 'tools' / 'model_keys.py')
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    assert tool.main([str(FINETUNE_CONFIG), '--part', 'visual_encoder']) == 0
+    assert load_tool('model_keys').main([str(FINETUNE_CONFIG), '--part', 'visual_encoder']) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == sorted(lines) and len(lines) == 655
     assert 'panoptic_head.pixel_decoder.input_convs.0.conv.weight\t256,1536,1,1' in lines

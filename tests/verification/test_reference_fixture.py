@@ -10,7 +10,7 @@ import torch
 
 from omg_llava.verification.reference_fixture import PENDING_PREFIXES, run_fixture
 
-from conftest import REPO_ROOT, fixture_paths
+from conftest import fixture_paths, load_tool
 
 VISUAL_ENCODER_STAGES = ('out/backbone/', 'out/pixel_decoder/', 'out/decoder/', 'out/predict/', 'out/visual_encoder/',
                          'out/prompt/', 'out/seg/mask_logits', 'out/seg/layer', 'out/misc/')
@@ -18,14 +18,6 @@ VISUAL_ENCODER_STAGES = ('out/backbone/', 'out/pixel_decoder/', 'out/decoder/', 
 
 def _status(line: str) -> str:
     return re.search(r'\s(PASS|FAIL|SKIP)(\s|$)', line).group(1)
-
-
-def _load_tool():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('check_reference', REPO_ROOT / 'tools' / 'check_reference.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize('fixture', fixture_paths(), ids=lambda p: p.stem)
@@ -41,7 +33,7 @@ def test_every_visual_encoder_stage_passes(fixture):
 
 
 def test_cli_prints_one_line_per_output_and_exits_zero(capsys, reference_fixture_path):
-    rc = _load_tool().main([str(reference_fixture_path)])
+    rc = load_tool('check_reference').main([str(reference_fixture_path)])
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('out/')]
     n_outputs = sum(1 for k in torch.load(reference_fixture_path, weights_only=True) if k.startswith('out/'))
     assert rc == 0 and len(lines) == n_outputs
@@ -57,7 +49,7 @@ def test_cli_fails_on_a_perturbed_fixture(tmp_path, capsys, reference_fixture_pa
     target = tmp_path / 'perturbed.pt'
     torch.save(tensors, target)
     shutil.copy(reference_fixture_path.with_suffix('.json'), target.with_suffix('.json'))
-    rc = _load_tool().main([str(target)])
+    rc = load_tool('check_reference').main([str(target)])
     out = capsys.readouterr().out
     assert rc == 1
     failing = {ln.split()[0] for ln in out.splitlines() if ln.startswith('out/') and _status(ln) == 'FAIL'}
