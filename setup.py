@@ -18,7 +18,7 @@ setup(
         'mmengine>=0.10.3,<0.11',
         'mmcv>=2.0.0,<2.2.0',
         'mmdet>=3.3.0,<3.4',
-        'transformers>=4.45,<4.54',
+        'transformers>=4.46,<4.54',
         'peft>=0.13',
         'accelerate',
         'datasets',

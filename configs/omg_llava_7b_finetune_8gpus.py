@@ -1,61 +1,28 @@
 # Copyright (c) omg-llava contributors. OMG-LLaVA 7B finetune (reference: omg_llava_7b_finetune_8gpus).
 # Run with:  python -m xtuner.tools.train configs/omg_llava_7b_finetune_8gpus.py --deepspeed deepspeed_zero2
-# The model part below is complete for the visual encoder; the LLM, projectors and data arrive with the
-# model and training issues (see docs/).
-from omg_llava.models import ConvNeXtCLIPBackbone
-from omg_llava.models import OMGSegHead
-from omg_llava.models import OMGSegVisualEncoder
+# PART 1 and 2 (model) are complete; data, schedule and runtime arrive with the training issue (see docs/).
+from mmengine.config import read_base
+
+with read_base():
+    from ._base_.omg_llava_7b_model import *  # noqa: F401,F403
 
 #######################################################################
 #                          PART 1  Settings                           #
 #######################################################################
-# Model files (docs/model_zoo.md says where each comes from)
-pretrained_dir = './pretrained/omg_llava/'
-llm_name_or_path = pretrained_dir + 'internlm2-chat-7b'
-omg_head_pretrain_pth_path = pretrained_dir + 'omg_seg_convl.pth'
-omg_ov_class_embed_path = pretrained_dir + 'convnext_large_d_320_CocoPanopticOVDataset.pth'
-# The CLIP trunk is in no OMG file: the open_clip checkpoint of
-# laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup (open_clip_pytorch_model.bin or .safetensors).
-clip_pretrain_path = pretrained_dir + 'convnext_large_d_320_laion2b_s29b_b131k_ft_soup/open_clip_pytorch_model.bin'
+# The reference config names 'omg_llava_7b_pretrain_1024image_8gpus.pth'; the released file is this one.
 pretrained_pth = pretrained_dir + 'omg_llava_7b_pretrain_8gpus.pth'
-
-# Visual encoder
-image_size = 1024
-pixel_shuffle_ratio = 2
-num_queries = 300
-omg_head_channels = 256
+max_length = 1692  # text tokens: 2048 - (1024 / 64)**2 image tokens - 100
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
 #######################################################################
-visual_encoder = dict(
-    type=OMGSegVisualEncoder,
-    backbone=dict(
-        type=ConvNeXtCLIPBackbone,
-        depths=(3, 3, 27, 3),
-        dims=(192, 384, 768, 1536),
-        clip_embed_dim=768),
-    panoptic_head=dict(
-        type=OMGSegHead,
-        in_channels=(192, 384, 768, 1536),
-        strides=(4, 8, 16, 32),
-        feat_channels=omg_head_channels,
-        num_queries=num_queries,
-        num_things_classes=80,
-        num_stuff_classes=53,
-        num_synonyms=17,
-        clip_embed_dim=768,
-        num_heads=8,
-        pixel_decoder_layers=6,
-        pixel_decoder_ffn_channels=1024,
-        decoder_layers=9,
-        decoder_ffn_channels=2048,
-        num_feature_levels=3,
-        logit_scale=4.6052),
-    pixel_shuffle_ratio=pixel_shuffle_ratio,
-    object_prior_smooth=0.5,
-    frozen=True,
-    weights=dict(
-        omg_seg=omg_head_pretrain_pth_path,
-        clip=clip_pretrain_path,
-        class_embed=omg_ov_class_embed_path))
+model.update(
+    stage='finetune',
+    pretrained_pth=pretrained_pth,
+    llm_lora=dict(
+        type=LoraConfig,
+        r=512,
+        lora_alpha=256,
+        lora_dropout=0.05,
+        bias='none',
+        task_type='CAUSAL_LM'))

@@ -195,7 +195,8 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
     Returns:
         The report. Nothing is copied when ``strict`` and the report is not clean.
     """
-    own = module.state_dict(keep_vars=True)
+    # nn.Module.state_dict, not module.state_dict: OMGLLaVA narrows the latter to what checkpoints hold.
+    own = nn.Module.state_dict(module, keep_vars=True)
     expected = set(own) if expected_keys is None else set(expected_keys)
     report = LoadReport(source=source)
     report.missing = sorted(k for k in expected if k not in state_dict)

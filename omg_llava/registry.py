@@ -23,4 +23,25 @@ MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, locations=['omg_
 LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope=SCOPE, locations=['omg_llava.engine'],
                  build_func=build_in_plugin_scope)
 
-__all__ = ['MODELS', 'LOOPS', 'SCOPE']
+
+
+def build_component(cfg):
+    """Build a config entry the way xtuner configs write them.
+
+    A module or any non-dict is returned as is. A dict whose ``type`` is callable (a class or a factory such
+    as ``AutoModelForCausalLM.from_pretrained``) is called with the other keys, after building nested dicts
+    that have a callable ``type`` too (e.g. ``quantization_config=dict(type=BitsAndBytesConfig, ...)``). A
+    dict whose ``type`` is a string goes through :data:`MODELS`.
+    """
+    if not isinstance(cfg, dict) or 'type' not in cfg:
+        return cfg
+    kwargs = {k: v for k, v in cfg.items() if k != 'type'}
+    factory = cfg['type']
+    if not callable(factory):
+        return MODELS.build(cfg)
+    kwargs = {k: build_component(v) if isinstance(v, dict) and callable(v.get('type')) else v
+              for k, v in kwargs.items()}
+    return factory(**kwargs)
+
+
+__all__ = ['MODELS', 'LOOPS', 'SCOPE', 'build_component']

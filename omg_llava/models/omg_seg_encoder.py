@@ -107,7 +107,13 @@ class OMGSegVisualEncoder(nn.Module):
 
     @property
     def query_channels(self) -> int:
+        """Width of a query token [content | positional] (2C)."""
         return 2 * self.panoptic_head.feat_channels
+
+    @property
+    def pixel_shuffled_channels(self) -> int:
+        """Width of a pixel-shuffled C5 token (C5 · ratio², 6144 at full size)."""
+        return self.backbone.dims[-1] * self.pixel_shuffle_ratio ** 2
 
     # ------------------------------------------------------------------ images
     def forward(self, pixel_values: Tensor) -> VisualEncoderOutput:

@@ -1,0 +1,141 @@
+"""Splice visual tokens and visual-prompt embeddings into token sequences (spec §5.4, §6.4).
+
+Token ids carry three kinds of placeholders: the image sentinel ``-200`` (replaced by the image's whole
+visual sequence), ``<region>`` and ``<mark>`` (each replaced by one prompt embedding, consumed in
+batch-then-position order). Labels of inserted rows are ``-100``; sequences are right-padded with zero
+embeddings; position ids restart at 0 for every sample (0 on padding).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+from .special_tokens import SpecialTokenIds
+
+
+@dataclass
+class SplicedInputs:
+    """LLM inputs after splicing. Shapes: ``inputs_embeds`` (B, T, D), the rest (B, T)."""
+
+    inputs_embeds: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    labels: Tensor | None
+
+
+class PromptCountError(ValueError):
+    """The number of ``<region>`` / ``<mark>`` / ``<image>`` placeholders does not match the inputs given."""
+
+
+def count_placeholders(input_ids: Tensor, attention_mask: Tensor | None, token_id: int) -> Tensor:
+    """(B,) number of ``token_id`` in the valid (unpadded) part of each sequence."""
+    hits = input_ids == token_id
+    if attention_mask is not None:
+        hits = hits & attention_mask.bool()
+    return hits.sum(dim=1)
+
+
+def placeholder_batch_indices(input_ids: Tensor, attention_mask: Tensor | None, token_id: int) -> Tensor:
+    """(N,) sample index of every ``token_id`` placeholder in batch-then-position order."""
+    counts = count_placeholders(input_ids, attention_mask, token_id)
+    return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+
+
+def splice_multimodal_inputs(input_ids: Tensor, embed_tokens: nn.Module, token_ids: SpecialTokenIds,
+                             attention_mask: Tensor | None = None, labels: Tensor | None = None,
+                             visual_sequences: Sequence[Tensor | None] | None = None,
+                             region_embeds: Tensor | None = None, mark_embeds: Tensor | None = None) -> SplicedInputs:
+    """Build the LLM input embeddings of a batch.
+
+    Args:
+        input_ids: (B, L) ids with placeholders; right padding is removed through ``attention_mask``.
+        embed_tokens: the LLM input embedding (``tok_embeddings``).
+        token_ids: ids of ``<region>`` and ``<mark>``.
+        attention_mask: (B, L), True/1 on real tokens (default: all real).
+        labels: (B, L) or None.
+        visual_sequences: per sample, its visual sequence (n_b, D) or None when the sample has no image.
+            A sample holding ``<image>`` needs one; a sample without ``<image>`` ignores it.
+        region_embeds: (R, D) one row per ``<region>`` in batch-then-position order.
+        mark_embeds: (M, D) one row per ``<mark>`` in batch-then-position order.
+
+    Raises:
+        PromptCountError: a sample has more than one ``<image>``, an ``<image>`` without an image, or the
+            number of ``<region>`` / ``<mark>`` differs from the rows given.
+    """
+    B, L = input_ids.shape
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    placeholders = {IMAGE_TOKEN_INDEX: None, token_ids.region: region_embeds, token_ids.mark: mark_embeds}
+    _check_counts(input_ids, mask, token_ids, visual_sequences, region_embeds, mark_embeds)
+
+    is_placeholder = torch.zeros_like(mask)
+    for token_id in placeholders:
+        is_placeholder |= input_ids == token_id
+    text_embeds = embed_tokens(input_ids.masked_fill(is_placeholder, 0))  # (B, L, D); placeholder rows dropped
+    cursor = {token_ids.region: 0, token_ids.mark: 0}
+    rows, row_labels = [], []
+    for b in range(B):
+        valid = mask[b].nonzero().flatten()
+        ids_b = input_ids[b, valid]
+        emb_b = text_embeds[b, valid]
+        lab_b = labels[b, valid] if labels is not None else None
+        pieces, piece_labels = [], []
+        start = 0
+        for pos in (is_placeholder[b, valid]).nonzero().flatten().tolist():
+            pieces.append(emb_b[start:pos])
+            piece_labels.append(lab_b[start:pos] if lab_b is not None else None)
+            token_id = int(ids_b[pos])
+            if token_id == IMAGE_TOKEN_INDEX:
+                inserted = visual_sequences[b]
+            else:
+                inserted = placeholders[token_id][cursor[token_id]:cursor[token_id] + 1]
+                cursor[token_id] += 1
+            pieces.append(inserted.to(emb_b.dtype))
+            piece_labels.append(input_ids.new_full((len(inserted), ), IGNORE_INDEX))
+            start = pos + 1
+        pieces.append(emb_b[start:])
+        piece_labels.append(lab_b[start:] if lab_b is not None else None)
+        rows.append(torch.cat(pieces))
+        row_labels.append(torch.cat(piece_labels) if lab_b is not None else None)
+    return _pad_right(rows, row_labels if labels is not None else None)
+
+
+def _pad_right(rows: list[Tensor], row_labels: list[Tensor] | None) -> SplicedInputs:
+    B, T, D = len(rows), max(len(r) for r in rows), rows[0].shape[-1]
+    embeds = rows[0].new_zeros((B, T, D))
+    attention_mask = torch.zeros((B, T), dtype=torch.bool, device=embeds.device)
+    position_ids = torch.zeros((B, T), dtype=torch.long, device=embeds.device)
+    labels = None if row_labels is None else torch.full((B, T), IGNORE_INDEX, dtype=torch.long,
+                                                         device=embeds.device)
+    for b, row in enumerate(rows):
+        n = len(row)
+        embeds[b, :n] = row
+        attention_mask[b, :n] = True
+        position_ids[b, :n] = torch.arange(n, device=embeds.device)
+        if labels is not None:
+            labels[b, :n] = row_labels[b]
+    return SplicedInputs(embeds, attention_mask, position_ids, labels)
+
+
+def _check_counts(input_ids: Tensor, mask: Tensor, token_ids: SpecialTokenIds,
+                  visual_sequences: Sequence[Tensor | None] | None, region_embeds: Tensor | None,
+                  mark_embeds: Tensor | None) -> None:
+    images = count_placeholders(input_ids, mask, IMAGE_TOKEN_INDEX)
+    for b, n in enumerate(images.tolist()):
+        if n > 1:
+            raise PromptCountError(f'sample {b} holds {n} <image> placeholders; OMG-LLaVA takes one image per '
+                                   'conversation, placed once in the first question')
+        if n == 1 and (visual_sequences is None or visual_sequences[b] is None):
+            raise PromptCountError(f'sample {b} asks about an <image> but no image was given; pass the image '
+                                   'or remove <image> from the prompt')
+    for name, token_id, embeds in (('<region>', token_ids.region, region_embeds),
+                                   ('<mark>', token_ids.mark, mark_embeds)):
+        needed = int(count_placeholders(input_ids, mask, token_id).sum())
+        given = 0 if embeds is None else len(embeds)
+        if needed != given:
+            raise PromptCountError(f'the text holds {needed} {name} placeholder(s) but {given} visual prompt(s) '
+                                   f'were given for them; give one prompt per {name}, in the order they appear')
