@@ -12,6 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / 'tests' / 'data'
 KEYS_DIR = DATA_DIR / 'keys'
 FINETUNE_CONFIG = REPO_ROOT / 'configs' / 'omg_llava_7b_finetune_8gpus.py'
+PRETRAIN_CONFIG = REPO_ROOT / 'configs' / 'omg_llava_7b_pretrain_8gpus.py'
 TINY_CONFIG = REPO_ROOT / 'configs' / 'tiny' / 'omg_llava_tiny_finetune.py'
 
 

@@ -1,9 +1,9 @@
 """The full-size model of the real config has exactly the released files' names and shapes."""
 from __future__ import annotations
 
-from omg_llava.verification.model_keys import build_part_on_meta, part_key_shapes
+from omg_llava.verification.model_keys import build_model_on_meta, part_key_shapes
 
-from conftest import FINETUNE_CONFIG, load_tool, read_key_manifest
+from conftest import FINETUNE_CONFIG, PRETRAIN_CONFIG, load_tool, read_key_manifest
 
 
 def test_visual_encoder_keys_equal_the_released_files():
@@ -28,7 +28,7 @@ def test_trunk_keys_equal_the_open_clip_file_after_renaming():
 
 
 def test_built_on_meta_without_memory():
-    encoder = build_part_on_meta(str(FINETUNE_CONFIG), 'visual_encoder')
+    encoder = build_model_on_meta(str(FINETUNE_CONFIG), 'visual_encoder')
     assert all(p.is_meta for p in encoder.parameters())
     assert tuple(encoder.panoptic_head.cls_embed.shape) == (768, 134, 17)  # non-persistent, in no file
     assert 'panoptic_head.cls_embed' not in encoder.state_dict()
@@ -40,3 +40,33 @@ def test_cli_output_format(capsys):
     assert lines == sorted(lines) and len(lines) == 655
     assert 'panoptic_head.pixel_decoder.input_convs.0.conv.weight\t256,1536,1,1' in lines
     assert 'panoptic_head.query_embed.weight\t300,256' in lines
+
+
+def test_pretrain_checkpoint_keys_equal_the_manifest(capsys):
+    """The 17 tensors of omg_llava_7b_pretrain_8gpus.pth: vocabulary (92548 rows) and both projectors."""
+    assert load_tool('model_keys').main([str(PRETRAIN_CONFIG), '--part', 'pretrain']) == 0
+    printed = capsys.readouterr().out.splitlines()
+    expected = read_key_manifest('omg_llava_7b_pretrain_8gpus.tsv')
+    assert printed == [f'{k}\t{",".join(map(str, s))}' for k, s in sorted(expected.items())]
+    assert len(printed) == 17
+
+
+def test_finetune_checkpoint_keys_equal_the_manifest(capsys):
+    """The 339 tensors the public code saves in omg_llava_7b_finetune_8gpus.pth (LoRA r=512 incl. the LM head)."""
+    assert load_tool('model_keys').main([str(FINETUNE_CONFIG), '--part', 'finetune']) == 0
+    printed = capsys.readouterr().out.splitlines()
+    expected = read_key_manifest('omg_llava_7b_finetune_8gpus.tsv')
+    assert printed == [f'{k}\t{",".join(map(str, s))}' for k, s in sorted(expected.items())]
+    assert len(printed) == 339
+
+
+def test_full_finetune_model_equals_the_full_manifest():
+    shapes = part_key_shapes(str(FINETUNE_CONFIG), 'full')
+    assert shapes == read_key_manifest('omg_llava_7b_finetune_8gpus_full_model.tsv')
+    assert len(shapes) == 1219
+
+
+def test_finetune_part_needs_a_lora_config():
+    import pytest
+    with pytest.raises(ValueError, match='no llm_lora'):
+        part_key_shapes(str(PRETRAIN_CONFIG), 'finetune')
