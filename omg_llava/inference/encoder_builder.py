@@ -24,6 +24,37 @@ def visual_encoder_config(config_path: str) -> tuple[dict, Config]:
     raise KeyError(f'{config_path} defines neither model.visual_encoder nor visual_encoder')
 
 
+def resolve_encoder_weights(part_cfg: dict, config_path: str, **overrides: str | None) -> dict[str, str]:
+    """The encoder's weight files: the config's ``weights`` with non-empty ``overrides`` (``omg_seg``, ``clip``,
+    ``class_embed``) on top. A named file that is absent on disk is an error that lists it."""
+    weights = dict(part_cfg.get('weights') or {})
+    weights.update({k: v for k, v in overrides.items() if v})
+    weights = {k: v for k, v in weights.items() if v}
+    missing = {k: v for k, v in weights.items() if not os.path.isfile(v)}
+    if missing:
+        listing = '\n'.join(f'  {k}: {v}' for k, v in missing.items())
+        raise FileNotFoundError(f'weight files named by {config_path} (or the command line) are missing:\n{listing}\n'
+                                'Download them (docs/model_zoo.md) or pass other paths.')
+    return weights
+
+
+def load_encoder_weights_or_random(encoder: OMGSegVisualEncoder, weights: dict[str, str], *, seed: int = 0,
+                                   weights_only: bool = True) -> list[str]:
+    """Load the given encoder files; parts without a file keep their (seeded) random init, and missing class
+    embeddings become random unit vectors. Returns one note per decision."""
+    load_visual_encoder_weights(encoder, weights_only=weights_only, **weights)
+    notes = [f'{k}: {v}' for k, v in weights.items()]
+    head = encoder.panoptic_head
+    if not weights.get('class_embed'):
+        dim, classes_plus_one, synonyms = head.cls_embed.shape
+        head.set_class_embeddings(random_class_embeddings(classes_plus_one - 1, synonyms, dim, seed))
+        notes.append('class embeddings: random (no class-embedding file)')
+    if not weights.get('omg_seg') or not weights.get('clip'):
+        notes.append(f'random weights (seed {seed}) for: ' + ', '.join(
+            name for name, key in (('OMG-Seg head', 'omg_seg'), ('CLIP trunk', 'clip')) if not weights.get(key)))
+    return notes
+
+
 def build_visual_encoder(config_path: str, *, omg_seg: str | None = None, clip: str | None = None,
                          class_embed: str | None = None, device: str = 'cpu', seed: int = 0,
                          weights_only: bool = True) -> tuple[OMGSegVisualEncoder, list[str]]:
@@ -36,26 +67,8 @@ def build_visual_encoder(config_path: str, *, omg_seg: str | None = None, clip: 
         ``(encoder, notes)``: the encoder in eval mode on ``device`` and what was loaded or randomised.
     """
     part_cfg, _ = visual_encoder_config(config_path)
-    weights = dict(part_cfg.get('weights') or {})
-    for key, value in (('omg_seg', omg_seg), ('clip', clip), ('class_embed', class_embed)):
-        if value:
-            weights[key] = value
-    missing = {k: v for k, v in weights.items() if v and not os.path.isfile(v)}
-    if missing:
-        listing = '\n'.join(f'  {k}: {v}' for k, v in missing.items())
-        raise FileNotFoundError(f'weight files named by {config_path} (or the command line) are missing:\n{listing}\n'
-                                'Download them (docs/model_zoo.md) or pass other paths.')
-    part_cfg = dict(part_cfg, weights=None)
+    weights = resolve_encoder_weights(part_cfg, config_path, omg_seg=omg_seg, clip=clip, class_embed=class_embed)
     torch.manual_seed(seed)
-    encoder: OMGSegVisualEncoder = MODELS.build(part_cfg)
-    load_visual_encoder_weights(encoder, weights_only=weights_only, **{k: v for k, v in weights.items() if v})
-    notes = [f'{k}: {v}' for k, v in weights.items() if v]
-    head = encoder.panoptic_head
-    if not weights.get('class_embed'):
-        dim, classes_plus_one, synonyms = head.cls_embed.shape
-        head.set_class_embeddings(random_class_embeddings(classes_plus_one - 1, synonyms, dim, seed))
-        notes.append('class embeddings: random (no class-embedding file)')
-    if not weights.get('omg_seg') or not weights.get('clip'):
-        notes.append(f'random weights (seed {seed}) for: ' + ', '.join(
-            name for name, key in (('OMG-Seg head', 'omg_seg'), ('CLIP trunk', 'clip')) if not weights.get(key)))
+    encoder: OMGSegVisualEncoder = MODELS.build(dict(part_cfg, weights=None))
+    notes = load_encoder_weights_or_random(encoder, weights, seed=seed, weights_only=weights_only)
     return encoder.to(device).eval(), notes

@@ -71,8 +71,9 @@ class GenerationOutput:
     Attributes:
         token_ids: (T,) generated ids, up to and including the first stop token.
         seg_positions: (n,) indices into ``token_ids`` of the generated ``[SEG]`` tokens.
-        mask_logits: (n, H, W) mask logits at the network input size, one per ``[SEG]`` (last decoder step);
-            empty when no image was given.
+        mask_logits: (n, H/4, W/4) mask logits on the network input square, one per ``[SEG]`` (last decoder
+            step, before any upsampling; map them to the image with ``SquareGeometry.logits_to_original``).
+            Empty when no image was given.
     """
 
     token_ids: Tensor
@@ -242,19 +243,19 @@ class OMGLLaVA(BaseModel):
         return self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features).mask_logits
 
     # ------------------------------------------------------------------ mmengine entry point
-    def forward(self, data: dict, data_samples: Any = None, mode: str = 'loss'):
+    def forward(self, data: dict, data_samples: Any = None, mode: str = 'loss', **generation_kwargs):
         """``loss`` → dict of losses; ``predict`` → list of :class:`GenerationOutput`; ``tensor`` → LLM output.
 
         ``data`` keys: ``input_ids`` (B, L), ``attention_mask`` (B, L), ``labels`` (B, L) for ``loss``,
         ``pixel_values`` (B, 3, H, W) (one image per sample; text-only samples carry any image), ``masks``
         (list of B tensors (n_b, H, W), one per ``[SEG]`` of the answer, for ``loss``), ``regions``
         (N, H, W) masks for the ``<region>`` tokens and ``points`` (N, 2) (x, y) for the ``<mark>`` tokens, both
-        in batch-then-position order and network-input pixels.
+        in batch-then-position order and network-input pixels. ``generation_kwargs`` go to :meth:`generate`.
         """
         if mode == 'loss':
             return self.compute_loss(data)
         if mode == 'predict':
-            return self.predict(data)
+            return self.predict(data, **generation_kwargs)
         if mode == 'tensor':
             images = self._encode_batch_images(data)
             return self.run_llm(self.splice(data['input_ids'], data.get('attention_mask'), data.get('labels'),
@@ -407,10 +408,7 @@ class OMGLLaVA(BaseModel):
                            output_hidden_states=True, use_cache=False, return_dict=True)
             hidden = out.hidden_states[-1][:, embeds.shape[1]:]  # (B, N, D)
             steps = self.decode_seg_masks(hidden[seg], seg.nonzero()[:, 0], images)
-            size = images.features.image_size
-            upsampled = F.interpolate(steps[-1].float(), size=size, mode='bilinear', align_corners=False)[:, 0]
-            counts = seg.sum(dim=1).tolist()
-            mask_logits = list(upsampled.split(counts))
+            mask_logits = list(steps[-1][:, 0].float().split(seg.sum(dim=1).tolist()))  # (n_b, H/4, W/4) each
         return [GenerationOutput(generated[b][keep[b]], seg[b][keep[b]].nonzero().flatten(), mask_logits[b])
                 for b in range(B)]
 

@@ -1,0 +1,224 @@
+"""The public inference API: a conversation about one image, answered with text and masks.
+
+    chat = OMGLLaVAChat.from_config('configs/omg_llava_7b_finetune_8gpus.py', pth='omg_llava_7b_finetune_8gpus.pth')
+    chat.set_image('photo.jpg')                      # encoded once per conversation
+    answer = chat.ask('Please segment the cat in this image.')
+    answer.text, answer.phrases, answer.masks        # masks: one (H, W) bool array per generated [SEG]
+    chat.ask('What is <mark> doing?', points=[(120, 80)])   # <mark> ← point, <region> ← box or mask
+
+Coordinates and masks are in original-image pixels; the padding/resizing of spec §1.1 is applied here and
+undone for the output masks (spec §10.19).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from omg_llava.models.multimodal_inputs import PromptCountError
+from omg_llava.models.omg_llava import EncodedImages, OMGLLaVA
+from omg_llava.models.visual_prompts import VisualPrompt
+from omg_llava.utils.constants import MARK_TOKEN, REGION_TOKEN
+from omg_llava.utils.conversation import Turn, encode_conversation
+
+from .image_io import SquareGeometry, load_image, preprocess_image
+
+PHRASE_PATTERN = re.compile(r'<p>(.*?)</p>', re.S)
+TAG_PATTERN = re.compile(r'<\|im_end\|>|</?p>|\[SEG\]|</s>')
+
+# Reference chat defaults (spec §9.1): greedy unless a temperature > 0 is given.
+DEFAULT_MAX_NEW_TOKENS = 512
+
+
+@dataclass
+class ChatAnswer:
+    """One answer.
+
+    Attributes:
+        text: the decoded answer with its markup (``<p> … </p> [SEG]``), stop token removed.
+        clean_text: ``text`` without tags, whitespace collapsed.
+        phrases: the texts inside ``<p> … </p>``, in order.
+        masks: one (H, W) bool array per generated ``[SEG]`` at the original image size.
+        token_ids: the generated ids.
+    """
+
+    text: str
+    clean_text: str
+    phrases: list[str]
+    masks: list[np.ndarray]
+    token_ids: list[int]
+
+
+@dataclass
+class _Conversation:
+    image: Image.Image | None = None
+    geometry: SquareGeometry | None = None
+    encoded: EncodedImages | None = None
+    turns: list[Turn] = field(default_factory=list)
+    region_prompts: list[VisualPrompt] = field(default_factory=list)
+    mark_prompts: list[VisualPrompt] = field(default_factory=list)
+
+
+class OMGLLaVAChat:
+    """Multi-turn chat about one image with an :class:`~omg_llava.models.OMGLLaVA` and its tokenizer.
+
+    Args:
+        model: the model (eval mode), with ``model.tokenizer``.
+        image_size: side of the square network input (1024 for the released models).
+    """
+
+    def __init__(self, model: OMGLLaVA, image_size: int) -> None:
+        if model.tokenizer is None:
+            raise ValueError('the chat needs the model built with its tokenizer (config `tokenizer=`)')
+        self.model = model
+        self.tokenizer = model.tokenizer
+        self.image_size = image_size
+        self._conversation = _Conversation()
+
+    @classmethod
+    def from_config(cls, config_path: str, **build_kwargs) -> tuple['OMGLLaVAChat', list[str]]:
+        """Build the model of a config (see :func:`omg_llava.inference.model_builder.build_model` for the
+        keyword arguments: ``pth``, ``device``, ``dtype``, ``seed``, ``weights_only``, encoder files)."""
+        from .model_builder import build_model
+        model, cfg, notes = build_model(config_path, **build_kwargs)
+        return cls(model, int(cfg.get('image_size', 1024))), notes
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.projector.parameters()).device
+
+    # ------------------------------------------------------------------ conversation state
+    def set_image(self, image: str | os.PathLike | Image.Image | np.ndarray | None) -> None:
+        """Start a new conversation about ``image`` (a path, PIL image or HxWx3 uint8 array; ``None`` for a
+        text-only conversation). The image is encoded once here."""
+        self._conversation = _Conversation()
+        if image is None:
+            return
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image)
+        elif isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f'an image array must be H x W x 3 (RGB), got shape {image.shape}')
+            image = Image.fromarray(image.astype(np.uint8))
+        pixels, geometry = preprocess_image(image.convert('RGB'), self.image_size)
+        with torch.no_grad():
+            encoded = self.model.encode_images(pixels[None].to(self.device))
+        self._conversation = _Conversation(image=image, geometry=geometry, encoded=encoded)
+
+    def reset(self) -> None:
+        """Forget the history, keep the image."""
+        conv = self._conversation
+        self._conversation = _Conversation(image=conv.image, geometry=conv.geometry, encoded=conv.encoded)
+
+    @property
+    def history(self) -> list[Turn]:
+        return list(self._conversation.turns)
+
+    # ------------------------------------------------------------------ asking
+    def ask(self, question: str, *, points: Sequence[Sequence[float]] = (),
+            regions: Sequence[Sequence[float] | np.ndarray] = (), max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+            temperature: float = 0.0, top_p: float = 0.75, top_k: int = 40, repetition_penalty: float = 1.0,
+            streamer=None, **generation_kwargs) -> ChatAnswer:
+        """Answer ``question`` given the history.
+
+        Args:
+            question: the text; each ``<mark>`` takes the next of ``points`` and each ``<region>`` the next of
+                ``regions``, in order.
+            points: (x, y) in original-image pixels.
+            regions: boxes (x1, y1, x2, y2) in original-image pixels or (H, W) binary masks of the image size.
+            max_new_tokens / temperature / top_p / top_k / repetition_penalty: decoding (sampling iff
+                temperature > 0; the reference chat samples with T=0.1, top-p 0.75, top-k 40).
+            streamer: a transformers streamer (e.g. ``TextStreamer``) for live output.
+            generation_kwargs: any other ``generate`` argument (e.g. ``num_beams``, ``sequence_bias``).
+
+        Raises:
+            PromptCountError: the numbers of ``<mark>`` / ``<region>`` and of prompts differ, or prompts are
+                given without an image.
+            ValueError: a point or box lies outside the image, a mask has the wrong size.
+            PromptTooLongError: the conversation no longer fits; call :meth:`reset`.
+        """
+        conv = self._conversation
+        marks = self._point_prompts(question, points)
+        region_prompts = self._region_prompts(question, regions)
+        turns = conv.turns + [Turn(question)]
+        encoded = encode_conversation(self.tokenizer, turns, with_image=conv.encoded is not None)
+        input_ids = torch.tensor([encoded.input_ids], device=self.device)
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 \
+            else dict(do_sample=False)
+        output = self.model.generate(input_ids, images=conv.encoded,
+                                     region_prompts=conv.region_prompts + region_prompts,
+                                     mark_prompts=conv.mark_prompts + marks, max_new_tokens=max_new_tokens,
+                                     repetition_penalty=repetition_penalty, streamer=streamer,
+                                     **sampling, **generation_kwargs)[0]
+        ids = output.token_ids.tolist()
+        text = self.tokenizer.decode([i for i in ids if i not in self.model.stop_token_ids],
+                                     skip_special_tokens=False).strip()
+        masks = []
+        if len(output.mask_logits) and conv.geometry is not None:
+            masks = [m.cpu().numpy() for m in conv.geometry.logits_to_original(output.mask_logits) > 0]
+        conv.turns.append(Turn(question, text))
+        conv.region_prompts += region_prompts
+        conv.mark_prompts += marks
+        return ChatAnswer(text, ' '.join(TAG_PATTERN.sub(' ', text).split()),
+                          [p.strip() for p in PHRASE_PATTERN.findall(text)], masks, ids)
+
+    # ------------------------------------------------------------------ visual prompts
+    def _require_image(self, what: str) -> SquareGeometry:
+        if self._conversation.geometry is None:
+            raise PromptCountError(f'{what} given but the conversation has no image; call set_image() first')
+        return self._conversation.geometry
+
+    def _point_prompts(self, question: str, points: Sequence[Sequence[float]]) -> list[VisualPrompt]:
+        _check_count(question, MARK_TOKEN, len(points), 'points')
+        if not points:
+            return []
+        geometry = self._require_image('point prompts')
+        xy = torch.tensor([list(map(float, p)) for p in points])
+        if xy.shape[-1] != 2:
+            raise ValueError(f'points are (x, y) pairs, got {points}')
+        _check_inside(xy, geometry, 'point')
+        return [VisualPrompt('point', p) for p in geometry.points_to_input(xy).to(self.device)]
+
+    def _region_prompts(self, question: str, regions: Sequence) -> list[VisualPrompt]:
+        _check_count(question, REGION_TOKEN, len(regions), 'regions')
+        if not len(regions):
+            return []
+        geometry = self._require_image('region prompts')
+        prompts = []
+        for region in regions:
+            array = np.asarray(region)
+            if array.ndim == 2:
+                if tuple(array.shape) != geometry.original_size:
+                    raise ValueError(f'a region mask must have the image size {geometry.original_size} (H, W), got '
+                                     f'{array.shape}')
+                mask = geometry.masks_to_input(torch.from_numpy(array > 0)[None])[0]
+                prompts.append(VisualPrompt('mask', mask.to(self.device)))
+            elif array.shape == (4, ):
+                box = torch.tensor(array, dtype=torch.float)
+                _check_inside(box.view(2, 2), geometry, 'box corner', inclusive_end=True)
+                prompts.append(VisualPrompt('box', geometry.boxes_to_input(box[None])[0].to(self.device)))
+            else:
+                raise ValueError(f'a region is a box (x1, y1, x2, y2) or an (H, W) mask, got shape {array.shape}')
+        return prompts
+
+
+def _check_count(question: str, token: str, given: int, what: str) -> None:
+    needed = question.count(token)
+    if needed != given:
+        raise PromptCountError(f'the question holds {needed} {token} but {given} {what} were given: put one {token} '
+                               f'in the text for each of the {what}, in the same order')
+
+
+def _check_inside(xy: torch.Tensor, geometry: SquareGeometry, what: str, inclusive_end: bool = False) -> None:
+    H, W = geometry.original_size
+    x, y = xy[:, 0], xy[:, 1]
+    beyond = (x > W) | (y > H) if inclusive_end else (x >= W) | (y >= H)
+    bad = (x < 0) | (y < 0) | beyond
+    if bad.any():
+        raise ValueError(f'{what} {xy[bad].tolist()} lies outside the {W}x{H} image; give original-image pixel '
+                         'coordinates (x from the left, y from the top)')

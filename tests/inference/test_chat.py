@@ -1,0 +1,93 @@
+"""The public chat API end to end on a real photo with the tiny model, and its input validation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+from transformers import LogitsProcessorList
+
+from omg_llava.inference.chat import OMGLLaVAChat
+from omg_llava.models.multimodal_inputs import PromptCountError
+
+from conftest import TINY_CONFIG
+
+CAT = data.chelsea()  # 300 x 451 RGB
+
+
+@pytest.fixture(scope='module')
+def chat() -> OMGLLaVAChat:
+    chat, notes = OMGLLaVAChat.from_config(str(TINY_CONFIG), seed=0)
+    assert any('random' in n for n in notes)  # the tiny config says what is random
+    return chat
+
+
+def test_answer_with_one_mask_per_generated_seg(chat):
+    chat.set_image(CAT)
+    seg = chat.model.token_ids.seg
+    answer = chat.ask('Please segment the cat in this image.', max_new_tokens=3, sequence_bias={(seg, ): 100.0})
+    assert answer.token_ids.count(seg) == 3 and len(answer.masks) == 3
+    for mask in answer.masks:
+        assert mask.shape == CAT.shape[:2] and mask.dtype == bool
+    assert answer.text.count('[SEG]') == 3 and '[SEG]' not in answer.clean_text
+    assert len(chat.history) == 1 and chat.history[0].answer == answer.text
+
+
+def test_phrases_are_parsed_from_the_answer(chat):
+    chat.set_image(CAT)
+    ids = chat.tokenizer.encode('<p> cat </p> [SEG]', add_special_tokens=False)
+
+    def force_phrase(generated, scores):  # steer decoding through the phrase (a random model would not)
+        forced = torch.full_like(scores, -float('inf'))
+        forced[:, ids[generated.shape[1]]] = 0.0
+        return forced
+
+    answer = chat.ask('Please segment the cat in this image.', max_new_tokens=len(ids),
+                      logits_processor=LogitsProcessorList([force_phrase]))
+    assert answer.token_ids[:len(ids)] == ids
+    assert answer.phrases == ['cat'] and len(answer.masks) == 1
+
+
+def test_visual_prompts_across_turns(chat):
+    chat.set_image(CAT)
+    chat.ask('What is at <mark>?', points=[(200, 120)], max_new_tokens=2)
+    region = np.zeros(CAT.shape[:2], dtype=bool)
+    region[50:150, 100:300] = True
+    chat.ask('Compare <region> with <region>.', regions=[(10, 20, 200, 280), region], max_new_tokens=2)
+    chat.ask('And now?', max_new_tokens=2)  # the history still holds 1 <mark> and 2 <region>: prompts are kept
+    assert len(chat.history) == 3
+    chat.reset()
+    assert chat.history == []
+    chat.ask('Describe the image.', max_new_tokens=2)  # the image survives a reset
+
+
+def test_bad_visual_prompts_are_refused(chat):
+    chat.set_image(CAT)
+    with pytest.raises(PromptCountError, match='holds 1 <region> but 2 regions'):
+        chat.ask('What is <region>?', regions=[(0, 0, 10, 10), (5, 5, 20, 20)])
+    with pytest.raises(PromptCountError, match='holds 0 <mark> but 1 points'):
+        chat.ask('What is this?', points=[(3, 3)])
+    with pytest.raises(ValueError, match=r'outside the 451x300 image'):
+        chat.ask('What is at <mark>?', points=[(451, 10)])
+    with pytest.raises(ValueError, match='outside'):
+        chat.ask('What is <region>?', regions=[(10, 10, 500, 100)])
+    with pytest.raises(ValueError, match='image size'):
+        chat.ask('What is <region>?', regions=[np.ones((10, 10), dtype=bool)])
+    assert chat.history == []  # nothing half-done was recorded
+
+
+def test_text_only_conversation(chat):
+    chat.set_image(None)
+    answer = chat.ask('Hello, who are you?', max_new_tokens=3)
+    assert answer.masks == []
+    with pytest.raises(PromptCountError, match='no image'):
+        chat.ask('What is at <mark>?', points=[(1, 1)])
+
+
+def test_unreadable_image(tmp_path, chat):
+    bad = tmp_path / 'broken.jpg'
+    bad.write_bytes(b'not an image')
+    with pytest.raises(ValueError, match='cannot read'):
+        chat.set_image(bad)
+    with pytest.raises(FileNotFoundError):
+        chat.set_image(tmp_path / 'missing.png')
