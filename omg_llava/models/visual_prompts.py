@@ -75,7 +75,7 @@ def encode_visual_prompts(encoder, prompts: Sequence[VisualPrompt], features: Im
         rows = [i for i, p in enumerate(prompts) if p.kind == kind]
         if not rows:
             continue
-        values = torch.stack([prompts[i].value.to(device) for i in rows])
+        values = torch.stack([prompts[i].value.to(device) for i in rows]).float()
         batch_idxs = torch.tensor([prompts[i].image_index for i in rows], dtype=torch.long, device=device)
         out[rows] = encode(values, batch_idxs, features).query_features[:, 0].to(out.dtype)
     return out

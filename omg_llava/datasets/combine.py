@@ -1,0 +1,47 @@
+"""A training mixture: datasets concatenated with repeats and permuted once (spec §8.3).
+
+Unlike the reference ``CombineDataset`` (spec §10.14), ``modality_length`` is built from the same index
+map as ``__getitem__``, so entry i always describes sample i (repeats and the permutation included).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from omg_llava.registry import build_component
+
+
+class CombinedDataset(Dataset):
+    """Args:
+        datasets: datasets (objects or config dicts), each with ``modality_length``.
+        repeats: how many times each dataset appears (default 1 each).
+        shuffle_seed: seed of the one-off permutation of the concatenation (42 in the reference); ``None``
+            keeps the concatenation order.
+    """
+
+    def __init__(self, datasets: Sequence, repeats: Sequence[int] | None = None,
+                 shuffle_seed: int | None = 42) -> None:
+        self.datasets = [build_component(d) for d in datasets]
+        repeats = list(repeats) if repeats is not None else [1] * len(self.datasets)
+        if len(repeats) != len(self.datasets):
+            raise ValueError(f'{len(repeats)} repeats for {len(self.datasets)} datasets')
+        index = [(d, i) for d, (ds, r) in enumerate(zip(self.datasets, repeats)) for _ in range(r)
+                 for i in range(len(ds))]
+        if shuffle_seed is not None:
+            order = np.random.RandomState(shuffle_seed).permutation(len(index))
+            index = [index[j] for j in order]
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        d, j = self.index[i]
+        return self.datasets[d][j]
+
+    @property
+    def modality_length(self) -> list[int]:
+        lengths = [ds.modality_length for ds in self.datasets]
+        return [lengths[d][j] for d, j in self.index]
