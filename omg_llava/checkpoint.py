@@ -181,7 +181,8 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Sequence[RenameRu
 
 
 def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str,
-              expected_keys: Iterable[str] | None = None, strict: bool = True) -> LoadReport:
+              expected_keys: Iterable[str] | None = None, strict: bool = True,
+              file_keys: Iterable[str] | None = None) -> LoadReport:
     """Copy ``state_dict`` into ``module`` after checking names and shapes exactly.
 
     Args:
@@ -191,6 +192,8 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
         expected_keys: the module keys this file must provide (default: all of them). Keys of the
             module outside this set are neither required nor reported.
         strict: raise :class:`CheckpointMismatchError` on any missing, unexpected or mis-shaped key.
+        file_keys: every key of the file, for guessing which file it is in the error message (default: the
+            keys of ``state_dict``; pass them when the caller has already set aside keys the model lacks).
 
     Returns:
         The report. Nothing is copied when ``strict`` and the report is not clean.
@@ -204,7 +207,7 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
     report.mismatched = sorted((k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
                                if k in own and tuple(v.shape) != tuple(own[k].shape))
     if strict and not report.ok:
-        hint = describe_checkpoint(state_dict)
+        hint = describe_checkpoint(state_dict if file_keys is None else file_keys)
         raise CheckpointMismatchError(
             f'the weights do not fit the model.\n{report.format()}\n'
             f'The file looks like: {hint}. Check that each --*-pth option points to the right file '

@@ -54,7 +54,7 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
             '(configs/specific_tasks_finetune/*, panoptic_head with_llm_decoder_copy=True).')
     unknown = sorted(k for k in state_dict if k not in own)
     known = {k: v for k, v in state_dict.items() if k in own}
-    report = load_into(model, known, source=source, expected_keys=required)
+    report = load_into(model, known, source=source, expected_keys=required, file_keys=state_dict)
     report.ignored = ignored
     report.unexpected = unknown
     if ignored:

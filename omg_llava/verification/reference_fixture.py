@@ -55,8 +55,9 @@ def load_fixture(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
     return tensors, meta
 
 
-def build_visual_encoder(config: dict[str, Any]) -> OMGSegVisualEncoder:
-    """Build the visual encoder described by a fixture ``config`` (sizes only, random weights)."""
+def build_visual_encoder(config: dict[str, Any], with_llm_decoder_copy: bool = False) -> OMGSegVisualEncoder:
+    """Build the visual encoder described by a fixture ``config`` (sizes only, random weights);
+    ``with_llm_decoder_copy`` adds the task-finetune decoder copies (spec §3.7), absent from the fixture."""
     bb, head, pd, td = config['backbone'], config['head'], config['head']['pixel_decoder'], \
         config['head']['transformer_decoder']
     num_classes, num_synonyms, clip_dim = head['ov_class_embed_shape']
@@ -70,7 +71,7 @@ def build_visual_encoder(config: dict[str, Any]) -> OMGSegVisualEncoder:
         num_heads=td['num_heads'], pixel_decoder_heads=pd['num_heads'], pixel_decoder_layers=pd['encoder_num_layers'],
         pixel_decoder_ffn_channels=pd['ffn_dim'], deform_points=pd['num_points'], decoder_layers=td['num_layers'],
         decoder_ffn_channels=td['ffn_dim'], num_feature_levels=head['num_transformer_feat_level'],
-        logit_scale=head['logit_scale'])
+        logit_scale=head['logit_scale'], with_llm_decoder_copy=with_llm_decoder_copy)
     assert num_classes == panoptic_head.num_classes, 'ov_class_embed_shape disagrees with things + stuff'
     ve = config.get('visual_encoder', {})
     return OMGSegVisualEncoder(backbone, panoptic_head, pixel_shuffle_ratio=ve.get('pixel_shuffle_down_ratio', 2),

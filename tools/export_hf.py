@@ -1,0 +1,53 @@
+"""Merge the LoRA of an OMG-LLaVA checkpoint into the LLM and export a self-contained folder (spec §7.4).
+
+    python tools/export_hf.py configs/omg_llava_7b_finetune_8gpus.py --pth omg_llava_7b_finetune_8gpus.pth \\
+        --out exports/omg_llava_7b --dtype bf16
+
+The folder holds ``llm/`` (a plain InternLM2 that ``AutoModelForCausalLM.from_pretrained`` reads after
+``import omg_llava.models``), ``omg_llava_modules.safetensors`` (projectors and visual encoder) and
+``omg_llava_export.json``; ``omg_llava.export.load_exported_model(DIR)`` rebuilds the model from it alone.
+The visual-encoder files named by the config must exist (a missing one is an error); a config that names
+none (the tiny ones) exports its seeded random encoder.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='the OMG-LLaVA config the checkpoint was trained with')
+    parser.add_argument('--pth', required=True, help='released-format checkpoint (pretrain, finetune or task finetune)')
+    parser.add_argument('--out', required=True, help='export folder to create')
+    parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
+                        help='dtype of the saved LLM and projectors (the merge itself runs in float32)')
+    parser.add_argument('--device', default='cpu', help='torch device for the merge, e.g. cpu or cuda')
+    parser.add_argument('--seed', type=int, default=0, help='seed of the random encoder when the config names no files')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='load weight files with the full unpickler (only for files you trust)')
+    args = parser.parse_args(argv)
+
+    from omg_llava.checkpoint import CheckpointError
+    from omg_llava.export import export_merged_model
+    from omg_llava.inference.model_builder import build_model
+
+    start = time.perf_counter()
+    try:
+        model, _, notes = build_model(args.config, pth=args.pth, device=args.device, seed=args.seed,
+                                      weights_only=not args.trust_checkpoint)
+        for note in notes:
+            print(f'  {note}')
+        out = export_merged_model(model, args.out, config_path=args.config, dtype=args.dtype)
+    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    merged = 'LoRA merged' if model.has_lora else 'no LoRA to merge'
+    print(f'exported {args.config} + {args.pth} to {out} ({merged}, {args.dtype}, '
+          f'{time.perf_counter() - start:.1f}s)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
