@@ -10,7 +10,8 @@ The files are flat dicts under the model's own module paths (no renaming):
   model are loaded and listed; keys that do not are listed by name as *unexpected* and skipped, with a
   warning — never silently.
 * ``finetuned_refseg.pth`` / ``finetuned_gcg.pth`` add the 170 ``_llm`` decoder-copy tensors and need a model
-  built with ``with_llm_decoder_copy=True`` (the task configs).
+  built with ``with_llm_decoder_copy=True`` (the task configs). A task model given the general finetune file
+  (its ``pretrained_pth``) keeps the copies initialised from the OMG-Seg decoder.
 """
 from __future__ import annotations
 
@@ -46,6 +47,12 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
         ignored = [k for k in PRETRAIN_VOCAB_KEYS if k in state_dict]
         state_dict = {k: v for k, v in state_dict.items() if k not in ignored}
         required = [k for k in required if k.startswith(('projector.', 'projector_text2vision.'))]
+    if with_copy and not any(any(m in k for m in LLM_DECODER_COPY_MARKERS) for k in state_dict):
+        # A task finetune starting from the general finetune file: the copies keep their initialisation from
+        # the OMG-Seg decoder (spec §3.7).
+        required = [k for k in required if not any(m in k for m in LLM_DECODER_COPY_MARKERS)]
+        print_log(f'{source}: no `_llm` decoder copies in the file; they keep the OMG-Seg decoder weights',
+                  logger='current')
     copies = [k for k in state_dict if k not in own and any(m in k for m in LLM_DECODER_COPY_MARKERS)]
     if copies:
         raise CheckpointMismatchError(

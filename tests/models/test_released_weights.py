@@ -146,6 +146,19 @@ def test_task_finetune_file_needs_the_decoder_copies(config, tmp_path):
     assert_loaded(model, state)
 
 
+def test_general_finetune_file_starts_a_task_finetune(config, tmp_path):
+    """The task configs' pretrained_pth is the general finetune file: the decoder copies keep their init."""
+    state = random_checkpoint(build_model(config), tmp_path / 'finetune.pth')
+    model = lora_model_with_decoder_copy(config)
+    head = model.visual_encoder.panoptic_head
+    head.copy_decoder_for_llm()
+    before = {k: v.clone() for k, v in head.mask_embed_llm.state_dict().items()}
+    report = load_released_checkpoint(model, tmp_path / 'finetune.pth')
+    assert report.ok and sorted(report.loaded) == sorted(state)
+    assert all(torch.equal(v, head.mask_embed_llm.state_dict()[k]) for k, v in before.items())
+    assert_loaded(model, state)
+
+
 class _Opaque:
     """Any non-tensor Python object: the restricted unpickler refuses it."""
 

@@ -70,3 +70,11 @@ def test_finetune_part_needs_a_lora_config():
     import pytest
     with pytest.raises(ValueError, match='no llm_lora'):
         part_key_shapes(str(PRETRAIN_CONFIG), 'finetune')
+
+
+def test_task_finetune_keys_add_the_decoder_copies():
+    from conftest import REPO_ROOT
+    shapes = part_key_shapes(str(REPO_ROOT / 'configs' / 'specific_tasks_finetune' / 'finetune_refseg.py'), 'finetune')
+    expected = dict(read_key_manifest('omg_llava_7b_finetune_8gpus.tsv'))
+    expected.update(read_key_manifest('finetuned_task_extra.tsv'))
+    assert shapes == expected and len(shapes) == 339 + 170
