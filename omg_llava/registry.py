@@ -5,6 +5,7 @@ xtuner's ``BUILDER`` builds) or as a string: ``'OMGSegVisualEncoder'`` through t
 ``'omg_llava.OMGSegVisualEncoder'`` through mmengine's. Builds through these registries always run in the
 ``omg_llava`` scope, so plain strings resolve whatever default scope a runner has set.
 """
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import DefaultScope, Registry, build_from_cfg
@@ -21,6 +22,8 @@ def build_in_plugin_scope(cfg, registry, default_args=None):
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope=SCOPE, locations=['omg_llava.models'],
                   build_func=build_in_plugin_scope)
 LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope=SCOPE, locations=['omg_llava.engine'],
+                 build_func=build_in_plugin_scope)
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope=SCOPE, locations=['omg_llava.engine.hooks'],
                  build_func=build_in_plugin_scope)
 
 
@@ -44,4 +47,4 @@ def build_component(cfg):
     return factory(**kwargs)
 
 
-__all__ = ['MODELS', 'LOOPS', 'SCOPE', 'build_component']
+__all__ = ['MODELS', 'LOOPS', 'HOOKS', 'SCOPE', 'build_component']

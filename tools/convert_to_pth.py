@@ -1,0 +1,44 @@
+"""Convert a training checkpoint into a released-format OMG-LLaVA ``.pth`` (spec §7.2).
+
+    python tools/convert_to_pth.py CONFIG work_dirs/run/iter_5000.pth --save-path omg_llava_finetune.pth \
+        --trust-checkpoint
+
+CHECKPOINT is a DeepSpeed ZeRO folder (the ``iter_N.pth/`` directory of an xtuner ``--deepspeed`` run), an
+mmengine checkpoint file or a flat state dict. DeepSpeed folders and mmengine checkpoints hold pickled Python
+objects and are read only with ``--trust-checkpoint`` (use it for checkpoints your own training wrote). The
+output holds exactly the tensors the released checkpoints hold; load it with ``tools/chat`` or
+``omg_llava.models.released_weights.load_released_checkpoint``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='the config the checkpoint was trained with')
+    parser.add_argument('checkpoint', help='DeepSpeed ZeRO folder, mmengine checkpoint or flat state dict')
+    parser.add_argument('--save-path', required=True, help='output .pth')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow pickled Python objects (needed for DeepSpeed folders and mmengine checkpoints; '
+                        'only for files you trust)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the built model (frozen tensors absent from the checkpoint keep its values)')
+    args = parser.parse_args(argv)
+
+    from omg_llava.checkpoint import CheckpointError
+    from omg_llava.engine.convert import convert_checkpoint
+
+    try:
+        summary = convert_checkpoint(args.config, args.checkpoint, args.save_path,
+                                     trust_checkpoint=args.trust_checkpoint, seed=args.seed)
+    except (CheckpointError, FileNotFoundError, KeyError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    print(summary.format())
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
