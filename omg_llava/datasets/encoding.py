@@ -27,8 +27,11 @@ def encode_sample(conversation: GroundedConversation, tokenizer, image_size: int
         MalformedSample: unreadable image, or annotations whose size differs from the image.
     """
     conversation.validate()
-    encoded = encode_conversation(tokenizer, conversation.turns, with_image=conversation.image_path is not None,
-                                  max_length=max_length)
+    try:
+        encoded = encode_conversation(tokenizer, conversation.turns, with_image=conversation.image_path is not None,
+                                      max_length=max_length)
+    except ValueError as exc:  # e.g. <image> in a later turn
+        raise MalformedSample(f'conversation not encodable: {exc}') from exc
     item = dict(input_ids=torch.tensor(encoded.input_ids), labels=torch.tensor(encoded.labels), pixel_values=None,
                 masks=torch.zeros((0, image_size, image_size), dtype=torch.uint8),
                 regions=torch.zeros((0, image_size, image_size), dtype=torch.uint8),

@@ -49,7 +49,8 @@ class GroundedConversation:
                                     ('<region>', questions.count(REGION_TOKEN), len(self.regions)),
                                     ('<mark>', questions.count(MARK_TOKEN), len(self.points))):
             if needed != given:
-                raise MalformedSample(f'{needed} {what} in the text but {given} annotations')
+                raise MalformedSample(f'placeholder count mismatch: {needed} {what} in the text but {given} '
+                                      'annotations')
         for mask in self.masks + self.regions:
             if mask.ndim != 2 or not mask.any():
-                raise MalformedSample(f'empty or malformed mask of shape {mask.shape}')
+                raise MalformedSample(f'empty or malformed mask: shape {mask.shape}')

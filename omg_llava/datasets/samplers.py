@@ -11,9 +11,10 @@ from torch.utils.data import Sampler
 
 class LengthGroupedSampler(Sampler):
     """Shuffle indices into mega-batches of ``world_size · per_device_batch_size · mega_batch_mult`` items, sort
-    each mega-batch by length (image and text-only samples apart: lengths are signed), and deal them out so that
-    a device batch holds samples of similar length. Every index of the dataset is drawn once per epoch (padded
-    with repeats up to a multiple of the world size).
+    each mega-batch by signed length (image samples, longest first, then text-only samples), and deal them out
+    so that a device batch holds samples of similar length (a batch can straddle the image/text boundary).
+    Every index of the dataset is drawn once per epoch (padded with repeats up to a multiple of the world
+    size).
 
     Args:
         dataset: a dataset with ``modality_length`` (one signed length per index, ``len(dataset)`` entries).
