@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -39,6 +40,7 @@ def load_tool(name: str) -> ModuleType:
     """Import ``tools/<name>.py`` (tools are scripts, not a package) so tests can call its ``main(argv)``."""
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / 'tools' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
     return module
 

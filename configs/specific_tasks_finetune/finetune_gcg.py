@@ -24,5 +24,4 @@ model.update(pretrained_pth=pretrained_pth)
 #######################################################################
 #                      PART 3  Dataset & Dataloader                   #
 #######################################################################
-train_dataloader.update(
-    dataset=dict(type=CombinedDataset, datasets=gcg_datasets, repeats=[1, 1, 10, 1], shuffle_seed=42))
+train_dataloader.dataset = dict(type=CombinedDataset, datasets=gcg_datasets, repeats=[1, 1, 10, 1], shuffle_seed=42)

@@ -24,5 +24,4 @@ model.update(pretrained_pth=pretrained_pth)
 #######################################################################
 #                      PART 3  Dataset & Dataloader                   #
 #######################################################################
-train_dataloader.update(
-    dataset=dict(type=CombinedDataset, datasets=refer_seg_datasets, repeats=None, shuffle_seed=42))
+train_dataloader.dataset = dict(type=CombinedDataset, datasets=refer_seg_datasets, repeats=None, shuffle_seed=42)

@@ -291,7 +291,8 @@ class OMGLLaVA(BaseModel):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, data: dict) -> dict[str, Tensor]:
-        """LM cross-entropy + (finetune) 0.1·dice + 0.4·BCE of the [SEG] masks or (pretrain) 10·MSE."""
+        """``loss_lm`` (LM cross-entropy) + (finetune) ``loss_dice`` / ``loss_mask`` of the [SEG] masks or (pretrain)
+        ``loss_proj``; mmengine sums every ``loss*`` entry and logs the sum as ``loss``."""
         images = self._encode_batch_images(data)
         region_prompts, mark_prompts, prompts_matched = self._batch_prompts(data, strict=False)
         ids, mask = data['input_ids'], data.get('attention_mask')
@@ -302,13 +303,13 @@ class OMGLLaVA(BaseModel):
                                            visual_sequences=None if images is None else images.visual_sequences,
                                            region_embeds=region_embeds, mark_embeds=mark_embeds)
         out = self.run_llm(spliced)
-        losses = {'loss': shifted_cross_entropy(out.logits, spliced.labels)}
+        losses = {'loss_lm': shifted_cross_entropy(out.logits, spliced.labels)}
         if not prompts_matched:
             self.loss_info.prompt_mismatch_batches += 1
             print_log('visual-prompt count differs from the <region>/<mark> placeholders (truncation?): the LM loss '
                       f'of this batch is zeroed ({self.loss_info.prompt_mismatch_batches} batches so far)',
                       logger='current', level=30)
-            losses['loss'] = losses['loss'] * 0.0
+            losses['loss_lm'] = losses['loss_lm'] * 0.0
         if self.stage == 'pretrain':
             if images is not None:
                 enc = images.encoder_output

@@ -81,7 +81,7 @@ def test_loss_mode_trains_exactly_the_saved_parts(model):
     data_batch = seg_batch(model)
     model.train()
     losses = model(data_batch, mode='loss')
-    assert set(losses) == {'loss', 'loss_dice', 'loss_mask'}
+    assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask'}
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     model.zero_grad()
     sum(losses.values()).backward()
@@ -99,7 +99,7 @@ def test_pretrain_stage_adds_the_alignment_loss_and_trains_only_projectors():
     model = build_tiny(stage='pretrain', llm_lora=None)
     data_batch = batch(model, [[Turn('Describe the image.', 'A cat sitting.')]], [None])
     losses = model(data_batch, mode='loss')
-    assert set(losses) == {'loss', 'loss_proj'} and losses['loss_proj'] > 0
+    assert set(losses) == {'loss_lm', 'loss_proj'} and losses['loss_proj'] > 0
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(('projector.', 'projector_text2vision.')) for n in trainable)
     assert sorted(model.state_dict()) == sorted(trainable | {'llm.model.tok_embeddings.weight', 'llm.output.weight'})
@@ -109,11 +109,11 @@ def test_seg_count_mismatch_drops_only_the_mask_losses(model):
     data_batch = seg_batch(model)
     data_batch['masks'] = [None, data_batch['masks'][1]]  # sample 0 has a [SEG] but no mask (e.g. truncation)
     losses = model(data_batch, mode='loss')
-    assert losses['loss'] > 0
+    assert losses['loss_lm'] > 0
     data_batch['masks'] = [None, None]
     before = model.loss_info.seg_mismatch_samples
     losses = model(data_batch, mode='loss')
-    assert losses['loss_dice'] == 0 and losses['loss_mask'] == 0 and losses['loss'] > 0
+    assert losses['loss_dice'] == 0 and losses['loss_mask'] == 0 and losses['loss_lm'] > 0
     assert model.loss_info.seg_mismatch_samples == before + 2
 
 
@@ -122,7 +122,7 @@ def test_prompt_count_mismatch_zeroes_the_lm_loss(model):
     data_batch['points'] = None  # the text holds a <mark> but no point was given
     before = model.loss_info.prompt_mismatch_batches
     losses = model(data_batch, mode='loss')
-    assert losses['loss'] == 0 and model.loss_info.prompt_mismatch_batches == before + 1
+    assert losses['loss_lm'] == 0 and model.loss_info.prompt_mismatch_batches == before + 1
     with pytest.raises(PromptCountError, match='<mark>'):
         model(data_batch, mode='predict')  # inference refuses instead
 
