@@ -220,7 +220,7 @@ def test_mmengine_train_step_overfits_one_batch():
     optim = OptimWrapper(torch.optim.AdamW(params, lr=1e-2))
     data_batch = {'data': seg_batch(model), 'data_samples': None}  # the xtuner collate layout
     model.train()
-    history = [float(model.train_step(data_batch, optim)['loss']) for _ in range(12)]  # total of loss*
+    history = [float(model.train_step(data_batch, optim)['loss'].detach()) for _ in range(12)]  # sum of loss_*
     assert history[-1] < 0.6 * history[0], history
     model.eval()
     assert len(model.val_step(data_batch)) == 2  # predict mode through the mmengine API
