@@ -36,5 +36,7 @@ setup(
         'train': ['deepspeed>=0.12.3,<0.19.7'],
         'gpu': ['bitsandbytes'],
         'test': ['pytest', 'scikit-image', 'imgviz'],
+        'app': ['gradio'],
+        'eval': ['pycocoevalcap'],  # METEOR / SPICE also need Java
     },
 )

@@ -43,7 +43,7 @@ log "3/6 mmengine, mmdet"
 
 log "4/6 transformers stack and xtuner (--no-deps: its metadata pulls 100+ packages)"
 "${pip[@]}" transformers peft accelerate datasets einops sentencepiece tiktoken scipy \
-  kornia pycocotools safetensors scikit-image imgviz pytest pytest-timeout
+  kornia pycocotools safetensors scikit-image imgviz pytest pytest-timeout gradio pycocoevalcap
 "${pip[@]}" --no-deps xtuner
 
 log "5/6 deepspeed (pure Python, ops compiled on demand only)"
