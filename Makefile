@@ -7,7 +7,7 @@ setup:
 	scripts/setup_env.sh $(VENV)
 
 demo: setup
-	$(PY) tools/segment_image.py
+	$(PY) tools/chat.py --prompt "Please segment the main object in this image."
 
 test: setup
 	$(PY) -m pytest -q tests

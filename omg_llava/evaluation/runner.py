@@ -1,0 +1,282 @@
+"""The evaluation loops (spec §9.3): answer every sample of a split, write the predictions, compute the metrics.
+
+The loops take a *prediction function* instead of a model, so the metrics can be checked without one:
+
+* refseg / gcg: ``predict(image_path, prompt) -> answer``;
+* region_caption: ``predict(image_path, prompt, region_mask) -> answer``, the (H, W) mask filling ``<mark>``;
+
+where ``answer`` has ``text`` (the decoded answer with its ``<p>``/``[SEG]`` markup) and ``masks`` (one (H, W) bool
+array per generated ``[SEG]`` at the original image size), like :class:`~omg_llava.inference.chat.ChatAnswer`.
+:class:`ModelPredictor` provides both from an :class:`~omg_llava.inference.chat.OMGLLaVAChat` (greedy decoding).
+
+Distributed runs (``torchrun``) give every rank a contiguous block of samples (:func:`shard_range`, so that the
+consecutive expressions of one image stay on one rank and its encoding is reused); rank 0 gathers the records
+with mmengine's ``collect_results``, restores the split order and writes ``predictions.jsonl`` and
+``metrics.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from omg_llava.datasets.templates import GCG_QUESTIONS
+from omg_llava.inference.chat import PHRASE_PATTERN, TAG_PATTERN, ChatAnswer, OMGLLaVAChat
+from omg_llava.inference.image_io import load_image, preprocess_image
+from omg_llava.models.visual_prompts import VisualPrompt
+from omg_llava.utils.conversation import Turn, encode_conversation
+
+from .captions import caption_metrics
+from .gcg import GroundedImage, PhraseSimilarity, bag_of_words_cosine, gcg_mask_metrics
+from .refseg import mask_overlap, refseg_metrics
+from .splits import GCGSplit, RefSegSplit, RegionCaptionSplit, rle_of
+
+REFSEG_PROMPT = 'Please segment {sentence} in this image.'
+REGION_CAPTION_PROMPT = ('Can you provide me with a detailed description of the region in the picture marked by '
+                         'region1 <mark>?')
+#: Generation budget of each protocol (spec §9.3).
+MAX_NEW_TOKENS = {'refseg': 100, 'gcg': 100, 'region_caption': 300}
+PREDICTIONS_FILE = 'predictions.jsonl'
+METRICS_FILE = 'metrics.json'
+
+_ANY_TAG = re.compile(r'<[^>]*>|\[SEG\]')
+_REGION_WORD = re.compile(r'\b[Rr]egion1\b|:')
+_MARKUP = re.compile(r'<p>(.*?)</p>|\[SEG\]', re.S)
+
+Predict = Callable[[str, str], Any]
+RegionPredict = Callable[[str, str, np.ndarray], Any]
+
+
+# ----------------------------------------------------------------------------------------------- sharding
+def shard_range(num_samples: int, rank: int, world_size: int) -> range:
+    """The contiguous block of sample indices of ``rank``: sizes differ by at most one, every index in exactly one
+    block."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f'rank {rank} outside a world of {world_size}')
+    return range(rank * num_samples // world_size, (rank + 1) * num_samples // world_size)
+
+
+def gather_records(records: list[dict], num_samples: int, world_size: int) -> list[dict] | None:
+    """All ranks' records on rank 0 in split order (``None`` on the other ranks)."""
+    if world_size > 1:
+        from mmengine.dist import collect_results
+        records = collect_results(records, num_samples, device='cpu')
+        if records is None:
+            return None
+    return sorted(records, key=lambda r: r['index'])
+
+
+# ----------------------------------------------------------------------------------------------- text clean-up
+def clean_caption(text: str) -> str:
+    """Answer → caption: every ``<…>`` tag and ``[SEG]`` removed, whitespace collapsed (spec §9.3 GCG)."""
+    return ' '.join(_ANY_TAG.sub(' ', text).split())
+
+
+def clean_region_caption(text: str) -> str:
+    """Answer → region description: tags, ``[SEG]``, ``region1`` / ``Region1`` and colons removed."""
+    return ' '.join(_REGION_WORD.sub(' ', _ANY_TAG.sub(' ', text)).split())
+
+
+def phrases_per_mask(text: str, num_masks: int) -> list[str]:
+    """The phrase of each ``[SEG]``: the last ``<p>…</p>`` before it and after the previous ``[SEG]`` (``''`` if
+    none), padded or cut to ``num_masks``."""
+    phrases, last = [], None
+    for match in _MARKUP.finditer(text):
+        if match.group(0) == '[SEG]':
+            phrases.append(last or '')
+            last = None
+        else:
+            last = match.group(1).strip()
+    return (phrases + [''] * num_masks)[:num_masks]
+
+
+# ----------------------------------------------------------------------------------------------- the loops
+def _progress(indices: Sequence[int], desc: str, enabled: bool):
+    return tqdm(indices, desc=desc, disable=not enabled, dynamic_ncols=True)
+
+
+def run_refseg(split: RefSegSplit, predict: Predict, indices: Sequence[int], progress: bool = True) -> list[dict]:
+    """One record per expression: the answer, its first mask (RLE) and the overlap with the ground truth."""
+    records = []
+    for i in _progress(indices, 'refseg', progress):
+        sample = split.samples[i]
+        answer = predict(split.image_path(sample), REFSEG_PROMPT.format(sentence=sample['sentence']))
+        gt = split.gt_mask(sample)
+        pred = answer.masks[0] if len(answer.masks) else None
+        overlap = mask_overlap(pred, gt)
+        records.append(dict(sample, answer=answer.text, has_seg=pred is not None,
+                            pred_mask=rle_of(pred) if pred is not None else None,
+                            intersection=overlap.intersection, union=overlap.union, iou=overlap.iou))
+    return records
+
+
+def refseg_summary(records: Sequence[dict]) -> dict:
+    """cIoU / gIoU over all expressions (no [SEG] = empty prediction), the number of answers without [SEG], and
+    ``cIoU_seg_answers_only``: cIoU over the expressions answered with a [SEG] (the reference's cIoU, which
+    skipped the others)."""
+    metrics = refseg_metrics([(r['intersection'], r['union']) for r in records])
+    metrics['num_without_seg'] = sum(not r['has_seg'] for r in records)
+    metrics['cIoU_seg_answers_only'] = refseg_metrics([(r['intersection'], r['union']) for r in records
+                                                       if r['has_seg']])['cIoU']
+    return metrics
+
+
+def run_gcg(split: GCGSplit, predict: Predict, indices: Sequence[int], progress: bool = True,
+            questions: Sequence[str] = GCG_QUESTIONS) -> list[dict]:
+    """One record per image: the first answer (over ``questions`` in order) holding a ``[SEG]``, else the last."""
+    records = []
+    for i in _progress(indices, 'gcg', progress):
+        sample = split.samples[i]
+        for k, question in enumerate(questions):
+            answer = predict(split.image_path(sample), question)
+            if len(answer.masks):
+                break
+        masks = list(answer.masks)
+        records.append(dict(sample, question_index=k, answer=answer.text, caption=clean_caption(answer.text),
+                            phrases=[p.strip() for p in PHRASE_PATTERN.findall(answer.text)],
+                            mask_phrases=phrases_per_mask(answer.text, len(masks)), has_seg=bool(masks),
+                            pred_masks=[rle_of(m) for m in masks]))
+    return records
+
+
+def gcg_summary(split: GCGSplit, records: Sequence[dict], similarity: PhraseSimilarity = bag_of_words_cosine,
+                java: str | bool | None = True, meteor: bool = True) -> dict:
+    """Mask metrics and caption metrics over the images of ``records``."""
+    sizes = {r['image_id']: (r['height'], r['width']) for r in records}
+    predictions = {r['image_id']: GroundedImage(r['pred_masks'], r['mask_phrases']) for r in records}
+    metrics = gcg_mask_metrics(split.ground_truth, sizes, predictions, similarity)
+    metrics['num_without_seg'] = sum(not r['has_seg'] for r in records)
+    metrics['phrase_similarity'] = getattr(similarity, '__name__', type(similarity).__name__)
+    metrics.update(caption_metrics(split.captions, {r['image_id']: r['caption'] for r in records}, java=java,
+                                   meteor=meteor))
+    return metrics
+
+
+def run_region_caption(split: RegionCaptionSplit, predict: RegionPredict, indices: Sequence[int],
+                       progress: bool = True) -> list[dict]:
+    """One record per region: the answer and its cleaned description."""
+    records = []
+    for i in _progress(indices, 'region_caption', progress):
+        sample = split.samples[i]
+        answer = predict(split.image_path(sample), REGION_CAPTION_PROMPT, split.region_mask(sample))
+        records.append(dict(sample, answer=answer.text, caption=clean_region_caption(answer.text)))
+    return records
+
+
+def region_caption_summary(split: RegionCaptionSplit, records: Sequence[dict], java: str | bool | None = True,
+                           meteor: bool = True) -> dict:
+    metrics = caption_metrics(split.captions, {r['image_id']: r['caption'] for r in records}, java=java,
+                              meteor=meteor)
+    metrics['num_regions'] = len(records)
+    return metrics
+
+
+def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit, predict: Callable, out_dir: str | None = None, *,
+             max_samples: int | None = None, rank: int = 0, world_size: int = 1, progress: bool = True,
+             similarity: PhraseSimilarity = bag_of_words_cosine, java: str | bool | None = True,
+             meteor: bool = True) -> dict | None:
+    """Run the split's protocol on this rank's shard, gather on rank 0, write the files and return the metrics.
+
+    Args:
+        split: a split from :func:`~omg_llava.evaluation.splits.load_split`.
+        predict: the prediction function of the split's task (see the module docstring).
+        out_dir: where rank 0 writes ``predictions.jsonl`` and ``metrics.json`` (nothing written when ``None``).
+        max_samples: evaluate only the first N samples of the split.
+        rank / world_size: this process in a distributed run.
+        progress: show a progress bar (rank 0 only).
+        similarity: the GCG phrase similarity.
+        java / meteor: passed to :func:`~omg_llava.evaluation.captions.caption_metrics`.
+
+    Returns:
+        The metrics on rank 0, ``None`` on the other ranks.
+    """
+    num = len(split.samples) if max_samples is None else min(max_samples, len(split.samples))
+    indices = shard_range(num, rank, world_size)
+    show = progress and rank == 0
+    if split.task == 'refseg':
+        records = run_refseg(split, predict, indices, show)
+    elif split.task == 'gcg':
+        records = run_gcg(split, predict, indices, show)
+    else:
+        records = run_region_caption(split, predict, indices, show)
+    records = gather_records(records, num, world_size)
+    if records is None:
+        return None
+    if split.task == 'refseg':
+        metrics = refseg_summary(records)
+    elif split.task == 'gcg':
+        metrics = gcg_summary(split, records, similarity, java, meteor)
+    else:
+        metrics = region_caption_summary(split, records, java, meteor)
+    metrics = dict(task=split.task, num_samples=num, **metrics)
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, PREDICTIONS_FILE), 'w', encoding='utf-8') as f:
+            for record in records:
+                f.write(json.dumps(record) + '\n')
+        with open(os.path.join(out_dir, METRICS_FILE), 'w', encoding='utf-8') as f:
+            json.dump(metrics, f, indent=2)
+    return metrics
+
+
+# ----------------------------------------------------------------------------------------------- the model side
+class ModelPredictor:
+    """Greedy answers of an :class:`OMGLLaVAChat`, one single-turn conversation per prompt.
+
+    The image is encoded once for consecutive prompts about it. Calling with a prompt answers through the chat;
+    :meth:`describe_region` puts a region mask at ``<mark>`` (the chat API puts masks at ``<region>``).
+
+    Args:
+        chat: the chat (model and tokenizer).
+        max_new_tokens: generation budget per answer.
+        generation_kwargs: further ``generate`` arguments (e.g. ``repetition_penalty``); decoding stays greedy.
+    """
+
+    def __init__(self, chat: OMGLLaVAChat, max_new_tokens: int, generation_kwargs: dict | None = None) -> None:
+        self.chat = chat
+        self.max_new_tokens = max_new_tokens
+        self.generation_kwargs = dict(generation_kwargs or {})
+        self._chat_image: str | None = None
+        self._encoded: tuple[str, Any, Any] | None = None  # (path, EncodedImages, SquareGeometry)
+
+    def __call__(self, image_path: str, prompt: str) -> ChatAnswer:
+        if image_path != self._chat_image:
+            self.chat.set_image(image_path)
+            self._chat_image = image_path
+        else:
+            self.chat.reset()
+        return self.chat.ask(prompt, max_new_tokens=self.max_new_tokens, temperature=0.0, **self.generation_kwargs)
+
+    def describe_region(self, image_path: str, prompt: str, region_mask: np.ndarray) -> ChatAnswer:
+        """Answer ``prompt`` (one ``<mark>``) with ``region_mask`` ((H, W) bool, original size) at ``<mark>``."""
+        model, tokenizer = self.chat.model, self.chat.tokenizer
+        if self._encoded is None or self._encoded[0] != image_path:
+            pixels, geometry = preprocess_image(load_image(image_path), self.chat.image_size)
+            with torch.no_grad():
+                encoded = model.encode_images(pixels[None].to(self.chat.device))
+            self._encoded = (image_path, encoded, geometry)
+        _, encoded, geometry = self._encoded
+        if tuple(region_mask.shape) != geometry.original_size:
+            raise ValueError(f'region mask {region_mask.shape} does not match the image size {geometry.original_size}')
+        mask = geometry.masks_to_input(torch.from_numpy(np.asarray(region_mask, bool))[None])[0]
+        ids = encode_conversation(tokenizer, [Turn(prompt)], with_image=True).input_ids
+        output = model.generate(torch.tensor([ids], device=self.chat.device), images=encoded,
+                                mark_prompts=[VisualPrompt('mask', mask.to(self.chat.device), 0)],
+                                max_new_tokens=self.max_new_tokens, **self.generation_kwargs, do_sample=False)[0]
+        token_ids = output.token_ids.tolist()
+        text = tokenizer.decode([i for i in token_ids if i not in model.stop_token_ids],
+                                skip_special_tokens=False).strip()
+        masks = [m.cpu().numpy() for m in geometry.logits_to_original(output.mask_logits) > 0] \
+            if len(output.mask_logits) else []
+        return ChatAnswer(text, ' '.join(TAG_PATTERN.sub(' ', text).split()),
+                          [p.strip() for p in PHRASE_PATTERN.findall(text)], masks, token_ids)
+
+
+__all__ = ['evaluate', 'shard_range', 'gather_records', 'run_refseg', 'run_gcg', 'run_region_caption',
+           'refseg_summary', 'gcg_summary', 'region_caption_summary', 'clean_caption', 'clean_region_caption',
+           'phrases_per_mask', 'ModelPredictor', 'REFSEG_PROMPT', 'REGION_CAPTION_PROMPT', 'MAX_NEW_TOKENS']

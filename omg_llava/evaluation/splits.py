@@ -1,0 +1,244 @@
+"""The evaluation splits on disk: one sample per referring expression, GCG image or captioned region.
+
+Samples are plain JSON-able dicts with an ``index`` (their position in the split), so they can be sharded across
+ranks and written next to the predictions. Ground truth stays in the split object.
+
+Layouts (the reference's, spec §9.3):
+
+* **refseg** (REFER): ``DATA_ROOT/{dataset}/refs({split_by}).p`` + ``instances.json``; images ``file_name`` under
+  the image folder (COCO train2014). ``split_by`` is ``unc`` for refcoco/refcoco+ and ``umd`` for refcocog.
+* **gcg**: ``DATA_ROOT/{dataset}/{split}_gcg_coco_mask_gt.json``: COCO instances, ``images`` with ``id``,
+  ``file_name``, ``height``, ``width`` and ``labels`` (the grounded phrases, one per annotation of the image in
+  file order), ``annotations`` with ``image_id`` and ``segmentation`` (RLE or polygons; an annotation's own
+  ``phrase`` field wins over ``labels``). ``DATA_ROOT/{dataset}/{split}_gcg_coco_caption_gt.json``: COCO captions
+  (``annotations`` with ``image_id`` and ``caption``); without it the images' ``caption`` fields are used.
+* **region_caption**: ``DATA_ROOT/{dataset}/finetune_{dataset}_{split}_with_mask.json``: COCO instances with one
+  annotation (the region's ``segmentation``) per image; reference captions from
+  ``DATA_ROOT/{dataset}/finetune_{dataset}_{split}_captions.json`` (COCO captions, the reference's
+  ``mdetr_annotations`` file) or, without it, from the images' ``caption`` fields.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from omg_llava.datasets.mask_decoding import decode_segmentation
+from omg_llava.datasets.refer_seg import REFER_SPLITS, load_refs
+from omg_llava.datasets.sample import MalformedSample
+
+from .gcg import GroundedImage
+
+TASKS = ('refseg', 'gcg', 'region_caption')
+DATASET_ALIASES = {'refcoco_plus': 'refcoco+'}
+#: Image folder per task when ``--image-folder`` is not given, relative to the data root (the reference tree:
+#: data/ref_seg, data/glamm_data/annotations, data/region_caption).
+DEFAULT_IMAGE_FOLDERS = {'refseg': '../glamm_data/images/coco2014/train2014',
+                         'gcg': '../images/grandf/val_test',
+                         'region_caption': '../glamm_data/images/coco2014/train2014'}
+
+
+def _read_json(path: str, what: str) -> Any:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{what} not found: {path}; see docs/evaluation.md for the expected layout')
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
+def _image_path(folder: str, file_name: str) -> str:
+    return os.path.join(folder, file_name)
+
+
+def rle_of(mask: np.ndarray) -> dict:
+    """COCO compressed RLE of an (H, W) bool mask, with ``counts`` as text (JSON-able)."""
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+    return {'size': [int(s) for s in rle['size']], 'counts': rle['counts'].decode('ascii')}
+
+
+def _as_rle(segmentation: Any, height: int, width: int) -> dict:
+    return rle_of(decode_segmentation(segmentation, height, width))
+
+
+class RefSegSplit:
+    """Every referring sentence of every ref of ``split``, in (image id, ref, sentence) order.
+
+    Sample keys: ``index``, ``image_id``, ``file_name``, ``height``, ``width``, ``ref_id``, ``ann_id`` (int or
+    list), ``sentence``.
+    """
+
+    task = 'refseg'
+
+    def __init__(self, data_root: str, dataset: str, split: str, image_folder: str,
+                 split_by: str | None = None) -> None:
+        dataset = DATASET_ALIASES.get(dataset, dataset)
+        if split_by is None:
+            if dataset not in REFER_SPLITS:
+                raise ValueError(f'unknown REFER dataset {dataset!r}; pass --split-by or one of {sorted(REFER_SPLITS)}')
+            split_by = REFER_SPLITS[dataset][0]  # unc for refcoco / refcoco+, umd for refcocog
+        self.image_folder = image_folder
+        folder = os.path.join(data_root, dataset)
+        refs_path = os.path.join(folder, f'refs({split_by}).p')
+        if not os.path.isfile(refs_path):
+            raise FileNotFoundError(f'{refs_path} not found; expected the REFER layout DATA_ROOT/{{dataset}}/'
+                                    'refs(unc|umd).p + instances.json')
+        instances = _read_json(os.path.join(folder, 'instances.json'), 'REFER instances.json')
+        self._images = {img['id']: img for img in instances['images']}
+        self._segmentations = {ann['id']: ann['segmentation'] for ann in instances['annotations']}
+        refs = sorted((r for r in load_refs(refs_path) if r['split'] == split),
+                      key=lambda r: (r['image_id'], r.get('ref_id', 0)))
+        if not refs:
+            raise ValueError(f'{refs_path} has no refs of split {split!r}')
+        self.samples: list[dict] = []
+        for ref in refs:
+            image = self._images.get(ref['image_id'])
+            if image is None:
+                raise ValueError(f'ref {ref.get("ref_id")} points to image {ref["image_id"]}, absent from '
+                                 'instances.json')
+            for sentence in ref['sentences']:
+                text = ' '.join((sentence.get('sent', '') if isinstance(sentence, dict) else str(sentence)).split())
+                if text:
+                    self.samples.append(dict(index=len(self.samples), image_id=ref['image_id'],
+                                             file_name=image['file_name'], height=image['height'],
+                                             width=image['width'], ref_id=ref.get('ref_id'), ann_id=ref['ann_id'],
+                                             sentence=text))
+
+    def image_path(self, sample: dict) -> str:
+        return _image_path(self.image_folder, sample['file_name'])
+
+    def gt_mask(self, sample: dict) -> np.ndarray:
+        """(H, W) bool: the union of the ref's annotations."""
+        ann_ids = sample['ann_id'] if isinstance(sample['ann_id'], (list, tuple)) else [sample['ann_id']]
+        mask = np.zeros((sample['height'], sample['width']), dtype=bool)
+        for ann_id in ann_ids:
+            if ann_id not in self._segmentations:
+                raise ValueError(f'ref {sample["ref_id"]}: annotation {ann_id} is not in instances.json')
+            try:
+                mask |= decode_segmentation(self._segmentations[ann_id], sample['height'], sample['width'])
+            except MalformedSample as exc:
+                raise ValueError(f'ref {sample["ref_id"]}, annotation {ann_id}: {exc}') from exc
+        return mask
+
+
+def _captions_by_image(path: str, images: list[dict], what: str) -> dict[Any, list[str]]:
+    captions: dict[Any, list[str]] = defaultdict(list)
+    if os.path.isfile(path):
+        for ann in _read_json(path, what)['annotations']:
+            captions[ann['image_id']].append(ann['caption'])
+    else:
+        for img in images:
+            caption = img.get('caption')
+            for text in caption if isinstance(caption, list) else [caption] if caption else []:
+                captions[img['id']].append(text)
+    if not captions:
+        raise ValueError(f'no reference caption: {path} is missing and the images carry no "caption"')
+    return dict(captions)
+
+
+class GCGSplit:
+    """One sample per image of the GCG ground truth, in file order.
+
+    Attributes:
+        samples: ``index``, ``image_id``, ``file_name``, ``height``, ``width``.
+        ground_truth: image id → masks (RLE) and their phrases.
+        captions: image id → reference captions.
+    """
+
+    task = 'gcg'
+
+    def __init__(self, data_root: str, dataset: str, split: str, image_folder: str) -> None:
+        self.image_folder = image_folder
+        folder = os.path.join(data_root, dataset)
+        masks = _read_json(os.path.join(folder, f'{split}_gcg_coco_mask_gt.json'), 'GCG mask ground truth')
+        anns_by_image: dict[Any, list[dict]] = defaultdict(list)
+        for ann in masks['annotations']:
+            anns_by_image[ann['image_id']].append(ann)
+        self.samples, self.ground_truth = [], {}
+        for img in masks['images']:
+            anns = anns_by_image.get(img['id'], [])
+            labels = img.get('labels') or []
+            phrases = []
+            for k, ann in enumerate(anns):
+                phrase = ann.get('phrase', labels[k] if k < len(labels) else None)
+                if phrase is None:
+                    raise ValueError(f'GCG image {img["id"]}: annotation {k} has no phrase; give each annotation a '
+                                     '"phrase" or each image a "labels" list (one phrase per annotation)')
+                phrases.append(str(phrase))
+            try:
+                rles = [_as_rle(a['segmentation'], img['height'], img['width']) for a in anns]
+            except MalformedSample as exc:
+                raise ValueError(f'GCG image {img["id"]}: {exc}') from exc
+            self.ground_truth[img['id']] = GroundedImage(rles, phrases)
+            self.samples.append(dict(index=len(self.samples), image_id=img['id'],
+                                     file_name=img.get('file_name', f'{img["id"]}.jpg'), height=img['height'],
+                                     width=img['width']))
+        self.captions = _captions_by_image(os.path.join(folder, f'{split}_gcg_coco_caption_gt.json'), masks['images'],
+                                           'GCG caption ground truth')
+
+    def image_path(self, sample: dict) -> str:
+        return _image_path(self.image_folder, sample['file_name'])
+
+
+class RegionCaptionSplit:
+    """One sample per region (one annotation per image).
+
+    Attributes:
+        samples: ``index``, ``image_id``, ``ann_id``, ``file_name``, ``height``, ``width``.
+        captions: image id → reference captions.
+    """
+
+    task = 'region_caption'
+
+    def __init__(self, data_root: str, dataset: str, split: str, image_folder: str) -> None:
+        self.image_folder = image_folder
+        folder = os.path.join(data_root, dataset)
+        data = _read_json(os.path.join(folder, f'finetune_{dataset}_{split}_with_mask.json'), 'region annotations')
+        images = {img['id']: img for img in data['images']}
+        self._segmentations = {}
+        self.samples = []
+        for ann in data['annotations']:
+            image = images.get(ann['image_id'])
+            if image is None:
+                raise ValueError(f'region annotation {ann.get("id")} points to image {ann["image_id"]}, absent from '
+                                 'the "images" list')
+            if ann['image_id'] in self._segmentations:
+                raise ValueError(f'image {ann["image_id"]} has several regions; the region-caption layout has one '
+                                 'annotation per image id (one referring expression per image entry)')
+            self._segmentations[ann['image_id']] = ann['segmentation']
+            self.samples.append(dict(index=len(self.samples), image_id=ann['image_id'], ann_id=ann.get('id'),
+                                     file_name=image['file_name'], height=image['height'], width=image['width']))
+        self.captions = _captions_by_image(os.path.join(folder, f'finetune_{dataset}_{split}_captions.json'),
+                                           data['images'], 'region captions')
+
+    def image_path(self, sample: dict) -> str:
+        return _image_path(self.image_folder, sample['file_name'])
+
+    def region_mask(self, sample: dict) -> np.ndarray:
+        """(H, W) bool region of the sample."""
+        try:
+            return decode_segmentation(self._segmentations[sample['image_id']], sample['height'], sample['width'])
+        except MalformedSample as exc:
+            raise ValueError(f'region of image {sample["image_id"]}: {exc}') from exc
+
+
+def load_split(task: str, data_root: str, dataset: str, split: str, image_folder: str | None = None,
+               split_by: str | None = None) -> RefSegSplit | GCGSplit | RegionCaptionSplit:
+    """The split of ``task``; ``image_folder`` defaults to :data:`DEFAULT_IMAGE_FOLDERS` under ``data_root``."""
+    if task not in TASKS:
+        raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    if image_folder is None:
+        image_folder = os.path.normpath(os.path.join(data_root, DEFAULT_IMAGE_FOLDERS[task]))
+    if not os.path.isdir(image_folder):
+        raise FileNotFoundError(f'image folder {image_folder} not found; pass --image-folder')
+    if task == 'refseg':
+        return RefSegSplit(data_root, dataset, split, image_folder, split_by)
+    if split_by is not None:
+        raise ValueError('--split-by only applies to refseg')
+    cls = GCGSplit if task == 'gcg' else RegionCaptionSplit
+    return cls(data_root, dataset, split, image_folder)
+
+
+__all__ = ['RefSegSplit', 'GCGSplit', 'RegionCaptionSplit', 'load_split', 'rle_of', 'TASKS', 'DEFAULT_IMAGE_FOLDERS']

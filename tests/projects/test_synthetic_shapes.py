@@ -1,0 +1,246 @@
+"""The synthetic shapes task: unambiguous expressions, masks true to the pixels, and data the real dataset classes
+read (REFER train / val / testA on held-out images, GranD-f GCG, Osprey, MDPV, LLaVA, ADE20K)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT
+from omg_llava.assets import TINY_TOKENIZER_DIR
+from omg_llava.datasets.gcg import GranDfGCGDataset
+from omg_llava.datasets.llava import LLaVADataset
+from omg_llava.datasets.mask_decoding import decode_segmentation
+from omg_llava.datasets.mdpv import MDPVPointDataset
+from omg_llava.datasets.osprey import OspreyRegionCaptionDataset, OspreyRegionConversationDataset
+from omg_llava.datasets.refer_seg import ReferSegDataset, load_refs
+from omg_llava.datasets.semantic_seg import SemanticSegDataset
+from omg_llava.models.llm import InternLM2Tokenizer
+
+S = 128
+NUM_TRAIN, NUM_VAL, NUM_TEST = 12, 6, 4
+GENERATOR_PATH = REPO_ROOT / 'projects' / 'tiny_omg_llava' / 'synthetic_shapes.py'
+
+
+@pytest.fixture(scope='module')
+def gen():
+    spec = importlib.util.spec_from_file_location('synthetic_shapes', GENERATOR_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def scenes(gen):
+    return [gen.sample_scene(np.random.default_rng([7, 0, k]), S) for k in range(150)]
+
+
+@pytest.fixture(scope='module')
+def built(gen, tmp_path_factory):
+    root = tmp_path_factory.mktemp('synthetic') / 'data'
+    counts = gen.main(['--root', str(root), '--train', str(NUM_TRAIN), '--val', str(NUM_VAL), '--test', str(NUM_TEST)])
+    return root, counts
+
+
+def interpret(gen, sentence: str, objects: list, side: int) -> tuple[set[int], set[int]]:
+    """Read a sentence of the grammar against the objects' attributes, independently of the generator's resolver.
+
+    Returns the objects it is clearly true of, and those for which it is borderline (neither clearly true nor
+    clearly false); an unambiguous sentence has exactly one of the first kind and none of the second.
+    """
+    colours, kinds = '|'.join(gen.COLOURS), '|'.join(gen.KINDS)
+    m = re.fullmatch(rf'the (?:(largest|smallest) )?(?:(small|large) )?(?:({colours}) )?({kinds}|shape)'
+                     r'(?: (on the left|on the right|at the top|at the bottom)| (left of|right of|above|below) (.+))?',
+                     sentence)
+    assert m, f'not in the grammar: {sentence!r}'
+    superlative, size, colour, kind, position, relation, anchor_text = m.groups()
+    found = [i for i, o in enumerate(objects) if (size in (None, o.size_class) and colour in (None, o.colour)
+                                                  and kind in ('shape', o.kind))]
+    vector = {'on the left': (-1, 0), 'on the right': (1, 0), 'at the top': (0, -1), 'at the bottom': (0, 1),
+              'left of': (-1, 0), 'right of': (1, 0), 'above': (0, -1), 'below': (0, 1)}
+
+    def along(i: int, v: tuple[int, int]) -> float:
+        return objects[i].centre[0] * v[0] + objects[i].centre[1] * v[1]
+
+    if superlative:
+        assert size is None and len(found) >= 2
+
+        def beats(t: int, o: int) -> bool:
+            big, small = (t, o) if superlative == 'largest' else (o, t)
+            return objects[big].area >= gen.AREA_RATIO * objects[small].area
+
+        return {t for t in found if all(beats(t, o) for o in found if o != t)}, set()
+    if position:
+        assert len(found) >= 2
+        v = vector[position]
+        return {t for t in found if along(t, v) > side / 2 * sum(v)
+                and all(along(t, v) - along(o, v) >= gen.POSITION_MARGIN * side for o in found if o != t)}, set()
+    if relation:
+        anchors, unclear = interpret(gen, anchor_text, objects, side)
+        assert re.fullmatch(rf'the (small |large )?(({colours}) )?({kinds}|shape)', anchor_text)  # attributes only
+        assert len(anchors) == 1 and not unclear
+        a = anchors.pop()
+        v = vector[relation]
+        true, borderline = set(), set()
+        for t in found:
+            if t == a:
+                continue
+            lead = along(t, v) - along(a, v)
+            across = abs(along(t, v[::-1]) - along(a, v[::-1]))
+            if lead >= gen.RELATION_TRUE * side and lead >= across:
+                true.add(t)
+            elif lead > gen.RELATION_FALSE * side and lead > across / 2:
+                borderline.add(t)
+        return true, borderline
+    return set(found), set()
+
+
+def test_every_expression_picks_exactly_one_object(gen, scenes):
+    families, counts = Counter(), Counter()
+    for scene in scenes:
+        objects = scene.objects
+        counts[len(objects)] += 1
+        expressions = gen.referring_expressions(scene)
+        assert {i for i, _ in expressions} == set(range(len(objects)))  # every object can be referred to
+        assert len({s for _, s in expressions}) == len(expressions)
+        for index, sentence in expressions:
+            true, borderline = interpret(gen, sentence, objects, S)
+            assert true == {index} and not borderline, (sentence, index, [o.name for o in objects])
+            families['relation' if re.search(r' (left of|right of|above|below) ', sentence) else 'other'] += 1
+        firsts = {}
+        for index, sentence in expressions:  # increasing specificity: an attribute-only sentence comes first
+            firsts.setdefault(index, sentence)
+        assert all(len(s.split()) <= 4 and not re.search(r'largest|smallest| on | at | of |above|below', s)
+                   for s in firsts.values())
+    assert set(counts) == {2, 3, 4, 5}
+    assert families['relation'] > 100 and families['other'] > 500  # relations and the rest both occur
+    all_sentences = [s for scene in scenes[:40] for _, s in gen.referring_expressions(scene)]
+    for pattern in (r'^the largest shape$', r' on the (left|right)$', r' at the (top|bottom)$', r' left of the ',
+                    r'^the (small|large) (\w+) (circle|square|triangle|star)$'):
+        assert any(re.search(pattern, s) for s in all_sentences), pattern
+
+
+def test_masks_match_the_drawn_pixels(gen, scenes):
+    palette = {name: np.array(rgb, float) for name, rgb in gen.COLOURS.items()}
+    for scene in scenes[:60]:
+        assert scene.image.shape == (S, S, 3) and scene.image.dtype == np.uint8
+        masks = np.stack([o.mask for o in scene.objects])
+        assert (masks.sum(0) <= 1).all()  # visible masks are disjoint
+        for obj in scene.objects:
+            x, y, w, h = obj.bbox
+            assert obj.area > 0 and max(w, h) >= 0.12 * S, obj.name
+            assert obj.mask[y:y + h, x:x + w].sum() == obj.area and x <= obj.centre[0] <= x + w
+            close = np.linalg.norm(scene.image - palette[obj.colour], axis=-1) < 60  # the object's colour
+            same_colour = np.any([o.mask for o in scene.objects if o.colour == obj.colour], axis=0)
+            assert (close & obj.mask).sum() >= 0.99 * obj.area, obj.name
+            assert (close & ~same_colour).sum() <= 0.01 * obj.area, obj.name  # nothing else has its colour
+        lo, hi = (0.15 * S) ** 2 * 0.3, (0.36 * S) ** 2
+        assert all(lo <= o.area <= hi for o in scene.objects)
+
+
+def test_caption_and_other_texts_follow_the_objects(gen, scenes):
+    scene = scenes[0]
+    text, spans = gen.caption(scene)
+    assert sorted(i for _, _, i in spans) == list(range(len(scene.objects)))
+    for start, end, i in spans:
+        assert text[start:end].lower() == 'a ' + scene.objects[i].name
+    assert gen.region_description(scene, 0).startswith('A ' + scene.objects[0].name)
+    for obj in scene.objects:
+        x, y = gen.interior_point(obj.mask)
+        assert obj.mask[y, x]
+
+
+@pytest.fixture(scope='module')
+def tokenizer():
+    return InternLM2Tokenizer.from_pretrained(TINY_TOKENIZER_DIR)
+
+
+def test_real_dataset_classes_read_every_row(built, tokenizer):
+    root, counts = built
+    common = dict(tokenizer=tokenizer, image_size=S)
+    coco = str(root / 'glamm_data/images/coco2014/train2014')
+    refer = dict(data_root=str(root / 'ref_seg'), image_folder=coco, dataset='refcoco', split_by='unc', **common)
+    ade = root / 'ade20k/ADEChallengeData2016'
+    datasets = dict(
+        refcoco_train=ReferSegDataset(split='train', **refer),
+        refcoco_val=ReferSegDataset(split='val', **refer),
+        refcoco_testA=ReferSegDataset(split='testA', **refer),
+        grandf_gcg=GranDfGCGDataset(str(root / 'glamm_data/annotations/GranDf_HA_GCG_train.json'),
+                                    str(root / 'glamm_data/images/grandf/train'), **common),
+        osprey_detail_description=OspreyRegionCaptionDataset(
+            str(root / 'region_caption/osprey/osprey_detail_description.json'), coco, **common),
+        osprey_conversation=OspreyRegionConversationDataset(
+            str(root / 'region_caption/osprey/osprey_conversation.json'), coco, **common),
+        mdpv_point=MDPVPointDataset(str(root / 'mdpv_point/gpt4v_tiny_point.json'), str(root / 'mdpv_point/images'),
+                                    **common),
+        llava_pretrain=LLaVADataset(str(root / 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json'),
+                                    str(root / 'llava_data/LLaVA-Pretrain/images'), **common),
+        llava_instruct=LLaVADataset(str(root / 'llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json'),
+                                    str(root / 'llava_data/llava_images'), **common),
+        ade20k=SemanticSegDataset(str(ade / 'images/training'), str(ade / 'annotations/training'),
+                                  str(root / 'ade20k/ade20k_classes.json'), kind='ade20k', **common))
+    assert counts['refcoco_train'] == NUM_TRAIN and counts['refcoco_val'] == NUM_VAL
+    assert counts['refcoco_testA'] == NUM_TEST
+    for name, ds in datasets.items():
+        assert len(ds) == counts[name], name
+        for i in range(len(ds)):
+            item = ds[i]
+            assert item['pixel_values'].shape == (3, S, S)
+            assert all(m.any() for m in list(item['masks']) + list(item['regions'])), (name, i)
+        assert not ds.skipped, (name, dict(ds.skipped))
+    assert all(len(datasets[n][0]['masks']) for n in ('refcoco_train', 'refcoco_val', 'grandf_gcg', 'ade20k'))
+    assert len(datasets['mdpv_point'][0]['points']) and len(datasets['osprey_conversation'][0]['regions'])
+
+
+def test_held_out_images_are_unseen_and_masks_reproducible(gen, built):
+    root, counts = built
+    instances = json.loads((root / 'ref_seg/refcoco/instances.json').read_text())
+    refs = load_refs(root / 'ref_seg/refcoco/refs(unc).p')
+    images = {img['id']: img['file_name'] for img in instances['images']}
+    by_split = {s: {r['image_id'] for r in refs if r['split'] == s} for s in ('train', 'val', 'testA')}
+    assert all(by_split.values()) and sum(len(v) for v in by_split.values()) == len(images)
+    assert not (by_split['train'] & by_split['val'] or by_split['train'] & by_split['testA']
+                or by_split['val'] & by_split['testA'])
+    train_files = {images[i] for i in by_split['train']}
+    osprey = json.loads((root / 'region_caption/osprey/osprey_detail_description.json').read_text())
+    assert {row['file_name'] for row in osprey} == train_files
+
+    def digest(path) -> str:
+        return hashlib.md5(path.read_bytes()).hexdigest()
+
+    coco = root / 'glamm_data/images/coco2014/train2014'
+    held_out = {digest(coco / images[i]) for i in by_split['val'] | by_split['testA']}
+    for folder in ('glamm_data/images/grandf/train', 'mdpv_point/images', 'llava_data/LLaVA-Pretrain/images',
+                   'llava_data/llava_images', 'ade20k/ADEChallengeData2016/images/training'):
+        files = [p for p in (root / folder).rglob('*.jpg')]
+        assert len(files) == NUM_TRAIN and not held_out & {digest(p) for p in files}, folder
+    assert len(held_out) == NUM_VAL + NUM_TEST and digest(root / 'test.jpg') in held_out
+
+    # the region-question manifest lists the val images; image k of a split is sample_scene(rng([seed, split, k]))
+    manifest = json.loads((root / 'region_questions_val.json').read_text())
+    assert len(manifest['images']) == NUM_VAL and manifest['chance']['colour_kind'] == 1 / 24
+    for k, row in enumerate(manifest['images']):
+        scene = gen.sample_scene(np.random.default_rng([0, 1, k]), S)
+        assert (root / row['image']).is_file()
+        for region, obj in zip(row['regions'], scene.objects, strict=True):
+            assert region['answer'] == f'{obj.colour} {obj.kind}'
+            assert (decode_segmentation(region['segmentation'], S, S) == obj.mask).all()
+
+
+def test_deterministic_by_seed(gen, built, tmp_path):
+    root, counts = built
+    files = ('ref_seg/refcoco/instances.json', 'ref_seg/refcoco/refs(unc).p', 'mdpv_point/gpt4v_tiny_point.json',
+             'glamm_data/annotations/GranDf_HA_GCG_train.json', 'region_caption/osprey/osprey_conversation.json',
+             'glamm_data/images/coco2014/train2014/COCO_train2014_000000000001.jpg')
+    assert gen.write_dataset(str(tmp_path / 'again'), NUM_TRAIN, NUM_VAL, num_test=NUM_TEST) == counts
+    for path in files:
+        assert (tmp_path / 'again' / path).read_bytes() == (root / path).read_bytes(), path
+    gen.write_dataset(str(tmp_path / 'other'), 2, 1, seed=1)
+    assert (tmp_path / 'other' / files[-1]).read_bytes() != (root / files[-1]).read_bytes()

@@ -1,0 +1,192 @@
+"""tools/chat.py on the tiny model and the bundled photo, and the output writer it uses (chat_outputs)."""
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from omg_llava.inference.chat import ChatAnswer, OMGLLaVAChat
+from omg_llava.inference.chat_outputs import (PALETTE, PhraseStreamer, decode_rle, encode_rle, render_answer,
+                                              write_answer)
+from omg_llava.inference.model_builder import build_model
+
+from conftest import TINY_CONFIG, load_tool
+
+chat_tool = load_tool('chat')
+PHOTO = np.asarray(Image.open(chat_tool.DEFAULT_IMAGE))  # the bundled photo, 451 x 300
+H, W = PHOTO.shape[:2]
+
+
+def _masks(n: int) -> list[np.ndarray]:
+    masks = []
+    for i in range(n):
+        m = np.zeros((H, W), dtype=bool)
+        m[20 + 30 * i:120 + 30 * i, 40 + 50 * i:260 + 50 * i] = True
+        masks.append(m)
+    return masks
+
+
+def test_bundled_photo_is_small_and_real():
+    assert (H, W) == (300, 451) and os.path.getsize(chat_tool.DEFAULT_IMAGE) < 100_000
+
+
+def test_writer_outputs_overlay_mask_pngs_and_rle(tmp_path):
+    (tmp_path / 'mask_7.png').write_bytes(b'stale')  # from an earlier, longer answer
+    answer = ChatAnswer('<p> cat </p> [SEG] on <p> a mat </p> [SEG].', 'cat on a mat .', ['cat', 'a mat'],
+                        _masks(2), [1, 2, 3])
+    paths = write_answer(tmp_path, answer, PHOTO, question='Segment the cat.', image='demo.jpg')
+    assert sorted(os.listdir(tmp_path)) == ['answer.json', 'mask_0.png', 'mask_1.png', 'overlay.png']
+    overlay = np.asarray(Image.open(paths['overlay']))
+    assert overlay.shape == PHOTO.shape
+    outside = ~answer.masks[0] & ~answer.masks[1]
+    assert (overlay[outside] == PHOTO[outside]).all() and not (overlay[answer.masks[0]] == PHOTO[answer.masks[0]]).all()
+    for path, mask in zip(paths['masks'], answer.masks):
+        assert ((np.asarray(Image.open(path)) > 0) == mask).all()
+    record = json.loads(open(paths['json']).read())
+    assert record['text'] == answer.text and record['clean_text'] == answer.clean_text
+    assert record['phrases'] == ['cat', 'a mat'] and record['question'] == 'Segment the cat.'
+    assert record['mask_colours'] == [PALETTE[0].name, PALETTE[1].name]
+    for rle, mask in zip(record['masks'], answer.masks):
+        assert rle['size'] == [H, W] and isinstance(rle['counts'], str)
+        decoded = mask_utils.decode({'size': rle['size'], 'counts': rle['counts'].encode()})
+        assert decoded.shape == (H, W) and (decoded.astype(bool) == mask).all()
+        assert (decode_rle(encode_rle(mask)) == mask).all()
+
+
+def test_phrases_take_the_colour_of_their_mask():
+    text = 'The <p> cat </p> [SEG] sits on <p> a mat </p> [SEG].</s>'
+    assert render_answer(text, ansi=False) == 'The cat sits on a mat .</s>'
+    coloured = render_answer(text, ansi=True)
+    assert f'{PALETTE[0].ansi}cat' in coloured and f'{PALETTE[1].ansi}a mat' in coloured
+    assert render_answer('bell\x07 and\x1b escape', ansi=False) == 'bell and escape'
+
+
+@pytest.fixture(scope='module')
+def chat() -> OMGLLaVAChat:
+    return OMGLLaVAChat.from_config(str(TINY_CONFIG))[0]
+
+
+def test_streamer_prints_the_rendered_answer_token_by_token(chat):
+    import torch
+    ids = chat.tokenizer.encode('The <p> cat </p> [SEG] is here.', add_special_tokens=False)
+    ids += chat.model.stop_token_ids[:1]
+    stream = io.StringIO()
+    streamer = PhraseStreamer(chat.tokenizer, chat.model.stop_token_ids, prefix='answer: ', stream=stream)
+    streamer.put(torch.zeros((1, 0), dtype=torch.long))  # generate puts the (empty) prompt first
+    for i in ids:
+        streamer.put(torch.tensor([i]))
+    streamer.end()
+    assert stream.getvalue() == 'answer: The cat is here.\n'
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = chat_tool.main([str(TINY_CONFIG), '--max-new-tokens', '3', *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def force_seg(monkeypatch):
+    """Make the random model answer [SEG] at every step (as tests/inference/test_chat.py does)."""
+    ask = OMGLLaVAChat.ask
+
+    def ask_with_seg(self, question, **kwargs):
+        return ask(self, question, sequence_bias={(self.model.token_ids.seg, ): 100.0}, **kwargs)
+
+    monkeypatch.setattr(OMGLLaVAChat, 'ask', ask_with_seg)
+
+
+def test_one_shot_writes_overlay_masks_and_json(tmp_path, capsys, force_seg):
+    code, out, err = _run(capsys, '--prompt', 'Please segment the main object in this image.', '--out-dir',
+                          str(tmp_path))
+    assert code == 0
+    assert 'random' in err and 'answer: ' in out and '3 mask(s)' in out and '(red)' in out
+    assert np.asarray(Image.open(tmp_path / 'overlay.png')).shape == PHOTO.shape
+    record = json.loads((tmp_path / 'answer.json').read_text())
+    assert record['image'] == os.path.abspath(chat_tool.DEFAULT_IMAGE) and record['image_size'] == [H, W]
+    assert record['text'].count('[SEG]') == 3 and record['mask_files'] == ['mask_0.png', 'mask_1.png', 'mask_2.png']
+    for rle in record['masks']:
+        assert decode_rle(rle).shape == (H, W)
+
+
+def test_boxes_and_masks_fill_region_in_command_line_order(tmp_path, capsys):
+    mask_path = tmp_path / 'region.png'
+    Image.fromarray(_masks(1)[0].astype(np.uint8) * 255).save(mask_path)
+    code, out, _ = _run(capsys, '--prompt', 'Compare <region>, <region> and <region> at <mark>.', '--box',
+                        '10,10,200,150', '--mask', str(mask_path), '--box', '0,0,451,300', '--point', '100,50',
+                        '--out-dir', str(tmp_path / 'out'))
+    assert code == 0, out
+    prompts = json.loads((tmp_path / 'out' / 'answer.json').read_text())['prompts']
+    assert prompts == {'points': [[100.0, 50.0]], 'regions': [{'box': [10.0, 10.0, 200.0, 150.0]},
+                                                               {'mask': str(mask_path)},
+                                                               {'box': [0.0, 0.0, 451.0, 300.0]}]}
+
+
+def test_interactive_turns_reset_and_exit(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr('sys.stdin', io.StringIO('What is at <mark>?\nAnd then?\n\nreset\nWhat is this?\nexit\n'
+                                                 'never asked\n'))
+    code, out, _ = _run(capsys, '--point', '120,80', '--out-dir', str(tmp_path))
+    assert code == 0
+    assert sorted(os.listdir(tmp_path)) == ['turn_1', 'turn_2', 'turn_3']
+    turns = [json.loads((tmp_path / f'turn_{i}' / 'answer.json').read_text()) for i in (1, 2, 3)]
+    assert turns[0]['prompts']['points'] == [[120.0, 80.0]] and turns[1]['prompts']['points'] == []
+    assert [t['conversation'] for t in turns] == [1, 1, 2]
+    assert turns[1]['history'][0][0] == 'What is at <mark>?' and turns[2]['history'] == []
+    assert out.count('>>> answer: ') == 3 and 'conversation reset' in out
+
+
+def test_interactive_bad_question_is_reported_and_the_chat_goes_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr('sys.stdin', io.StringIO('What is <region>?\n'))  # then EOF
+    code, out, _ = _run(capsys, '--out-dir', str(tmp_path))
+    assert code == 0 and 'error: the question holds 1 <region> but 0 regions' in out
+    assert not tmp_path.exists() or not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--prompt', 'What is at <mark>?', '--point', '451,10'], '--point 451,10 lies outside the 451x300 image'),
+    (['--prompt', 'What is <region>?', '--box', '0,0,500,100'], 'leaves the 451x300 image'),
+    (['--prompt', 'Compare <region>.', '--box', '1,1,5,5', '--box', '2,2,6,6'],
+     'the prompt holds 1 <region> but 2 --box/--mask were given'),
+    (['--prompt', 'What is this?', '--point', '3,3'], 'the prompt holds 0 <mark> but 1 --point'),
+    (['--prompt', 'hi', '--pth', 'missing/omg_llava.pth'], '--pth file not found: missing/omg_llava.pth'),
+    (['--prompt', 'hi', '--load-in-4bit'], '--load-in-4bit needs a CUDA GPU with bitsandbytes'),
+    (['--prompt', 'hi', '--device', 'warp9'], "--device 'warp9' is not a torch device"),
+])
+def test_bad_inputs_exit_2_with_one_line(capsys, argv, message):
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    assert err.strip().startswith('error: ') and message in err and 'Traceback' not in err
+
+
+def test_unreadable_image_and_mask(tmp_path, capsys):
+    bad = tmp_path / 'notes.png'
+    bad.write_text('not an image')
+    code, _, err = _run(capsys, '--prompt', 'hi', '--image', str(bad))
+    assert code == 2 and f"--image: cannot read '{bad}' as an image" in err
+    small = tmp_path / 'small.png'
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(small)
+    code, _, err = _run(capsys, '--prompt', '<region>?', '--mask', str(small))
+    assert code == 2 and 'is 10x10 but the image is 451x300' in err
+
+
+def test_malformed_flags_are_argparse_errors(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        chat_tool.main(['--point', '1,2,3'])
+    assert exit_info.value.code == 2
+    assert '--point takes 2 comma-separated numbers' in capsys.readouterr().err
+
+
+def test_build_model_quantization_needs_a_gpu_and_bitsandbytes():
+    with pytest.raises(ValueError, match='needs a CUDA GPU'):
+        build_model(str(TINY_CONFIG), quantization='4bit', device='cpu')
+    if importlib.util.find_spec('bitsandbytes') is None:  # checked before any CUDA call
+        with pytest.raises(ImportError, match='pip install bitsandbytes'):
+            build_model(str(TINY_CONFIG), quantization='8bit', device='cuda')
+    model, _, _ = build_model(str(TINY_CONFIG), quantization='none')  # no quantization_config: unchanged
+    assert next(model.llm.parameters()).dtype.is_floating_point

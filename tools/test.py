@@ -1,0 +1,107 @@
+"""Evaluate OMG-LLaVA on a benchmark split (spec §9.3): referring segmentation, GCG or region captioning.
+
+    python tools/test.py CONFIG --pth FILE --task refseg --data-root data/ref_seg --dataset refcoco --split val
+    python tools/test.py CONFIG --pth FILE --task gcg --data-root data/glamm_data/annotations \\
+        --dataset gcg_val_test --split val
+    python tools/test.py CONFIG --pth FILE --task region_caption --data-root data/region_caption \\
+        --dataset refcocog --split val
+    torchrun --nproc-per-node 8 tools/test.py CONFIG --pth FILE ... --launcher pytorch --device cuda
+
+Writes predictions.jsonl and metrics.json to --out-dir (default work_dirs/test/<task>_<dataset>_<split>/) and
+prints the metrics. Data layouts and metric definitions: docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+TASKS = ('refseg', 'gcg', 'region_caption')
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='model config (e.g. configs/omg_llava_7b_finetune_8gpus.py)')
+    parser.add_argument('--pth', help='OMG-LLaVA checkpoint (.pth); without one the projectors/LoRA are random')
+    parser.add_argument('--task', required=True, choices=TASKS, help='evaluation protocol')
+    parser.add_argument('--data-root', required=True, help='annotation root (see docs/evaluation.md)')
+    parser.add_argument('--dataset', required=True,
+                        help='refseg: refcoco, refcoco+ (refcoco_plus), refcocog; gcg: the folder of the '
+                             '{split}_gcg_coco_*_gt.json files; region_caption: e.g. refcocog')
+    parser.add_argument('--split', required=True, help='e.g. val, testA, testB, test')
+    parser.add_argument('--split-by', help='refseg: refs(<split-by>).p (default unc, umd for refcocog)')
+    parser.add_argument('--image-folder', help='image root (default: the reference tree next to --data-root)')
+    parser.add_argument('--out-dir', help='default work_dirs/test/<task>_<dataset>_<split>/')
+    parser.add_argument('--device', help='torch device (default cuda if available, else cpu)')
+    parser.add_argument('--dtype', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
+                        help='LLM/projector dtype (auto: bf16 on GPU, fp32 on CPU); the visual encoder stays fp32')
+    parser.add_argument('--max-samples', type=int, help='evaluate only the first N samples of the split')
+    parser.add_argument('--max-new-tokens', type=int,
+                        help='generation budget (default the protocol\'s: refseg 100, gcg 100, region_caption 300)')
+    parser.add_argument('--phrase-model',
+                        help='gcg: local Hugging Face encoder folder (e.g. bert-base-uncased) for the phrase '
+                             'similarity of the recall; default: offline bag-of-words cosine')
+    parser.add_argument('--no-meteor', action='store_true', help='skip METEOR (it needs java and loads slowly)')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='load weight files with the full unpickler (only for files you trust)')
+    parser.add_argument('--seed', type=int, default=0, help='seed of random weights (when files are missing)')
+    parser.add_argument('--launcher', choices=('none', 'pytorch'), default='none',
+                        help='pytorch: distributed under torchrun (samples sharded by rank)')
+    parser.add_argument('--no-progress', action='store_true', help='no progress bar')
+    args = parser.parse_args(argv)
+    if args.max_samples is not None and args.max_samples < 1:
+        parser.error('--max-samples must be ≥ 1')
+    return args
+
+
+def _setup_distributed(launcher: str, device: str | None) -> tuple[int, int, str]:
+    import torch
+    from mmengine.dist import get_dist_info, init_dist
+
+    if launcher == 'pytorch':
+        if torch.cuda.is_available():
+            init_dist('pytorch', backend='nccl')  # also selects the GPU of LOCAL_RANK
+        else:  # mmengine's init_dist calls torch.cuda.set_device, which a CPU build refuses
+            torch.distributed.init_process_group('gloo')
+    rank, world_size = get_dist_info()
+    if device is None:
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device == 'cuda' and world_size > 1:
+        device = f'cuda:{torch.cuda.current_device()}'  # init_dist sets it from LOCAL_RANK
+    return rank, world_size, device
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    args = parse_args(argv)
+    from omg_llava.evaluation.gcg import TransformerPhraseSimilarity, bag_of_words_cosine
+    from omg_llava.evaluation.runner import MAX_NEW_TOKENS, ModelPredictor, evaluate
+    from omg_llava.evaluation.splits import load_split
+    from omg_llava.inference.chat import OMGLLaVAChat
+
+    rank, world_size, device = _setup_distributed(args.launcher, args.device)
+    dtype = args.dtype if args.dtype != 'auto' else ('bf16' if device.startswith('cuda') else 'fp32')
+    split = load_split(args.task, args.data_root, args.dataset, args.split, args.image_folder, args.split_by)
+    out_dir = args.out_dir or os.path.join('work_dirs', 'test', f'{args.task}_{args.dataset}_{args.split}')
+    chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=device, dtype=dtype, seed=args.seed,
+                                           weights_only=not args.trust_checkpoint)
+    predictor = ModelPredictor(chat, args.max_new_tokens or MAX_NEW_TOKENS[args.task])
+    similarity = bag_of_words_cosine
+    if args.phrase_model and args.task == 'gcg':
+        similarity = TransformerPhraseSimilarity(args.phrase_model, device=device)
+    if rank == 0:
+        print(f'{args.task} on {args.dataset} {args.split}: {len(split.samples)} samples'
+              + (f' (first {args.max_samples})' if args.max_samples else '')
+              + f', {world_size} process(es), {device} {dtype}')
+        for note in notes:
+            print(f'  {note}')
+    predict = predictor.describe_region if args.task == 'region_caption' else predictor
+    metrics = evaluate(split, predict, out_dir, max_samples=args.max_samples, rank=rank, world_size=world_size,
+                       progress=not args.no_progress, similarity=similarity, meteor=not args.no_meteor)
+    if metrics is not None:
+        print(json.dumps(metrics, indent=2))
+        print(f'predictions and metrics written to {out_dir}')
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
