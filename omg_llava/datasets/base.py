@@ -22,6 +22,16 @@ MAX_CONSECUTIVE_SKIPS = 100
 CHARS_PER_TOKEN = 4  # rough text-length estimate for length grouping
 
 
+def read_json_list(path: str) -> list:
+    """A JSON file holding a list (one entry per sample), with a clear error for anything else."""
+    import json
+    with open(path, encoding='utf-8') as f:
+        records = json.load(f)
+    if not isinstance(records, list):
+        raise ValueError(f'{path}: expected a JSON list of entries, got {type(records).__name__}')
+    return records
+
+
 class OMGDatasetBase(Dataset):
     """Args:
         tokenizer: the LLM tokenizer (module or config dict); the special tokens are added to it.

@@ -6,7 +6,6 @@ Each point reaches the model as a ``<mark>`` token whose embedding comes from th
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -17,7 +16,7 @@ from typing import Any
 from omg_llava.utils.constants import DEFAULT_IMAGE_TOKEN, MARK_TOKEN
 from omg_llava.utils.conversation import Turn
 
-from .base import CHARS_PER_TOKEN, OMGDatasetBase
+from .base import CHARS_PER_TOKEN, OMGDatasetBase, read_json_list
 from .osprey import check_mentions, conversation_turns
 from .sample import GroundedConversation, MalformedSample
 
@@ -59,11 +58,7 @@ class MDPVPointDataset(OMGDatasetBase):
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
     def load_records(self) -> list[dict]:
-        with open(self.annotation_file, encoding='utf-8') as f:
-            records = json.load(f)
-        if not isinstance(records, list):
-            raise ValueError(f'{self.annotation_file}: expected a JSON list of entries, got {type(records).__name__}')
-        return records
+        return read_json_list(self.annotation_file)
 
     def build_conversation(self, record: Any, rng: random.Random) -> GroundedConversation:
         if not isinstance(record, dict) or not isinstance(record.get('image'), str):

@@ -6,7 +6,6 @@ Regions reach the model as ``<region>`` tokens whose embeddings come from the re
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -17,7 +16,7 @@ import numpy as np
 from omg_llava.utils.constants import DEFAULT_IMAGE_TOKEN, REGION_TOKEN
 from omg_llava.utils.conversation import Turn
 
-from .base import CHARS_PER_TOKEN, OMGDatasetBase
+from .base import CHARS_PER_TOKEN, OMGDatasetBase, read_json_list
 from .mask_decoding import decode_segmentation
 from .region_templates import REGION_CAPTION_QUESTIONS, REGION_SEGMENT_QUESTION, fill_region_question
 from .sample import GroundedConversation, MalformedSample
@@ -73,12 +72,7 @@ class _OspreyDataset(OMGDatasetBase):
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
     def load_records(self) -> list[dict]:
-        with open(self.annotation_file, encoding='utf-8') as f:
-            records = json.load(f)
-        if not isinstance(records, list):
-            raise ValueError(f'{self.annotation_file}: expected a JSON list of image entries, '
-                             f'got {type(records).__name__}')
-        return records
+        return read_json_list(self.annotation_file)
 
     def _image_and_annotations(self, record: Any) -> tuple[str, list[dict], int, int]:
         if not isinstance(record, dict) or not isinstance(record.get('file_name'), str):

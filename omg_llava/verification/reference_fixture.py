@@ -120,7 +120,7 @@ def _encoder_memory_hook(encoder: OMGSegVisualEncoder, store: dict[str, Tensor])
 def compute_outputs(model: OMGLLaVA, tensors: dict[str, Tensor], config: dict[str, Any]) -> dict[str, Tensor]:
     """This project's value of every fixture output, under the fixture's names (end to end: each stage runs on
     this project's own upstream results)."""
-    encoder, projector = model.visual_encoder, model.projector
+    encoder = model.visual_encoder
     x = tensors['input/pixel_values']
     head = encoder.panoptic_head
     got: dict[str, Tensor] = {}

@@ -459,7 +459,7 @@ def write_mdpv(w: _Writer, scenes: list[Scene], rng: random.Random) -> int:
         w.image(scene, 'mdpv_point', 'images', image)
         insts = rng.sample(scene.instances, min(MAX_MARKS, len(scene.instances)))
         marks = _join([f'<Mark {m + 1}>' for m in range(len(insts))])
-        turns = [(f'<image>\nWhat is at <Mark 1>?', f'<Mark 1> is on {_count(insts[0].name, 1)}.'),
+        turns = [('<image>\nWhat is at <Mark 1>?', f'<Mark 1> is on {_count(insts[0].name, 1)}.'),
                  (f'Briefly describe {marks}.', ' '.join(
                      f'<Mark {m + 1}> marks {_count(i.name, 1)} {_where(i.mask)}.' for m, i in enumerate(insts)))]
         rows.append(dict(id=f'tiny_{k + 1}', image=image, points=[_interior_point(i.mask) for i in insts],
