@@ -200,9 +200,9 @@ class OMGLLaVA(BaseModel):
 
     # ------------------------------------------------------------------ encoding
     def encode_images(self, pixel_values: Tensor) -> EncodedImages:
-        """(B, 3, H, W) normalised square images → :class:`EncodedImages` (encoder in its own dtype)."""
-        with torch.no_grad():
-            encoder_output = self.visual_encoder(pixel_values)
+        """(B, 3, H, W) normalised square images → :class:`EncodedImages` (encoder in its own dtype). A frozen
+        encoder runs without gradients; an unfrozen one (e.g. a tiny model's segmentation pre-stage) trains."""
+        encoder_output = self.visual_encoder(pixel_values)
         dtype = self.projector.model.seperate_embed.weight.dtype
         pixel_tokens, query_tokens, blocked = encoder_output.visual_tokens()
         sequences = self.projector(pixel_tokens.to(dtype), query_tokens.to(dtype), blocked)
