@@ -1,4 +1,4 @@
-"""Preprocessing geometry, panoptic fusion on the original image, and the README demo tool."""
+"""Preprocessing geometry, panoptic fusion on the original image, and the visual-encoder demo tool (tools/segment_image.py)."""
 from __future__ import annotations
 
 import numpy as np
