@@ -2,6 +2,7 @@
 :class:`~omg_llava.datasets.sample.GroundedConversation` and sharing the encoding, collate and sampler."""
 from .base import OMGDatasetBase
 from .collate import omg_llava_collate_fn
+from .coco_instances import CocoInstanceDataset, instance_collate_fn
 from .combine import CombinedDataset
 from .encoding import encode_sample
 from .gcg import FlickrGCGDataset, GranDfGCGDataset, OpenPsgGCGDataset, RefCOCOgGCGDataset
@@ -16,4 +17,5 @@ from .semantic_seg import SemanticSegDataset
 __all__ = ['OMGDatasetBase', 'omg_llava_collate_fn', 'CombinedDataset', 'encode_sample', 'GroundedConversation',
            'MalformedSample', 'LengthGroupedSampler', 'LLaVADataset', 'ReferSegDataset', 'SemanticSegDataset',
            'GranDfGCGDataset', 'OpenPsgGCGDataset', 'RefCOCOgGCGDataset', 'FlickrGCGDataset',
-           'OspreyRegionCaptionDataset', 'OspreyRegionConversationDataset', 'MDPVPointDataset']
+           'OspreyRegionCaptionDataset', 'OspreyRegionConversationDataset', 'MDPVPointDataset',
+           'CocoInstanceDataset', 'instance_collate_fn']

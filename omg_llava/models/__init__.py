@@ -4,6 +4,7 @@ from . import llm  # noqa: F401  (Auto-class registration of InternLM2)
 from .backbones import ConvNeXtCLIPBackbone
 from .omg_llava import EncodedImages, GenerationOutput, OMGLLaVA
 from .omg_seg_encoder import OMGSegVisualEncoder, PromptOutput, VisualEncoderOutput
+from .omg_seg_trainer import OMGSegTrainer
 from .projectors import OMGVisualProjector, Text2VisionProjector
 from .seg_heads import OMGSegHead
 from .special_tokens import SpecialTokenIds
@@ -11,4 +12,4 @@ from .visual_prompts import VisualPrompt
 
 __all__ = ['ConvNeXtCLIPBackbone', 'OMGSegHead', 'OMGSegVisualEncoder', 'VisualEncoderOutput', 'PromptOutput',
            'OMGVisualProjector', 'Text2VisionProjector', 'OMGLLaVA', 'EncodedImages', 'GenerationOutput',
-           'SpecialTokenIds', 'VisualPrompt']
+           'SpecialTokenIds', 'VisualPrompt', 'OMGSegTrainer']

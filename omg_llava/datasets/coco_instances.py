@@ -1,0 +1,113 @@
+"""COCO instance annotations as (image, labels, masks) samples, for pre-training the OMG-Seg encoder.
+
+Images go through the same pad-to-square + resize geometry as OMG-LLaVA's inputs
+(:func:`omg_llava.inference.image_io.preprocess_image`), masks through
+:meth:`~omg_llava.inference.image_io.SquareGeometry.masks_to_input`. Rows with a missing image or a malformed
+segmentation are skipped with a counted warning, as in :class:`~omg_llava.datasets.base.OMGDatasetBase`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from mmengine.logging import print_log
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .mask_decoding import decode_segmentation
+from .sample import MalformedSample
+
+MAX_CONSECUTIVE_SKIPS = 100
+
+
+class CocoInstanceDataset(Dataset):
+    """Args:
+        annotation_file: COCO instance JSON (``images``, ``annotations``, ``categories``).
+        image_folder: folder the ``file_name`` entries are relative to.
+        image_size: side S of the square network input.
+        category_names: class order (label k = ``category_names[k]``); annotations of other categories are
+            dropped. Default: the file's categories sorted by id.
+        skip_crowd: drop ``iscrowd`` annotations (default True).
+
+    Each item: ``pixel_values`` (3, S, S) float, ``gt_labels`` (n,) long, ``gt_masks`` (n, S, S) uint8.
+    Instances whose mask vanishes at size S are dropped; an image may have no instance.
+    """
+
+    def __init__(self, annotation_file: str, image_folder: str, image_size: int,
+                 category_names: Sequence[str] | None = None, skip_crowd: bool = True) -> None:
+        with open(annotation_file, encoding='utf-8') as f:
+            coco = json.load(f)
+        if not isinstance(coco, dict) or not {'images', 'annotations', 'categories'} <= set(coco):
+            raise ValueError(f'{annotation_file}: expected a COCO instance file with images, annotations and '
+                             'categories')
+        categories = sorted(coco['categories'], key=lambda c: c['id'])
+        names = [c['name'] for c in categories] if category_names is None else list(category_names)
+        by_name = {c['name']: c['id'] for c in categories}
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ValueError(f'{annotation_file}: categories {unknown} are not in the file ({sorted(by_name)})')
+        self.category_names = names
+        self.category_to_label = {by_name[n]: k for k, n in enumerate(names)}
+        self.image_folder = image_folder
+        self.image_size = image_size
+        anns = defaultdict(list)
+        for ann in coco['annotations']:
+            if ann.get('category_id') in self.category_to_label and not (skip_crowd and ann.get('iscrowd', 0)):
+                anns[ann.get('image_id')].append(ann)
+        self.records = [(image, anns.get(image.get('id'), [])) for image in coco['images']]
+        self.skipped: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        for attempt in range(MAX_CONSECUTIVE_SKIPS):
+            i = (index + attempt) % len(self.records)
+            try:
+                return self.load_sample(*self.records[i])
+            except MalformedSample as exc:
+                self._count_skip(i, exc)
+        raise RuntimeError(f'{type(self).__name__}: {MAX_CONSECUTIVE_SKIPS} consecutive rows from index {index} '
+                           f'are malformed ({dict(self.skipped)}); check the annotation file')
+
+    def load_sample(self, image_info: dict, anns: list[dict]) -> dict[str, Tensor]:
+        """One image record and its annotations → a sample (raises :class:`MalformedSample`)."""
+        from omg_llava.inference.image_io import load_image, preprocess_image
+        if not isinstance(image_info.get('file_name'), str):
+            raise MalformedSample(f'image entry without file_name: {str(image_info)[:80]}')
+        path = os.path.join(self.image_folder, image_info['file_name'])
+        try:
+            image = load_image(path)
+        except (FileNotFoundError, ValueError) as exc:
+            raise MalformedSample(f'unreadable image: {exc}') from exc
+        W, H = image.size
+        if (image_info.get('height', H), image_info.get('width', W)) != (H, W):
+            raise MalformedSample(f'image size mismatch: {path} is {W}x{H}, the annotation says '
+                                  f'{image_info.get("width")}x{image_info.get("height")}')
+        pixel_values, geometry = preprocess_image(image, self.image_size)
+        labels = [self.category_to_label[a['category_id']] for a in anns]
+        masks = np.stack([decode_segmentation(a.get('segmentation'), H, W) for a in anns]) if anns else \
+            np.zeros((0, H, W), dtype=bool)
+        masks = geometry.masks_to_input(torch.from_numpy(masks)) > 0.5  # (n, S, S)
+        keep = masks.flatten(1).any(-1)
+        return dict(pixel_values=pixel_values, gt_labels=torch.tensor(labels, dtype=torch.long)[keep],
+                    gt_masks=masks[keep].to(torch.uint8))
+
+    def _count_skip(self, index: int, exc: Exception) -> None:
+        reason = str(exc).split(':')[0][:80]
+        self.skipped[reason] += 1
+        total = sum(self.skipped.values())
+        if total <= 10 or total % 100 == 0:
+            print_log(f'{type(self).__name__}: skipped malformed row {index} ({exc}); {total} skipped so far: '
+                      f'{dict(self.skipped)}', logger='current', level=30)
+
+
+def instance_collate_fn(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images, keep per-image labels/masks as lists: ``{'data': {...}, 'data_samples': None}``."""
+    data = dict(pixel_values=torch.stack([s['pixel_values'] for s in samples]),
+                gt_labels=[s['gt_labels'] for s in samples], gt_masks=[s['gt_masks'] for s in samples])
+    return {'data': data, 'data_samples': None}

@@ -1,0 +1,136 @@
+"""Pre-training an OMG-Seg visual encoder for instance segmentation (the OMG-Seg stage OMG-LLaVA builds on).
+
+The released OMG-LLaVA starts from a trained OMG-Seg whose 300 object queries already segment objects
+(spec §3). A tiny, randomly initialised encoder lacks that, so :class:`OMGSegTrainer` trains trunk, pixel
+decoder, masked-attention decoder and class head together with the Hungarian set losses of
+:class:`~omg_llava.models.seg_heads.SegmentationSetCriterion`, then :meth:`OMGSegTrainer.save_encoder` writes the
+two files the OMG-LLaVA loaders read (``omg_seg_convl.pth`` layout for the head, open_clip names for the trunk)
+plus :meth:`OMGSegTrainer.save_class_embeddings` for the class-embedding file.
+
+Class embeddings are fixed random unit vectors (the CLIP text embeddings of the release play that role);
+the head learns to project its queries onto them.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from torch import Tensor, nn
+
+from omg_llava.checkpoint import RenameRule, rename_keys
+from omg_llava.registry import MODELS
+
+from .omg_seg_encoder import OMGSegVisualEncoder
+from .seg_heads.omg_seg_head import DecodeOutput
+from .seg_heads.set_criterion import SegmentationSetCriterion
+
+# backbone names → open_clip names: the inverse of ``backbones.convnext_clip.OPEN_CLIP_RENAMES``.
+TO_OPEN_CLIP_RENAMES: tuple[RenameRule, ...] = (
+    RenameRule(r'stem\.', 'visual.trunk.stem.'),
+    RenameRule(r'layer1\.', 'visual.trunk.stages.0.'),
+    RenameRule(r'layer2\.', 'visual.trunk.stages.1.'),
+    RenameRule(r'layer3\.', 'visual.trunk.stages.2.'),
+    RenameRule(r'layer4\.', 'visual.trunk.stages.3.'),
+    RenameRule(r'head\.0\.', 'visual.trunk.head.'),
+    RenameRule(r'head\.1\.', 'visual.head.'),
+)
+
+
+def random_class_embeddings(num_classes: int, num_synonyms: int, dim: int, seed: int = 0) -> Tensor:
+    """(K, synonyms, dim) L2-unit random vectors, reproducible from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(num_classes, num_synonyms, dim, generator=generator), dim=-1)
+
+
+def _build_encoder(encoder: OMGSegVisualEncoder | dict) -> OMGSegVisualEncoder:
+    if isinstance(encoder, dict):
+        encoder = MODELS.build(dict(encoder, frozen=False, weights=encoder.get('weights') or {}))
+    encoder.frozen = False
+    encoder.backbone.frozen = False  # ConvNeXtCLIPBackbone keeps its own switch
+    encoder.requires_grad_(True)
+    return encoder
+
+
+@MODELS.register_module()
+class OMGSegTrainer(BaseModel):
+    """Trains an :class:`OMGSegVisualEncoder` (unfrozen) on instance masks with Hungarian set losses.
+
+    Args:
+        visual_encoder: the encoder or its config (``frozen`` is overridden to False).
+        num_classes: K classes of the data (labels in [0, K)); default: all classes of the head.
+        class_embed_seed: seed of the random class embeddings set on the head.
+        criterion: keyword arguments of :class:`SegmentationSetCriterion` (besides ``num_classes``).
+        data_preprocessor: mmengine data preprocessor config (default: moves tensors to the device).
+    """
+
+    def __init__(self, visual_encoder: OMGSegVisualEncoder | dict, num_classes: int | None = None,
+                 class_embed_seed: int = 0, criterion: dict | None = None,
+                 data_preprocessor: dict | nn.Module | None = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor)
+        self.visual_encoder = _build_encoder(visual_encoder)
+        head = self.visual_encoder.panoptic_head
+        clip_dim, num_head_classes, num_synonyms = head.cls_embed.shape
+        num_head_classes -= 1  # the no-object column
+        self.num_classes = num_head_classes if num_classes is None else num_classes
+        if not 0 < self.num_classes <= num_head_classes:
+            raise ValueError(f'num_classes={self.num_classes} does not fit a head with {num_head_classes} classes')
+        head.set_class_embeddings(random_class_embeddings(num_head_classes, num_synonyms, clip_dim, class_embed_seed))
+        self.criterion = SegmentationSetCriterion(self.num_classes, **(criterion or {}))
+
+    def decode(self, pixel_values: Tensor) -> DecodeOutput:
+        """(B, 3, S, S) normalised images → every decoder step of the object queries."""
+        encoder = self.visual_encoder
+        pixel_values = pixel_values.to(next(encoder.parameters()).dtype)
+        features = encoder.panoptic_head.encode_image(encoder.backbone(pixel_values), tuple(pixel_values.shape[-2:]))
+        return encoder.panoptic_head.decode_object_queries(features)
+
+    def forward(self, data: dict, data_samples: None = None, mode: str = 'loss'):
+        """Args:
+            data: ``pixel_values`` (B, 3, S, S), ``gt_labels`` list of (n_b,), ``gt_masks`` list of (n_b, S, S).
+            mode: ``'loss'`` → dict of losses; ``'predict'`` → per-image predictions (see :meth:`predict`);
+                ``'tensor'`` → the :class:`DecodeOutput`.
+        """
+        decode = self.decode(data['pixel_values'])
+        if mode == 'loss':
+            return self.criterion(decode, data['gt_labels'], data['gt_masks'])
+        if mode == 'predict':
+            return self.predict(decode, tuple(data['pixel_values'].shape[-2:]))
+        if mode == 'tensor':
+            return decode
+        raise ValueError(f'unknown mode {mode!r}; use "loss", "predict" or "tensor"')
+
+    @torch.no_grad()
+    def predict(self, decode: DecodeOutput, image_size: tuple[int, int]) -> list[dict[str, Tensor]]:
+        """Last-step predictions per image, sorted by score: ``scores`` (Q,), ``labels`` (Q,) in [0, K),
+        ``masks`` (Q, S, S) bool (logit > 0 after bilinear upsampling)."""
+        K = self.num_classes
+        probs = decode.class_logits[-1][..., :-1].float().softmax(-1)  # (B, Q, K_head+1)
+        scores, labels = probs[..., :K].max(-1)  # no-object and classes beyond K excluded
+        masks = F.interpolate(decode.mask_logits[-1].float(), size=image_size, mode='bilinear', align_corners=False)
+        results = []
+        for b in range(len(scores)):
+            order = scores[b].argsort(descending=True)
+            results.append(dict(scores=scores[b, order], labels=labels[b, order], masks=masks[b, order] > 0))
+        return results
+
+    # ------------------------------------------------------------------ export
+    def save_encoder(self, path_head: str | os.PathLike, path_trunk: str | os.PathLike) -> None:
+        """Write the head as ``{'state_dict': {'panoptic_head.*': ...}}`` (the ``omg_seg_convl.pth`` layout) and
+        the trunk as safetensors with open_clip names (``visual.trunk.*`` / ``visual.head.*``), readable by
+        :func:`omg_llava.models.weights.load_visual_encoder_weights` (``omg_seg=`` / ``clip=``)."""
+        from safetensors.torch import save_file
+        head_state = {f'panoptic_head.{k}': v.detach().cpu().clone()
+                      for k, v in self.visual_encoder.panoptic_head.state_dict().items() if '_llm.' not in k}
+        torch.save({'state_dict': head_state}, os.fspath(path_head))
+        trunk_state, _ = rename_keys(self.visual_encoder.backbone.state_dict(), TO_OPEN_CLIP_RENAMES)
+        unmapped = [k for k in trunk_state if not k.startswith('visual.')]
+        if unmapped:
+            raise RuntimeError(f'trunk keys without an open_clip name: {unmapped[:5]}')
+        save_file({k: v.detach().cpu().contiguous() for k, v in trunk_state.items()}, os.fspath(path_trunk))
+
+    def save_class_embeddings(self, path: str | os.PathLike) -> None:
+        """Write the head's class embeddings as a bare (K, synonyms, clip_dim) tensor (the class-embedding file)."""
+        cls_embed = self.visual_encoder.panoptic_head.cls_embed  # (clip_dim, K+1, synonyms)
+        torch.save(cls_embed[:, :-1].permute(1, 2, 0).contiguous().cpu(), os.fspath(path))
