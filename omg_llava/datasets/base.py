@@ -32,7 +32,39 @@ def read_json_list(path: str) -> list:
     return records
 
 
-class OMGDatasetBase(Dataset):
+class SkippingDataset(Dataset):
+    """Serves ``load_record(i)``; a row raising :class:`MalformedSample` is counted per reason, logged, and the
+    next row is served instead. Subclasses set ``records`` and ``skipped`` (a ``Counter``)."""
+
+    records: list
+    skipped: Counter
+
+    def load_record(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Any:
+        for attempt in range(MAX_CONSECUTIVE_SKIPS):
+            i = (index + attempt) % len(self.records)
+            try:
+                return self.load_record(i)
+            except MalformedSample as exc:
+                self._count_skip(i, exc)
+        raise RuntimeError(f'{type(self).__name__}: {MAX_CONSECUTIVE_SKIPS} consecutive rows from index {index} '
+                           f'are malformed ({dict(self.skipped)}); check the annotation files')
+
+    def _count_skip(self, index: int, exc: Exception) -> None:
+        reason = str(exc).split(':')[0][:80]
+        self.skipped[reason] += 1
+        total = sum(self.skipped.values())
+        if total <= 10 or total % 100 == 0:
+            print_log(f'{type(self).__name__}: skipped malformed row {index} ({exc}); {total} skipped so far: '
+                      f'{dict(self.skipped)}', logger='current', level=30)
+
+
+class OMGDatasetBase(SkippingDataset):
     """Args:
         tokenizer: the LLM tokenizer (module or config dict); the special tokens are added to it.
         image_size: network input side (1024 for the released models).
@@ -69,29 +101,11 @@ class OMGDatasetBase(Dataset):
         return True
 
     # ------------------------------------------------------------------ Dataset API
-    def __len__(self) -> int:
-        return len(self.records)
-
     @property
     def modality_length(self) -> list[int]:
         """Per index: approximate length, negative for text-only samples (xtuner's length-grouping convention)."""
         return [self.record_length(r) if self.record_has_image(r) else -self.record_length(r) for r in self.records]
 
-    def __getitem__(self, index: int) -> dict:
-        for attempt in range(MAX_CONSECUTIVE_SKIPS):
-            i = (index + attempt) % len(self.records)
-            try:
-                conversation = self.build_conversation(self.records[i], random.Random(self.seed * 1_000_003 + i))
-                return encode_sample(conversation, self.tokenizer, self.image_size, self.max_length)
-            except MalformedSample as exc:
-                self._count_skip(i, exc)
-        raise RuntimeError(f'{type(self).__name__}: {MAX_CONSECUTIVE_SKIPS} consecutive rows from index {index} '
-                           f'are malformed ({dict(self.skipped)}); check the annotation files')
-
-    def _count_skip(self, index: int, exc: Exception) -> None:
-        reason = str(exc).split(':')[0][:80]
-        self.skipped[reason] += 1
-        total = sum(self.skipped.values())
-        if total <= 10 or total % 100 == 0:
-            print_log(f'{type(self).__name__}: skipped malformed row {index} ({exc}); {total} skipped so far: '
-                      f'{dict(self.skipped)}', logger='current', level=30)
+    def load_record(self, index: int) -> dict:
+        conversation = self.build_conversation(self.records[index], random.Random(self.seed * 1_000_003 + index))
+        return encode_sample(conversation, self.tokenizer, self.image_size, self.max_length)

@@ -14,17 +14,15 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from mmengine.logging import print_log
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from .base import SkippingDataset
 from .mask_decoding import decode_segmentation
 from .sample import MalformedSample
 
-MAX_CONSECUTIVE_SKIPS = 100
 
 
-class CocoInstanceDataset(Dataset):
+class CocoInstanceDataset(SkippingDataset):
     """Args:
         annotation_file: COCO instance JSON (``images``, ``annotations``, ``categories``).
         image_folder: folder the ``file_name`` entries are relative to.
@@ -61,18 +59,8 @@ class CocoInstanceDataset(Dataset):
         self.records = [(image, anns.get(image.get('id'), [])) for image in coco['images']]
         self.skipped: Counter[str] = Counter()
 
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        for attempt in range(MAX_CONSECUTIVE_SKIPS):
-            i = (index + attempt) % len(self.records)
-            try:
-                return self.load_sample(*self.records[i])
-            except MalformedSample as exc:
-                self._count_skip(i, exc)
-        raise RuntimeError(f'{type(self).__name__}: {MAX_CONSECUTIVE_SKIPS} consecutive rows from index {index} '
-                           f'are malformed ({dict(self.skipped)}); check the annotation file')
+    def load_record(self, index: int) -> dict[str, Tensor]:
+        return self.load_sample(*self.records[index])
 
     def load_sample(self, image_info: dict, anns: list[dict]) -> dict[str, Tensor]:
         """One image record and its annotations → a sample (raises :class:`MalformedSample`)."""
@@ -96,14 +84,6 @@ class CocoInstanceDataset(Dataset):
         keep = masks.flatten(1).any(-1)
         return dict(pixel_values=pixel_values, gt_labels=torch.tensor(labels, dtype=torch.long)[keep],
                     gt_masks=masks[keep].to(torch.uint8))
-
-    def _count_skip(self, index: int, exc: Exception) -> None:
-        reason = str(exc).split(':')[0][:80]
-        self.skipped[reason] += 1
-        total = sum(self.skipped.values())
-        if total <= 10 or total % 100 == 0:
-            print_log(f'{type(self).__name__}: skipped malformed row {index} ({exc}); {total} skipped so far: '
-                      f'{dict(self.skipped)}', logger='current', level=30)
 
 
 def instance_collate_fn(samples: list[dict[str, Any]]) -> dict[str, Any]:
