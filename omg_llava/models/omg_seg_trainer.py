@@ -13,6 +13,7 @@ the head learns to project its queries onto them.
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 import torch.nn.functional as F
@@ -22,20 +23,13 @@ from torch import Tensor, nn
 from omg_llava.checkpoint import RenameRule, rename_keys
 from omg_llava.registry import MODELS
 
+from .backbones.convnext_clip import OPEN_CLIP_PREFIXES
 from .omg_seg_encoder import OMGSegVisualEncoder
 from .seg_heads.omg_seg_head import DecodeOutput
 from .seg_heads.set_criterion import SegmentationSetCriterion
 
 # backbone names → open_clip names: the inverse of ``backbones.convnext_clip.OPEN_CLIP_RENAMES``.
-TO_OPEN_CLIP_RENAMES: tuple[RenameRule, ...] = (
-    RenameRule(r'stem\.', 'visual.trunk.stem.'),
-    RenameRule(r'layer1\.', 'visual.trunk.stages.0.'),
-    RenameRule(r'layer2\.', 'visual.trunk.stages.1.'),
-    RenameRule(r'layer3\.', 'visual.trunk.stages.2.'),
-    RenameRule(r'layer4\.', 'visual.trunk.stages.3.'),
-    RenameRule(r'head\.0\.', 'visual.trunk.head.'),
-    RenameRule(r'head\.1\.', 'visual.head.'),
-)
+TO_OPEN_CLIP_RENAMES: tuple[RenameRule, ...] = tuple(RenameRule(re.escape(b), a) for a, b in OPEN_CLIP_PREFIXES)
 
 
 def random_class_embeddings(num_classes: int, num_synonyms: int, dim: int, seed: int = 0) -> Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Sequence
 
 import torch
@@ -176,16 +177,18 @@ class ConvNeXtCLIPBackbone(nn.Module):
             return self.head[1](self.head[0](feat))
 
 
-# open_clip names → backbone names (first match wins; anchored at the start of the key).
-OPEN_CLIP_RENAMES: tuple[RenameRule, ...] = (
-    RenameRule(r'visual\.trunk\.stem\.', 'stem.'),
-    RenameRule(r'visual\.trunk\.stages\.0\.', 'layer1.'),
-    RenameRule(r'visual\.trunk\.stages\.1\.', 'layer2.'),
-    RenameRule(r'visual\.trunk\.stages\.2\.', 'layer3.'),
-    RenameRule(r'visual\.trunk\.stages\.3\.', 'layer4.'),
-    RenameRule(r'visual\.trunk\.head\.', 'head.0.'),
-    RenameRule(r'visual\.head\.', 'head.1.'),
+# open_clip prefix ↔ backbone prefix, one row per module (the single source of both renaming directions).
+OPEN_CLIP_PREFIXES: tuple[tuple[str, str], ...] = (
+    ('visual.trunk.stem.', 'stem.'),
+    ('visual.trunk.stages.0.', 'layer1.'),
+    ('visual.trunk.stages.1.', 'layer2.'),
+    ('visual.trunk.stages.2.', 'layer3.'),
+    ('visual.trunk.stages.3.', 'layer4.'),
+    ('visual.trunk.head.', 'head.0.'),
+    ('visual.head.', 'head.1.'),
 )
+# open_clip names → backbone names (first match wins; anchored at the start of the key).
+OPEN_CLIP_RENAMES: tuple[RenameRule, ...] = tuple(RenameRule(re.escape(a), b) for a, b in OPEN_CLIP_PREFIXES)
 # The CLIP text tower, present in the open_clip file but not part of the image trunk.
 OPEN_CLIP_TEXT_TOWER: tuple[str, ...] = (r'transformer\.', r'token_embedding\.', r'positional_embedding$',
                                          r'ln_final\.', r'text_projection$', r'logit_scale$', r'attn_mask$')
