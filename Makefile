@@ -7,7 +7,7 @@ setup:
 	scripts/setup_env.sh $(VENV)
 
 demo: setup
-	$(PY) tools/chat.py --prompt "Please segment the main object in this image."
+	$(PY) tools/chat.py --prompt "Please segment the largest shape in this image."
 
 test: setup
 	$(PY) -m pytest -q tests

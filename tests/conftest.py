@@ -48,3 +48,15 @@ def load_tool(name: str) -> ModuleType:
 @pytest.fixture(scope='session')
 def reference_fixture_path() -> Path:
     return fixture_paths()[0]
+
+
+def load_project_module(name: str) -> ModuleType:
+    """Import ``projects/tiny_omg_llava/<name>.py`` (scripts, not a package) under its own name."""
+    folder = REPO_ROOT / 'projects' / 'tiny_omg_llava'
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))  # train_tiny imports benchmark as a sibling
+    spec = importlib.util.spec_from_file_location(name, folder / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

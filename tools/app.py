@@ -1,6 +1,6 @@
 """Gradio demo of OMG-LLaVA (spec §9.2): ask about an image with point and box prompts; see docs/app.md.
 
-    python tools/app.py                                     # tiny config, random weights, CPU
+    python tools/app.py                  # built-in default: the trained tiny synthetic-shapes model, CPU
     python tools/app.py configs/omg_llava_7b_finetune_8gpus.py --pth omg_llava_7b_finetune_8gpus.pth \\
         --device cuda --dtype fp16
 
@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_CONFIG = 'configs/tiny/omg_llava_tiny_finetune.py'
+from omg_llava.inference.defaults import (DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT, checkpoint_for,
+                                         is_default_config)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, help=f'model config (default {DEFAULT_CONFIG})')
-    parser.add_argument('--pth', help='released-format OMG-LLaVA checkpoint (without it the projectors are random)')
+    parser.add_argument('--pth', help='released-format OMG-LLaVA checkpoint; default: the committed one for the '
+                        'default config, none (random projectors) for any other')
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
     parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
                         help='dtype of the LLM and projectors (the visual encoder stays fp32)')
@@ -29,7 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--host', default='127.0.0.1', help='address to serve on (0.0.0.0: every interface)')
     parser.add_argument('--port', type=int, default=7860, help='port to serve on')
     parser.add_argument('--share', action='store_true', help='also open a public gradio.live link (needs internet)')
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.pth = checkpoint_for(args.config, args.pth)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f'config: {args.config}')
     for note in notes:
         print(f'  {note}')
-    demo = build_demo(chat, max_new_tokens=args.max_new_tokens)
+    examples = [(DEFAULT_IMAGE, DEFAULT_PROMPT)] if is_default_config(args.config) else None
+    demo = build_demo(chat, max_new_tokens=args.max_new_tokens, examples=examples)
     launch_demo(demo, host=args.host, port=args.port, share=args.share)
     return 0
 

@@ -1,6 +1,6 @@
 """Chat with OMG-LLaVA about one image: text answers with masks, visual prompts, overlay and JSON outputs.
 
-    python tools/chat.py --prompt "Please segment the main object in this image."   # built-in default
+    python tools/chat.py --prompt "Please segment the largest shape in this image."   # built-in default
     python tools/chat.py configs/omg_llava_7b_finetune_8gpus.py \\
         --pth pretrained/omg_llava/omg_llava_7b_finetune_8gpus.pth --device cuda --image photo.jpg
     python tools/chat.py CONFIG --pth FILE --image photo.jpg --prompt "What is <mark> holding?" --point 410,220
@@ -17,9 +17,11 @@ command line. In interactive mode they apply to the first question.
 Outputs go to --out-dir (one-shot) or --out-dir/turn_N (interactive): overlay.png, mask_I.png per [SEG]
 (I from 0) and answer.json (text, phrases, COCO RLE masks, image and prompts).
 
-Built-in default: the tiny configuration (configs/tiny/omg_llava_tiny_finetune.py) with seeded random
-weights on the bundled photo (skimage's "chelsea"). Random weights answer gibberish and their masks are
-meaningless; the run shows the whole path works. See docs/chat.md.
+Built-in default: the tiny OMG-LLaVA trained on CPU on synthetic coloured shapes
+(configs/tiny/omg_llava_tiny_synthetic_finetune.py with the committed omg_llava/assets/tiny_synthetic/ weights,
+reproduced by projects/tiny_omg_llava/train_tiny.py) on a held-out synthetic image. It knows shapes only:
+ask e.g. "Please segment the red circle in this image." Any other config without --pth has random weights.
+See docs/chat.md.
 """
 from __future__ import annotations
 
@@ -29,10 +31,7 @@ import sys
 import time
 import warnings
 
-from omg_llava.assets import TINY_TOKENIZER_DIR
-
-DEFAULT_CONFIG = 'configs/tiny/omg_llava_tiny_finetune.py'
-DEFAULT_IMAGE = os.path.join(os.path.dirname(TINY_TOKENIZER_DIR), 'demo.jpg')  # skimage's "chelsea", bundled
+from omg_llava.inference.defaults import DEFAULT_CONFIG, DEFAULT_IMAGE, checkpoint_for
 MARK, REGION = '<mark>', '<region>'
 
 
@@ -68,8 +67,9 @@ def _box(text: str) -> tuple[str, tuple[float, ...]]:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, help=f'model config (default {DEFAULT_CONFIG})')
-    parser.add_argument('--pth', help='OMG-LLaVA checkpoint (released format); without it the weights are random')
-    parser.add_argument('--image', default=DEFAULT_IMAGE, help='the image (default: the bundled photo)')
+    parser.add_argument('--pth', help='OMG-LLaVA checkpoint (released format); default: the committed one for the '
+                        'default config, none (random weights) for any other')
+    parser.add_argument('--image', default=DEFAULT_IMAGE, help='the image (default: a held-out synthetic image)')
     parser.add_argument('--prompt', help='answer this one question and exit (default: interactive chat)')
     prompts = parser.add_argument_group('visual prompts (original-image pixels)')
     prompts.add_argument('--point', action='append', default=[], metavar='X,Y', type=_numbers(2, '--point', '120,80'),
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.pth = checkpoint_for(args.config, args.pth)
     try:
         return _run(args)
     except UsageError as exc:

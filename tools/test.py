@@ -1,10 +1,12 @@
-"""Evaluate OMG-LLaVA on a benchmark split (spec §9.3): referring segmentation, GCG or region captioning.
+"""Evaluate OMG-LLaVA on a benchmark split (spec §9.3): referring segmentation, GCG, region captioning, or
+closed region questions (the synthetic shapes' held-out manifest).
 
     python tools/test.py CONFIG --pth FILE --task refseg --data-root data/ref_seg --dataset refcoco --split val
     python tools/test.py CONFIG --pth FILE --task gcg --data-root data/glamm_data/annotations \\
         --dataset gcg_val_test --split val
     python tools/test.py CONFIG --pth FILE --task region_caption --data-root data/region_caption \\
         --dataset refcocog --split val
+    python tools/test.py CONFIG --pth FILE --task region_qa --data-root data/synthetic_shapes --split val
     torchrun --nproc-per-node 8 tools/test.py CONFIG --pth FILE ... --launcher pytorch --device cuda
 
 Writes predictions.jsonl and metrics.json to --out-dir (default work_dirs/test/<task>_<dataset>_<split>/) and
@@ -16,7 +18,7 @@ import argparse
 import json
 import os
 
-TASKS = ('refseg', 'gcg', 'region_caption')
+TASKS = ('refseg', 'gcg', 'region_caption', 'region_qa')
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,12 +27,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--pth', help='OMG-LLaVA checkpoint (.pth); without one the projectors/LoRA are random')
     parser.add_argument('--task', required=True, choices=TASKS, help='evaluation protocol')
     parser.add_argument('--data-root', required=True, help='annotation root (see docs/evaluation.md)')
-    parser.add_argument('--dataset', required=True,
+    parser.add_argument('--dataset',
                         help='refseg: refcoco, refcoco+ (refcoco_plus), refcocog; gcg: the folder of the '
-                             '{split}_gcg_coco_*_gt.json files; region_caption: e.g. refcocog')
+                             '{split}_gcg_coco_*_gt.json files; region_caption: e.g. refcocog; region_qa: none '
+                             '(it reads <data-root>/region_questions_<split>.json)')
     parser.add_argument('--split', required=True, help='e.g. val, testA, testB, test')
     parser.add_argument('--split-by', help='refseg: refs(<split-by>).p (default unc, umd for refcocog)')
     parser.add_argument('--image-folder', help='image root (default: the reference tree next to --data-root)')
+    parser.add_argument('--omg-seg-pth', help='OMG-Seg head file (overrides the config)')
+    parser.add_argument('--clip-pth', help='CLIP trunk file (overrides the config)')
+    parser.add_argument('--class-embed-pth', help='class-embedding file (overrides the config)')
     parser.add_argument('--out-dir', help='default work_dirs/test/<task>_<dataset>_<split>/')
     parser.add_argument('--device', help='torch device (default cuda if available, else cpu)')
     parser.add_argument('--dtype', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
@@ -49,6 +55,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='pytorch: distributed under torchrun (samples sharded by rank)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
+    if args.task == 'region_qa':
+        if args.dataset:
+            parser.error('--dataset does not apply to --task region_qa (it reads <data-root>/region_questions_'
+                         '<split>.json)')
+        args.dataset = 'synthetic'
+    elif not args.dataset:
+        parser.error(f'--task {args.task} needs --dataset')
     if args.max_samples is not None and args.max_samples < 1:
         parser.error('--max-samples must be ≥ 1')
     return args
@@ -83,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     split = load_split(args.task, args.data_root, args.dataset, args.split, args.image_folder, args.split_by)
     out_dir = args.out_dir or os.path.join('work_dirs', 'test', f'{args.task}_{args.dataset}_{args.split}')
     chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=device, dtype=dtype, seed=args.seed,
-                                           weights_only=not args.trust_checkpoint)
+                                           weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth,
+                                           clip=args.clip_pth, class_embed=args.class_embed_pth)
     predictor = ModelPredictor(chat, args.max_new_tokens or MAX_NEW_TOKENS[args.task])
     similarity = bag_of_words_cosine
     if args.phrase_model and args.task == 'gcg':
@@ -94,7 +108,8 @@ def main(argv: list[str] | None = None) -> dict | None:
               + f', {world_size} process(es), {device} {dtype}')
         for note in notes:
             print(f'  {note}')
-    predict = predictor.describe_region if args.task == 'region_caption' else predictor
+    predict = {'region_caption': predictor.describe_region,
+               'region_qa': predictor.answer_with_regions}.get(args.task, predictor)
     metrics = evaluate(split, predict, out_dir, max_samples=args.max_samples, rank=rank, world_size=world_size,
                        progress=not args.no_progress, similarity=similarity, meteor=not args.no_meteor)
     if metrics is not None:

@@ -4,6 +4,8 @@ The loops take a *prediction function* instead of a model, so the metrics can be
 
 * refseg / gcg: ``predict(image_path, prompt) -> answer``;
 * region_caption: ``predict(image_path, prompt, region_mask) -> answer``, the (H, W) mask filling ``<mark>``;
+* region_qa: ``predict(image_path, prompt, region_masks) -> answer``, the (H, W) masks filling the ``<region>``
+  tokens in order (:mod:`~omg_llava.evaluation.region_qa`);
 
 where ``answer`` has ``text`` (the decoded answer with its ``<p>``/``[SEG]`` markup) and ``masks`` (one (H, W) bool
 array per generated ``[SEG]`` at the original image size), like :class:`~omg_llava.inference.chat.ChatAnswer`.
@@ -34,13 +36,14 @@ from omg_llava.utils.conversation import Turn, encode_conversation
 from .captions import caption_metrics
 from .gcg import GroundedImage, PhraseSimilarity, bag_of_words_cosine, gcg_mask_metrics
 from .refseg import mask_overlap, refseg_metrics
+from .region_qa import RegionQASplit, region_qa_summary, run_region_qa
 from .splits import GCGSplit, RefSegSplit, RegionCaptionSplit, rle_of
 
 REFSEG_PROMPT = 'Please segment {sentence} in this image.'
 REGION_CAPTION_PROMPT = ('Can you provide me with a detailed description of the region in the picture marked by '
                          'region1 <mark>?')
 #: Generation budget of each protocol (spec §9.3).
-MAX_NEW_TOKENS = {'refseg': 100, 'gcg': 100, 'region_caption': 300}
+MAX_NEW_TOKENS = {'refseg': 100, 'gcg': 100, 'region_caption': 300, 'region_qa': 30}
 PREDICTIONS_FILE = 'predictions.jsonl'
 METRICS_FILE = 'metrics.json'
 
@@ -176,7 +179,7 @@ def region_caption_summary(split: RegionCaptionSplit, records: Sequence[dict], j
     return metrics
 
 
-def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit, predict: Callable, out_dir: str | None = None, *,
+def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit, predict: Callable, out_dir: str | None = None, *,
              max_samples: int | None = None, rank: int = 0, world_size: int = 1, progress: bool = True,
              similarity: PhraseSimilarity = bag_of_words_cosine, java: str | bool | None = True,
              meteor: bool = True) -> dict | None:
@@ -202,6 +205,8 @@ def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit, predict: Callab
         records = run_refseg(split, predict, indices, show)
     elif split.task == 'gcg':
         records = run_gcg(split, predict, indices, show)
+    elif split.task == 'region_qa':
+        records = run_region_qa(split, predict, indices, show)
     else:
         records = run_region_caption(split, predict, indices, show)
     records = gather_records(records, num, world_size)
@@ -211,6 +216,8 @@ def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit, predict: Callab
         metrics = refseg_summary(records)
     elif split.task == 'gcg':
         metrics = gcg_summary(split, records, similarity, java, meteor)
+    elif split.task == 'region_qa':
+        metrics = region_qa_summary(split, records)
     else:
         metrics = region_caption_summary(split, records, java, meteor)
     metrics = dict(task=split.task, num_samples=num, **metrics)
@@ -251,6 +258,16 @@ class ModelPredictor:
         else:
             self.chat.reset()
         return self.chat.ask(prompt, max_new_tokens=self.max_new_tokens, temperature=0.0, **self.generation_kwargs)
+
+    def answer_with_regions(self, image_path: str, prompt: str, region_masks: Sequence[np.ndarray]) -> ChatAnswer:
+        """Answer ``prompt`` with the (H, W) ``region_masks`` (original size) at its ``<region>`` tokens."""
+        if image_path != self._chat_image:
+            self.chat.set_image(image_path)
+            self._chat_image = image_path
+        else:
+            self.chat.reset()
+        return self.chat.ask(prompt, regions=list(region_masks), max_new_tokens=self.max_new_tokens,
+                             temperature=0.0, **self.generation_kwargs)
 
     def describe_region(self, image_path: str, prompt: str, region_mask: np.ndarray) -> ChatAnswer:
         """Answer ``prompt`` (one ``<mark>``) with ``region_mask`` ((H, W) bool, original size) at ``<mark>``."""

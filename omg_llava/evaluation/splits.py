@@ -33,7 +33,7 @@ from omg_llava.datasets.sample import MalformedSample
 
 from .gcg import GroundedImage
 
-TASKS = ('refseg', 'gcg', 'region_caption')
+TASKS = ('refseg', 'gcg', 'region_caption', 'region_qa')
 DATASET_ALIASES = {'refcoco_plus': 'refcoco+'}
 #: Image folder per task when ``--image-folder`` is not given, relative to the data root (the reference tree:
 #: data/ref_seg, data/glamm_data/annotations, data/region_caption).
@@ -225,10 +225,17 @@ class RegionCaptionSplit:
 
 
 def load_split(task: str, data_root: str, dataset: str, split: str, image_folder: str | None = None,
-               split_by: str | None = None) -> RefSegSplit | GCGSplit | RegionCaptionSplit:
-    """The split of ``task``; ``image_folder`` defaults to :data:`DEFAULT_IMAGE_FOLDERS` under ``data_root``."""
+               split_by: str | None = None) -> RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit:
+    """The split of ``task``; ``image_folder`` defaults to :data:`DEFAULT_IMAGE_FOLDERS` under ``data_root``.
+    ``region_qa`` reads ``data_root/region_questions_{split}.json`` (its image paths are relative to ``data_root``;
+    ``dataset``, ``image_folder`` and ``split_by`` do not apply)."""
     if task not in TASKS:
         raise ValueError(f'task must be one of {TASKS}, got {task!r}')
+    if task == 'region_qa':
+        if image_folder is not None or split_by is not None:
+            raise ValueError('region_qa reads image paths from its manifest: drop --image-folder / --split-by')
+        from .region_qa import RegionQASplit
+        return RegionQASplit(data_root, split)
     if image_folder is None:
         image_folder = os.path.normpath(os.path.join(data_root, DEFAULT_IMAGE_FOLDERS[task]))
     if not os.path.isdir(image_folder):

@@ -277,8 +277,11 @@ Upload an image, click on it to add prompts, then ask. A **point** is referred t
 
 
 def build_demo(chat: OMGLLaVAChat, *, max_new_tokens: int = 256,
-               generation_kwargs: dict[str, Any] | None = None) -> gr.Blocks:
-    """The Blocks app (see the module docstring); call :func:`launch_demo` to serve it."""
+               generation_kwargs: dict[str, Any] | None = None,
+               examples: list[tuple[str, str]] | None = None) -> gr.Blocks:
+    """The Blocks app (see the module docstring); call :func:`launch_demo` to serve it.
+
+    ``examples``: (image path, question) pairs shown under the question box; a click fills both in."""
     app = ChatApp(chat, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
     with gr.Blocks(title='OMG-LLaVA', analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
@@ -303,6 +306,8 @@ def build_demo(chat: OMGLLaVAChat, *, max_new_tokens: int = 256,
                 ask = gr.Button('Ask', variant='primary')
                 answer = gr.HTML(label='Answer')
                 overlay = gr.Image(label='Masks', type='numpy', interactive=False, format='png')
+        if examples:
+            gr.Examples([list(e) for e in examples], inputs=[image, question], label='Examples')
         # the /click endpoint: the same callback as a click on the prompt view, with explicit coordinates
         x, y = gr.Number(label='x', visible=False), gr.Number(label='y', visible=False)
         click_api = gr.Button(visible=False)

@@ -24,10 +24,21 @@ def visual_encoder_config(config_path: str) -> tuple[dict, Config]:
     raise KeyError(f'{config_path} defines neither model.visual_encoder nor visual_encoder')
 
 
+def resolve_packaged_path(path: str) -> str:
+    """``path`` itself if it exists (relative to the working directory), else the same relative path under the
+    folder holding the ``omg_llava`` package if it exists there. Configs name the committed tiny weights as
+    ``omg_llava/assets/...``, which this finds from any working directory, for a checkout or an installed package."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    packaged = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), path)
+    return packaged if os.path.exists(packaged) else path
+
+
 def resolve_encoder_weights(part_cfg: dict, config_path: str, **overrides: str | None) -> dict[str, str]:
     """The encoder's weight files: the config's ``weights`` with non-empty ``overrides`` (``omg_seg``, ``clip``,
-    ``class_embed``) on top. A named file that is absent on disk is an error that lists it."""
-    weights = dict(part_cfg.get('weights') or {})
+    ``class_embed``) on top, relative config paths resolved by :func:`resolve_packaged_path`. A named file that is
+    absent on disk is an error that lists it."""
+    weights = {k: resolve_packaged_path(v) for k, v in (part_cfg.get('weights') or {}).items() if v}
     weights.update({k: v for k, v in overrides.items() if v})
     weights = {k: v for k, v in weights.items() if v}
     missing = {k: v for k, v in weights.items() if not os.path.isfile(v)}

@@ -104,6 +104,7 @@ class OMGLLaVA(BaseModel):
             (LM loss + [SEG] mask losses).
         llm_lora: a ``peft.LoraConfig`` or its arguments; ``None`` keeps the LLM unwrapped.
         freeze_llm: freeze the LLM base weights (LoRA and the vocabulary tensors still train in finetune).
+            ``False`` trains the whole LLM and saves it in the checkpoint (tiny models trained from scratch).
         projector_depth: depth of both projector MLPs.
         mask_loss: :class:`~omg_llava.models.seg_losses.MaskLossConfig` or its fields.
         pretrain_loss_weight: weight of the pretrain alignment MSE.
@@ -130,6 +131,7 @@ class OMGLLaVA(BaseModel):
         self.token_ids = self._special_token_ids(llm, special_token_ids)
         if llm.get_input_embeddings().num_embeddings != self.token_ids.num_embeddings:
             llm.resize_token_embeddings(self.token_ids.num_embeddings, mean_resizing=False)
+        self.freeze_llm = freeze_llm  # False: the whole LLM trains and is saved
         if freeze_llm:
             llm.requires_grad_(False)
         if llm_lora is not None:
@@ -196,7 +198,8 @@ class OMGLLaVA(BaseModel):
         """Only what the released checkpoints hold (spec §5.3); see :mod:`~omg_llava.models.save_filter`."""
         full = super().state_dict(*args, **kwargs)
         prefix = kwargs.get('prefix', args[1] if len(args) > 1 else '')
-        return filter_saved_keys(full, prefix, self.visual_encoder.panoptic_head.with_llm_decoder_copy)
+        return filter_saved_keys(full, prefix, self.visual_encoder.panoptic_head.with_llm_decoder_copy,
+                                 with_full_llm=not self.freeze_llm)
 
     # ------------------------------------------------------------------ encoding
     def encode_images(self, pixel_values: Tensor) -> EncodedImages:

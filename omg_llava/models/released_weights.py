@@ -41,7 +41,8 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
     state_dict = unwrap_state_dict(read_weights(source, weights_only=weights_only), source)
     own = nn.Module.state_dict(model, keep_vars=True)
     with_copy = model.visual_encoder.panoptic_head.with_llm_decoder_copy
-    required = [k for k in own if is_saved_key(k, with_copy)]
+    with_full_llm = not getattr(model, 'freeze_llm', True)
+    required = [k for k in own if is_saved_key(k, with_copy, with_full_llm)]
     ignored = []
     if getattr(model, 'has_lora', False) and any(k in state_dict for k in PRETRAIN_VOCAB_KEYS):
         ignored = [k for k in PRETRAIN_VOCAB_KEYS if k in state_dict]
@@ -67,7 +68,7 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
     if ignored:
         print_log(f'{source}: {len(ignored)} pretrain vocabulary tensors ignored ({", ".join(ignored)}): the LoRA '
                   'model starts from its own resized vocabulary, as the reference does.', logger='current')
-    beyond_filter = [k for k in known if not is_saved_key(k, with_copy)]
+    beyond_filter = [k for k in known if not is_saved_key(k, with_copy, with_full_llm)]
     if beyond_filter:
         print_log(f'{source}: {len(beyond_filter)} tensors beyond the reference save filter were loaded, e.g. '
                   f'{beyond_filter[:3]}', logger='current', level=30)

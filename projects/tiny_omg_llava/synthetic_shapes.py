@@ -88,6 +88,7 @@ MAX_SENTENCES = 3  # per ref: the simplest expression and up to two random other
 MAX_MARKS = 4  # points per MDPV row
 JPEG_QUALITY = 90
 COCO_IMAGES = ('glamm_data', 'images', 'coco2014', 'train2014')
+COCO_INSTANCE_SPLITS = {'train': 'train2017', 'val': 'val2017'}  # our split → COCO folder (OMG-Seg pre-stage)
 ANNOTATION_FILES = {  # rows of the training sources → file under the root
     'grandf_gcg': 'glamm_data/annotations/GranDf_HA_GCG_train.json',
     'osprey_detail_description': 'region_caption/osprey/osprey_detail_description.json',
@@ -557,6 +558,7 @@ def write_dataset(root: str, num_train: int, num_val: int, size: int = 128, seed
     w = _Writer(root)
     rows: dict[str, list] = {k: [] for k in (*ANNOTATION_FILES, 'region_questions_val')}
     images, annotations, refs, sentences = [], [], [], 0
+    coco_splits = {split: ([], []) for split in COCO_INSTANCE_SPLITS}  # split → (images, annotations)
     splits = (('train', num_train), ('val', num_val), ('testA', num_val if num_test is None else num_test))
     for code, (split, count) in enumerate(splits):
         for k in tqdm(range(count), desc=f'{split} images', leave=False):
@@ -571,6 +573,10 @@ def write_dataset(root: str, num_train: int, num_val: int, size: int = 128, seed
                          segmentation=_rle(o.mask), bbox=list(o.bbox), area=o.area, iscrowd=0)
                     for j, o in enumerate(scene.objects)]
             annotations += anns
+            if split in COCO_INSTANCE_SPLITS:
+                w.link(image_path, 'coco', COCO_INSTANCE_SPLITS[split], file_name)
+                coco_splits[split][0].append(entry)
+                coco_splits[split][1].extend(anns)
             queries = expression_queries(scene)
             image_refs = _refs(queries, anns, split, len(refs), sentences, rng)
             refs += image_refs
@@ -583,6 +589,9 @@ def write_dataset(root: str, num_train: int, num_val: int, size: int = 128, seed
                                                                          anns))
     categories = [dict(id=c + 1, name=kind) for c, kind in enumerate(KINDS)]
     w.json(dict(images=images, annotations=annotations, categories=categories), 'ref_seg', 'refcoco', 'instances.json')
+    for split, (split_images, split_annotations) in coco_splits.items():
+        w.json(dict(images=split_images, annotations=split_annotations, categories=categories),
+               'coco', 'annotations', f'instances_{COCO_INSTANCE_SPLITS[split]}.json')
     with open(w.path('ref_seg', 'refcoco', 'refs(unc).p'), 'wb') as f:
         pickle.dump(refs, f, protocol=2)
     for name, path in ANNOTATION_FILES.items():
@@ -595,7 +604,8 @@ def write_dataset(root: str, num_train: int, num_val: int, size: int = 128, seed
     w.link(os.path.join(root, *COCO_IMAGES, held_out[0]['file_name']), 'test.jpg')
     counts = {name: len(r) for name, r in rows.items()}
     counts.update({f'refcoco_{s}': len({r['image_id'] for r in refs if r['split'] == s}) for s, _ in splits},
-                  refcoco_refs=len(refs), ade20k=num_train)
+                  refcoco_refs=len(refs), ade20k=num_train,
+                  **{f'coco_{folder}': len(coco_splits[s][0]) for s, folder in COCO_INSTANCE_SPLITS.items()})
     with open(w.path('README.md'), 'w', encoding='utf-8') as f:
         f.write(README.format(root=root, num_train=num_train, num_val=num_val, num_test=splits[2][1], size=size,
                               seed=seed, **counts))
@@ -622,13 +632,16 @@ expression picks out exactly one object. Masks are stored as COCO RLE (exact at 
 | llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json | LLaVA, one caption turn | {llava_pretrain} |
 | llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json | LLaVA, three turns | {llava_instruct} |
 | ade20k/ADEChallengeData2016/annotations/training/*.png | ADE-style label maps of the 4 kinds | {ade20k} |
+| coco/annotations/instances_{{train,val}}2017.json | COCO instances of the train / val images (OMG-Seg pre-stage) | \
+{coco_train2017}/{coco_val2017} |
 | region_questions_val.json | held-out region questions: val images, masks, colour and kind | {region_questions_val} |
 
 REFER has {refcoco_refs} refs (up to 3 sentences each: the simplest, one superlative/position, one relation). The
 val and testA refs use held-out images that no training file shows. All images are in
 glamm_data/images/coco2014/train2014/; the training ones are hard-linked into glamm_data/images/grandf/train/,
 mdpv_point/images/, llava_data/LLaVA-Pretrain/images/, llava_data/llava_images/ and
-ade20k/ADEChallengeData2016/images/training/. `test.jpg` is the first held-out image.
+ade20k/ADEChallengeData2016/images/training/, and with the val ones into coco/{{train,val}}2017/. `test.jpg` is the
+first held-out image.
 
 region_questions_val.json: `{{"colours": [...], "kinds": [...], "chance": {{"colour", "kind", "colour_kind"}},
 "images": [{{"image": path from this folder, "height", "width", "regions": [{{"segmentation": RLE, "bbox",

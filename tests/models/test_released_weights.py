@@ -170,3 +170,24 @@ def test_python_objects_are_refused_unless_trusted(config, tmp_path):
         load_released_checkpoint(pretrain_model(config), tmp_path / 'pickled.pth')
     with pytest.raises(CheckpointError, match='not tensors'):  # trusted, but still not a flat state dict
         load_released_checkpoint(pretrain_model(config), tmp_path / 'pickled.pth', weights_only=False)
+
+
+def test_model_with_a_trained_llm_saves_and_loads_all_of_it(config, tmp_path):
+    def full_llm_model() -> OMGLLaVA:
+        return OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage='finetune',
+                        llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
+                        use_activation_checkpointing=False, special_token_ids=special_ids(config))
+
+    model = full_llm_model()
+    llm_keys = [k for k in torch.nn.Module.state_dict(model) if k.startswith('llm.')]
+    state = random_checkpoint(model, tmp_path / 'full.pth')
+    assert len(llm_keys) > 2 and set(state) == set(llm_keys) | {k for k in state if k.startswith('projector')}
+    assert len(state) == len(llm_keys) + PROJECTOR_KEYS
+    fresh = full_llm_model()
+    assert load_released_checkpoint(fresh, tmp_path / 'full.pth').ok
+    assert_loaded(fresh, state)
+    layer_key = next(k for k in llm_keys if '.layers.1.' in k)
+    del state[layer_key]
+    torch.save(state, tmp_path / 'partial.pth')
+    with pytest.raises(CheckpointMismatchError, match=layer_key.replace('.', r'\.')):
+        load_released_checkpoint(full_llm_model(), tmp_path / 'partial.pth')

@@ -244,3 +244,20 @@ def test_deterministic_by_seed(gen, built, tmp_path):
         assert (tmp_path / 'again' / path).read_bytes() == (root / path).read_bytes(), path
     gen.write_dataset(str(tmp_path / 'other'), 2, 1, seed=1)
     assert (tmp_path / 'other' / files[-1]).read_bytes() != (root / files[-1]).read_bytes()
+
+
+def test_coco_instance_splits_feed_the_omg_seg_pre_stage(built):
+    root, counts = built
+    from omg_llava.datasets.coco_instances import CocoInstanceDataset
+    for folder, count in (('train2017', NUM_TRAIN), ('val2017', NUM_VAL)):
+        ds = CocoInstanceDataset(str(root / f'coco/annotations/instances_{folder}.json'), str(root / 'coco' / folder),
+                                 image_size=S)
+        assert len(ds) == count == counts[f'coco_{folder}'] and ds.category_names == ['circle', 'square', 'triangle',
+                                                                                      'star']
+        sample = ds[0]
+        assert 2 <= len(sample['gt_labels']) <= 5 and sample['gt_masks'].shape[1:] == (S, S)
+        assert not ds.skipped
+    refs = load_refs(root / 'ref_seg/refcoco/refs(unc).p')
+    train_ids = {r['image_id'] for r in refs if r['split'] == 'train'}
+    coco_train = json.loads((root / 'coco/annotations/instances_train2017.json').read_text())
+    assert {img['id'] for img in coco_train['images']} == train_ids  # held-out images stay out of the pre-stage

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from omg_llava.assets import ASSET_DIR
 from omg_llava.inference.chat import ChatAnswer, OMGLLaVAChat
 from omg_llava.inference.chat_outputs import (PALETTE, PhraseStreamer, decode_rle, encode_rle, render_answer,
                                               write_answer)
@@ -19,7 +20,8 @@ from omg_llava.inference.model_builder import build_model
 from conftest import TINY_CONFIG, load_tool
 
 chat_tool = load_tool('chat')
-PHOTO = np.asarray(Image.open(chat_tool.DEFAULT_IMAGE))  # the bundled photo, 451 x 300
+PHOTO_PATH = os.path.join(ASSET_DIR, 'demo.jpg')  # skimage's chelsea, bundled for the random-weight tests
+PHOTO = np.asarray(Image.open(PHOTO_PATH))  # 451 x 300
 H, W = PHOTO.shape[:2]
 
 
@@ -33,7 +35,7 @@ def _masks(n: int) -> list[np.ndarray]:
 
 
 def test_bundled_photo_is_small_and_real():
-    assert (H, W) == (300, 451) and os.path.getsize(chat_tool.DEFAULT_IMAGE) < 100_000
+    assert (H, W) == (300, 451) and os.path.getsize(PHOTO_PATH) < 100_000
 
 
 def test_writer_outputs_overlay_mask_pngs_and_rle(tmp_path):
@@ -86,7 +88,7 @@ def test_streamer_prints_the_rendered_answer_token_by_token(chat):
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
-    code = chat_tool.main([str(TINY_CONFIG), '--max-new-tokens', '3', *argv])
+    code = chat_tool.main([str(TINY_CONFIG), '--image', PHOTO_PATH, '--max-new-tokens', '3', *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -109,7 +111,7 @@ def test_one_shot_writes_overlay_masks_and_json(tmp_path, capsys, force_seg):
     assert 'random' in err and 'answer: ' in out and '3 mask(s)' in out and '(red)' in out
     assert np.asarray(Image.open(tmp_path / 'overlay.png')).shape == PHOTO.shape
     record = json.loads((tmp_path / 'answer.json').read_text())
-    assert record['image'] == os.path.abspath(chat_tool.DEFAULT_IMAGE) and record['image_size'] == [H, W]
+    assert record['image'] == os.path.abspath(PHOTO_PATH) and record['image_size'] == [H, W]
     assert record['text'].count('[SEG]') == 3 and record['mask_files'] == ['mask_0.png', 'mask_1.png', 'mask_2.png']
     for rle in record['masks']:
         assert decode_rle(rle).shape == (H, W)

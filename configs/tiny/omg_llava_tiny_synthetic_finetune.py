@@ -1,0 +1,104 @@
+# The trained tiny default (issue 6): the tiny OMG-LLaVA of omg_llava_tiny_finetune.py, widened where a model
+# trained from scratch on CPU needs it, trained on the synthetic shapes (projects/tiny_omg_llava/synthetic_shapes.py).
+# Three stages, each a plain `xtuner train` (projects/tiny_omg_llava/train_tiny.py chains and times them):
+#   1. configs/tiny/omg_seg_tiny_synthetic.py             OMG-Seg pre-stage (encoder learns to segment shapes)
+#   2. configs/tiny/omg_llava_tiny_synthetic_pretrain.py  projector alignment (LM + 10 x MSE), encoder frozen
+#   3. this file                                          finetune on referring / GCG / region / point data
+# Differences from the 7B recipe, all because a tiny model is trained from scratch here:
+#   * the LLM is randomly initialised, so it trains in full (freeze_llm=False, no LoRA) and the checkpoint holds it;
+#   * pixel_shuffle_ratio=1: at 128 px the C5 map is 4x4, and ratio 2 would leave a 2x2 grid of object tokens
+#     (measured: an object has a visual token with IoU >= 0.5 in 46% of cases at 2x2, 72% at 4x4);
+#   * the LLM is 4 layers of width 128 instead of 2 of width 64 (still ~1M parameters).
+# By default the encoder files are the committed ones (omg_llava/assets/tiny_synthetic/) and the stage-2 checkpoint
+# is where train_tiny.py writes it; train_tiny.py points both at its own outputs with --cfg-options.
+#   python projects/tiny_omg_llava/synthetic_shapes.py --root data/synthetic_shapes
+#   python -m xtuner.tools.train configs/tiny/omg_llava_tiny_synthetic_finetune.py
+from mmengine.config import read_base
+from mmengine.dataset import DefaultSampler
+
+from omg_llava.datasets.mdpv import MDPVPointDataset
+from omg_llava.datasets.osprey import OspreyRegionConversationDataset
+
+with read_base():
+    from .omg_llava_tiny_finetune import *  # noqa: F401,F403
+
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+image_size = 128
+data_root = './data/synthetic_shapes/'
+coco2014_train = data_root + 'glamm_data/images/coco2014/train2014/'
+max_length = 512
+# stage-2 output (train_tiny.py's layout); the committed encoder files, found from any working directory by
+# tools/chat.py, tools/test.py and tools/app.py (omg_llava.inference.encoder_builder.resolve_packaged_path)
+pretrained_pth = './work_dirs/tiny_synthetic/omg_llava_tiny_synthetic_pretrain.pth'
+encoder_files = dict(omg_seg='omg_llava/assets/tiny_synthetic/omg_seg.pth',
+                     clip='omg_llava/assets/tiny_synthetic/clip_trunk.safetensors',
+                     class_embed='omg_llava/assets/tiny_synthetic/class_embed.pth')
+
+batch_size = 8
+max_iters = 3500
+lr = 1e-3
+warmup_iters = 30
+save_steps = 500
+evaluation_freq = 500
+evaluation_images = data_root + 'test.jpg'
+evaluation_inputs = ['Please segment the largest shape in this image.',
+                     'Can you provide a brief description of the this image? Please output with interleaved '
+                     'segmentation masks for the corresponding phrases.']
+
+#######################################################################
+#            PART 2  Model & Tokenizer & Image Processor              #
+#######################################################################
+visual_encoder.update(frozen=True, pixel_shuffle_ratio=1, weights=encoder_files)
+model.update(freeze_llm=False, llm_lora=None, visual_encoder=visual_encoder, max_length=max_length,
+             pretrained_pth=pretrained_pth)
+model.llm.config.update(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2)
+
+#######################################################################
+#                      PART 3  Dataset & Dataloader                   #
+#######################################################################
+common = dict(tokenizer=tokenizer, image_size=image_size, max_length=max_length)
+refer = dict(type=ReferSegDataset, data_root=data_root + 'ref_seg/', dataset='refcoco', split_by='unc',
+             image_folder=coco2014_train, **common)
+train_dataset = dict(
+    type=CombinedDataset,
+    datasets=[
+        refer,
+        dict(refer, seed=1),  # referring segmentation is the measured task: twice, other expression draws
+        dict(type=GranDfGCGDataset, annotation_file=data_root + 'glamm_data/annotations/GranDf_HA_GCG_train.json',
+             image_folder=glamm_images.replace('./data/tiny_omg_llava/', data_root) + 'grandf/train/', **common),
+        dict(type=OspreyRegionConversationDataset,
+             annotation_file=data_root + 'region_caption/osprey/osprey_conversation.json',
+             image_folder=coco2014_train, **common),
+        dict(type=MDPVPointDataset, annotation_file=data_root + 'mdpv_point/gpt4v_tiny_point.json',
+             image_folder=data_root + 'mdpv_point/images/', **common),
+    ],
+    shuffle_seed=42)
+# assignment, not update(): update() would merge into the inherited mixture
+train_dataloader.dataset = train_dataset
+train_dataloader.batch_size = batch_size
+train_dataloader.sampler.per_device_batch_size = batch_size * accumulative_counts
+
+#######################################################################
+#                    PART 4  Scheduler & Optimizer                    #
+#######################################################################
+optim_wrapper.optimizer.lr = lr
+param_scheduler = [
+    dict(type=LinearLR, start_factor=1e-2, by_epoch=False, begin=0, end=warmup_iters),
+    dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin=warmup_iters, end=max_iters),
+]
+train_cfg = dict(type=TrainLoop, max_iters=max_iters)
+
+#######################################################################
+#                           PART 5  Runtime                           #
+#######################################################################
+custom_hooks = [
+    dict(type=DatasetInfoHook, tokenizer=tokenizer),
+    dict(type=EvaluateChatHook, every_n_iters=evaluation_freq, evaluation_inputs=evaluation_inputs,
+         evaluation_images=evaluation_images, image_size=image_size, max_new_tokens=48),
+]
+default_hooks.logger.interval = 20
+default_hooks.checkpoint.interval = save_steps
+default_hooks.checkpoint.max_keep_ckpts = 1

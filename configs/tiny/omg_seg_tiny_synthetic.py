@@ -1,0 +1,84 @@
+# OMG-Seg pre-stage of the tiny synthetic model (issue 6): the tiny visual encoder of omg_llava_tiny_finetune.py
+# (ConvNeXt trunk + OMG-Seg head), randomly initialised, trained on the COCO instances of the synthetic shapes
+# with Hungarian set losses, so that its object queries segment shapes before OMG-LLaVA is trained on top.
+# The released OMG-LLaVA starts from a trained OMG-Seg in the same way (spec §3); none exists at this size.
+#   python projects/tiny_omg_llava/synthetic_shapes.py --root data/synthetic_shapes
+#   python -m xtuner.tools.train configs/tiny/omg_seg_tiny_synthetic.py
+# Ends with work_dirs/omg_seg_tiny_synthetic/{omg_seg.pth, clip_trunk.safetensors, class_embed.pth}
+# (ExportOMGSegHook), the files omg_llava_tiny_synthetic_finetune.py names in visual_encoder.weights.
+from mmengine.config import read_base
+from mmengine.dataset import DefaultSampler
+from mmengine.optim import CosineAnnealingLR
+from mmengine.optim import LinearLR
+from mmengine.optim import OptimWrapper
+from torch.optim import AdamW
+
+from omg_llava.datasets.coco_instances import CocoInstanceDataset
+from omg_llava.datasets.coco_instances import instance_collate_fn
+from omg_llava.engine import TrainLoop
+from omg_llava.engine.hooks import ExportOMGSegHook
+from omg_llava.models.omg_seg_trainer import OMGSegTrainer
+
+with read_base():
+    from .omg_llava_tiny_finetune import default_hooks  # noqa: F401
+    from .omg_llava_tiny_finetune import env_cfg  # noqa: F401
+    from .omg_llava_tiny_finetune import log_processor  # noqa: F401
+    from .omg_llava_tiny_finetune import visual_encoder
+
+#######################################################################
+#                          PART 1  Settings                           #
+#######################################################################
+image_size = 128
+data_root = './data/synthetic_shapes/'
+num_classes = 4  # circle, square, triangle, star (the file's categories, sorted by id)
+
+batch_size = 8
+max_iters = 1200
+lr = 1e-3
+warmup_iters = 20
+max_norm = 1
+
+#######################################################################
+#                      PART 2  Model & Data                           #
+#######################################################################
+model = dict(type=OMGSegTrainer, visual_encoder=visual_encoder, num_classes=num_classes)
+
+train_dataloader = dict(
+    batch_size=batch_size,
+    num_workers=0,
+    dataset=dict(
+        type=CocoInstanceDataset,
+        annotation_file=data_root + 'coco/annotations/instances_train2017.json',
+        image_folder=data_root + 'coco/train2017/',
+        image_size=image_size),
+    sampler=dict(type=DefaultSampler, shuffle=True),
+    collate_fn=dict(type=instance_collate_fn))
+
+#######################################################################
+#                    PART 3  Scheduler & Optimizer                    #
+#######################################################################
+optim_wrapper = dict(
+    type=OptimWrapper,
+    optimizer=dict(type=AdamW, lr=lr, betas=(0.9, 0.999), weight_decay=0),
+    clip_grad=dict(max_norm=max_norm, error_if_nonfinite=False))
+
+param_scheduler = [
+    dict(type=LinearLR, start_factor=1e-2, by_epoch=False, begin=0, end=warmup_iters),
+    dict(type=CosineAnnealingLR, eta_min=lr * 0.05, by_epoch=False, begin=warmup_iters, end=max_iters),
+]
+
+train_cfg = dict(type=TrainLoop, max_iters=max_iters)
+
+#######################################################################
+#                           PART 4  Runtime                           #
+#######################################################################
+custom_hooks = [dict(type=ExportOMGSegHook)]
+default_hooks.logger.interval = 20
+default_hooks.checkpoint.interval = max_iters
+default_hooks.checkpoint.max_keep_ckpts = 1
+
+visualizer = None
+log_level = 'INFO'
+load_from = None
+resume = False
+randomness = dict(seed=0, deterministic=False)

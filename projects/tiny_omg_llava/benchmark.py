@@ -1,0 +1,99 @@
+"""Figures and training curves of a tiny synthetic run (``train_tiny.py``'s work dir).
+
+    python projects/tiny_omg_llava/benchmark.py [--work-dir work_dirs/tiny_synthetic]
+
+Prints wall time and peak memory of every step, the first / last logged losses of both trainings, the held-out
+referring-segmentation metrics next to the baseline of a model that segments a random object of the image
+perfectly, and the region-question accuracies next to chance; writes ``curves.png`` (losses per iteration).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+from collections import defaultdict
+
+STAGES = {'omg_seg': 'OMG-Seg pre-stage', 'pretrain': 'OMG-LLaVA pretrain', 'finetune': 'OMG-LLaVA finetune'}
+
+
+def read_scalars(stage_dir: str) -> dict[str, list[tuple[int, float]]]:
+    """``loss*`` series of the newest run in an mmengine work dir: name → [(iteration, value)]."""
+    runs = sorted(glob.glob(os.path.join(stage_dir, '*', 'vis_data', 'scalars.json')))
+    if not runs:
+        raise FileNotFoundError(f'no */vis_data/scalars.json under {stage_dir}: was the stage trained there?')
+    series = defaultdict(list)
+    with open(runs[-1], encoding='utf-8') as f:
+        for line in f:
+            row = json.loads(line)
+            for key, value in row.items():
+                if key.startswith('loss'):
+                    series[key].append((row['step'], value))
+    return dict(series)
+
+
+def _read_json(path: str) -> dict:
+    with open(path, encoding='utf-8') as f:
+        return json.load(f)
+
+
+def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4))
+    for ax, (stage, series) in zip(list(axes) if len(curves) > 1 else [axes], curves.items()):
+        for name, points in sorted(series.items()):
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=name, linewidth=1.2)
+        ax.set_title(STAGES.get(stage, stage))
+        ax.set_xlabel('iteration')
+        ax.set_yscale('log')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def report(work_dir: str) -> dict:
+    """Print the figures of ``work_dir``, write ``curves.png`` and ``figures.json``; return the figures."""
+    curves = {stage: read_scalars(os.path.join(work_dir, stage)) for stage in STAGES}
+    timings = _read_json(os.path.join(work_dir, 'timings.json'))
+    refseg = _read_json(os.path.join(work_dir, 'test', 'refseg', 'metrics.json'))
+    region_qa = _read_json(os.path.join(work_dir, 'test', 'region_qa', 'metrics.json'))
+    print('\nstep                    wall s   peak RSS so far (MiB)')
+    for name, t in timings.items():
+        print(f'{name:<22} {t["seconds"]:>7.0f}   {t["peak_rss_mib_so_far"]:>8}')
+    training = sum(timings[k]['seconds'] for k in ('omg_seg_pre_stage', 'pretrain', 'finetune'))
+    print(f'training total          {training:>6.0f} s ({training / 60:.1f} min)')
+    print('\nlosses (first logged → last logged)')
+    for stage, series in curves.items():
+        for name, points in sorted(series.items()):
+            print(f'  {STAGES[stage]:<20} {name:<10} {points[0][1]:8.3f} → {points[-1][1]:8.3f}  '
+                  f'(iterations {points[0][0]}–{points[-1][0]})')
+    print(f'\nreferring segmentation, held-out val ({refseg["num_expressions"]} expressions): '
+          f'cIoU {refseg["cIoU"]:.3f}, gIoU {refseg["gIoU"]:.3f}, answers without [SEG] {refseg["num_without_seg"]}')
+    print('region questions, held-out val:')
+    for kind in ('what', 'colour', 'shape'):
+        if f'accuracy_{kind}' in region_qa:
+            print(f'  {kind:<7} accuracy {region_qa[f"accuracy_{kind}"]:.3f}  (chance {region_qa[f"chance_{kind}"]:.3f}, '
+                  f'{region_qa[f"num_{kind}"]} questions)')
+    png = os.path.join(work_dir, 'curves.png')
+    plot_curves(curves, png)
+    print(f'\ntraining curves: {png}')
+    figures = dict(timings=timings, training_seconds=training, refseg=refseg, region_qa=region_qa,
+                   losses={stage: {name: dict(first=points[0][1], last=points[-1][1]) for name, points in s.items()}
+                           for stage, s in curves.items()})
+    with open(os.path.join(work_dir, 'figures.json'), 'w', encoding='utf-8') as f:
+        json.dump(figures, f, indent=2)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--work-dir', default='work_dirs/tiny_synthetic', help="train_tiny.py's work dir")
+    return report(parser.parse_args(argv).work_dir)
+
+
+if __name__ == '__main__':
+    main()

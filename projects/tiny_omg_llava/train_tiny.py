@@ -1,0 +1,147 @@
+"""Reproduce the trained tiny OMG-LLaVA (the built-in default) from nothing, on CPU, and measure it.
+
+    python projects/tiny_omg_llava/train_tiny.py                       # ~25 min on 2 CPU cores
+    python projects/tiny_omg_llava/train_tiny.py --install             # ... and replace the committed files
+    python projects/tiny_omg_llava/train_tiny.py --short               # the few-minute CI version
+
+Steps (each one a command a user could type; the script only chains them and times them):
+
+1. ``synthetic_shapes.py`` writes the synthetic grounding data (train / held-out val / testA) into
+   ``WORK_DIR/data/synthetic_shapes`` (the training steps run in WORK_DIR, where the configs' ``./data/`` points).
+2. ``xtuner train configs/tiny/omg_seg_tiny_synthetic.py``: the OMG-Seg pre-stage; its ``ExportOMGSegHook`` writes
+   the encoder in the released file formats (``omg_seg.pth``, ``clip_trunk.safetensors``, ``class_embed.pth``).
+3. ``xtuner train configs/tiny/omg_llava_tiny_synthetic_pretrain.py`` on that (frozen) encoder, then
+   ``tools/convert_to_pth.py`` → ``omg_llava_tiny_synthetic_pretrain.pth``.
+4. ``xtuner train configs/tiny/omg_llava_tiny_synthetic_finetune.py`` from it, then ``tools/convert_to_pth.py`` →
+   the released-format ``omg_llava_tiny_synthetic.pth``.
+5. ``tools/test.py``: referring segmentation (cIoU, gIoU) and closed region questions on the held-out val images.
+6. ``benchmark.py``: the figures and the training curves (PNG) of this work dir.
+
+``--install`` copies the four weight files into ``omg_llava/assets/tiny_synthetic/`` (what the tiny synthetic config,
+``tools/chat.py`` and ``tools/app.py`` load by default). ``--short`` trains far less (the CI test uses it) and never
+installs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = dict(omg_seg='configs/tiny/omg_seg_tiny_synthetic.py',
+               pretrain='configs/tiny/omg_llava_tiny_synthetic_pretrain.py',
+               finetune='configs/tiny/omg_llava_tiny_synthetic_finetune.py')
+ASSET_DIR = os.path.join(REPO_ROOT, 'omg_llava', 'assets', 'tiny_synthetic')
+CHECKPOINT_NAME = 'omg_llava_tiny_synthetic.pth'
+PRETRAIN_CHECKPOINT_NAME = 'omg_llava_tiny_synthetic_pretrain.pth'
+ENCODER_FILES = dict(omg_seg='omg_seg.pth', clip='clip_trunk.safetensors', class_embed='class_embed.pth')
+
+#: images per split, iterations per stage, evaluated samples (None: the whole val split)
+FULL = dict(train=2000, val=100, test=50, pre_iters=1200, pretrain_iters=400, finetune_iters=3500,
+            refseg_samples=None, qa_samples=None)
+SHORT = dict(train=300, val=20, test=5, pre_iters=200, pretrain_iters=60, finetune_iters=300,
+             refseg_samples=60, qa_samples=60)
+
+
+def run_stage(name: str, command: list[str], timings: dict, log_dir: str, cwd: str = REPO_ROOT) -> None:
+    """Run one step as a subprocess (output to ``log_dir/<name>.log``), record its wall time and peak memory."""
+    print(f'[{name}] {" ".join(command)}', flush=True)
+    start = time.perf_counter()
+    with open(os.path.join(log_dir, f'{name}.log'), 'w', encoding='utf-8') as log:
+        result = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - start
+    # ru_maxrss of the children is the largest so far (KiB on Linux): a step's own peak when it is the largest.
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    timings[name] = dict(seconds=round(seconds, 1), peak_rss_mib_so_far=round(peak))
+    print(f'[{name}] {"done" if result.returncode == 0 else "FAILED"} in {seconds:.0f} s', flush=True)
+    if result.returncode != 0:
+        with open(os.path.join(log_dir, f'{name}.log'), encoding='utf-8') as log:
+            tail = log.read()[-3000:]
+        raise SystemExit(f'step {name} failed (exit {result.returncode}); end of {log_dir}/{name}.log:\n{tail}')
+
+
+def _iterations(n: int) -> list[str]:
+    """--cfg-options that shorten or lengthen a config's schedule (loop end and cosine end) to ``n`` iterations."""
+    return [f'train_cfg.max_iters={n}', f'param_scheduler.1.end={n}']
+
+
+def train(work_dir: str, plan: dict) -> dict:
+    """Steps 1-5 into ``work_dir``; returns the timings (also written to ``work_dir/timings.json``).
+
+    The training steps run with ``work_dir`` as working directory, so the configs' ``./data/synthetic_shapes/``
+    is ``work_dir/data/synthetic_shapes/``."""
+    py = sys.executable
+    logs = os.path.join(work_dir, 'logs')
+    os.makedirs(logs, exist_ok=True)
+    data_root = os.path.join(work_dir, 'data', 'synthetic_shapes')
+    config = {name: os.path.join(REPO_ROOT, path) for name, path in CONFIGS.items()}
+    timings: dict = {}
+    run_stage('data', [py, os.path.join(REPO_ROOT, 'projects/tiny_omg_llava/synthetic_shapes.py'), '--root',
+                       data_root, '--train', str(plan['train']), '--val', str(plan['val']), '--test',
+                       str(plan['test'])], timings, logs)
+    xtuner = [py, '-m', 'xtuner.tools.train']
+    run_stage('omg_seg_pre_stage', xtuner + [config['omg_seg'], '--work-dir', 'omg_seg', '--cfg-options',
+                                             *_iterations(plan['pre_iters'])], timings, logs, cwd=work_dir)
+    encoder = [f'model.visual_encoder.weights.{k}={os.path.join(work_dir, "omg_seg", name)}'
+               for k, name in ENCODER_FILES.items()]
+    pretrain_pth = os.path.join(work_dir, PRETRAIN_CHECKPOINT_NAME)
+    checkpoint = os.path.join(work_dir, CHECKPOINT_NAME)
+    for stage, iters, extra, output in (
+            ('pretrain', plan['pretrain_iters'], [], pretrain_pth),
+            ('finetune', plan['finetune_iters'], [f'model.pretrained_pth={pretrain_pth}'], checkpoint)):
+        run_stage(stage, xtuner + [config[stage], '--work-dir', stage, '--cfg-options', *_iterations(iters),
+                                   *encoder, *extra], timings, logs, cwd=work_dir)
+        with open(os.path.join(work_dir, stage, 'last_checkpoint'), encoding='utf-8') as f:
+            last = f.read().strip()
+        run_stage(f'convert_{stage}', [py, 'tools/convert_to_pth.py', config[stage], last, '--save-path', output,
+                                       '--trust-checkpoint'], timings, logs)
+    for name in ENCODER_FILES.values():
+        shutil.copy(os.path.join(work_dir, 'omg_seg', name), os.path.join(work_dir, name))
+    weights = ['--pth', checkpoint] + [f'--{k.replace("_", "-")}-pth={os.path.join(work_dir, name)}'
+                                       for k, name in ENCODER_FILES.items()]
+    images = os.path.join(data_root, 'glamm_data/images/coco2014/train2014')
+    for task, extra, limit in (
+            ('refseg', ['--dataset', 'refcoco', '--data-root', os.path.join(data_root, 'ref_seg'), '--image-folder',
+                        images], plan['refseg_samples']),
+            ('region_qa', ['--data-root', data_root], plan['qa_samples'])):
+        command = [py, 'tools/test.py', config['finetune'], *weights, '--task', task, '--split', 'val', *extra,
+                   '--device', 'cpu', '--no-progress', '--out-dir', os.path.join(work_dir, 'test', task)]
+        run_stage(f'test_{task}', command + (['--max-samples', str(limit)] if limit else []), timings, logs)
+    with open(os.path.join(work_dir, 'timings.json'), 'w', encoding='utf-8') as f:
+        json.dump(timings, f, indent=2)
+    return timings
+
+
+def install(work_dir: str) -> None:
+    """Copy the trained files into the package (the built-in default)."""
+    os.makedirs(ASSET_DIR, exist_ok=True)
+    for name in (CHECKPOINT_NAME, *ENCODER_FILES.values()):
+        shutil.copy(os.path.join(work_dir, name), os.path.join(ASSET_DIR, name))
+    print(f'installed {CHECKPOINT_NAME} and the encoder files into {ASSET_DIR}')
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--work-dir', default='work_dirs/tiny_synthetic', help='where everything is written')
+    parser.add_argument('--short', action='store_true', help='the few-minute CI version (never installed)')
+    parser.add_argument('--install', action='store_true', help='copy the trained files into omg_llava/assets/')
+    args = parser.parse_args(argv)
+    if args.short and args.install:
+        parser.error('--short trains a weaker model; it is never installed as the default')
+    plan = SHORT if args.short else FULL
+    train(os.path.abspath(args.work_dir), plan)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from benchmark import report
+    figures = report(os.path.abspath(args.work_dir))
+    if args.install:
+        install(os.path.abspath(args.work_dir))
+    return figures
+
+
+if __name__ == '__main__':
+    main()
