@@ -171,5 +171,14 @@ def test_cli_builds_the_chat_and_serves_locally(chat, monkeypatch):
                         classmethod(lambda cls, path, **kw: calls.update(config=path, **kw) or (chat, ['random'])))
     monkeypatch.setattr(app_ui, 'launch_demo', lambda demo, **kw: calls.update(launch=kw))
     assert load_tool('app').main(['--port', '7999', '--max-new-tokens', '8']) == 0
-    assert calls['config'] == 'configs/tiny/omg_llava_tiny_finetune.py' and calls['weights_only']
+    assert calls['config'] == 'configs/tiny/omg_llava_tiny_synthetic_finetune.py' and calls['weights_only']
+    assert calls['pth'].endswith('omg_llava/assets/tiny_synthetic/omg_llava_tiny_synthetic.pth')  # the trained default
     assert calls['launch'] == dict(host='127.0.0.1', port=7999, share=False)
+
+
+def test_default_example_is_offered(chat):
+    from omg_llava.inference.defaults import DEFAULT_IMAGE, DEFAULT_PROMPT
+    demo = app_ui.build_demo(chat, examples=[(DEFAULT_IMAGE, DEFAULT_PROMPT)])
+    datasets = [b for b in demo.blocks.values() if type(b).__name__ == 'Dataset']  # what gr.Examples shows
+    assert len(datasets) == 1 and DEFAULT_PROMPT in str(datasets[0].samples)
+    assert not [b for b in app_ui.build_demo(chat).blocks.values() if type(b).__name__ == 'Dataset']
