@@ -1,0 +1,23 @@
+"""train_tiny.py's command line and the options it gives `xtuner train` (the run itself: tests/e2e)."""
+from __future__ import annotations
+
+import pytest
+from mmengine.config import Config
+
+from conftest import REPO_ROOT, load_project_module
+
+
+def test_short_run_is_never_installed():
+    train_tiny = load_project_module('train_tiny')
+    with pytest.raises(SystemExit) as exc:
+        train_tiny.main(['--short', '--install'])
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize('stage', ['omg_seg', 'pretrain', 'finetune'])
+def test_iteration_options_reach_the_loop_and_the_cosine_end(stage):
+    train_tiny = load_project_module('train_tiny')
+    cfg = Config.fromfile(str(REPO_ROOT / train_tiny.CONFIGS[stage]))
+    cfg.merge_from_dict(dict(option.split('=') for option in train_tiny._iterations(123)))
+    assert int(cfg.train_cfg.max_iters) == 123 and int(cfg.param_scheduler[1]['end']) == 123
+    assert cfg.param_scheduler[0]['end'] < 123  # warm-up first
