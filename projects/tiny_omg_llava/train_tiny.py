@@ -1,6 +1,6 @@
 """Reproduce the trained tiny OMG-LLaVA (the built-in default) from nothing, on CPU, and measure it.
 
-    python projects/tiny_omg_llava/train_tiny.py                       # ~25 min on 2 CPU cores
+    python projects/tiny_omg_llava/train_tiny.py                       # ~24 min on 2 CPU cores
     python projects/tiny_omg_llava/train_tiny.py --install             # ... and replace the committed files
     python projects/tiny_omg_llava/train_tiny.py --short               # the few-minute CI version
 
@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+from omg_llava.engine.hooks.export_omg_seg_hook import ENCODER_FILES  # what the pre-stage writes
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = dict(omg_seg='configs/tiny/omg_seg_tiny_synthetic.py',
                pretrain='configs/tiny/omg_llava_tiny_synthetic_pretrain.py',
@@ -39,7 +41,6 @@ CONFIGS = dict(omg_seg='configs/tiny/omg_seg_tiny_synthetic.py',
 ASSET_DIR = os.path.join(REPO_ROOT, 'omg_llava', 'assets', 'tiny_synthetic')
 CHECKPOINT_NAME = 'omg_llava_tiny_synthetic.pth'
 PRETRAIN_CHECKPOINT_NAME = 'omg_llava_tiny_synthetic_pretrain.pth'
-ENCODER_FILES = dict(omg_seg='omg_seg.pth', clip='clip_trunk.safetensors', class_embed='class_embed.pth')
 
 #: images per split, iterations per stage, evaluated samples (None: the whole val split)
 FULL = dict(train=2000, val=100, test=50, pre_iters=1200, pretrain_iters=400, finetune_iters=3500,
