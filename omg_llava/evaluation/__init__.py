@@ -1,4 +1,5 @@
-"""Evaluation protocols of spec §9.3: referring segmentation, grounded caption generation, region captioning.
+"""Evaluation protocols of spec §9.3: referring segmentation, grounded caption generation, region captioning; plus
+closed region questions (``region_qa``) for the synthetic shapes.
 
 ``refseg`` / ``gcg`` / ``captions`` hold the metrics, ``splits`` reads the annotation files and ``runner`` the loops
 (``tools/test.py`` is the command line). See docs/evaluation.md.
@@ -8,9 +9,9 @@ from .gcg import (GroundedImage, TransformerPhraseSimilarity, bag_of_words_cosin
                   image_miou, image_true_positives, mask_ap, token_jaccard)
 from .refseg import MaskOverlap, mask_overlap, refseg_metrics
 from .runner import ModelPredictor, evaluate, shard_range
-from .splits import GCGSplit, RefSegSplit, RegionCaptionSplit, load_split
+from .splits import GCGSplit, RefSegSplit, RegionCaptionSplit, RegionQASplit, load_split
 
 __all__ = ['caption_metrics', 'find_java', 'GroundedImage', 'TransformerPhraseSimilarity', 'bag_of_words_cosine',
            'gcg_mask_metrics', 'greedy_pairs', 'image_miou', 'image_true_positives', 'mask_ap', 'token_jaccard',
            'MaskOverlap', 'mask_overlap', 'refseg_metrics', 'ModelPredictor', 'evaluate', 'shard_range', 'GCGSplit',
-           'RefSegSplit', 'RegionCaptionSplit', 'load_split']
+           'RefSegSplit', 'RegionCaptionSplit', 'RegionQASplit', 'load_split']

@@ -36,8 +36,8 @@ from omg_llava.utils.conversation import Turn, encode_conversation
 from .captions import caption_metrics
 from .gcg import GroundedImage, PhraseSimilarity, bag_of_words_cosine, gcg_mask_metrics
 from .refseg import mask_overlap, refseg_metrics
-from .region_qa import RegionQASplit, region_qa_summary, run_region_qa
-from .splits import GCGSplit, RefSegSplit, RegionCaptionSplit, rle_of
+from .region_qa import QUESTIONS, first_word, region_qa_summary
+from .splits import GCGSplit, RefSegSplit, RegionCaptionSplit, RegionQASplit, rle_of
 
 REFSEG_PROMPT = 'Please segment {sentence} in this image.'
 REGION_CAPTION_PROMPT = ('Can you provide me with a detailed description of the region in the picture marked by '
@@ -53,6 +53,7 @@ _MARKUP = re.compile(r'<p>(.*?)</p>|\[SEG\]', re.S)
 
 Predict = Callable[[str, str], Any]
 RegionPredict = Callable[[str, str, np.ndarray], Any]
+RegionQAPredict = Callable[[str, str, Sequence[np.ndarray]], Any]
 
 
 # ----------------------------------------------------------------------------------------------- sharding
@@ -179,7 +180,22 @@ def region_caption_summary(split: RegionCaptionSplit, records: Sequence[dict], j
     return metrics
 
 
-def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit, predict: Callable, out_dir: str | None = None, *,
+def run_region_qa(split: RegionQASplit, predict: RegionQAPredict, indices: Sequence[int],
+                  progress: bool = True) -> list[dict]:
+    """One record per sample: the answer, the attribute words read from it and whether they are right."""
+    records = []
+    for i in _progress(indices, 'region_qa', progress):
+        sample = split.samples[i]
+        answer = predict(split.image_path(sample), sample['question'], split.region_masks(sample))
+        said = {attr: first_word(answer.text, split.vocabulary[attr]) for attr in split.vocabulary}
+        needed = QUESTIONS[sample['question_kind']][1]
+        records.append(dict(sample, answer=answer.text, said_colour=said['colour'], said_kind=said['kind'],
+                            correct=all(said[attr] == sample[attr] for attr in needed)))
+    return records
+
+
+def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit, predict: Callable,
+             out_dir: str | None = None, *,
              max_samples: int | None = None, rank: int = 0, world_size: int = 1, progress: bool = True,
              similarity: PhraseSimilarity = bag_of_words_cosine, java: str | bool | None = True,
              meteor: bool = True) -> dict | None:
@@ -217,7 +233,7 @@ def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit,
     elif split.task == 'gcg':
         metrics = gcg_summary(split, records, similarity, java, meteor)
     elif split.task == 'region_qa':
-        metrics = region_qa_summary(split, records)
+        metrics = region_qa_summary(split.chance, records)
     else:
         metrics = region_caption_summary(split, records, java, meteor)
     metrics = dict(task=split.task, num_samples=num, **metrics)
@@ -251,21 +267,21 @@ class ModelPredictor:
         self._chat_image: str | None = None
         self._encoded: tuple[str, Any, Any] | None = None  # (path, EncodedImages, SquareGeometry)
 
-    def __call__(self, image_path: str, prompt: str) -> ChatAnswer:
+    def _new_conversation(self, image_path: str) -> None:
+        """A fresh single-turn conversation about ``image_path``, re-using its encoding when it is the last image."""
         if image_path != self._chat_image:
             self.chat.set_image(image_path)
             self._chat_image = image_path
         else:
             self.chat.reset()
+
+    def __call__(self, image_path: str, prompt: str) -> ChatAnswer:
+        self._new_conversation(image_path)
         return self.chat.ask(prompt, max_new_tokens=self.max_new_tokens, temperature=0.0, **self.generation_kwargs)
 
     def answer_with_regions(self, image_path: str, prompt: str, region_masks: Sequence[np.ndarray]) -> ChatAnswer:
         """Answer ``prompt`` with the (H, W) ``region_masks`` (original size) at its ``<region>`` tokens."""
-        if image_path != self._chat_image:
-            self.chat.set_image(image_path)
-            self._chat_image = image_path
-        else:
-            self.chat.reset()
+        self._new_conversation(image_path)
         return self.chat.ask(prompt, regions=list(region_masks), max_new_tokens=self.max_new_tokens,
                              temperature=0.0, **self.generation_kwargs)
 

@@ -1,4 +1,5 @@
-"""The evaluation splits on disk: one sample per referring expression, GCG image or captioned region.
+"""The evaluation splits on disk: one sample per referring expression, GCG image, captioned region or region
+question.
 
 Samples are plain JSON-able dicts with an ``index`` (their position in the split), so they can be sharded across
 ranks and written next to the predictions. Ground truth stays in the split object.
@@ -16,13 +17,14 @@ Layouts (the reference's, spec §9.3):
   annotation (the region's ``segmentation``) per image; reference captions from
   ``DATA_ROOT/{dataset}/finetune_{dataset}_{split}_captions.json`` (COCO captions, the reference's
   ``mdetr_annotations`` file) or, without it, from the images' ``caption`` fields.
+* **region_qa**: ``DATA_ROOT/region_questions_{split}.json`` (layout in :mod:`~omg_llava.evaluation.region_qa`).
 """
 from __future__ import annotations
 
 import json
 import os
 from collections import defaultdict
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -32,6 +34,7 @@ from omg_llava.datasets.refer_seg import REFER_SPLITS, load_refs
 from omg_llava.datasets.sample import MalformedSample
 
 from .gcg import GroundedImage
+from .region_qa import QUESTIONS, question_prompt
 
 TASKS = ('refseg', 'gcg', 'region_caption', 'region_qa')
 DATASET_ALIASES = {'refcoco_plus': 'refcoco+'}
@@ -224,6 +227,55 @@ class RegionCaptionSplit:
             raise ValueError(f'region of image {sample["image_id"]}: {exc}') from exc
 
 
+class RegionQASplit:
+    """One sample per (image, region, question kind) of ``DATA_ROOT/region_questions_{split}.json`` (layout in
+    :mod:`~omg_llava.evaluation.region_qa`).
+
+    Attributes:
+        samples: ``index``, ``image``, ``height``, ``width``, ``region`` (1-based), ``question_kind``,
+            ``question``, ``colour``, ``kind``.
+        vocabulary: ``{'colour': [...], 'kind': [...]}`` the words an answer is parsed for.
+        chance: accuracy of a uniform guess per attribute set (``colour``, ``kind``, ``colour_kind``).
+    """
+
+    task = 'region_qa'
+
+    def __init__(self, data_root: str, split: str, question_kinds: Sequence[str] = tuple(QUESTIONS)) -> None:
+        path = os.path.join(data_root, f'region_questions_{split}.json')
+        data = _read_json(path, 'region-question manifest (projects/tiny_omg_llava/synthetic_shapes.py writes it)')
+        missing = {'colours', 'kinds', 'chance', 'images'} - set(data if isinstance(data, dict) else ())
+        if missing:
+            raise ValueError(f'{path}: not a region-question manifest, missing {sorted(missing)}')
+        unknown = [k for k in question_kinds if k not in QUESTIONS]
+        if unknown:
+            raise ValueError(f'unknown question kinds {unknown}; choose from {list(QUESTIONS)}')
+        self.data_root = data_root
+        self.vocabulary = {'colour': list(data['colours']), 'kind': list(data['kinds'])}
+        self.chance = dict(data['chance'])
+        self._segmentations: dict[str, list] = {}
+        self.samples = []
+        for image in data['images']:
+            self._segmentations[image['image']] = [r['segmentation'] for r in image['regions']]
+            for r, region in enumerate(image['regions'], start=1):
+                for kind in question_kinds:
+                    self.samples.append(dict(
+                        index=len(self.samples), image=image['image'], height=image['height'],
+                        width=image['width'], region=r, question_kind=kind,
+                        question=question_prompt(len(image['regions']), QUESTIONS[kind][0].format(r=r)),
+                        colour=region['colour'], kind=region['kind']))
+
+    def image_path(self, sample: dict) -> str:
+        return _image_path(self.data_root, sample['image'])
+
+    def region_masks(self, sample: dict) -> list[np.ndarray]:
+        """(H, W) bool mask of every region of the sample's image, in ``region{i}`` order."""
+        H, W = sample['height'], sample['width']
+        try:
+            return [decode_segmentation(s, H, W) for s in self._segmentations[sample['image']]]
+        except MalformedSample as exc:
+            raise ValueError(f'regions of {sample["image"]}: {exc}') from exc
+
+
 def load_split(task: str, data_root: str, dataset: str, split: str, image_folder: str | None = None,
                split_by: str | None = None) -> RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit:
     """The split of ``task``; ``image_folder`` defaults to :data:`DEFAULT_IMAGE_FOLDERS` under ``data_root``.
@@ -234,7 +286,6 @@ def load_split(task: str, data_root: str, dataset: str, split: str, image_folder
     if task == 'region_qa':
         if image_folder is not None or split_by is not None:
             raise ValueError('region_qa reads image paths from its manifest: drop --image-folder / --split-by')
-        from .region_qa import RegionQASplit
         return RegionQASplit(data_root, split)
     if image_folder is None:
         image_folder = os.path.normpath(os.path.join(data_root, DEFAULT_IMAGE_FOLDERS[task]))
@@ -248,4 +299,4 @@ def load_split(task: str, data_root: str, dataset: str, split: str, image_folder
     return cls(data_root, dataset, split, image_folder)
 
 
-__all__ = ['RefSegSplit', 'GCGSplit', 'RegionCaptionSplit', 'load_split', 'rle_of', 'TASKS', 'DEFAULT_IMAGE_FOLDERS']
+__all__ = ['RefSegSplit', 'GCGSplit', 'RegionCaptionSplit', 'RegionQASplit', 'load_split', 'rle_of', 'TASKS', 'DEFAULT_IMAGE_FOLDERS']

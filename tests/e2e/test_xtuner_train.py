@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, TINY_CONFIG, load_tool
+from conftest import REPO_ROOT, TINY_CONFIG, load_project_module, load_tool
 
 TINY_PRETRAIN_CONFIG = REPO_ROOT / 'configs' / 'tiny' / 'omg_llava_tiny_pretrain.py'
 XTUNER = Path(sys.executable).parent / 'xtuner'
@@ -20,13 +20,7 @@ XTUNER = Path(sys.executable).parent / 'xtuner'
 def workspace(tmp_path_factory) -> Path:
     """A directory holding ./data/tiny_omg_llava, where the tiny configs look for their data."""
     root = tmp_path_factory.mktemp('tiny_train')
-    load_tool_from = REPO_ROOT / 'projects' / 'tiny_omg_llava' / 'build_tiny_data.py'
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('build_tiny_data', load_tool_from)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    module.build_tiny_data(str(root / 'data' / 'tiny_omg_llava'))
+    load_project_module('build_tiny_data').build_tiny_data(str(root / 'data' / 'tiny_omg_llava'))
     return root
 
 

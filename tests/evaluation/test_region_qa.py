@@ -7,11 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 from PIL import Image
-from pycocotools import mask as mask_utils
 
 from omg_llava.evaluation.region_qa import QUESTIONS, first_word, question_prompt
 from omg_llava.evaluation.runner import evaluate
-from omg_llava.evaluation.splits import load_split
+from omg_llava.evaluation.splits import load_split, rle_of
 
 COLOURS, KINDS = ['red', 'blue'], ['circle', 'square']
 
@@ -22,19 +21,14 @@ class Answer:
     masks: tuple = ()
 
 
-def _rle(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {'size': rle['size'], 'counts': rle['counts'].decode('ascii')}
-
-
 @pytest.fixture(scope='module')
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp('region_qa')
     Image.new('RGB', (16, 12)).save(root / 'a.jpg')
     left, right = np.zeros((12, 16), bool), np.zeros((12, 16), bool)
     left[2:6, 1:5], right[6:10, 9:15] = True, True
-    regions = [dict(segmentation=_rle(left), colour='red', kind='circle'),
-               dict(segmentation=_rle(right), colour='blue', kind='square')]
+    regions = [dict(segmentation=rle_of(left), colour='red', kind='circle'),
+               dict(segmentation=rle_of(right), colour='blue', kind='square')]
     manifest = dict(colours=COLOURS, kinds=KINDS, chance=dict(colour=0.5, kind=0.5, colour_kind=0.25),
                     images=[dict(image='a.jpg', height=12, width=16, regions=regions)])
     (root / 'region_questions_val.json').write_text(json.dumps(manifest))

@@ -1,14 +1,12 @@
 """tools/test.py in-process with the tiny random model on the tiny REFER data, and ModelPredictor's two paths."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, TINY_CONFIG
+from conftest import TINY_CONFIG, load_project_module, load_tool
 from omg_llava.evaluation.runner import REGION_CAPTION_PROMPT, ModelPredictor, evaluate
 from omg_llava.evaluation.splits import load_split
 from omg_llava.inference.chat import OMGLLaVAChat
@@ -16,19 +14,10 @@ from omg_llava.inference.chat import OMGLLaVAChat
 from voc_fixtures import MASKS, write_region_captions
 
 
-def load_module(name: str, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope='module')
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp('tiny') / 'data'
-    builder = load_module('build_tiny_data', REPO_ROOT / 'projects' / 'tiny_omg_llava' / 'build_tiny_data.py')
-    builder.build_tiny_data(str(root))
+    load_project_module('build_tiny_data').build_tiny_data(str(root))
     return root
 
 
@@ -38,7 +27,7 @@ def chat():
 
 
 def test_tool_on_tiny_refcoco_val(tiny_data, tmp_path, capsys):
-    tool = load_module('omg_llava_tools_test', REPO_ROOT / 'tools' / 'test.py')  # not 'test': the stdlib package
+    tool = load_tool('test')
     out_dir = tmp_path / 'out'
     metrics = tool.main([str(TINY_CONFIG), '--task', 'refseg', '--data-root', str(tiny_data / 'ref_seg'),
                          '--dataset', 'refcoco', '--split', 'val', '--max-samples', '3', '--device', 'cpu',

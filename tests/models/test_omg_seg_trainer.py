@@ -1,20 +1,15 @@
 """OMGSegTrainer: overfits two synthetic images, exports files the OMG-LLaVA loaders read back."""
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import load_project_module
 from omg_llava.inference.image_io import preprocess_image
 from omg_llava.models import OMGSegTrainer, OMGSegVisualEncoder
 from omg_llava.models.weights import load_visual_encoder_weights
 from omg_llava.registry import MODELS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-GENERATOR_PATH = REPO_ROOT / 'projects' / 'tiny_omg_llava' / 'synthetic_shapes.py'
 S = 64
 
 
@@ -33,11 +28,7 @@ def tiny_encoder_cfg() -> dict:
 
 @pytest.fixture(scope='module')
 def gen():
-    spec = importlib.util.spec_from_file_location('synthetic_shapes', GENERATOR_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_project_module('synthetic_shapes')
 
 
 @pytest.fixture(scope='module')

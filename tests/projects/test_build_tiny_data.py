@@ -1,17 +1,15 @@
 """The tiny training set: built into a temporary folder, then read by every dataset class of the mixture."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import load_project_module
 from omg_llava.assets import TINY_TOKENIZER_DIR
 from omg_llava.datasets import CombinedDataset, omg_llava_collate_fn
 from omg_llava.datasets.gcg import GranDfGCGDataset, RefCOCOgGCGDataset
@@ -24,15 +22,10 @@ from omg_llava.models.llm import InternLM2Tokenizer
 from omg_llava.utils.constants import MARK_TOKEN, REGION_TOKEN, SEG_TOKEN
 
 S = 64
-BUILDER_PATH = REPO_ROOT / 'projects' / 'tiny_omg_llava' / 'build_tiny_data.py'
 
 
 def load_builder():
-    spec = importlib.util.spec_from_file_location('build_tiny_data', BUILDER_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_project_module('build_tiny_data')
 
 
 @pytest.fixture(scope='module')

@@ -3,16 +3,14 @@ read (REFER train / val / testA on held-out images, GranD-f GCG, Osprey, MDPV, L
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
-import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import load_project_module
 from omg_llava.assets import TINY_TOKENIZER_DIR
 from omg_llava.datasets.gcg import GranDfGCGDataset
 from omg_llava.datasets.llava import LLaVADataset
@@ -25,16 +23,11 @@ from omg_llava.models.llm import InternLM2Tokenizer
 
 S = 128
 NUM_TRAIN, NUM_VAL, NUM_TEST = 12, 6, 4
-GENERATOR_PATH = REPO_ROOT / 'projects' / 'tiny_omg_llava' / 'synthetic_shapes.py'
 
 
 @pytest.fixture(scope='module')
 def gen():
-    spec = importlib.util.spec_from_file_location('synthetic_shapes', GENERATOR_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+    return load_project_module('synthetic_shapes')
 
 
 @pytest.fixture(scope='module')
