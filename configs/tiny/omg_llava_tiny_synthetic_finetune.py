@@ -27,7 +27,8 @@ with read_base():
 #######################################################################
 image_size = 128
 data_root = './data/synthetic_shapes/'
-coco2014_train = data_root + 'glamm_data/images/coco2014/train2014/'
+glamm_images = data_root + 'glamm_data/images/'
+coco2014_train = glamm_images + 'coco2014/train2014/'
 max_length = 512
 # stage-2 output (train_tiny.py's layout); the committed encoder files, found from any working directory by
 # tools/chat.py, tools/test.py and tools/app.py (omg_llava.inference.encoder_builder.resolve_packaged_path)
@@ -68,7 +69,7 @@ train_dataset = dict(
         refer,
         dict(refer, seed=1),  # referring segmentation is the measured task: twice, other expression draws
         dict(type=GranDfGCGDataset, annotation_file=data_root + 'glamm_data/annotations/GranDf_HA_GCG_train.json',
-             image_folder=glamm_images.replace('./data/tiny_omg_llava/', data_root) + 'grandf/train/', **common),
+             image_folder=glamm_images + 'grandf/train/', **common),
         dict(type=OspreyRegionConversationDataset,
              annotation_file=data_root + 'region_caption/osprey/osprey_conversation.json',
              image_folder=coco2014_train, **common),
