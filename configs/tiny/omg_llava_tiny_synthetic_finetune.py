@@ -1,20 +1,25 @@
 # The trained tiny default (issue 6): the tiny OMG-LLaVA of omg_llava_tiny_finetune.py, widened where a model
 # trained from scratch on CPU needs it, trained on the synthetic shapes (projects/tiny_omg_llava/synthetic_shapes.py).
-# Three stages, each a plain `xtuner train` (projects/tiny_omg_llava/train_tiny.py chains and times them):
-#   1. configs/tiny/omg_seg_tiny_synthetic.py             OMG-Seg pre-stage (encoder learns to segment shapes)
-#   2. configs/tiny/omg_llava_tiny_synthetic_pretrain.py  projector alignment (LM + 10 x MSE), encoder frozen
-#   3. this file                                          finetune on referring / GCG / region / point data
-# Differences from the 7B recipe, all because a tiny model is trained from scratch here:
-#   * the LLM is randomly initialised, so it trains in full (freeze_llm=False, no LoRA) and the checkpoint holds it;
+# Four stages, each a plain `xtuner train` (projects/tiny_omg_llava/train_tiny.py chains and times them):
+#   1. configs/tiny/llm_tiny_synthetic.py                 language stage (the LLM learns the conversations' text)
+#   2. configs/tiny/omg_seg_tiny_synthetic.py             OMG-Seg pre-stage (encoder learns to segment shapes)
+#   3. configs/tiny/omg_llava_tiny_synthetic_pretrain.py  projector alignment (LM + 10 x MSE), encoder and LLM frozen
+#   4. this file                                          finetune on referring / GCG / region / point data
+# Stages 1 and 2 stand in for what the released model downloads (internlm2-chat-7b, omg_seg_convl.pth); their
+# outputs are committed under omg_llava/assets/tiny_synthetic/ like those files. Differences from the 7B recipe:
+#   * the LLM is tiny and only language-trained, so the finetune trains all of it (freeze_llm=False, no LoRA) and
+#     the checkpoint holds it;
 #   * pixel_shuffle_ratio=1: at 128 px the C5 map is 4x4, and ratio 2 would leave a 2x2 grid of object tokens
 #     (measured: an object has a visual token with IoU >= 0.5 in 46% of cases at 2x2, 72% at 4x4);
 #   * the LLM is 4 layers of width 128 instead of 2 of width 64 (still ~1M parameters).
-# By default the encoder files are the committed ones (omg_llava/assets/tiny_synthetic/) and the stage-2 checkpoint
-# is where train_tiny.py writes it; train_tiny.py points both at its own outputs with --cfg-options.
+# By default the LLM, the encoder files and the stage-3 checkpoint are the committed / train_tiny.py ones;
+# train_tiny.py points them at its own outputs with --cfg-options.
 #   python projects/tiny_omg_llava/synthetic_shapes.py --root data/synthetic_shapes
 #   python -m xtuner.tools.train configs/tiny/omg_llava_tiny_synthetic_finetune.py
 from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
+
+from omg_llava.assets import TINY_SYNTHETIC_LLM_DIR
 
 from omg_llava.datasets.mdpv import MDPVPointDataset
 from omg_llava.datasets.osprey import OspreyRegionConversationDataset
@@ -33,6 +38,7 @@ max_length = 512
 # stage-2 output (train_tiny.py's layout); the committed encoder files, found from any working directory by
 # tools/chat.py, tools/test.py and tools/app.py (omg_llava.inference.encoder_builder.resolve_packaged_path)
 pretrained_pth = './work_dirs/tiny_synthetic/omg_llava_tiny_synthetic_pretrain.pth'
+llm_dir = TINY_SYNTHETIC_LLM_DIR  # the language stage's Hugging Face folder (committed)
 encoder_files = dict(omg_seg='omg_llava/assets/tiny_synthetic/omg_seg.pth',
                      clip='omg_llava/assets/tiny_synthetic/clip_trunk.safetensors',
                      class_embed='omg_llava/assets/tiny_synthetic/class_embed.pth')
@@ -52,10 +58,15 @@ evaluation_inputs = ['Please segment the largest shape in this image.',
 #            PART 2  Model & Tokenizer & Image Processor              #
 #######################################################################
 visual_encoder.update(frozen=True, pixel_shuffle_ratio=1, weights=encoder_files)
+# the architecture, built from scratch by the language stage (configs/tiny/llm_tiny_synthetic.py)
+tiny_llm = dict(type=InternLM2ForCausalLM,
+                config=dict(type=InternLM2Config, vocab_size=1000, hidden_size=128, intermediate_size=344,
+                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=2048))
 model.update(freeze_llm=False, llm_lora=None, visual_encoder=visual_encoder, max_length=max_length,
              pretrained_pth=pretrained_pth)
-model.llm.config.update(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
-                        num_key_value_heads=2)
+# assignment, not update(): update() would merge the parent's from-scratch `config` into from_pretrained's kwargs
+model.llm = dict(type=InternLM2ForCausalLM.from_pretrained, pretrained_model_name_or_path=llm_dir)
 
 #######################################################################
 #                      PART 3  Dataset & Dataloader                   #

@@ -1,7 +1,8 @@
-# Stage 2 of the tiny synthetic model (see omg_llava_tiny_synthetic_finetune.py): the pretrain stage of the 7B
+# Stage 3 of the tiny synthetic model (see omg_llava_tiny_synthetic_finetune.py): the pretrain stage of the 7B
 # recipe on the synthetic LLaVA-Pretrain-format captions. The projector learns to feed the encoder's tokens to
 # the LLM, and projector_text2vision learns to invert the query path (10 x MSE), so that a [SEG] hidden state
-# that copies an object token decodes to that object. The randomly initialised LLM trains too.
+# that copies an object token decodes to that object. The LLM (the language stage's) is frozen, as in the 7B
+# recipe, so the checkpoint holds the projectors and the vocabulary tensors only.
 #   python -m xtuner.tools.train configs/tiny/omg_llava_tiny_synthetic_pretrain.py
 #   python tools/convert_to_pth.py configs/tiny/omg_llava_tiny_synthetic_pretrain.py \
 #       work_dirs/omg_llava_tiny_synthetic_pretrain/iter_400.pth --save-path PRETRAIN.pth --trust-checkpoint
@@ -15,7 +16,7 @@ max_iters = 400
 warmup_iters = 20
 evaluation_inputs = ['Describe the image briefly.']
 
-model.update(stage='pretrain', pretrained_pth=None)
+model.update(stage='pretrain', pretrained_pth=None, freeze_llm=True)
 
 train_dataloader.dataset = dict(type=LLaVADataset, data_path=data_root + 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json',
                                 image_folder=data_root + 'llava_data/LLaVA-Pretrain/images', **common)

@@ -5,7 +5,7 @@
 #   python projects/tiny_omg_llava/synthetic_shapes.py --root data/synthetic_shapes
 #   python -m xtuner.tools.train configs/tiny/omg_seg_tiny_synthetic.py
 # Ends with work_dirs/omg_seg_tiny_synthetic/{omg_seg.pth, clip_trunk.safetensors, class_embed.pth}
-# (ExportOMGSegHook), the files omg_llava_tiny_synthetic_finetune.py names in visual_encoder.weights.
+# (ExportStageOutputHook), the files omg_llava_tiny_synthetic_finetune.py names in visual_encoder.weights.
 from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
 from mmengine.optim import CosineAnnealingLR
@@ -16,7 +16,7 @@ from torch.optim import AdamW
 from omg_llava.datasets.coco_instances import CocoInstanceDataset
 from omg_llava.datasets.coco_instances import instance_collate_fn
 from omg_llava.engine import TrainLoop
-from omg_llava.engine.hooks import ExportOMGSegHook
+from omg_llava.engine.hooks import ExportStageOutputHook
 from omg_llava.models.omg_seg_trainer import OMGSegTrainer
 
 with read_base():
@@ -72,7 +72,7 @@ train_cfg = dict(type=TrainLoop, max_iters=max_iters)
 #######################################################################
 #                           PART 4  Runtime                           #
 #######################################################################
-custom_hooks = [dict(type=ExportOMGSegHook)]
+custom_hooks = [dict(type=ExportStageOutputHook)]
 default_hooks.logger.interval = 20
 default_hooks.checkpoint.interval = max_iters
 default_hooks.checkpoint.max_keep_ckpts = 1

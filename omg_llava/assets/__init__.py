@@ -9,6 +9,8 @@ TINY_TOKENIZER_DIR = os.path.join(ASSET_DIR, 'tiny_tokenizer')
 TINY_SYNTHETIC_DIR = os.path.join(ASSET_DIR, 'tiny_synthetic')
 #: the released-format OMG-LLaVA checkpoint of the trained tiny synthetic model
 TINY_SYNTHETIC_PTH = os.path.join(TINY_SYNTHETIC_DIR, 'omg_llava_tiny_synthetic.pth')
+#: the language stage's LLM (Hugging Face folder), what the tiny synthetic configs build the LLM from
+TINY_SYNTHETIC_LLM_DIR = os.path.join(TINY_SYNTHETIC_DIR, 'llm')
 #: its encoder files, as ``visual_encoder.weights`` names them
 TINY_SYNTHETIC_ENCODER = dict(omg_seg=os.path.join(TINY_SYNTHETIC_DIR, 'omg_seg.pth'),
                               clip=os.path.join(TINY_SYNTHETIC_DIR, 'clip_trunk.safetensors'),

@@ -2,6 +2,7 @@
 the first-party InternLM2 with transformers' Auto classes."""
 from . import llm  # noqa: F401  (Auto-class registration of InternLM2)
 from .backbones import ConvNeXtCLIPBackbone
+from .language_model_trainer import LanguageModelTrainer
 from .omg_llava import EncodedImages, GenerationOutput, OMGLLaVA
 from .omg_seg_encoder import OMGSegVisualEncoder, PromptOutput, VisualEncoderOutput
 from .omg_seg_trainer import OMGSegTrainer
@@ -12,4 +13,4 @@ from .visual_prompts import VisualPrompt
 
 __all__ = ['ConvNeXtCLIPBackbone', 'OMGSegHead', 'OMGSegVisualEncoder', 'VisualEncoderOutput', 'PromptOutput',
            'OMGVisualProjector', 'Text2VisionProjector', 'OMGLLaVA', 'EncodedImages', 'GenerationOutput',
-           'SpecialTokenIds', 'VisualPrompt', 'OMGSegTrainer']
+           'SpecialTokenIds', 'VisualPrompt', 'OMGSegTrainer', 'LanguageModelTrainer']

@@ -36,7 +36,7 @@ from .projectors import OMGVisualProjector, Text2VisionProjector
 from .save_filter import filter_saved_keys
 from .seg_heads.omg_seg_head import ImageFeatures
 from .seg_losses import MaskLossConfig, pretrain_alignment_loss, seg_mask_losses
-from .special_tokens import SpecialTokenIds, add_special_tokens
+from .special_tokens import SpecialTokenIds, add_special_tokens, fit_embeddings
 from .visual_prompts import VisualPrompt, encode_visual_prompts, prompts_from_tensors
 
 STAGES = ('pretrain', 'finetune')
@@ -129,8 +129,7 @@ class OMGLLaVA(BaseModel):
         self.tokenizer = build_component(tokenizer)
         llm = build_component(llm)
         self.token_ids = self._special_token_ids(llm, special_token_ids)
-        if llm.get_input_embeddings().num_embeddings != self.token_ids.num_embeddings:
-            llm.resize_token_embeddings(self.token_ids.num_embeddings, mean_resizing=False)
+        fit_embeddings(llm, self.token_ids)
         self.freeze_llm = freeze_llm  # False: the whole LLM trains and is saved
         if freeze_llm:
             llm.requires_grad_(False)

@@ -28,6 +28,8 @@ from .omg_seg_encoder import OMGSegVisualEncoder
 from .seg_heads.omg_seg_head import DecodeOutput
 from .seg_heads.set_criterion import SegmentationSetCriterion
 
+#: the files :meth:`OMGSegTrainer.export` writes (keys as in an OMG-LLaVA config's ``visual_encoder.weights``)
+ENCODER_FILES = dict(omg_seg='omg_seg.pth', clip='clip_trunk.safetensors', class_embed='class_embed.pth')
 # backbone names → open_clip names: the inverse of ``backbones.convnext_clip.OPEN_CLIP_RENAMES``.
 TO_OPEN_CLIP_RENAMES: tuple[RenameRule, ...] = tuple(RenameRule(re.escape(b), a) for a, b in OPEN_CLIP_PREFIXES)
 
@@ -110,6 +112,14 @@ class OMGSegTrainer(BaseModel):
         return results
 
     # ------------------------------------------------------------------ export
+    def export(self, out_dir: str | os.PathLike) -> list[str]:
+        """Write the three :data:`ENCODER_FILES` into ``out_dir`` (created if needed); returns their paths."""
+        os.makedirs(out_dir, exist_ok=True)
+        paths = {k: os.path.join(os.fspath(out_dir), name) for k, name in ENCODER_FILES.items()}
+        self.save_encoder(paths['omg_seg'], paths['clip'])
+        self.save_class_embeddings(paths['class_embed'])
+        return list(paths.values())
+
     def save_encoder(self, path_head: str | os.PathLike, path_trunk: str | os.PathLike) -> None:
         """Write the head as ``{'state_dict': {'panoptic_head.*': ...}}`` (the ``omg_seg_convl.pth`` layout) and
         the trunk as safetensors with open_clip names (``visual.trunk.*`` / ``visual.head.*``), readable by

@@ -9,6 +9,8 @@ The files are flat dicts under the model's own module paths (no renaming):
   published file is said to hold 110 more keys that no public code path produces: keys that exist in the
   model are loaded and listed; keys that do not are listed by name as *unexpected* and skipped, with a
   warning — never silently.
+* A model that trains its whole LLM (``freeze_llm=False``, the tiny synthetic finetune) needs every LLM tensor,
+  except from a pretrain-stage file, which holds no LLM layers: the LLM then keeps the weights it was built from.
 * ``finetuned_refseg.pth`` / ``finetuned_gcg.pth`` add the 170 ``_llm`` decoder-copy tensors and need a model
   built with ``with_llm_decoder_copy=True`` (the task configs). A task model given the general finetune file
   (its ``pretrained_pth``) keeps the copies initialised from the OMG-Seg decoder.
@@ -48,6 +50,13 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
         ignored = [k for k in PRETRAIN_VOCAB_KEYS if k in state_dict]
         state_dict = {k: v for k, v in state_dict.items() if k not in ignored}
         required = [k for k in required if k.startswith(('projector.', 'projector_text2vision.'))]
+    llm_only_vocab = not any(k.startswith('llm.') and k not in PRETRAIN_VOCAB_KEYS for k in state_dict)
+    if with_full_llm and llm_only_vocab:
+        # A pretrain-stage file (LLM frozen, so not saved) given to a model that trains its whole LLM (the tiny
+        # synthetic finetune): the LLM keeps the weights it was built from (``llm.pretrained_model_name_or_path``).
+        required = [k for k in required if not k.startswith('llm.') or k in state_dict]
+        print_log(f'{source}: no LLM layers in the file (a pretrain-stage file); the LLM keeps the weights it was '
+                  'built from', logger='current')
     if with_copy and not any(any(m in k for m in LLM_DECODER_COPY_MARKERS) for k in state_dict):
         # A task finetune starting from the general finetune file: the copies keep their initialisation from
         # the OMG-Seg decoder (spec §3.7).

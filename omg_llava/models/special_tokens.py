@@ -56,3 +56,11 @@ def add_special_tokens(tokenizer) -> SpecialTokenIds:
                          f'{EMBEDDED_SPECIAL_TOKENS + UNEMBEDDED_SPECIAL_TOKENS}. Use a fresh InternLM2 tokenizer '
                          'that does not already contain some of them.')
     return SpecialTokenIds(*ids)
+
+
+def fit_embeddings(llm, token_ids: SpecialTokenIds) -> None:
+    """Resize the LLM's vocabulary tensors to ``token_ids.num_embeddings`` rows when they differ (new rows drawn
+    from the LLM's own initialiser, not the mean of the old ones, as the reference does)."""
+    if llm.get_input_embeddings().num_embeddings != token_ids.num_embeddings:
+        llm.resize_token_embeddings(token_ids.num_embeddings, mean_resizing=False)
+

@@ -2,7 +2,7 @@
 
     python projects/tiny_omg_llava/benchmark.py [--work-dir work_dirs/tiny_synthetic]
 
-Prints wall time and peak memory of every step, the first / last logged losses of the three trainings, the
+Prints wall time and peak memory of every step, the first / last logged losses of the four trainings, the
 held-out referring-segmentation metrics and the region-question accuracies next to chance; writes ``curves.png``
 (losses per iteration: raw logs faint, moving averages of 10 logs bold) and ``figures.json``.
 """
@@ -14,7 +14,8 @@ import json
 import os
 from collections import defaultdict
 
-STAGES = {'omg_seg': 'OMG-Seg pre-stage', 'pretrain': 'OMG-LLaVA pretrain', 'finetune': 'OMG-LLaVA finetune'}
+STAGES = {'language': 'language stage (LLM)', 'omg_seg': 'OMG-Seg pre-stage', 'pretrain': 'OMG-LLaVA pretrain',
+          'finetune': 'OMG-LLaVA finetune'}
 
 
 def read_scalars(stage_dir: str) -> dict[str, list[tuple[int, float]]]:
@@ -74,7 +75,7 @@ def report(work_dir: str) -> dict:
     print('\nstep                    wall s   peak RSS so far (MiB)')
     for name, t in timings.items():
         print(f'{name:<22} {t["seconds"]:>7.0f}   {t["peak_rss_mib_so_far"]:>8}')
-    training = sum(timings[k]['seconds'] for k in ('omg_seg_pre_stage', 'pretrain', 'finetune'))
+    training = sum(timings[k]['seconds'] for k in ('language_stage', 'omg_seg_pre_stage', 'pretrain', 'finetune'))
     print(f'training total          {training:>6.0f} s ({training / 60:.1f} min)')
     print('\nlosses (first logged → last logged)')
     for stage, series in curves.items():

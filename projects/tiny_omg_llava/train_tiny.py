@@ -1,6 +1,6 @@
 """Reproduce the trained tiny OMG-LLaVA (the built-in default) from nothing, on CPU, and measure it.
 
-    python projects/tiny_omg_llava/train_tiny.py                       # ~24 min on 2 CPU cores
+    python projects/tiny_omg_llava/train_tiny.py                       # ~25 min on 2 CPU cores
     python projects/tiny_omg_llava/train_tiny.py --install             # ... and replace the committed files
     python projects/tiny_omg_llava/train_tiny.py --short               # the few-minute CI version
 
@@ -8,17 +8,20 @@ Steps (each one a command a user could type; the script only chains them and tim
 
 1. ``synthetic_shapes.py`` writes the synthetic grounding data (train / held-out val / testA) into
    ``WORK_DIR/data/synthetic_shapes`` (the training steps run in WORK_DIR, where the configs' ``./data/`` points).
-2. ``xtuner train configs/tiny/omg_seg_tiny_synthetic.py``: the OMG-Seg pre-stage; its ``ExportOMGSegHook`` writes
-   the encoder in the released file formats (``omg_seg.pth``, ``clip_trunk.safetensors``, ``class_embed.pth``).
-3. ``xtuner train configs/tiny/omg_llava_tiny_synthetic_pretrain.py`` on that (frozen) encoder, then
-   ``tools/convert_to_pth.py`` → ``omg_llava_tiny_synthetic_pretrain.pth``.
-4. ``xtuner train configs/tiny/omg_llava_tiny_synthetic_finetune.py`` from it, then ``tools/convert_to_pth.py`` →
+2. ``xtuner train configs/tiny/llm_tiny_synthetic.py``: the language stage; its ``ExportStageOutputHook`` writes the
+   LLM as a Hugging Face folder ``llm/`` (the tiny stand-in for ``internlm2-chat-7b``).
+3. ``xtuner train configs/tiny/omg_seg_tiny_synthetic.py``: the OMG-Seg pre-stage; its ``ExportStageOutputHook``
+   writes the encoder in the released file formats (``omg_seg.pth``, ``clip_trunk.safetensors``,
+   ``class_embed.pth``).
+4. ``xtuner train configs/tiny/omg_llava_tiny_synthetic_pretrain.py`` on that (frozen) encoder and (frozen) LLM,
+   then ``tools/convert_to_pth.py`` → ``omg_llava_tiny_synthetic_pretrain.pth``.
+5. ``xtuner train configs/tiny/omg_llava_tiny_synthetic_finetune.py`` from it, then ``tools/convert_to_pth.py`` →
    the released-format ``omg_llava_tiny_synthetic.pth``.
-5. ``tools/test.py``: referring segmentation (cIoU, gIoU) and closed region questions on the held-out val images.
-6. ``benchmark.py``: the figures and the training curves (PNG) of this work dir.
+6. ``tools/test.py``: referring segmentation (cIoU, gIoU) and closed region questions on the held-out val images.
+7. ``benchmark.py``: the figures and the training curves (PNG) of this work dir.
 
-``--install`` copies the four weight files into ``omg_llava/assets/tiny_synthetic/`` (what the tiny synthetic config,
-``tools/chat.py`` and ``tools/app.py`` load by default). ``--short`` trains far less (the CI test uses it) and never
+``--install`` copies the weight files and the LLM folder into ``omg_llava/assets/tiny_synthetic/`` (what the tiny
+synthetic config, ``tools/chat.py`` and ``tools/app.py`` load by default). ``--short`` trains far less (the CI test uses it) and never
 installs.
 """
 from __future__ import annotations
@@ -32,10 +35,12 @@ import subprocess
 import sys
 import time
 
-from omg_llava.engine.hooks.export_omg_seg_hook import ENCODER_FILES  # what the pre-stage writes
+from omg_llava.models.language_model_trainer import LANGUAGE_MODEL_FOLDER  # what the language stage writes
+from omg_llava.models.omg_seg_trainer import ENCODER_FILES  # what the pre-stage writes
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = dict(omg_seg='configs/tiny/omg_seg_tiny_synthetic.py',
+CONFIGS = dict(language='configs/tiny/llm_tiny_synthetic.py',
+               omg_seg='configs/tiny/omg_seg_tiny_synthetic.py',
                pretrain='configs/tiny/omg_llava_tiny_synthetic_pretrain.py',
                finetune='configs/tiny/omg_llava_tiny_synthetic_finetune.py')
 ASSET_DIR = os.path.join(REPO_ROOT, 'omg_llava', 'assets', 'tiny_synthetic')
@@ -43,9 +48,9 @@ CHECKPOINT_NAME = 'omg_llava_tiny_synthetic.pth'
 PRETRAIN_CHECKPOINT_NAME = 'omg_llava_tiny_synthetic_pretrain.pth'
 
 #: images per split, iterations per stage, evaluated samples (None: the whole val split)
-FULL = dict(train=2000, val=100, test=50, pre_iters=1200, pretrain_iters=400, finetune_iters=3500,
+FULL = dict(train=2000, val=100, test=50, language_iters=600, pre_iters=1200, pretrain_iters=400, finetune_iters=3500,
             refseg_samples=None, qa_samples=None)
-SHORT = dict(train=300, val=20, test=5, pre_iters=200, pretrain_iters=60, finetune_iters=300,
+SHORT = dict(train=300, val=20, test=5, language_iters=200, pre_iters=200, pretrain_iters=60, finetune_iters=300,
              refseg_samples=60, qa_samples=60)
 
 
@@ -86,10 +91,14 @@ def train(work_dir: str, plan: dict) -> dict:
                        data_root, '--train', str(plan['train']), '--val', str(plan['val']), '--test',
                        str(plan['test'])], timings, logs)
     xtuner = [py, '-m', 'xtuner.tools.train']
+    run_stage('language_stage', xtuner + [config['language'], '--work-dir', 'language', '--cfg-options',
+                                          *_iterations(plan['language_iters'])], timings, logs, cwd=work_dir)
+    llm_dir = os.path.join(work_dir, LANGUAGE_MODEL_FOLDER)
+    shutil.copytree(os.path.join(work_dir, 'language', LANGUAGE_MODEL_FOLDER), llm_dir, dirs_exist_ok=True)
     run_stage('omg_seg_pre_stage', xtuner + [config['omg_seg'], '--work-dir', 'omg_seg', '--cfg-options',
                                              *_iterations(plan['pre_iters'])], timings, logs, cwd=work_dir)
     encoder = [f'model.visual_encoder.weights.{k}={os.path.join(work_dir, "omg_seg", name)}'
-               for k, name in ENCODER_FILES.items()]
+               for k, name in ENCODER_FILES.items()] + [f'model.llm.pretrained_model_name_or_path={llm_dir}']
     pretrain_pth = os.path.join(work_dir, PRETRAIN_CHECKPOINT_NAME)
     checkpoint = os.path.join(work_dir, CHECKPOINT_NAME)
     for stage, iters, extra, output in (
@@ -123,7 +132,9 @@ def install(work_dir: str) -> None:
     os.makedirs(ASSET_DIR, exist_ok=True)
     for name in (CHECKPOINT_NAME, *ENCODER_FILES.values()):
         shutil.copy(os.path.join(work_dir, name), os.path.join(ASSET_DIR, name))
-    print(f'installed {CHECKPOINT_NAME} and the encoder files into {ASSET_DIR}')
+    shutil.copytree(os.path.join(work_dir, LANGUAGE_MODEL_FOLDER), os.path.join(ASSET_DIR, LANGUAGE_MODEL_FOLDER),
+                    dirs_exist_ok=True)
+    print(f'installed {CHECKPOINT_NAME}, the encoder files and the LLM folder into {ASSET_DIR}')
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,5 +1,5 @@
 """The short CI version of the trained tiny default (projects/tiny_omg_llava/train_tiny.py --short): synthetic data →
-OMG-Seg pre-stage → pretrain → finetune, each through `xtuner train`, then tools/test.py on held-out images.
+language stage → OMG-Seg pre-stage → pretrain → finetune, each through `xtuner train`, then tools/test.py on held-out images.
 The losses must fall, and the held-out answers must show what training taught: a [SEG] mask for (almost) every
 referring expression, hence a cIoU above the untrained pipeline's, which is exactly 0 (same trained encoder,
 untrained LLM and projectors: it never answers with a [SEG]).
@@ -32,11 +32,13 @@ def short_run(tmp_path_factory):
 def test_every_stage_learns(short_run):
     work_dir, figures, train_tiny = short_run
     losses = figures['losses']
+    assert losses['language']['loss_lm']['last'] < 0.3 * losses['language']['loss_lm']['first'], losses['language']
     assert losses['omg_seg']['loss']['last'] < 0.6 * losses['omg_seg']['loss']['first'], losses['omg_seg']
     assert losses['pretrain']['loss_proj']['last'] < 0.5 * losses['pretrain']['loss_proj']['first'], losses
     assert losses['finetune']['loss_lm']['last'] < 0.5 * losses['finetune']['loss_lm']['first'], losses['finetune']
     assert (work_dir / 'curves.png').stat().st_size > 10_000
-    for name in (train_tiny.CHECKPOINT_NAME, *train_tiny.ENCODER_FILES.values()):
+    for name in (train_tiny.CHECKPOINT_NAME, *train_tiny.ENCODER_FILES.values(), 'llm/config.json',
+                 'llm/model.safetensors'):
         assert (work_dir / name).is_file(), name
     assert figures['timings']['finetune']['seconds'] > 0
 

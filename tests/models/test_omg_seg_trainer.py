@@ -96,16 +96,17 @@ def test_export_hook_writes_the_files_the_encoder_loaders_read(tmp_path):
 
     from mmengine.logging import MMLogger
 
-    from omg_llava.engine.hooks import ENCODER_FILES, ExportOMGSegHook
+    from omg_llava.engine.hooks import ExportStageOutputHook
+    from omg_llava.models.omg_seg_trainer import ENCODER_FILES
     torch.manual_seed(2)
     model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4)
     runner = SimpleNamespace(model=model, work_dir=str(tmp_path), logger=MMLogger.get_instance('export_hook_test'))
-    ExportOMGSegHook().after_train(runner)
+    ExportStageOutputHook().after_train(runner)
     paths = {k: str(tmp_path / name) for k, name in ENCODER_FILES.items()}
     fresh: OMGSegVisualEncoder = MODELS.build(tiny_encoder_cfg())
     assert all(r.ok for r in load_visual_encoder_weights(fresh, **paths))
     expected = model.visual_encoder.panoptic_head.state_dict()
     for key, value in fresh.panoptic_head.state_dict().items():
         assert torch.equal(value, expected[key]), key
-    with pytest.raises(TypeError, match='OMGSegTrainer'):
-        ExportOMGSegHook().after_train(SimpleNamespace(model=torch.nn.Linear(1, 1), work_dir=str(tmp_path)))
+    with pytest.raises(TypeError, match='export'):
+        ExportStageOutputHook().after_train(SimpleNamespace(model=torch.nn.Linear(1, 1), work_dir=str(tmp_path)))

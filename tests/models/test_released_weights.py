@@ -191,3 +191,17 @@ def test_model_with_a_trained_llm_saves_and_loads_all_of_it(config, tmp_path):
     torch.save(state, tmp_path / 'partial.pth')
     with pytest.raises(CheckpointMismatchError, match=layer_key.replace('.', r'\.')):
         load_released_checkpoint(full_llm_model(), tmp_path / 'partial.pth')
+
+
+def test_pretrain_file_into_a_model_with_a_trained_llm_keeps_its_built_llm(config, tmp_path):
+    """The tiny synthetic recipe: the pretrain stage freezes the language-stage LLM (the file holds projectors
+    and vocabulary only); the finetune trains the whole LLM and starts from the LLM it was built with."""
+    state = random_checkpoint(pretrain_model(config), tmp_path / 'pretrain.pth')
+    model = OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage='finetune',
+                     llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
+                     use_activation_checkpointing=False, special_token_ids=special_ids(config))
+    layer_key = next(k for k in torch.nn.Module.state_dict(model) if '.layers.0.' in k)
+    built = torch.nn.Module.state_dict(model)[layer_key].clone()
+    assert load_released_checkpoint(model, tmp_path / 'pretrain.pth').ok
+    assert_loaded(model, state)  # projectors and the two vocabulary tensors from the file
+    assert torch.equal(torch.nn.Module.state_dict(model)[layer_key], built)

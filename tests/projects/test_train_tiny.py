@@ -14,7 +14,7 @@ def test_short_run_is_never_installed():
     assert exc.value.code == 2
 
 
-@pytest.mark.parametrize('stage', ['omg_seg', 'pretrain', 'finetune'])
+@pytest.mark.parametrize('stage', ['language', 'omg_seg', 'pretrain', 'finetune'])
 def test_iteration_options_reach_the_loop_and_the_cosine_end(stage):
     train_tiny = load_project_module('train_tiny')
     cfg = Config.fromfile(str(REPO_ROOT / train_tiny.CONFIGS[stage]))

@@ -1,0 +1,97 @@
+"""Language stage of a from-scratch LLM: next-token training on the text of the OMG-LLaVA conversations.
+
+OMG-LLaVA starts from a pretrained chat LLM (InternLM2-chat-7B) that already reads and repeats the user's words.
+A tiny, randomly initialised LLM does not, and learning it inside the multimodal finetune is slow: the image
+offers a shortcut (name an object that is visible) that competes with copying the expression from the question,
+so the answers name the wrong object (measured on the tiny synthetic model: after 300 finetune iterations no
+answer repeated its referring expression; after a 400-step text stage first, 60% did).
+:class:`LanguageModelTrainer` gives the tiny LLM that start: it trains on the same conversations as the
+finetune with the image and the visual prompts left out, and :meth:`LanguageModelTrainer.export` writes it as a
+Hugging Face folder, the role ``internlm2-chat-7b`` plays for the released model.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import torch
+from mmengine.model import BaseModel
+from torch import Tensor, nn
+
+from omg_llava.registry import MODELS, build_component
+from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+from .omg_llava import shifted_cross_entropy
+from .special_tokens import add_special_tokens, fit_embeddings
+
+
+def drop_tokens(input_ids: Tensor, labels: Tensor, attention_mask: Tensor, token_ids: Sequence[int],
+                pad_index: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Remove every position holding one of ``token_ids`` and right-pad again.
+
+    Args:
+        input_ids / labels / attention_mask: (B, L) right-padded batch (mask True on real tokens).
+        token_ids: ids to remove (e.g. the ``<image>`` sentinel and the visual-prompt placeholders).
+
+    Returns:
+        (B, L') ids, labels (−100 on padding) and bool mask, L' the longest remaining row.
+    """
+    keep = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(list(token_ids), device=input_ids.device))
+    lengths = keep.sum(1)
+    width = max(int(lengths.max()), 1)
+    ids = input_ids.new_full((len(input_ids), width), pad_index)
+    out_labels = labels.new_full((len(labels), width), IGNORE_INDEX)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.bool, device=input_ids.device)
+    for b in range(len(input_ids)):
+        n = int(lengths[b])
+        ids[b, :n] = input_ids[b, keep[b]]
+        out_labels[b, :n] = labels[b, keep[b]]
+        mask[b, :n] = True
+    return ids, out_labels, mask
+
+
+@MODELS.register_module()
+class LanguageModelTrainer(BaseModel):
+    """Trains an LLM on the text of OMG-LLaVA batches (the batches of ``omg_llava_collate_fn``).
+
+    The tokenizer gets the OMG-LLaVA special tokens and the LLM the matching vocabulary size, exactly as
+    :class:`~omg_llava.models.OMGLLaVA` will build them, so the exported folder loads there unchanged. The
+    ``<image>`` sentinel and the ``<region>`` / ``<mark>`` placeholders are dropped from the text; images, masks
+    and prompts in the batch are ignored.
+
+    Args:
+        llm: the causal LM or its config (e.g. ``InternLM2ForCausalLM`` with a small ``InternLM2Config``).
+        tokenizer: the tokenizer or its config.
+        data_preprocessor: mmengine data preprocessor config (default: moves tensors to the device).
+    """
+
+    def __init__(self, llm: nn.Module | dict, tokenizer: Any, data_preprocessor: dict | nn.Module | None = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor)
+        self.tokenizer = build_component(tokenizer)
+        self.token_ids = add_special_tokens(self.tokenizer)
+        self.llm = build_component(llm)
+        fit_embeddings(self.llm, self.token_ids)
+        self.dropped_ids = (IMAGE_TOKEN_INDEX, self.token_ids.region, self.token_ids.mark)
+
+    def forward(self, data: dict, data_samples: None = None, mode: str = 'loss'):
+        """``data``: ``input_ids``, ``labels``, ``attention_mask`` (B, L). ``'loss'`` → ``{'loss_lm'}``;
+        ``'tensor'`` → the LLM output on the text-only batch."""
+        ids, labels, mask = drop_tokens(data['input_ids'], data['labels'], data['attention_mask'], self.dropped_ids)
+        out = self.llm(input_ids=ids, attention_mask=mask, use_cache=False, return_dict=True)
+        if mode == 'loss':
+            return {'loss_lm': shifted_cross_entropy(out.logits, labels)}
+        if mode == 'tensor':
+            return out
+        raise ValueError(f'unknown mode {mode!r}; use "loss" or "tensor"')
+
+    def export(self, out_dir: str | os.PathLike) -> list[str]:
+        """Write ``out_dir/llm/``: the LLM (``config.json`` + safetensors) and the tokenizer with the special
+        tokens, loadable with ``InternLM2ForCausalLM.from_pretrained``. Returns the folder."""
+        folder = os.path.join(os.fspath(out_dir), LANGUAGE_MODEL_FOLDER)
+        self.llm.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        return [folder]
+
+
+#: where :meth:`LanguageModelTrainer.export` writes the LLM under its output folder
+LANGUAGE_MODEL_FOLDER = 'llm'
