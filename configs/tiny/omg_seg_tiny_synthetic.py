@@ -30,7 +30,7 @@ with read_base():
 #######################################################################
 image_size = 128
 data_root = './data/synthetic_shapes/'
-num_classes = 4  # circle, square, triangle, star (the file's categories, sorted by id)
+num_classes = 24  # colour x kind ('red circle', ...: the file's categories, sorted by id)
 
 batch_size = 8
 max_iters = 1200

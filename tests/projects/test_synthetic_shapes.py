@@ -239,14 +239,14 @@ def test_deterministic_by_seed(gen, built, tmp_path):
     assert (tmp_path / 'other' / files[-1]).read_bytes() != (root / files[-1]).read_bytes()
 
 
-def test_coco_instance_splits_feed_the_omg_seg_pre_stage(built):
+def test_coco_instance_splits_feed_the_omg_seg_pre_stage(built, gen):
     root, counts = built
     from omg_llava.datasets.coco_instances import CocoInstanceDataset
     for folder, count in (('train2017', NUM_TRAIN), ('val2017', NUM_VAL)):
         ds = CocoInstanceDataset(str(root / f'coco/annotations/instances_{folder}.json'), str(root / 'coco' / folder),
                                  image_size=S)
-        assert len(ds) == count == counts[f'coco_{folder}'] and ds.category_names == ['circle', 'square', 'triangle',
-                                                                                      'star']
+        assert len(ds) == count == counts[f'coco_{folder}'] and ds.category_names == list(gen.CATEGORIES)
+        assert len(gen.CATEGORIES) == 24 and gen.CATEGORIES[:2] == ('red circle', 'yellow circle')
         sample = ds[0]
         assert 2 <= len(sample['gt_labels']) <= 5 and sample['gt_masks'].shape[1:] == (S, S)
         assert not ds.skipped
