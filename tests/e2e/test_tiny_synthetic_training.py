@@ -1,17 +1,19 @@
 """The short CI version of the trained tiny default (projects/tiny_omg_llava/train_tiny.py --short): synthetic data →
-language stage → OMG-Seg pre-stage → pretrain → finetune, each through `xtuner train`, then tools/test.py on held-out images.
-The losses must fall, and the held-out answers must show what training taught: a [SEG] mask for (almost) every
-referring expression, hence a cIoU above the untrained pipeline's, which is exactly 0 (same trained encoder,
-untrained LLM and projectors: it never answers with a [SEG]).
+language stage → OMG-Seg pre-stage → pretrain → finetune, each through `xtuner train`, then tools/test.py on
+held-out images. The losses must fall, and the held-out answers must show what training taught: a [SEG] mask for
+(almost) every referring expression, hence a cIoU above the untrained pipeline's, which is exactly 0 (same trained
+encoder, random LLM and projectors: it never answers with a [SEG]).
 
-Not asserted, because this budget does not reach it (docs/tiny_model.md): beating the untrained pipeline *forced*
-to answer with a [SEG] (cIoU 0.16 on these 60 expressions; the short run reaches about 0.06, the full run 0.22
-against 0.09 on the whole val split)."""
+Not asserted, because this budget does not reach it (docs/tiny_model.md): beating a pipeline that answers with a
+[SEG] but never learnt to ground it, e.g. the language-stage LLM with random projectors (cIoU 0.10 on 20 of these
+expressions, against 0.08 for the short run on 60; the full run reaches 0.31 on the whole val split).
+"""
 from __future__ import annotations
 
 import os
 
 import pytest
+import torch
 
 from conftest import REPO_ROOT, load_project_module
 from omg_llava.evaluation.runner import ModelPredictor, evaluate
@@ -29,13 +31,21 @@ def short_run(tmp_path_factory):
     return work_dir, figures, train_tiny
 
 
+def first_and_last(work_dir, stage: str, name: str, window: int = 3) -> tuple[float, float]:
+    """Means of the first and of the last ``window`` logged values of a loss (single logs of mixed-task batches
+    are noisy; a short stage with fewer than ``2 * window`` logs uses smaller windows)."""
+    values = [v for _, v in load_project_module('benchmark').read_scalars(str(work_dir / stage))[name]]
+    assert len(values) >= 2, (stage, name, values)
+    window = min(window, len(values) // 2)
+    return sum(values[:window]) / window, sum(values[-window:]) / window
+
+
 def test_every_stage_learns(short_run):
     work_dir, figures, train_tiny = short_run
-    losses = figures['losses']
-    assert losses['language']['loss_lm']['last'] < 0.3 * losses['language']['loss_lm']['first'], losses['language']
-    assert losses['omg_seg']['loss']['last'] < 0.6 * losses['omg_seg']['loss']['first'], losses['omg_seg']
-    assert losses['pretrain']['loss_proj']['last'] < 0.5 * losses['pretrain']['loss_proj']['first'], losses
-    assert losses['finetune']['loss_lm']['last'] < 0.5 * losses['finetune']['loss_lm']['first'], losses['finetune']
+    for stage, name, ratio in (('language', 'loss_lm', 0.3), ('omg_seg', 'loss', 0.6), ('pretrain', 'loss_proj', 0.5),
+                               ('finetune', 'loss_lm', 0.7)):  # the finetune's LLM starts language-trained
+        first, last = first_and_last(work_dir, stage, name)
+        assert last < ratio * first, (stage, name, first, last)
     assert (work_dir / 'curves.png').stat().st_size > 10_000
     for name in (train_tiny.CHECKPOINT_NAME, *train_tiny.ENCODER_FILES.values(), 'llm/config.json',
                  'llm/model.safetensors'):
@@ -49,7 +59,10 @@ def test_held_out_answers_carry_masks_that_an_untrained_model_never_gives(short_
     assert refseg['num_expressions'] == train_tiny.SHORT['refseg_samples'] and refseg['num_without_seg'] <= 3
     encoder = {k: str(work_dir / name) for k, name in train_tiny.ENCODER_FILES.items()}
     config = str(REPO_ROOT / train_tiny.CONFIGS['finetune'])
-    untrained, _ = OMGLLaVAChat.from_config(config, **encoder)  # no pth: random LLM and projectors
+    untrained, _ = OMGLLaVAChat.from_config(config, **encoder)  # no pth: random projectors
+    torch.manual_seed(0)
+    for module in untrained.model.llm.modules():  # and a random LLM, as before the language stage
+        untrained.model.llm._init_weights(module)
     data_root = work_dir / 'data' / 'synthetic_shapes'
     split = load_split('refseg', str(data_root / 'ref_seg'), 'refcoco', 'val',
                        image_folder=str(data_root / 'glamm_data/images/coco2014/train2014'))
