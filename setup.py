@@ -13,7 +13,8 @@ setup(
     description='OMG-LLaVA as an mmengine/xtuner plugin: chat with pixel-accurate masks and visual prompts',
     python_requires='>=3.10',
     packages=find_packages(include=['omg_llava', 'omg_llava.*']),
-    package_data={'omg_llava': ['assets/tiny_tokenizer/*', 'assets/tiny_synthetic/*', 'assets/tiny_synthetic/llm/*', 'assets/*.jpg']},
+    package_data={'omg_llava': ['assets/tiny_tokenizer/*', 'assets/tiny_synthetic/*', 'assets/tiny_synthetic/llm/*',
+                                'assets/*.jpg']},
     install_requires=[
         'torch>=2.1',
         'mmengine>=0.10.3,<0.11',

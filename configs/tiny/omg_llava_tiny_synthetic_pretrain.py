@@ -18,7 +18,8 @@ evaluation_inputs = ['Describe the image briefly.']
 
 model.update(stage='pretrain', pretrained_pth=None, freeze_llm=True)
 
-train_dataloader.dataset = dict(type=LLaVADataset, data_path=data_root + 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json',
+train_dataloader.dataset = dict(type=LLaVADataset,
+                                data_path=data_root + 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json',
                                 image_folder=data_root + 'llava_data/LLaVA-Pretrain/images', **common)
 train_dataloader.sampler = dict(type=DefaultSampler, shuffle=True)
 

@@ -19,14 +19,17 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 from omg_llava.registry import MODELS, build_component
-from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from omg_llava.utils.constants import DEFAULT_PAD_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from .omg_llava import shifted_cross_entropy
 from .special_tokens import add_special_tokens, fit_embeddings
 
+#: where :meth:`LanguageModelTrainer.export` writes the LLM under its output folder
+LANGUAGE_MODEL_FOLDER = 'llm'
+
 
 def drop_tokens(input_ids: Tensor, labels: Tensor, attention_mask: Tensor, token_ids: Sequence[int],
-                pad_index: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+                pad_index: int = DEFAULT_PAD_TOKEN_ID) -> tuple[Tensor, Tensor, Tensor]:
     """Remove every position holding one of ``token_ids`` and right-pad again.
 
     Args:
@@ -65,7 +68,8 @@ class LanguageModelTrainer(BaseModel):
         data_preprocessor: mmengine data preprocessor config (default: moves tensors to the device).
     """
 
-    def __init__(self, llm: nn.Module | dict, tokenizer: Any, data_preprocessor: dict | nn.Module | None = None) -> None:
+    def __init__(self, llm: nn.Module | dict, tokenizer: Any,
+                 data_preprocessor: dict | nn.Module | None = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
         self.tokenizer = build_component(tokenizer)
         self.token_ids = add_special_tokens(self.tokenizer)
@@ -92,6 +96,3 @@ class LanguageModelTrainer(BaseModel):
         self.tokenizer.save_pretrained(folder)
         return [folder]
 
-
-#: where :meth:`LanguageModelTrainer.export` writes the LLM under its output folder
-LANGUAGE_MODEL_FOLDER = 'llm'

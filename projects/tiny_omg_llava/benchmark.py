@@ -87,7 +87,8 @@ def report(work_dir: str) -> dict:
     print('region questions, held-out val:')
     for kind in ('what', 'colour', 'shape'):
         if f'accuracy_{kind}' in region_qa:
-            print(f'  {kind:<7} accuracy {region_qa[f"accuracy_{kind}"]:.3f}  (chance {region_qa[f"chance_{kind}"]:.3f}, '
+            print(f'  {kind:<7} accuracy {region_qa[f"accuracy_{kind}"]:.3f}  '
+                  f'(chance {region_qa[f"chance_{kind}"]:.3f}, '
                   f'{region_qa[f"num_{kind}"]} questions)')
     png = os.path.join(work_dir, 'curves.png')
     plot_curves(curves, png)

@@ -572,7 +572,8 @@ def write_dataset(root: str, num_train: int, num_val: int, size: int = 128, seed
             image_path = w.image(scene.image, *COCO_IMAGES, file_name)
             entry = dict(id=image_id, file_name=file_name, height=size, width=size)
             images.append(entry)
-            anns = [dict(id=len(annotations) + j + 1, image_id=image_id, category_id=CATEGORIES.index(f'{o.colour} {o.kind}') + 1,
+            anns = [dict(id=len(annotations) + j + 1, image_id=image_id,
+                         category_id=CATEGORIES.index(f'{o.colour} {o.kind}') + 1,
                          segmentation=_rle(o.mask), bbox=list(o.bbox), area=o.area, iscrowd=0)
                     for j, o in enumerate(scene.objects)]
             annotations += anns

@@ -21,8 +21,8 @@ Steps (each one a command a user could type; the script only chains them and tim
 7. ``benchmark.py``: the figures and the training curves (PNG) of this work dir.
 
 ``--install`` copies the weight files and the LLM folder into ``omg_llava/assets/tiny_synthetic/`` (what the tiny
-synthetic config, ``tools/chat.py`` and ``tools/app.py`` load by default). ``--short`` trains far less (the CI test uses it) and never
-installs.
+synthetic config, ``tools/chat.py`` and ``tools/app.py`` load by default). ``--short`` trains far less (the CI test
+uses it) and never installs.
 """
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ CHECKPOINT_NAME = 'omg_llava_tiny_synthetic.pth'
 PRETRAIN_CHECKPOINT_NAME = 'omg_llava_tiny_synthetic_pretrain.pth'
 
 #: images per split, iterations per stage, evaluated samples (None: the whole val split)
-FULL = dict(train=2000, val=100, test=50, language_iters=600, pre_iters=1200, pretrain_iters=400, finetune_iters=3500,
-            refseg_samples=None, qa_samples=None)
+FULL = dict(train=2000, val=100, test=50, language_iters=600, pre_iters=1200, pretrain_iters=400,
+            finetune_iters=3500, refseg_samples=None, qa_samples=None)
 SHORT = dict(train=300, val=20, test=5, language_iters=200, pre_iters=200, pretrain_iters=60, finetune_iters=300,
              refseg_samples=60, qa_samples=60)
 
@@ -97,15 +97,15 @@ def train(work_dir: str, plan: dict) -> dict:
     shutil.copytree(os.path.join(work_dir, 'language', LANGUAGE_MODEL_FOLDER), llm_dir, dirs_exist_ok=True)
     run_stage('omg_seg_pre_stage', xtuner + [config['omg_seg'], '--work-dir', 'omg_seg', '--cfg-options',
                                              *_iterations(plan['pre_iters'])], timings, logs, cwd=work_dir)
-    encoder = [f'model.visual_encoder.weights.{k}={os.path.join(work_dir, "omg_seg", name)}'
-               for k, name in ENCODER_FILES.items()] + [f'model.llm.pretrained_model_name_or_path={llm_dir}']
+    stage_inputs = [f'model.visual_encoder.weights.{k}={os.path.join(work_dir, "omg_seg", name)}'
+                    for k, name in ENCODER_FILES.items()] + [f'model.llm.pretrained_model_name_or_path={llm_dir}']
     pretrain_pth = os.path.join(work_dir, PRETRAIN_CHECKPOINT_NAME)
     checkpoint = os.path.join(work_dir, CHECKPOINT_NAME)
     for stage, iters, extra, output in (
             ('pretrain', plan['pretrain_iters'], [], pretrain_pth),
             ('finetune', plan['finetune_iters'], [f'model.pretrained_pth={pretrain_pth}'], checkpoint)):
         run_stage(stage, xtuner + [config[stage], '--work-dir', stage, '--cfg-options', *_iterations(iters),
-                                   *encoder, *extra], timings, logs, cwd=work_dir)
+                                   *stage_inputs, *extra], timings, logs, cwd=work_dir)
         with open(os.path.join(work_dir, stage, 'last_checkpoint'), encoding='utf-8') as f:
             last = f.read().strip()
         run_stage(f'convert_{stage}', [py, 'tools/convert_to_pth.py', config[stage], last, '--save-path', output,
