@@ -31,6 +31,10 @@ with read_base():
 image_size = 128
 data_root = './data/synthetic_shapes/'
 num_classes = 24  # colour x kind ('red circle', ...: the file's categories, sorted by id)
+# Single-query decoding (OMGSegTrainer docstring): re-decoded matched queries and point prompts, each alone, so
+# that the decoder can turn a [SEG] query or a visual prompt into its object's mask, as the released OMG-Seg can.
+single_query_weight = 2.0
+single_query_points = 1024  # the tiny masks are 32x32 = 1024 logits
 
 batch_size = 8
 max_iters = 1200
@@ -41,7 +45,8 @@ max_norm = 1
 #######################################################################
 #                      PART 2  Model & Data                           #
 #######################################################################
-model = dict(type=OMGSegTrainer, visual_encoder=visual_encoder, num_classes=num_classes)
+model = dict(type=OMGSegTrainer, visual_encoder=visual_encoder, num_classes=num_classes,
+             single_query_weight=single_query_weight, single_query_points=single_query_points)
 
 train_dataloader = dict(
     batch_size=batch_size,

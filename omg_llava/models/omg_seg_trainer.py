@@ -9,6 +9,14 @@ plus :meth:`OMGSegTrainer.save_class_embeddings` for the class-embedding file.
 
 Class embeddings are fixed random unit vectors (the CLIP text embeddings of the release play that role);
 the head learns to project its queries onto them.
+
+OMG-LLaVA also decodes *single* queries through this decoder: a ``[SEG]`` query (the LLM's estimate of an
+object query, §1.5) and point/region prompts (§3.5). The released OMG-Seg learnt single-query decoding from its
+interactive (SAM-style) training; a decoder trained on the 300-query set alone does not (re-decoding a tiny
+model's own final object query alone dropped its IoU from 0.83 to 0.67). With ``single_query_weight > 0`` each
+step also decodes, one query at a time, (a) every matched final object query (detached, with its positional
+embedding: what a perfect ``[SEG]`` would produce) and (b) a point prompt at a random pixel of every
+ground-truth instance, with the ``[SEG]`` mask losses of :func:`~omg_llava.models.seg_losses.seg_mask_losses`.
 """
 from __future__ import annotations
 
@@ -25,8 +33,10 @@ from omg_llava.registry import MODELS
 
 from .backbones.convnext_clip import OPEN_CLIP_PREFIXES
 from .omg_seg_encoder import OMGSegVisualEncoder
-from .seg_heads.omg_seg_head import DecodeOutput
+from .seg_heads.omg_seg_head import DecodeOutput, ImageFeatures, own_prediction_policy
+from .seg_heads.prompt_queries import prompt_queries
 from .seg_heads.set_criterion import SegmentationSetCriterion
+from .seg_losses import MaskLossConfig, seg_mask_losses
 
 #: the files :meth:`OMGSegTrainer.export` writes (keys as in an OMG-LLaVA config's ``visual_encoder.weights``)
 ENCODER_FILES = dict(omg_seg='omg_seg.pth', clip='clip_trunk.safetensors', class_embed='class_embed.pth')
@@ -38,6 +48,20 @@ def random_class_embeddings(num_classes: int, num_synonyms: int, dim: int, seed:
     """(K, synonyms, dim) L2-unit random vectors, reproducible from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
     return F.normalize(torch.randn(num_classes, num_synonyms, dim, generator=generator), dim=-1)
+
+
+def random_mask_points(masks: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One uniformly drawn foreground pixel per mask: (n, H, W) binary → (n, 2) float (x, y) pixel centres.
+
+    An empty mask gets the image centre (it has no pixel to point at)."""
+    n, H, W = masks.shape
+    flat = masks.flatten(1).float()
+    empty = flat.sum(-1) == 0
+    flat[empty] = 1.0
+    index = torch.multinomial(flat, 1, generator=generator)[:, 0]
+    points = torch.stack([index % W, index // W], dim=-1).float() + 0.5
+    points[empty] = points.new_tensor([W / 2, H / 2])
+    return points
 
 
 def _build_encoder(encoder: OMGSegVisualEncoder | dict) -> OMGSegVisualEncoder:
@@ -58,12 +82,14 @@ class OMGSegTrainer(BaseModel):
         num_classes: K classes of the data (labels in [0, K)); default: all classes of the head.
         class_embed_seed: seed of the random class embeddings set on the head.
         criterion: keyword arguments of :class:`SegmentationSetCriterion` (besides ``num_classes``).
+        single_query_weight: weight of the single-query decoding losses (see the module docstring); 0 = off.
+        single_query_points: points sampled per mask by those losses.
         data_preprocessor: mmengine data preprocessor config (default: moves tensors to the device).
     """
 
     def __init__(self, visual_encoder: OMGSegVisualEncoder | dict, num_classes: int | None = None,
-                 class_embed_seed: int = 0, criterion: dict | None = None,
-                 data_preprocessor: dict | nn.Module | None = None) -> None:
+                 class_embed_seed: int = 0, criterion: dict | None = None, single_query_weight: float = 0.0,
+                 single_query_points: int = 12544, data_preprocessor: dict | nn.Module | None = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
         self.visual_encoder = _build_encoder(visual_encoder)
         head = self.visual_encoder.panoptic_head
@@ -74,13 +100,62 @@ class OMGSegTrainer(BaseModel):
             raise ValueError(f'num_classes={self.num_classes} does not fit a head with {num_head_classes} classes')
         head.set_class_embeddings(random_class_embeddings(num_head_classes, num_synonyms, clip_dim, class_embed_seed))
         self.criterion = SegmentationSetCriterion(self.num_classes, **(criterion or {}))
+        if single_query_weight < 0:
+            raise ValueError(f'single_query_weight must be >= 0, got {single_query_weight}')
+        self.single_query_weight = single_query_weight
+        self.single_query_loss_cfg = MaskLossConfig(num_points=single_query_points)
 
-    def decode(self, pixel_values: Tensor) -> DecodeOutput:
-        """(B, 3, S, S) normalised images → every decoder step of the object queries."""
+    def encode(self, pixel_values: Tensor) -> tuple[ImageFeatures, DecodeOutput]:
+        """(B, 3, S, S) normalised images → image features and every decoder step of the object queries."""
         encoder = self.visual_encoder
         pixel_values = pixel_values.to(next(encoder.parameters()).dtype)
         features = encoder.panoptic_head.encode_image(encoder.backbone(pixel_values), tuple(pixel_values.shape[-2:]))
-        return encoder.panoptic_head.decode_object_queries(features)
+        return features, encoder.panoptic_head.decode_object_queries(features)
+
+    def decode(self, pixel_values: Tensor) -> DecodeOutput:
+        """(B, 3, S, S) normalised images → every decoder step of the object queries."""
+        return self.encode(pixel_values)[1]
+
+    def single_query_losses(self, features: ImageFeatures, decode: DecodeOutput, gt_labels: list[Tensor],
+                            gt_masks: list[Tensor]) -> dict[str, Tensor]:
+        """Mask losses of single-query decodings (module docstring): matched final object queries re-decoded
+        alone, and one point prompt per instance at a random pixel of its mask.
+
+        Args:
+            features: the batch's image features; decode: its object-query decoding.
+            gt_labels / gt_masks: per image, (n_b,) labels and (n_b, S, S) binary masks.
+
+        Returns:
+            ``loss_single_dice`` and ``loss_single_mask`` (scalars, scaled by ``single_query_weight``).
+        """
+        head = self.visual_encoder.panoptic_head
+        K = self.num_classes
+        final_queries = decode.queries[-1].detach()  # (B, Q, C)
+        contents, positions, image_idxs, targets = [], [], [], []
+        for b, (labels, masks) in enumerate(zip(gt_labels, gt_masks)):
+            if len(labels) == 0:
+                continue
+            masks = masks.to(final_queries.device)
+            query_idxs, gt_idxs = self.criterion.match(decode.class_logits[-1][b, :, :K + 1].detach(),
+                                                       decode.mask_logits[-1][b].detach(), labels.long(), masks)
+            contents.append(final_queries[b, query_idxs])
+            positions.append(head.query_embed.weight[query_idxs])
+            targets.append(masks[gt_idxs])
+            points = random_mask_points(masks)  # (n_b, 2)
+            content, pos = prompt_queries(head, points, features.image_size)
+            contents.append(content[:, 0])
+            positions.append(pos[:, 0])
+            targets.append(masks)
+            image_idxs.append(torch.full((len(query_idxs) + len(masks),), b, device=masks.device))
+        if not contents:
+            zero = decode.mask_logits[-1].sum() * 0
+            return {'loss_single_dice': zero, 'loss_single_mask': zero}
+        content, pos = torch.cat(contents)[:, None], torch.cat(positions)[:, None]  # (N, 1, C) each
+        image_idxs = torch.cat(image_idxs)
+        single = head.decode(content, pos, features.select(image_idxs), own_prediction_policy)
+        losses = seg_mask_losses(single.mask_logits, torch.cat(targets), self.single_query_loss_cfg)
+        return {'loss_single_dice': self.single_query_weight * losses['loss_dice'],
+                'loss_single_mask': self.single_query_weight * losses['loss_mask']}
 
     def forward(self, data: dict, data_samples: None = None, mode: str = 'loss'):
         """Args:
@@ -88,9 +163,12 @@ class OMGSegTrainer(BaseModel):
             mode: ``'loss'`` → dict of losses; ``'predict'`` → per-image predictions (see :meth:`predict`);
                 ``'tensor'`` → the :class:`DecodeOutput`.
         """
-        decode = self.decode(data['pixel_values'])
+        features, decode = self.encode(data['pixel_values'])
         if mode == 'loss':
-            return self.criterion(decode, data['gt_labels'], data['gt_masks'])
+            losses = self.criterion(decode, data['gt_labels'], data['gt_masks'])
+            if self.single_query_weight > 0:
+                losses.update(self.single_query_losses(features, decode, data['gt_labels'], data['gt_masks']))
+            return losses
         if mode == 'predict':
             return self.predict(decode, tuple(data['pixel_values'].shape[-2:]))
         if mode == 'tensor':

@@ -69,6 +69,51 @@ def test_overfits_two_images(batch):
     assert preds[0]['labels'].max() < 4 and (preds[0]['scores'][:-1] >= preds[0]['scores'][1:]).all()
 
 
+def test_random_mask_points_fall_inside_their_masks():
+    from omg_llava.models.omg_seg_trainer import random_mask_points
+    masks = torch.zeros(3, 20, 30, dtype=torch.uint8)
+    masks[0, 2:5, 7:9] = 1
+    masks[1, 15, 29] = 1
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        points = random_mask_points(masks, generator)
+        assert points.shape == (3, 2)
+        for k in range(2):
+            x, y = points[k].long().tolist()
+            assert masks[k, y, x] == 1
+        assert points[2].tolist() == [15.0, 10.0]  # empty mask: the image centre
+
+
+def test_single_query_losses_train_the_decoder_to_decode_one_query(batch):
+    torch.manual_seed(0)
+    plain = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256))
+    assert set(plain(batch, mode='loss')) == {'loss_cls', 'loss_mask', 'loss_dice'}
+    with pytest.raises(ValueError, match='single_query_weight'):
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, single_query_weight=-1.0)
+    torch.manual_seed(0)
+    model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256),
+                          single_query_weight=2.0, single_query_points=256)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    single = []
+    for _ in range(15):
+        losses = model(batch, mode='loss')
+        assert set(losses) == {'loss_cls', 'loss_mask', 'loss_dice', 'loss_single_dice', 'loss_single_mask'}
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        single.append((losses['loss_single_dice'] + losses['loss_single_mask']).item())
+    print('single-query loss', [round(t, 2) for t in single])
+    assert min(single[-3:]) < 0.8 * single[0]
+    # gradients reach the decoder and the prompt modules through the single-query path
+    head = model.visual_encoder.panoptic_head
+    optimizer.zero_grad()
+    losses = model.single_query_losses(*model.encode(batch['pixel_values']), batch['gt_labels'], batch['gt_masks'])
+    sum(losses.values()).backward()
+    assert head.pos_linear.weight.grad.abs().sum() > 0 and head.mask_tokens.weight.grad.abs().sum() > 0
+    assert head.query_feat.weight.grad is None or head.query_feat.weight.grad.abs().sum() == 0  # queries detached
+
+
 def test_save_encoder_round_trip(tmp_path):
     torch.manual_seed(1)
     model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4)

@@ -112,7 +112,7 @@ def test_every_expression_picks_exactly_one_object(gen, scenes):
             firsts.setdefault(index, sentence)
         assert all(len(s.split()) <= 4 and not re.search(r'largest|smallest| on | at | of |above|below', s)
                    for s in firsts.values())
-    assert set(counts) == {2, 3, 4, 5}
+    assert set(counts) == set(gen.OBJECT_COUNTS)
     assert families['relation'] > 100 and families['other'] > 500  # relations and the rest both occur
     all_sentences = [s for scene in scenes[:40] for _, s in gen.referring_expressions(scene)]
     for pattern in (r'^the largest shape$', r' on the (left|right)$', r' at the (top|bottom)$', r' left of the ',
@@ -128,13 +128,13 @@ def test_masks_match_the_drawn_pixels(gen, scenes):
         assert (masks.sum(0) <= 1).all()  # visible masks are disjoint
         for obj in scene.objects:
             x, y, w, h = obj.bbox
-            assert obj.area > 0 and max(w, h) >= 0.12 * S, obj.name
+            assert obj.area > 0 and max(w, h) >= 0.8 * gen.SIZE_CLASSES['small'][0] * S, obj.name
             assert obj.mask[y:y + h, x:x + w].sum() == obj.area and x <= obj.centre[0] <= x + w
             close = np.linalg.norm(scene.image - palette[obj.colour], axis=-1) < 60  # the object's colour
             same_colour = np.any([o.mask for o in scene.objects if o.colour == obj.colour], axis=0)
             assert (close & obj.mask).sum() >= 0.99 * obj.area, obj.name
             assert (close & ~same_colour).sum() <= 0.01 * obj.area, obj.name  # nothing else has its colour
-        lo, hi = (0.15 * S) ** 2 * 0.3, (0.36 * S) ** 2
+        lo, hi = (gen.SIZE_CLASSES['small'][0] * S) ** 2 * 0.3, (gen.SIZE_CLASSES['large'][1] * S) ** 2
         assert all(lo <= o.area <= hi for o in scene.objects)
 
 
@@ -248,7 +248,7 @@ def test_coco_instance_splits_feed_the_omg_seg_pre_stage(built, gen):
         assert len(ds) == count == counts[f'coco_{folder}'] and ds.category_names == list(gen.CATEGORIES)
         assert len(gen.CATEGORIES) == 24 and gen.CATEGORIES[:2] == ('red circle', 'yellow circle')
         sample = ds[0]
-        assert 2 <= len(sample['gt_labels']) <= 5 and sample['gt_masks'].shape[1:] == (S, S)
+        assert 2 <= len(sample['gt_labels']) <= max(gen.OBJECT_COUNTS) and sample['gt_masks'].shape[1:] == (S, S)
         assert not ds.skipped
     refs = load_refs(root / 'ref_seg/refcoco/refs(unc).p')
     train_ids = {r['image_id'] for r in refs if r['split'] == 'train'}
