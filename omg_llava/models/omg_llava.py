@@ -35,7 +35,8 @@ from .omg_seg_encoder import VisualEncoderOutput
 from .projectors import OMGVisualProjector, Text2VisionProjector
 from .save_filter import filter_saved_keys
 from .seg_heads.omg_seg_head import ImageFeatures
-from .seg_losses import MaskLossConfig, pretrain_alignment_loss, seg_mask_losses
+from .seg_losses import (MaskLossConfig, matching_object_tokens, object_token_hint_loss, pretrain_alignment_loss,
+                          seg_mask_losses)
 from .special_tokens import SpecialTokenIds, add_special_tokens, fit_embeddings
 from .visual_prompts import VisualPrompt, encode_visual_prompts, prompts_from_tensors
 
@@ -108,6 +109,8 @@ class OMGLLaVA(BaseModel):
         projector_depth: depth of both projector MLPs.
         mask_loss: :class:`~omg_llava.models.seg_losses.MaskLossConfig` or its fields.
         pretrain_loss_weight: weight of the pretrain alignment MSE.
+        object_token_hint_weight: weight of :func:`~omg_llava.models.seg_losses.object_token_hint_loss` in the
+            finetune (``loss_hint``); 0, the reference recipe, leaves it out. The tiny synthetic model uses it.
         use_activation_checkpointing: gradient checkpointing in the LLM.
         max_length: longest spliced sequence (text + visual tokens) accepted by :meth:`generate`; default
             the LLM's ``max_position_embeddings``.
@@ -119,7 +122,7 @@ class OMGLLaVA(BaseModel):
     def __init__(self, llm: nn.Module | dict, visual_encoder: nn.Module | dict, tokenizer: Any = None,
                  stage: str = 'finetune', llm_lora: Any = None, freeze_llm: bool = True, projector_depth: int = 2,
                  mask_loss: MaskLossConfig | dict | None = None, pretrain_loss_weight: float = 10.0,
-                 use_activation_checkpointing: bool = True, max_length: int | None = None,
+                 object_token_hint_weight: float = 0.0, use_activation_checkpointing: bool = True, max_length: int | None = None,
                  pretrained_pth: str | None = None, special_token_ids: dict | None = None,
                  data_preprocessor: dict | None = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -157,6 +160,9 @@ class OMGLLaVA(BaseModel):
                                                           depth=projector_depth)
         self.mask_loss = mask_loss if isinstance(mask_loss, MaskLossConfig) else MaskLossConfig(**(mask_loss or {}))
         self.pretrain_loss_weight = pretrain_loss_weight
+        if object_token_hint_weight < 0:
+            raise ValueError(f'object_token_hint_weight must be >= 0, got {object_token_hint_weight}')
+        self.object_token_hint_weight = object_token_hint_weight
         self.max_length = max_length or llm.config.max_position_embeddings
         self.pretrained_pth = pretrained_pth
         self.stop_token_ids = self._stop_token_ids()
@@ -349,13 +355,22 @@ class OMGLLaVA(BaseModel):
                       logger='current', level=30)
         if not matched or images is None:
             dummy = self.projector_text2vision(hidden[:, 0]).sum() * 0.0  # keeps every trainable in the graph
-            return {'loss_dice': dummy, 'loss_mask': dummy}
+            losses = {'loss_dice': dummy, 'loss_mask': dummy}
+            return dict(losses, loss_hint=dummy) if self.object_token_hint_weight else losses
         keep = torch.zeros_like(seg_positions)
         keep[matched] = seg_positions[matched]
         batch_idxs = keep.nonzero()[:, 0]
-        step_logits = self.decode_seg_masks(hidden[keep], batch_idxs, images)
+        queries = self.projector_text2vision(hidden[keep])  # (N, 2C)
+        step_logits = self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features).mask_logits
         gt = torch.cat([masks[b] for b in matched]).to(step_logits[0].device)
-        return seg_mask_losses(step_logits, gt, self.mask_loss)
+        losses = seg_mask_losses(step_logits, gt, self.mask_loss)
+        if self.object_token_hint_weight:
+            enc = images.encoder_output
+            valid = (~enc.query_blocked[batch_idxs]).any(-1)  # (N, Q)
+            query_idxs, found = matching_object_tokens(gt, enc.mask_logits[batch_idxs], valid)
+            losses['loss_hint'] = self.object_token_hint_weight * object_token_hint_loss(
+                queries, enc.query_tokens[batch_idxs].to(queries.dtype), valid, query_idxs, found)
+        return losses
 
     # ------------------------------------------------------------------ generation
     def predict(self, data: dict, **generation_kwargs) -> list[GenerationOutput]:

@@ -4,6 +4,8 @@
   on Mask2Former's uncertainty-sampled points.
 * :func:`pretrain_alignment_loss`: the pretrain stage's 10 × MSE that trains ``projector_text2vision`` as an
   approximate inverse of the visual projector's query path.
+* :func:`object_token_hint_loss`: an optional finetune term (not in the reference, off by default) that pulls each
+  [SEG] query towards the encoder's own query for the asked-for object; see its docstring.
 """
 from __future__ import annotations
 
@@ -84,3 +86,57 @@ def pretrain_alignment_loss(query_tokens: Tensor, query_blocked: Tensor, project
     selected = query_tokens[query_blocked.any(dim=-1)]  # (n, 2C)
     predicted = text2vision(project_queries(selected))
     return weight * F.mse_loss(predicted.float(), selected.float())
+
+
+def matching_object_tokens(gt_masks: Tensor, mask_logits: Tensor, valid: Tensor, min_iou: float = 0.5
+                           ) -> tuple[Tensor, Tensor]:
+    """For each ground-truth mask, the visual-token query of its image whose own mask overlaps it best.
+
+    Args:
+        gt_masks: (N, S, S) binary masks at the network input size.
+        mask_logits: (N, Q, h, w) last-step mask logits of the object queries of each mask's image.
+        valid: (N, Q) bool, the queries that are visual tokens of that image (win at least one cell).
+        min_iou: matches below this IoU are dropped.
+
+    Returns:
+        ``(query_idxs, found)``: (N,) long index of the best valid query and (N,) bool, IoU >= ``min_iou``.
+    """
+    with torch.no_grad():
+        size = tuple(gt_masks.shape[-2:])
+        pred = F.interpolate(mask_logits.float(), size=size, mode='bilinear', align_corners=False) > 0  # (N, Q, S, S)
+        gt = gt_masks[:, None].bool()
+        inter = (pred & gt).flatten(2).sum(-1).float()
+        union = (pred | gt).flatten(2).sum(-1).float().clamp(min=1)
+        iou = torch.where(valid, inter / union, torch.full_like(inter, -1.0))
+        best_iou, query_idxs = iou.max(dim=-1)
+    return query_idxs, best_iou >= min_iou
+
+
+def object_token_hint_loss(seg_queries: Tensor, query_tokens: Tensor, valid: Tensor, query_idxs: Tensor,
+                           found: Tensor, temperature: float = 10.0) -> Tensor:
+    """Pull each [SEG] query towards the object query that segments its ground truth.
+
+    The [SEG] path decodes ``projector_text2vision(h)`` as if it were an object query; the released decoder (and
+    the tiny one after single-query training) turns the asked-for object's own query into its mask. A 7B LLM
+    finds that mapping from the mask losses alone; a tiny LLM trained from scratch did not (its [SEG] queries lay
+    far from every object query: nearest one the target's in 19-21% of cases). This term supervises the choice
+    directly: MSE to the target query plus cross-entropy over the cosine similarities (× ``temperature``) to
+    the valid queries of the image.
+
+    Args:
+        seg_queries: (N, 2C) ``projector_text2vision`` outputs of the [SEG] tokens.
+        query_tokens: (N, Q, 2C) ``[content | positional]`` of the object queries of each [SEG]'s image.
+        valid / query_idxs / found: see :func:`matching_object_tokens`.
+
+    Returns:
+        scalar, 0 (still in the graph) when no [SEG] has a matching token.
+    """
+    if not found.any():
+        return seg_queries.sum() * 0.0
+    queries, tokens = seg_queries[found].float(), query_tokens[found].float()
+    targets = query_idxs[found]
+    target_tokens = tokens[torch.arange(len(targets), device=tokens.device), targets]  # (n, 2C)
+    mse = F.mse_loss(queries, target_tokens)
+    cosine = torch.einsum('nc,nqc->nq', F.normalize(queries, dim=-1), F.normalize(tokens, dim=-1))
+    logits = (cosine * temperature).masked_fill(~valid[found], float('-inf'))
+    return mse + F.cross_entropy(logits, targets)

@@ -105,6 +105,28 @@ def test_pretrain_stage_adds_the_alignment_loss_and_trains_only_projectors():
     assert sorted(model.state_dict()) == sorted(trainable | {'llm.model.tok_embeddings.weight', 'llm.output.weight'})
 
 
+def test_object_token_hint_targets_the_query_that_segments_the_ground_truth():
+    model = build_tiny(object_token_hint_weight=1.0)
+    with pytest.raises(ValueError, match='object_token_hint_weight'):
+        build_tiny(object_token_hint_weight=-1.0)
+    data_batch = seg_batch(model)
+    with torch.no_grad():
+        enc = model.encode_images(data_batch['pixel_values']).encoder_output
+    # ground truth = the own masks of visual-token queries, so every [SEG] has a matching object token
+    own = torch.nn.functional.interpolate(enc.mask_logits, size=(IMAGE_SIZE, IMAGE_SIZE), mode='bilinear') > 0
+    valid = (~enc.query_blocked).any(-1)
+    picks = [valid[b].nonzero()[:, 0] for b in range(2)]
+    data_batch['masks'] = [own[0, picks[0][:1]].float(), own[1, picks[1][:2]].float()]
+    assert all(len(m) == n and (m.flatten(1).sum(-1) > 0).all() for m, n in zip(data_batch['masks'], (1, 2)))
+    losses = model(data_batch, mode='loss')
+    assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask', 'loss_hint'} and losses['loss_hint'] > 0
+    model.zero_grad()
+    losses['loss_hint'].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector_text2vision.parameters())
+    data_batch['masks'] = [None, None]  # no [SEG] with a mask: the term stays in the graph at zero
+    assert model(data_batch, mode='loss')['loss_hint'] == 0
+
+
 def test_seg_count_mismatch_drops_only_the_mask_losses(model):
     data_batch = seg_batch(model)
     data_batch['masks'] = [None, data_batch['masks'][1]]  # sample 0 has a [SEG] but no mask (e.g. truncation)

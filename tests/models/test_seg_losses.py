@@ -43,3 +43,43 @@ def test_alignment_loss_uses_queries_with_any_blocked_cell():
     loss = pretrain_alignment_loss(queries, blocked, project, back)
     selected = queries[0, [0, 2]]
     assert torch.allclose(loss, 10 * F.mse_loss(back(project(selected)), selected))
+
+
+def test_matching_object_tokens_picks_the_best_valid_query():
+    from omg_llava.models.seg_losses import matching_object_tokens
+    gt = torch.zeros(2, 32, 32)
+    gt[0, :16, :16] = 1  # top-left quarter
+    gt[1, 16:, 16:] = 1  # bottom-right quarter
+    logits = torch.full((2, 3, 8, 8), -5.0)
+    logits[:, 0, :4, :4] = 5.0  # query 0: top-left
+    logits[:, 1, :4, :] = 5.0  # query 1: top half (IoU 0.5 with top-left)
+    logits[:, 2, 4:, 4:] = 5.0  # query 2: bottom-right
+    valid = torch.tensor([[True, True, True], [True, True, False]])
+    idxs, found = matching_object_tokens(gt, logits, valid)
+    assert idxs[0] == 0 and found[0]
+    assert not found[1]  # its only match (query 2) is not a visual token of that image
+    valid[0, 0] = False
+    idxs, found = matching_object_tokens(gt, logits, valid)
+    assert idxs[0] == 1 and found[0]  # the next best, IoU exactly 0.5
+    idxs, found = matching_object_tokens(gt, logits, valid, min_iou=0.6)
+    assert not found[0]
+
+
+def test_object_token_hint_loss_pulls_the_seg_query_to_its_object():
+    from omg_llava.models.seg_losses import object_token_hint_loss
+    torch.manual_seed(0)
+    tokens = torch.randn(1, 4, 16).expand(2, -1, -1).clone()  # two [SEG] on the same image, 4 object queries
+    valid = torch.tensor([[True, True, True, False], [True, True, True, False]])
+    targets, found = torch.tensor([2, 0]), torch.tensor([True, False])
+    on_target = object_token_hint_loss(tokens[:, 2].clone(), tokens, valid, targets, found)
+    off_target = object_token_hint_loss(tokens[:, 1].clone(), tokens, valid, targets, found)
+    assert on_target < 0.1 and off_target > 1.0
+    assert object_token_hint_loss(tokens[:, 1], tokens, valid, targets, torch.tensor([False, False])) == 0
+    query = (0.1 * torch.randn(2, 16)).requires_grad_()
+    optimizer = torch.optim.SGD([query], lr=0.5)
+    for _ in range(100):
+        optimizer.zero_grad()
+        object_token_hint_loss(query, tokens, valid, targets, found).backward()
+        optimizer.step()
+    assert ((query[0] - tokens[0]) ** 2).sum(-1).argmin() == 2
+    assert query.grad[1].abs().sum() == 0  # a [SEG] without a matching token gets no hint
