@@ -23,4 +23,4 @@ def checkpoint_for(config: str, pth: str | None) -> str | None:
     return TINY_SYNTHETIC_PTH
 
 #: DEFAULT_IMAGE is val image k of ``synthetic_shapes.py`` (seed 0): ``sample_scene(default_rng([0, 1, k]))``.
-DEMO_VAL_INDEX = 20
+DEMO_VAL_INDEX = 40

@@ -43,8 +43,8 @@ Expressions, in increasing specificity (:func:`referring_expressions`)::
 
 Superlatives, positions and relations extend only a description that alone matches several objects; the position
 words also require the object to lie in that half of the image. A REFER ref keeps up to 3 sentences: the
-simplest, one superlative or position and one relation where the object has them (about 37% attribute-only, 32%
-relations, 23% positions and 9% superlatives). The tree mirrors ``build_tiny_data.py``'s, so the tiny configs read
+simplest, one superlative or position and one relation where the object has them (about 35% attribute-only, 32%
+relations, 24% positions and 9% superlatives). The tree mirrors ``build_tiny_data.py``'s, so the tiny configs read
 either root:
 
     python projects/tiny_omg_llava/synthetic_shapes.py --root data/synthetic_shapes --train 2000 --val 200
