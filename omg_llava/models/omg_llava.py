@@ -122,7 +122,8 @@ class OMGLLaVA(BaseModel):
     def __init__(self, llm: nn.Module | dict, visual_encoder: nn.Module | dict, tokenizer: Any = None,
                  stage: str = 'finetune', llm_lora: Any = None, freeze_llm: bool = True, projector_depth: int = 2,
                  mask_loss: MaskLossConfig | dict | None = None, pretrain_loss_weight: float = 10.0,
-                 object_token_hint_weight: float = 0.0, use_activation_checkpointing: bool = True, max_length: int | None = None,
+                 object_token_hint_weight: float = 0.0, use_activation_checkpointing: bool = True,
+                 max_length: int | None = None,
                  pretrained_pth: str | None = None, special_token_ids: dict | None = None,
                  data_preprocessor: dict | None = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -247,7 +248,10 @@ class OMGLLaVA(BaseModel):
 
     def decode_seg_masks(self, seg_hidden_states: Tensor, batch_idxs: Tensor, images: EncodedImages) -> list[Tensor]:
         """[SEG] hidden states (N, D) → per decoder step (N, 1, H/4, W/4) mask logits (spec §6.1)."""
-        queries = self.projector_text2vision(seg_hidden_states)  # (N, 2C)
+        return self.decode_seg_queries(self.projector_text2vision(seg_hidden_states), batch_idxs, images)
+
+    def decode_seg_queries(self, queries: Tensor, batch_idxs: Tensor, images: EncodedImages) -> list[Tensor]:
+        """[SEG] queries (N, 2C) (``projector_text2vision`` outputs) → per decoder step (N, 1, H/4, W/4) logits."""
         return self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features).mask_logits
 
     # ------------------------------------------------------------------ mmengine entry point
@@ -361,7 +365,7 @@ class OMGLLaVA(BaseModel):
         keep[matched] = seg_positions[matched]
         batch_idxs = keep.nonzero()[:, 0]
         queries = self.projector_text2vision(hidden[keep])  # (N, 2C)
-        step_logits = self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features).mask_logits
+        step_logits = self.decode_seg_queries(queries, batch_idxs, images)
         gt = torch.cat([masks[b] for b in matched]).to(step_logits[0].device)
         losses = seg_mask_losses(step_logits, gt, self.mask_loss)
         if self.object_token_hint_weight:
