@@ -112,32 +112,27 @@ class OMGSegTrainer(BaseModel):
         features = encoder.panoptic_head.encode_image(encoder.backbone(pixel_values), tuple(pixel_values.shape[-2:]))
         return features, encoder.panoptic_head.decode_object_queries(features)
 
-    def decode(self, pixel_values: Tensor) -> DecodeOutput:
-        """(B, 3, S, S) normalised images → every decoder step of the object queries."""
-        return self.encode(pixel_values)[1]
-
-    def single_query_losses(self, features: ImageFeatures, decode: DecodeOutput, gt_labels: list[Tensor],
-                            gt_masks: list[Tensor]) -> dict[str, Tensor]:
+    def single_query_losses(self, features: ImageFeatures, decode: DecodeOutput, gt_masks: list[Tensor],
+                            matches: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         """Mask losses of single-query decodings (module docstring): matched final object queries re-decoded
         alone, and one point prompt per instance at a random pixel of its mask.
 
         Args:
             features: the batch's image features; decode: its object-query decoding.
-            gt_labels / gt_masks: per image, (n_b,) labels and (n_b, S, S) binary masks.
+            gt_masks: per image, (n_b, S, S) binary masks.
+            matches: per image, the last decoder step's ``(query_idxs, gt_idxs)``
+                (:meth:`SegmentationSetCriterion.losses_and_matches`).
 
         Returns:
             ``loss_single_dice`` and ``loss_single_mask`` (scalars, scaled by ``single_query_weight``).
         """
         head = self.visual_encoder.panoptic_head
-        K = self.num_classes
         final_queries = decode.queries[-1].detach()  # (B, Q, C)
         contents, positions, image_idxs, targets = [], [], [], []
-        for b, (labels, masks) in enumerate(zip(gt_labels, gt_masks)):
-            if len(labels) == 0:
+        for b, (masks, (query_idxs, gt_idxs)) in enumerate(zip(gt_masks, matches)):
+            if len(masks) == 0:
                 continue
             masks = masks.to(final_queries.device)
-            query_idxs, gt_idxs = self.criterion.match(decode.class_logits[-1][b, :, :K + 1].detach(),
-                                                       decode.mask_logits[-1][b].detach(), labels.long(), masks)
             contents.append(final_queries[b, query_idxs])
             positions.append(head.query_embed.weight[query_idxs])
             targets.append(masks[gt_idxs])
@@ -165,9 +160,9 @@ class OMGSegTrainer(BaseModel):
         """
         features, decode = self.encode(data['pixel_values'])
         if mode == 'loss':
-            losses = self.criterion(decode, data['gt_labels'], data['gt_masks'])
+            losses, matches = self.criterion.losses_and_matches(decode, data['gt_labels'], data['gt_masks'])
             if self.single_query_weight > 0:
-                losses.update(self.single_query_losses(features, decode, data['gt_labels'], data['gt_masks']))
+                losses.update(self.single_query_losses(features, decode, data['gt_masks'], matches))
             return losses
         if mode == 'predict':
             return self.predict(decode, tuple(data['pixel_values'].shape[-2:]))

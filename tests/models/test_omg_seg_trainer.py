@@ -108,7 +108,9 @@ def test_single_query_losses_train_the_decoder_to_decode_one_query(batch):
     # gradients reach the decoder and the prompt modules through the single-query path
     head = model.visual_encoder.panoptic_head
     optimizer.zero_grad()
-    losses = model.single_query_losses(*model.encode(batch['pixel_values']), batch['gt_labels'], batch['gt_masks'])
+    features, decode = model.encode(batch['pixel_values'])
+    _, matches = model.criterion.losses_and_matches(decode, batch['gt_labels'], batch['gt_masks'])
+    losses = model.single_query_losses(features, decode, batch['gt_masks'], matches)
     sum(losses.values()).backward()
     assert head.pos_linear.weight.grad.abs().sum() > 0 and head.mask_tokens.weight.grad.abs().sum() > 0
     assert head.query_feat.weight.grad is None or head.query_feat.weight.grad.abs().sum() == 0  # queries detached

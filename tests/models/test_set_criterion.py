@@ -46,6 +46,8 @@ def test_perfect_prediction_matches_and_has_near_zero_loss(criterion):
     assert dict(zip(query_idxs.tolist(), gt_idxs.tolist())) == {1: 1, 3: 0}
     losses = criterion(decode, [labels], [masks])
     assert set(losses) == {'loss_cls', 'loss_mask', 'loss_dice'}
+    _, matches = criterion.losses_and_matches(decode, [labels], [masks])
+    assert [dict(zip(q.tolist(), g.tolist())) for q, g in matches] == [{1: 1, 3: 0}]  # the last step's pairs
     # the class loss vanishes; the mask losses keep a floor from the sampled points on mask edges, where the
     # bilinearly read targets are fractional (uncertainty sampling puts 75 % of the points there)
     assert losses['loss_cls'].item() < 1e-3

@@ -91,7 +91,12 @@ class SegmentationSetCriterion:
 
     # ------------------------------------------------------------------ losses
     def __call__(self, decode: DecodeOutput, gt_labels: list[Tensor], gt_masks: list[Tensor]) -> dict[str, Tensor]:
-        """Losses of every decoder step, summed over the steps.
+        """Losses of every decoder step, summed over the steps (see :meth:`losses_and_matches`)."""
+        return self.losses_and_matches(decode, gt_labels, gt_masks)[0]
+
+    def losses_and_matches(self, decode: DecodeOutput, gt_labels: list[Tensor], gt_masks: list[Tensor]
+                           ) -> tuple[dict[str, Tensor], list[tuple[Tensor, Tensor]]]:
+        """Losses of every decoder step, summed over the steps, and the last step's matching.
 
         Args:
             decode: object-query decoding; ``class_logits[s]`` (B, Q, K+2) and ``mask_logits[s]`` (B, Q, h, w).
@@ -99,7 +104,8 @@ class SegmentationSetCriterion:
             gt_masks: per image, (n_b, H, W) binary masks at the network input size.
 
         Returns:
-            ``loss_cls``, ``loss_mask``, ``loss_dice`` (scalars).
+            ``({loss_cls, loss_mask, loss_dice}, matches)``: scalar losses, and per image the last step's
+            ``(query_idxs, gt_idxs)`` pairs (see :meth:`match`).
         """
         if not decode.class_logits:
             raise ValueError('the decoding has no class logits: decode object queries with with_classes=True')
@@ -113,21 +119,24 @@ class SegmentationSetCriterion:
             if len(labels) and (labels.min() < 0 or labels.max() >= K):
                 raise ValueError(f'ground-truth labels must lie in [0, {K}), got {labels.tolist()}')
         losses = {'loss_cls': 0.0, 'loss_mask': 0.0, 'loss_dice': 0.0}
+        matches = []
         for class_logits, mask_logits in zip(decode.class_logits, decode.mask_logits):
-            step = self.step_losses(class_logits[..., :K + 1], mask_logits, gt_labels, gt_masks)
+            step, matches = self.step_losses(class_logits[..., :K + 1], mask_logits, gt_labels, gt_masks)
             losses = {k: losses[k] + step[k] for k in losses}
-        return losses
+        return losses, matches
 
     def step_losses(self, class_logits: Tensor, mask_logits: Tensor, gt_labels: list[Tensor],
-                    gt_masks: list[Tensor]) -> dict[str, Tensor]:
-        """Losses of one decoder step: ``class_logits`` (B, Q, K+1), ``mask_logits`` (B, Q, h, w)."""
+                    gt_masks: list[Tensor]) -> tuple[dict[str, Tensor], list[tuple[Tensor, Tensor]]]:
+        """Losses of one decoder step (``class_logits`` (B, Q, K+1), ``mask_logits`` (B, Q, h, w)) and its
+        per-image matching ``(query_idxs, gt_idxs)``."""
         B, Q = class_logits.shape[:2]
         targets = class_logits.new_full((B, Q), self.num_classes, dtype=torch.long)  # no-object by default
-        matched_logits, matched_targets = [], []
+        matched_logits, matched_targets, matches = [], [], []
         for b in range(B):
             labels = gt_labels[b].to(class_logits.device).long()
             masks = gt_masks[b].to(mask_logits.device)
             query_idxs, gt_idxs = self.match(class_logits[b].detach(), mask_logits[b].detach(), labels, masks)
+            matches.append((query_idxs, gt_idxs))
             targets[b, query_idxs] = labels[gt_idxs]
             matched_logits.append(mask_logits[b, query_idxs])
             matched_targets.append(masks[gt_idxs].float())
@@ -136,7 +145,7 @@ class SegmentationSetCriterion:
         pred = torch.cat(matched_logits)  # (M, h, w)
         if len(pred) == 0:  # no instance in the whole batch: keep the graph, no mask loss
             zero = mask_logits.sum() * 0
-            return {'loss_cls': self.class_weight * loss_cls, 'loss_mask': zero, 'loss_dice': zero}
+            return {'loss_cls': self.class_weight * loss_cls, 'loss_mask': zero, 'loss_dice': zero}, matches
         target = torch.cat(matched_targets)  # (M, H, W)
         with torch.no_grad():
             coords = get_uncertain_point_coords_with_randomness(
@@ -149,4 +158,4 @@ class SegmentationSetCriterion:
             num_masks * self.num_points)
         loss_dice = dice_loss(point_logits, point_targets, eps=1.0) / num_masks
         return {'loss_cls': self.class_weight * loss_cls, 'loss_mask': self.mask_weight * loss_mask,
-                'loss_dice': self.dice_weight * loss_dice}
+                'loss_dice': self.dice_weight * loss_dice}, matches
