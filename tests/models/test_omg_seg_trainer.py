@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from conftest import load_project_module
@@ -108,7 +109,7 @@ def test_single_query_losses_train_the_decoder_to_decode_one_query(batch):
     # gradients reach the decoder and the prompt modules through the single-query path
     head = model.visual_encoder.panoptic_head
     optimizer.zero_grad()
-    features, decode = model.encode(batch['pixel_values'])
+    _, features, decode = model.encode(batch['pixel_values'])
     _, matches = model.criterion.losses_and_matches(decode, batch['gt_labels'], batch['gt_masks'])
     losses = model.single_query_losses(features, decode, batch['gt_masks'], matches)
     sum(losses.values()).backward()
@@ -157,3 +158,108 @@ def test_export_hook_writes_the_files_the_encoder_loaders_read(tmp_path):
         assert torch.equal(value, expected[key]), key
     with pytest.raises(TypeError, match='export'):
         ExportStageOutputHook().after_train(SimpleNamespace(model=torch.nn.Linear(1, 1), work_dir=str(tmp_path)))
+
+
+def test_mask_pooled_features_average_each_mask_over_the_map_cells():
+    from omg_llava.models.omg_seg_trainer import mask_pooled_features
+    feature_map = torch.arange(2 * 2 * 2, dtype=torch.float32).reshape(2, 2, 2)  # (C=2, h=2, w=2)
+    masks = torch.zeros(2, 4, 4, dtype=torch.uint8)
+    masks[0, :2, :2] = 1  # exactly cell (0, 0)
+    masks[1, :2, :] = 1  # cells (0, 0) and (0, 1), fully
+    masks[1, 2, 2] = 1  # a quarter of cell (1, 1)
+    pooled = mask_pooled_features(feature_map, masks)
+    assert pooled.shape == (2, 2)
+    torch.testing.assert_close(pooled[0], feature_map[:, 0, 0])
+    expected = (feature_map[:, 0, 0] + feature_map[:, 0, 1] + 0.25 * feature_map[:, 1, 1]) / 2.25
+    torch.testing.assert_close(pooled[1], expected)
+
+
+def test_region_class_loss_trains_the_trunk_stage_it_reads(batch):
+    plain = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256))
+    assert plain.region_classifier is None and 'loss_region_cls' not in plain(batch, mode='loss')
+    with pytest.raises(ValueError, match='region_class_stage'):
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, region_class_weight=1.0, region_class_stage=4)
+    with pytest.raises(ValueError, match='region_class_weight'):
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, region_class_weight=-1.0)
+    torch.manual_seed(0)
+    model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256),
+                          region_class_weight=1.0, region_class_stage=2)
+    assert 'loss_region_cls' in model(batch, mode='loss')
+    backbone = model.visual_encoder.backbone
+    optimizer = torch.optim.AdamW(list(backbone.parameters()) + list(model.region_classifier.parameters()), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        maps = backbone(batch['pixel_values'])
+        loss = model.region_class_loss(maps[2], batch['gt_labels'], batch['gt_masks'])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    print('region class loss', [round(x, 3) for x in losses])
+    assert min(losses[-3:]) < 0.5 * losses[0]
+    assert backbone.layer3.blocks[0].conv_dw.weight.grad.abs().sum() > 0
+    assert backbone.layer4.blocks[0].conv_dw.weight.grad is None  # stage 3 is after the one read
+    # the classifier belongs to the trainer: the exported encoder files do not hold it
+    assert not any('region_classifier' in k for k in model.visual_encoder.state_dict())
+
+
+def test_word_bag_class_embeddings_share_a_direction_per_word():
+    from omg_llava.models.omg_seg_trainer import word_bag_class_embeddings
+    names = ['red', 'star', 'red star', 'blue star', 'blue circle']
+    embeds = word_bag_class_embeddings(names, num_synonyms=3, dim=64, seed=0)
+    assert embeds.shape == (5, 3, 64)
+    torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(5, 3))
+    assert torch.equal(embeds[:, 0], embeds[:, 2])  # synonyms repeat the name's embedding
+    e = embeds[:, 0]
+    # a name is the normalised sum of its words' vectors (a one-word name is its word's vector)
+    torch.testing.assert_close(e[2], F.normalize(e[0] + e[1], dim=0))
+    assert e[2] @ e[3] > 0.2 and abs(float(e[2] @ e[4])) < 0.5  # a shared word relates names (random 64-d: ~0.5)
+    # reproducible, independent of the order the names come in
+    torch.testing.assert_close(word_bag_class_embeddings(names[::-1], 1, 64, seed=0)[:, 0], e.flip(0))
+    assert not torch.allclose(word_bag_class_embeddings(names, 1, 64, seed=1)[:, 0], e)
+    with pytest.raises(ValueError, match='empty class name'):
+        word_bag_class_embeddings(['red star', ' '], 1, 64)
+
+
+def test_class_names_set_the_head_class_embeddings():
+    names = ['red star', 'blue star', 'red circle', 'blue circle']
+    from omg_llava.models.omg_seg_trainer import word_bag_class_embeddings
+    model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, class_names=names)
+    cls_embed = model.visual_encoder.panoptic_head.cls_embed  # (clip_dim, K_head + 1, synonyms)
+    torch.testing.assert_close(cls_embed[:, :4].permute(1, 2, 0), word_bag_class_embeddings(names, 2, 32))
+    with pytest.raises(ValueError, match='class_names'):
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=3, class_names=names)
+
+
+def test_mask_boxes_are_tight_normalised_centre_size_boxes():
+    from omg_llava.models.omg_seg_trainer import mask_boxes
+    masks = torch.zeros(3, 8, 10, dtype=torch.uint8)
+    masks[0, 2:4, 5:9] = 1  # rows 2-3, columns 5-8
+    masks[1, 7, 0] = 1  # one corner pixel
+    boxes = mask_boxes(masks)
+    torch.testing.assert_close(boxes[0], torch.tensor([7 / 10, 3 / 8, 4 / 10, 2 / 8]))
+    torch.testing.assert_close(boxes[1], torch.tensor([0.5 / 10, 7.5 / 8, 1 / 10, 1 / 8]))
+    assert boxes[2].tolist() == [0.0, 0.0, 0.0, 0.0] and mask_boxes(masks[:0]).shape == (0, 4)
+
+
+def test_box_loss_teaches_the_final_queries_where_their_object_is(batch):
+    plain = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256))
+    assert plain.box_head is None and 'loss_box' not in plain(batch, mode='loss')
+    with pytest.raises(ValueError, match='box_weight'):
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, box_weight=-1.0)
+    torch.manual_seed(0)
+    model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256), box_weight=5.0)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    boxes = []
+    for _ in range(20):
+        losses = model(batch, mode='loss')
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        boxes.append(losses['loss_box'].item())
+    print('box loss', [round(b, 3) for b in boxes])
+    assert min(boxes[-3:]) < 0.7 * boxes[0]
+    # the gradient reaches the decoder through the final queries; the head is not part of the exported encoder
+    assert model.visual_encoder.panoptic_head.query_feat.weight.grad.abs().sum() > 0
+    assert not any('box_head' in k for k in model.visual_encoder.state_dict())

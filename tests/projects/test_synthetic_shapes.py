@@ -9,8 +9,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from mmengine.config import Config
 
-from conftest import load_project_module
+from conftest import REPO_ROOT, load_project_module
 from omg_llava.assets import TINY_TOKENIZER_DIR
 from omg_llava.datasets.gcg import GranDfGCGDataset
 from omg_llava.datasets.llava import LLaVADataset
@@ -250,6 +251,10 @@ def test_coco_instance_splits_feed_the_omg_seg_pre_stage(built, gen):
         sample = ds[0]
         assert 2 <= len(sample['gt_labels']) <= max(gen.OBJECT_COUNTS) and sample['gt_masks'].shape[1:] == (S, S)
         assert not ds.skipped
+    # the pre-stage config names the same classes: its dataset labels by them, its class embeddings are built from them
+    pre_stage = Config.fromfile(str(REPO_ROOT / 'configs/tiny/omg_seg_tiny_synthetic.py'))
+    assert pre_stage.model.class_names == list(gen.CATEGORIES) == pre_stage.train_dataloader.dataset.category_names
+    assert pre_stage.model.num_classes == len(gen.CATEGORIES)
     refs = load_refs(root / 'ref_seg/refcoco/refs(unc).p')
     train_ids = {r['image_id'] for r in refs if r['split'] == 'train'}
     coco_train = json.loads((root / 'coco/annotations/instances_train2017.json').read_text())
