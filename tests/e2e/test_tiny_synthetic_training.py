@@ -6,7 +6,7 @@ encoder, random LLM and projectors: it never answers with a [SEG]).
 
 Not asserted, because this budget does not reach it (docs/tiny_model.md): beating a pipeline that answers with a
 [SEG] but never learnt to ground it, e.g. the language-stage LLM with random projectors (cIoU 0.10 on 20 of these
-expressions with the previous, smaller shapes; the short run scores 0.05 on 60; the full run 0.30 on the whole
+expressions with the previous, smaller shapes; the short run scores 0.05 on 60; the full run 0.33 on the whole
 val split).
 """
 from __future__ import annotations
