@@ -159,9 +159,10 @@ class OMGSegTrainer(BaseModel):
     """
 
     def __init__(self, visual_encoder: OMGSegVisualEncoder | dict, num_classes: int | None = None,
-                 class_embed_seed: int = 0, class_names: Sequence[str] | None = None, criterion: dict | None = None, single_query_weight: float = 0.0,
-                 single_query_points: int = 12544, region_class_weight: float = 0.0,
-                 region_class_stage: int = 2, box_weight: float = 0.0, data_preprocessor: dict | nn.Module | None = None) -> None:
+                 class_embed_seed: int = 0, class_names: Sequence[str] | None = None, criterion: dict | None = None,
+                 single_query_weight: float = 0.0, single_query_points: int = 12544,
+                 region_class_weight: float = 0.0, region_class_stage: int = 2, box_weight: float = 0.0,
+                 data_preprocessor: dict | nn.Module | None = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
         self.visual_encoder = _build_encoder(visual_encoder)
         head = self.visual_encoder.panoptic_head
