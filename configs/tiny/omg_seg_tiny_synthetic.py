@@ -41,7 +41,7 @@ single_query_points = 1024  # the tiny masks are 32x32 = 1024 logits
 criterion_points = 1024  # the same for the set losses (the reference's 12544 doubled the step time)
 # Region classification from the stride-16 trunk stage (OMGSegTrainer docstring): the set losses alone left the
 # shape's kind unreadable from the queries (kind of the matched query right 34 %); with word-bag class
-# embeddings and this term, 77 % (held-out images, 2000 steps).
+# embeddings and this term, 61-77 % (held-out images, 2000 steps, two runs).
 region_class_weight = 5.0
 region_class_stage = 2
 
