@@ -1,7 +1,7 @@
 """Convert a training checkpoint into a released-format OMG-LLaVA ``.pth`` (spec §7.2).
 
     python tools/convert_to_pth.py CONFIG work_dirs/run/iter_5000.pth --save-path omg_llava_finetune.pth \
-        --trust-checkpoint
+        --trust-checkpoint [--cfg-options model.llm.pretrained_model_name_or_path=work_dirs/run/llm]
 
 CHECKPOINT is a DeepSpeed ZeRO folder (the ``iter_N.pth/`` directory of an xtuner ``--deepspeed`` run), an
 mmengine checkpoint file or a flat state dict. DeepSpeed folders and mmengine checkpoints hold pickled Python
@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mmengine.config import DictAction
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
                         'only for files you trust)')
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the built model (frozen tensors absent from the checkpoint keep its values)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
+                        help='the --cfg-options the training ran with (key=value), e.g. another LLM folder')
     args = parser.parse_args(argv)
 
     from omg_llava.checkpoint import CheckpointError
@@ -32,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         summary = convert_checkpoint(args.config, args.checkpoint, args.save_path,
-                                     trust_checkpoint=args.trust_checkpoint, seed=args.seed)
+                                     trust_checkpoint=args.trust_checkpoint, seed=args.seed,
+                                     cfg_options=args.cfg_options)
     except (CheckpointError, FileNotFoundError, KeyError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1

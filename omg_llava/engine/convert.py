@@ -119,10 +119,10 @@ def read_training_checkpoint(path: str | os.PathLike, *,
     return unwrap_state_dict(raw, path), container
 
 
-def build_model_for_conversion(config_path: str, seed: int = 0) -> nn.Module:
-    """The config's ``model`` on the CPU without any OMG-LLaVA or visual-encoder weights (construction loads
-    nothing; ``pretrained_pth`` and the encoder files are not read)."""
-    part_cfg, cfg = visual_encoder_config(config_path)
+def build_model_for_conversion(config_path: str, seed: int = 0, cfg_options: dict | None = None) -> nn.Module:
+    """The config's ``model`` (with ``cfg_options`` merged in) on the CPU without any OMG-LLaVA or visual-encoder
+    weights (construction loads nothing; ``pretrained_pth`` and the encoder files are not read)."""
+    part_cfg, cfg = visual_encoder_config(config_path, cfg_options)
     if 'model' not in cfg:
         raise KeyError(f'{config_path} defines no `model`: use the OMG-LLaVA config the checkpoint was trained with')
     model_cfg = {k: v for k, v in cfg.model.items()}
@@ -145,7 +145,8 @@ def checkpoint_stage(keys) -> str:
 
 
 def convert_checkpoint(config_path: str, checkpoint: str | os.PathLike, save_path: str | os.PathLike, *,
-                       trust_checkpoint: bool = False, seed: int = 0) -> ConversionSummary:
+                       trust_checkpoint: bool = False, seed: int = 0,
+                       cfg_options: dict | None = None) -> ConversionSummary:
     """Convert a training checkpoint of ``config_path``'s model into a released-format ``.pth``.
 
     Args:
@@ -154,6 +155,7 @@ def convert_checkpoint(config_path: str, checkpoint: str | os.PathLike, save_pat
         save_path: the output ``.pth`` (a flat dict with exactly the released key set).
         trust_checkpoint: see :func:`read_training_checkpoint`.
         seed: seed of the built model (the values of frozen tensors absent from the checkpoint).
+        cfg_options: the ``--cfg-options`` the training ran with (e.g. another LLM folder), merged into the config.
 
     Raises:
         CheckpointError: the input cannot be read (see :func:`read_training_checkpoint`).
@@ -161,7 +163,7 @@ def convert_checkpoint(config_path: str, checkpoint: str | os.PathLike, save_pat
     """
     source, save_path = os.fspath(checkpoint), os.fspath(save_path)
     state, container = read_training_checkpoint(source, trust_checkpoint=trust_checkpoint)
-    model = build_model_for_conversion(config_path, seed)
+    model = build_model_for_conversion(config_path, seed, cfg_options)
     output, kept = released_state_dict(model, state, source=source)
     os.makedirs(os.path.dirname(os.path.abspath(save_path)), exist_ok=True)
     torch.save(output, save_path)

@@ -13,10 +13,12 @@ from omg_llava.registry import MODELS
 from .segmentation import random_class_embeddings
 
 
-def visual_encoder_config(config_path: str) -> tuple[dict, Config]:
+def visual_encoder_config(config_path: str, cfg_options: dict | None = None) -> tuple[dict, Config]:
     """The visual-encoder part of a config (``model.visual_encoder`` or top-level ``visual_encoder``) and the
-    whole config."""
+    whole config, with ``cfg_options`` (``--cfg-options`` style ``{'model.x.y': value}``) merged in first."""
     cfg = Config.fromfile(config_path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     if 'model' in cfg and 'visual_encoder' in cfg.model:
         return cfg.model.visual_encoder, cfg
     if 'visual_encoder' in cfg:

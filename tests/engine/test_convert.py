@@ -147,3 +147,23 @@ def test_frozen_released_tensors_absent_from_a_zero_checkpoint_keep_the_built_va
     assert list(output) == list(built)
     for key, value in output.items():
         assert torch.equal(value, trained[key] if key in trained else built[key]), key
+
+
+def test_cfg_options_rebuild_the_model_the_training_overrode(tiny_cfg, tmp_path, capsys):
+    """A run trained with --cfg-options (here a narrower LLM) converts only when the same options are given."""
+    override = {'model.llm.config.hidden_size': 32}
+    cfg = Config.fromfile(str(TINY_CONFIG))
+    cfg.merge_from_dict(override)
+    narrow = build_tiny(cfg, seed=2)
+    flat = tmp_path / 'flat.pth'
+    torch.save(nn.Module.state_dict(narrow), flat)
+    convert = load_tool('convert_to_pth').main
+    assert convert([str(TINY_CONFIG), str(flat), '--save-path', str(tmp_path / 'a.pth')]) == 1
+    assert 'vs' in capsys.readouterr().err  # mis-shaped tensors named
+    out = tmp_path / 'b.pth'
+    assert convert([str(TINY_CONFIG), str(flat), '--save-path', str(out), '--cfg-options',
+                    'model.llm.config.hidden_size=32']) == 0
+    saved = torch.load(out, weights_only=True)
+    assert saved['projector_text2vision.model.0.weight'].shape[1] == 32
+    assert torch.equal(saved['projector_text2vision.model.0.weight'],
+                       nn.Module.state_dict(narrow)['projector_text2vision.model.0.weight'])
