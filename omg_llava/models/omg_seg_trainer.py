@@ -47,6 +47,8 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from mmdet.structures.bbox import bbox_xyxy_to_cxcywh
+from mmdet.structures.mask import mask2bbox
 from mmengine.model import BaseModel
 from torch import Tensor, nn
 
@@ -93,19 +95,10 @@ def word_bag_class_embeddings(class_names: Sequence[str], num_synonyms: int, dim
 def mask_boxes(masks: Tensor) -> Tensor:
     """Tight boxes of binary masks as (cx, cy, w, h) fractions of the mask size: (n, H, W) → (n, 4).
 
-    An empty mask gets the zero box."""
-    n, H, W = masks.shape
-    if n == 0:
-        return masks.new_zeros((0, 4), dtype=torch.float32)
-    rows, cols = masks.bool().any(dim=2), masks.bool().any(dim=1)  # (n, H), (n, W)
-    ys, xs = torch.arange(H, device=masks.device), torch.arange(W, device=masks.device)
-    top = torch.where(rows, ys, H).min(dim=1).values
-    bottom = torch.where(rows, ys + 1, 0).max(dim=1).values
-    left = torch.where(cols, xs, W).min(dim=1).values
-    right = torch.where(cols, xs + 1, 0).max(dim=1).values
-    boxes = torch.stack([(left + right) / (2 * W), (top + bottom) / (2 * H), (right - left) / W,
-                         (bottom - top) / H], dim=-1).float()
-    return torch.where(rows.any(dim=1, keepdim=True), boxes, torch.zeros_like(boxes))
+    An empty mask gets the zero box (mmdet's ``mask2bbox`` convention)."""
+    H, W = masks.shape[-2:]
+    boxes = bbox_xyxy_to_cxcywh(mask2bbox(masks.bool()))  # pixels, exclusive right/bottom edges
+    return boxes / boxes.new_tensor([W, H, W, H])
 
 
 def random_mask_points(masks: Tensor, generator: torch.Generator | None = None) -> Tensor:
