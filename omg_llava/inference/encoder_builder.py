@@ -7,10 +7,9 @@ import torch
 from mmengine.config import Config
 
 from omg_llava.models.omg_seg_encoder import OMGSegVisualEncoder
+from omg_llava.models.omg_seg_trainer import random_class_embeddings
 from omg_llava.models.weights import load_visual_encoder_weights
 from omg_llava.registry import MODELS
-
-from .segmentation import random_class_embeddings
 
 
 def visual_encoder_config(config_path: str, cfg_options: dict | None = None) -> tuple[dict, Config]:

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 from mmdet.evaluation.functional import INSTANCE_OFFSET
 from mmdet.models.seg_heads.panoptic_fusion_heads import MaskFormerFusionHead
-from torch import Tensor
 
 from omg_llava.models.omg_seg_encoder import OMGSegVisualEncoder, VisualEncoderOutput
 
@@ -106,9 +105,3 @@ def overlay(image: np.ndarray, segments: list[Segment], alpha: float = 0.5, seed
         out[segment.mask] = (1 - alpha) * out[segment.mask] + alpha * colour
     return out.clip(0, 255).astype(np.uint8)
 
-
-def random_class_embeddings(num_classes: int, num_synonyms: int, dim: int, seed: int = 0) -> Tensor:
-    """Unit-norm random class embeddings (classes, synonyms, dim), for models built without the released file."""
-    generator = torch.Generator().manual_seed(seed)
-    embed = torch.randn(num_classes, num_synonyms, dim, generator=generator)
-    return embed / embed.norm(dim=-1, keepdim=True)
