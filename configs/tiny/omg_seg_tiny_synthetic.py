@@ -44,6 +44,11 @@ criterion_points = 1024  # the same for the set losses (the reference's 12544 do
 # embeddings and this term, 61-77 % (held-out images, 2000 steps, two runs).
 region_class_weight = 5.0
 region_class_stage = 2
+# Box regression from the matched final queries (OMGSegTrainer docstring): without it the queries hardly know
+# where their object is (the centre's x is not linearly readable from them: RMSE 0.17 of the side, y 0.07-0.13),
+# which "left of" / "on the right" need; with it RMSE 0.07 / 0.06, and the kind is readable more often too
+# (class head 61 % -> 68 %, linear probe 70 % -> 78 %; held-out images, 2000 steps on 6000 training images).
+box_weight = 5.0
 
 batch_size = 8
 max_iters = 2000
@@ -57,7 +62,7 @@ max_norm = 1
 model = dict(type=OMGSegTrainer, visual_encoder=visual_encoder, num_classes=len(class_names), class_names=class_names,
              criterion=dict(num_points=criterion_points), single_query_weight=single_query_weight,
              single_query_points=single_query_points, region_class_weight=region_class_weight,
-             region_class_stage=region_class_stage)
+             region_class_stage=region_class_stage, box_weight=box_weight)
 
 train_dataloader = dict(
     batch_size=batch_size,
