@@ -50,7 +50,7 @@ PRETRAIN_CHECKPOINT_NAME = 'omg_llava_tiny_synthetic_pretrain.pth'
 #: images per split, iterations per stage, evaluated samples (None: the whole val split)
 FULL = dict(train=6000, val=100, test=50, language_iters=600, pre_iters=3000, pretrain_iters=400,
             finetune_iters=4500, refseg_samples=None, qa_samples=None)
-SHORT = dict(train=300, val=20, test=5, language_iters=200, pre_iters=400, pretrain_iters=60, finetune_iters=300,
+SHORT = dict(train=300, val=20, test=5, language_iters=200, pre_iters=800, pretrain_iters=60, finetune_iters=500,
              refseg_samples=60, qa_samples=60)
 
 
