@@ -21,3 +21,12 @@ def test_iteration_options_reach_the_loop_and_the_cosine_end(stage):
     cfg.merge_from_dict(dict(option.split('=') for option in train_tiny._iterations(123)))
     assert int(cfg.train_cfg.max_iters) == 123 and int(cfg.param_scheduler[1]['end']) == 123
     assert cfg.param_scheduler[0]['end'] < 123  # warm-up first
+
+
+@pytest.mark.parametrize('stage', ['language', 'omg_seg', 'pretrain', 'finetune'])
+def test_each_config_alone_runs_the_full_recipes_schedule(stage):
+    """`xtuner train CONFIG` without options trains as long as train_tiny.py's full run (docs/tiny_model.md)."""
+    train_tiny = load_project_module('train_tiny')
+    cfg = Config.fromfile(str(REPO_ROOT / train_tiny.CONFIGS[stage]))
+    full = train_tiny.FULL[{'omg_seg': 'pre_iters'}.get(stage, f'{stage}_iters')]
+    assert int(cfg.train_cfg.max_iters) == full and int(cfg.param_scheduler[1]['end']) == full
