@@ -3,12 +3,12 @@
 # Four stages, each a plain `xtuner train` (projects/tiny_omg_llava/train_tiny.py chains and times them):
 #   1. configs/tiny/llm_tiny_synthetic.py                 language stage (the LLM learns the conversations' text)
 #   2. configs/tiny/omg_seg_tiny_synthetic.py             OMG-Seg pre-stage (encoder learns to segment shapes)
-#   3. configs/tiny/omg_llava_tiny_synthetic_pretrain.py  projector alignment (LM + 10 x MSE), encoder and LLM frozen
+#   3. configs/tiny/omg_llava_tiny_synthetic_pretrain.py  projector alignment (LM + 10 x MSE); the LLM learns to read
 #   4. this file                                          finetune on referring / GCG / region / point data
 # Stages 1 and 2 stand in for what the released model downloads (internlm2-chat-7b, omg_seg_convl.pth); their
 # outputs are committed under omg_llava/assets/tiny_synthetic/ like those files. Differences from the 7B recipe:
-#   * the LLM is tiny and only language-trained, so the finetune trains all of it (freeze_llm=False, no LoRA) and
-#     the checkpoint holds it;
+#   * the LLM is tiny and only language-trained, so the pretrain and the finetune train all of it
+#     (freeze_llm=False, no LoRA) and their checkpoints hold it (this finetune starts from the pretrain's LLM);
 #   * pixel_shuffle_ratio=1: at 128 px the C5 map is 4x4, and ratio 2 would leave a 2x2 grid of object tokens
 #     (measured on the first synthetic shapes: an object had a visual token with IoU >= 0.5 in 46% of cases at
 #     2x2, 72% at 4x4; the shapes are now sized to the 4x4 grid);

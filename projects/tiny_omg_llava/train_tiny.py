@@ -13,8 +13,9 @@ Steps (each one a command a user could type; the script only chains them and tim
 3. ``xtuner train configs/tiny/omg_seg_tiny_synthetic.py``: the OMG-Seg pre-stage; its ``ExportStageOutputHook``
    writes the encoder in the released file formats (``omg_seg.pth``, ``clip_trunk.safetensors``,
    ``class_embed.pth``).
-4. ``xtuner train configs/tiny/omg_llava_tiny_synthetic_pretrain.py`` on that (frozen) encoder and (frozen) LLM,
-   then ``tools/convert_to_pth.py`` → ``omg_llava_tiny_synthetic_pretrain.pth``.
+4. ``xtuner train configs/tiny/omg_llava_tiny_synthetic_pretrain.py`` on that (frozen) encoder, training the
+   projectors and the LLM (where the LLM learns to read the image), then ``tools/convert_to_pth.py`` →
+   ``omg_llava_tiny_synthetic_pretrain.pth``.
 5. ``xtuner train configs/tiny/omg_llava_tiny_synthetic_finetune.py`` from it, then ``tools/convert_to_pth.py`` →
    the released-format ``omg_llava_tiny_synthetic.pth``.
 6. ``tools/test.py``: referring segmentation (cIoU, gIoU) and closed region questions on the held-out val images.
@@ -48,7 +49,7 @@ CHECKPOINT_NAME = 'omg_llava_tiny_synthetic.pth'
 PRETRAIN_CHECKPOINT_NAME = 'omg_llava_tiny_synthetic_pretrain.pth'
 
 #: images per split, iterations per stage, evaluated samples (None: the whole val split)
-FULL = dict(train=6000, val=100, test=50, language_iters=600, pre_iters=3000, pretrain_iters=400,
+FULL = dict(train=6000, val=100, test=50, language_iters=600, pre_iters=3000, pretrain_iters=2500,
             finetune_iters=4500, refseg_samples=None, qa_samples=None)
 SHORT = dict(train=300, val=20, test=5, language_iters=200, pre_iters=800, pretrain_iters=60, finetune_iters=500,
              refseg_samples=60, qa_samples=60)

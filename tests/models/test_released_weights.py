@@ -194,8 +194,8 @@ def test_model_with_a_trained_llm_saves_and_loads_all_of_it(config, tmp_path):
 
 
 def test_pretrain_file_into_a_model_with_a_trained_llm_keeps_its_built_llm(config, tmp_path):
-    """The tiny synthetic recipe: the pretrain stage freezes the language-stage LLM (the file holds projectors
-    and vocabulary only); the finetune trains the whole LLM and starts from the LLM it was built with."""
+    """A pretrain stage that froze the LLM (the 7B recipe; the file holds projectors and vocabulary only) before
+    a finetune that trains the whole LLM: the finetune starts from the LLM it was built with."""
     state = random_checkpoint(pretrain_model(config), tmp_path / 'pretrain.pth')
     model = OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage='finetune',
                      llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
@@ -205,3 +205,19 @@ def test_pretrain_file_into_a_model_with_a_trained_llm_keeps_its_built_llm(confi
     assert load_released_checkpoint(model, tmp_path / 'pretrain.pth').ok
     assert_loaded(model, state)  # projectors and the two vocabulary tensors from the file
     assert torch.equal(torch.nn.Module.state_dict(model)[layer_key], built)
+
+
+def test_pretrain_stage_with_a_trained_llm_hands_its_llm_to_the_finetune(config, tmp_path):
+    """The tiny synthetic recipe: its pretrain stage trains the LLM too (it learns to read the image there), so the
+    pretrain file holds the whole LLM and the finetune starts from that LLM, not from the one it was built with."""
+    pretrain = OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage='pretrain',
+                        llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
+                        use_activation_checkpointing=False, special_token_ids=special_ids(config))
+    state = random_checkpoint(pretrain, tmp_path / 'pretrain.pth')
+    llm_keys = [k for k in torch.nn.Module.state_dict(pretrain) if k.startswith('llm.')]
+    assert set(llm_keys) <= set(state) and any('.layers.1.' in k for k in state)
+    finetune = OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage='finetune',
+                        llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
+                        use_activation_checkpointing=False, special_token_ids=special_ids(config))
+    assert load_released_checkpoint(finetune, tmp_path / 'pretrain.pth').ok
+    assert_loaded(finetune, state)  # every LLM layer comes from the file
