@@ -26,6 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from synthetic_shapes import COLOURS, KINDS  # noqa: E402
 
+BATCH_SIZE = 8
+OTHER_IMAGE_SHIFT = 4  # > the most objects (referring samples) of one image
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from omg_llava.inference import defaults
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,12 +70,9 @@ def loader(dataset_cfg: dict, batches: int):
                       collate_fn=omg_llava_collate_fn)
 
 
-BATCH_SIZE = 8
-OTHER_IMAGE_SHIFT = 4  # > the most objects (referring samples) of one image
-
-
 def other_images(sequences: list) -> list | None:
-    """Sample i gets sample (i + 4) mod 8's visual sequence; None for a short (last) batch."""
+    """Sample i gets sample (i + 4) mod 8's visual sequence; None for a short (last) batch, which both
+    measurements leave out so that "own" and "other" cover the same samples."""
     if len(sequences) != BATCH_SIZE:
         return None
     return sequences[OTHER_IMAGE_SHIFT:] + sequences[:OTHER_IMAGE_SHIFT]
@@ -95,9 +95,9 @@ def caption_word_accuracy(model, tokenizer, dataset_cfg: dict, batches: int) -> 
         data = model.data_preprocessor(batch, False)['data']
         with torch.no_grad():
             own = model.encode_images(data['pixel_values']).visual_sequences
+        if other_images(own) is None:
+            continue
         for mode, sequences in (('own', own), ('other', other_images(own))):
-            if sequences is None:
-                continue
             spliced, out = spliced_llm_output(model, data, sequences)
             for group, pieces in groups.items():
                 positions, words = first_piece_positions(spliced.labels, pieces)
@@ -120,9 +120,9 @@ def seg_ciou(model, dataset_cfg: dict, batches: int) -> dict:
             images = model.encode_images(data['pixel_values'])
         own = images.visual_sequences
         gt = torch.cat([m for m in data['masks'] if m is not None]).bool()
+        if other_images(own) is None or int((data['labels'] == model.token_ids.seg).sum()) != len(gt):
+            continue  # a short batch, or a truncated answer that lost a [SEG]
         for mode, sequences in (('own', own), ('other', other_images(own))):
-            if sequences is None:
-                continue
             spliced, out = spliced_llm_output(model, data, sequences)
             seg = spliced.labels == model.token_ids.seg
             with torch.no_grad():
