@@ -90,6 +90,7 @@ def spliced_llm_output(model, data: dict, sequences):
 def caption_word_accuracy(model, tokenizer, dataset_cfg: dict, batches: int) -> dict:
     """Right colour / kind words of the captions, with the own and with another image's visual tokens."""
     groups = {'colour': word_pieces(tokenizer, COLOURS), 'kind': word_pieces(tokenizer, KINDS)}
+    first_pieces = {g: torch.tensor([p[0] for p in pieces]) for g, pieces in groups.items()}
     counts = {f'{g}_{m}': [0, 0] for g in groups for m in ('own', 'other')}
     for batch in loader(dataset_cfg, batches):
         data = model.data_preprocessor(batch, False)['data']
@@ -104,8 +105,7 @@ def caption_word_accuracy(model, tokenizer, dataset_cfg: dict, batches: int) -> 
                 if not len(positions):
                     continue
                 logits = out.logits[positions[:, 0], positions[:, 1] - 1]  # the logits that predict the word
-                firsts = torch.tensor([p[0] for p in pieces])
-                right = logits[:, firsts].argmax(-1) == words
+                right = logits[:, first_pieces[group]].argmax(-1) == words
                 counts[f'{group}_{mode}'][0] += int(right.sum())
                 counts[f'{group}_{mode}'][1] += len(right)
     return {k: round(r / n, 3) if n else None for k, (r, n) in counts.items()}

@@ -32,6 +32,13 @@ def pretrain_model(config) -> OMGLLaVA:
                     special_token_ids=special_ids(config))
 
 
+def full_llm_model(config, stage: str = 'finetune') -> OMGLLaVA:
+    """A model that trains (and saves) its whole LLM, as the tiny synthetic recipe's pretrain and finetune."""
+    return OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage=stage,
+                    llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
+                    use_activation_checkpointing=False, special_token_ids=special_ids(config))
+
+
 def lora_model_with_decoder_copy(config) -> OMGLLaVA:
     model = build_model(config)
     model.visual_encoder = build_visual_encoder(config, with_llm_decoder_copy=True)
@@ -173,33 +180,26 @@ def test_python_objects_are_refused_unless_trusted(config, tmp_path):
 
 
 def test_model_with_a_trained_llm_saves_and_loads_all_of_it(config, tmp_path):
-    def full_llm_model() -> OMGLLaVA:
-        return OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage='finetune',
-                        llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
-                        use_activation_checkpointing=False, special_token_ids=special_ids(config))
-
-    model = full_llm_model()
+    model = full_llm_model(config)
     llm_keys = [k for k in torch.nn.Module.state_dict(model) if k.startswith('llm.')]
     state = random_checkpoint(model, tmp_path / 'full.pth')
     assert len(llm_keys) > 2 and set(state) == set(llm_keys) | {k for k in state if k.startswith('projector')}
     assert len(state) == len(llm_keys) + PROJECTOR_KEYS
-    fresh = full_llm_model()
+    fresh = full_llm_model(config)
     assert load_released_checkpoint(fresh, tmp_path / 'full.pth').ok
     assert_loaded(fresh, state)
     layer_key = next(k for k in llm_keys if '.layers.1.' in k)
     del state[layer_key]
     torch.save(state, tmp_path / 'partial.pth')
     with pytest.raises(CheckpointMismatchError, match=layer_key.replace('.', r'\.')):
-        load_released_checkpoint(full_llm_model(), tmp_path / 'partial.pth')
+        load_released_checkpoint(full_llm_model(config), tmp_path / 'partial.pth')
 
 
 def test_pretrain_file_into_a_model_with_a_trained_llm_keeps_its_built_llm(config, tmp_path):
     """A pretrain stage that froze the LLM (the 7B recipe; the file holds projectors and vocabulary only) before
     a finetune that trains the whole LLM: the finetune starts from the LLM it was built with."""
     state = random_checkpoint(pretrain_model(config), tmp_path / 'pretrain.pth')
-    model = OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage='finetune',
-                     llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
-                     use_activation_checkpointing=False, special_token_ids=special_ids(config))
+    model = full_llm_model(config)
     layer_key = next(k for k in torch.nn.Module.state_dict(model) if '.layers.0.' in k)
     built = torch.nn.Module.state_dict(model)[layer_key].clone()
     assert load_released_checkpoint(model, tmp_path / 'pretrain.pth').ok
@@ -210,14 +210,10 @@ def test_pretrain_file_into_a_model_with_a_trained_llm_keeps_its_built_llm(confi
 def test_pretrain_stage_with_a_trained_llm_hands_its_llm_to_the_finetune(config, tmp_path):
     """The tiny synthetic recipe: its pretrain stage trains the LLM too (it learns to read the image there), so the
     pretrain file holds the whole LLM and the finetune starts from that LLM, not from the one it was built with."""
-    pretrain = OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage='pretrain',
-                        llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
-                        use_activation_checkpointing=False, special_token_ids=special_ids(config))
+    pretrain = full_llm_model(config, stage='pretrain')
     state = random_checkpoint(pretrain, tmp_path / 'pretrain.pth')
     llm_keys = [k for k in torch.nn.Module.state_dict(pretrain) if k.startswith('llm.')]
     assert set(llm_keys) <= set(state) and any('.layers.1.' in k for k in state)
-    finetune = OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage='finetune',
-                        llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
-                        use_activation_checkpointing=False, special_token_ids=special_ids(config))
+    finetune = full_llm_model(config)
     assert load_released_checkpoint(finetune, tmp_path / 'pretrain.pth').ok
     assert_loaded(finetune, state)  # every LLM layer comes from the file
