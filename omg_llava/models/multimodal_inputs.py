@@ -46,6 +46,33 @@ def placeholder_batch_indices(input_ids: Tensor, attention_mask: Tensor | None, 
     return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
 
 
+def image_start_positions(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """(B,) position of each sample's first visual row in its spliced sequence (−1 without ``<image>``).
+
+    Every other placeholder becomes exactly one row, so the image starts where its placeholder sits among the
+    valid (unpadded) tokens.
+    """
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    is_image = (input_ids == IMAGE_TOKEN_INDEX) & mask
+    valid_before = mask.long().cumsum(dim=1) - 1  # (B, L) index among valid tokens
+    starts = torch.where(is_image, valid_before, torch.full_like(valid_before, -1))
+    return starts.max(dim=1).values
+
+
+def object_token_positions(image_starts: Tensor, n_pixel_tokens: int, valid: Tensor, query_idxs: Tensor) -> Tensor:
+    """(N,) spliced-sequence position of object query ``query_idxs[n]`` of an image (a visual sequence is
+    h·w pixel tokens, the separator, then the valid queries in ascending index).
+
+    Args:
+        image_starts: (N,) start of the image's visual rows (:func:`image_start_positions`).
+        n_pixel_tokens: h·w.
+        valid: (N, Q) bool, the image's queries that are visual tokens.
+        query_idxs: (N,) long, a valid query of each image.
+    """
+    rank = valid.long().cumsum(dim=-1).gather(1, query_idxs[:, None])[:, 0] - 1
+    return image_starts + n_pixel_tokens + 1 + rank
+
+
 def splice_multimodal_inputs(input_ids: Tensor, embed_tokens: nn.Module, token_ids: SpecialTokenIds,
                              attention_mask: Tensor | None = None, labels: Tensor | None = None,
                              visual_sequences: Sequence[Tensor | None] | None = None,

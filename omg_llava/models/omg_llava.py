@@ -29,14 +29,14 @@ from omg_llava.registry import MODELS, build_component
 from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from .lora import wrap_llm_with_lora
-from .multimodal_inputs import (PromptCountError, SplicedInputs, count_placeholders, placeholder_batch_indices,
-                                splice_multimodal_inputs)
+from .multimodal_inputs import (PromptCountError, SplicedInputs, count_placeholders, image_start_positions,
+                                object_token_positions, placeholder_batch_indices, splice_multimodal_inputs)
 from .omg_seg_encoder import VisualEncoderOutput
 from .projectors import OMGVisualProjector, Text2VisionProjector
 from .save_filter import filter_saved_keys
 from .seg_heads.omg_seg_head import ImageFeatures
 from .seg_losses import (MaskLossConfig, matching_object_tokens, object_token_hint_loss, pretrain_alignment_loss,
-                          seg_mask_losses)
+                          seg_attention_hint_loss, seg_mask_losses)
 from .special_tokens import SpecialTokenIds, add_special_tokens, fit_embeddings
 from .visual_prompts import VisualPrompt, encode_visual_prompts, prompts_from_tensors
 
@@ -111,6 +111,11 @@ class OMGLLaVA(BaseModel):
         pretrain_loss_weight: weight of the pretrain alignment MSE.
         object_token_hint_weight: weight of :func:`~omg_llava.models.seg_losses.object_token_hint_loss` in the
             finetune (``loss_hint``); 0, the reference recipe, leaves it out. The tiny synthetic model uses it.
+        seg_attention_hint_weight: weight of :func:`~omg_llava.models.seg_losses.seg_attention_hint_loss` in the
+            finetune (``loss_attn``): head 0 of each layer in ``seg_attention_hint_layers`` learns to attend from
+            every [SEG] to the visual token of its ground-truth object. 0 (the reference recipe) leaves it out and
+            runs the LLM without attention outputs.
+        seg_attention_hint_layers: LLM layer indices (negative from the last) whose head 0 is supervised.
         use_activation_checkpointing: gradient checkpointing in the LLM.
         max_length: longest spliced sequence (text + visual tokens) accepted by :meth:`generate`; default
             the LLM's ``max_position_embeddings``.
@@ -122,7 +127,8 @@ class OMGLLaVA(BaseModel):
     def __init__(self, llm: nn.Module | dict, visual_encoder: nn.Module | dict, tokenizer: Any = None,
                  stage: str = 'finetune', llm_lora: Any = None, freeze_llm: bool = True, projector_depth: int = 2,
                  mask_loss: MaskLossConfig | dict | None = None, pretrain_loss_weight: float = 10.0,
-                 object_token_hint_weight: float = 0.0, use_activation_checkpointing: bool = True,
+                 object_token_hint_weight: float = 0.0, seg_attention_hint_weight: float = 0.0,
+                 seg_attention_hint_layers: Sequence[int] = (-1, ), use_activation_checkpointing: bool = True,
                  max_length: int | None = None,
                  pretrained_pth: str | None = None, special_token_ids: dict | None = None,
                  data_preprocessor: dict | None = None) -> None:
@@ -164,6 +170,10 @@ class OMGLLaVA(BaseModel):
         if object_token_hint_weight < 0:
             raise ValueError(f'object_token_hint_weight must be >= 0, got {object_token_hint_weight}')
         self.object_token_hint_weight = object_token_hint_weight
+        if seg_attention_hint_weight < 0:
+            raise ValueError(f'seg_attention_hint_weight must be >= 0, got {seg_attention_hint_weight}')
+        self.seg_attention_hint_weight = seg_attention_hint_weight
+        self.seg_attention_hint_layers = tuple(seg_attention_hint_layers)
         self.max_length = max_length or llm.config.max_position_embeddings
         self.pretrained_pth = pretrained_pth
         self.stop_token_ids = self._stop_token_ids()
@@ -240,11 +250,11 @@ class OMGLLaVA(BaseModel):
                                         region_embeds=self.prompt_embeddings(region_prompts, images),
                                         mark_embeds=self.prompt_embeddings(mark_prompts, images))
 
-    def run_llm(self, spliced: SplicedInputs):
+    def run_llm(self, spliced: SplicedInputs, output_attentions: bool = False):
         """LLM forward with every hidden state; the last one is post-norm (the [SEG] source)."""
         return self.llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                         position_ids=spliced.position_ids, output_hidden_states=True, use_cache=False,
-                        return_dict=True)
+                        output_attentions=output_attentions, return_dict=True)
 
     def decode_seg_masks(self, seg_hidden_states: Tensor, batch_idxs: Tensor, images: EncodedImages) -> list[Tensor]:
         """[SEG] hidden states (N, D) → per decoder step (N, 1, H/4, W/4) mask logits (spec §6.1)."""
@@ -314,7 +324,8 @@ class OMGLLaVA(BaseModel):
                                            labels=data['labels'],
                                            visual_sequences=None if images is None else images.visual_sequences,
                                            region_embeds=region_embeds, mark_embeds=mark_embeds)
-        out = self.run_llm(spliced)
+        wants_attention = self.stage == 'finetune' and self.seg_attention_hint_weight > 0
+        out = self.run_llm(spliced, output_attentions=wants_attention)
         losses = {'loss_lm': shifted_cross_entropy(out.logits, spliced.labels)}
         if not prompts_matched:
             self.loss_info.prompt_mismatch_batches += 1
@@ -329,7 +340,9 @@ class OMGLLaVA(BaseModel):
                     enc.query_tokens.to(self.projector.model.query_proj.weight.dtype), enc.query_blocked,
                     self.projector.project_queries, self.projector_text2vision, self.pretrain_loss_weight)
         else:
-            losses.update(self._seg_losses(out.hidden_states[-1], spliced.labels, data.get('masks'), images))
+            supervised = [out.attentions[i] for i in self.seg_attention_hint_layers] if wants_attention else None
+            losses.update(self._seg_losses(out.hidden_states[-1], spliced.labels, data.get('masks'), images,
+                                           supervised, image_start_positions(ids, mask)))
         return losses
 
     def _fitted_prompt_rows(self, prompts: list[VisualPrompt], images: EncodedImages | None, ids: Tensor,
@@ -345,8 +358,13 @@ class OMGLLaVA(BaseModel):
         return rows
 
     def _seg_losses(self, hidden: Tensor, labels: Tensor, masks: Sequence[Tensor] | None,
-                    images: EncodedImages | None) -> dict[str, Tensor]:
-        """Mask losses over samples whose [SEG] count equals their mask count; a zero-weighted pass otherwise."""
+                    images: EncodedImages | None, layer_attentions: list[Tensor] | None = None,
+                    image_starts: Tensor | None = None) -> dict[str, Tensor]:
+        """Mask losses over samples whose [SEG] count equals their mask count; a zero-weighted pass otherwise.
+
+        ``layer_attentions``: the (B, nH, T, T) probabilities of the layers supervised by ``loss_attn``
+        (:func:`~omg_llava.models.seg_losses.seg_attention_hint_loss`); ``image_starts``: (B,) from
+        :func:`~omg_llava.models.multimodal_inputs.image_start_positions`."""
         seg_positions = labels == self.token_ids.seg  # (B, T) — [SEG] as input token, no shift
         seg_counts = seg_positions.sum(dim=1).tolist()
         mask_counts = [0 if m is None else len(m) for m in (masks or [None] * len(labels))]
@@ -360,7 +378,11 @@ class OMGLLaVA(BaseModel):
         if not matched or images is None:
             dummy = self.projector_text2vision(hidden[:, 0]).sum() * 0.0  # keeps every trainable in the graph
             losses = {'loss_dice': dummy, 'loss_mask': dummy}
-            return dict(losses, loss_hint=dummy) if self.object_token_hint_weight else losses
+            if self.object_token_hint_weight:
+                losses['loss_hint'] = dummy
+            if layer_attentions is not None:
+                losses['loss_attn'] = dummy + sum(a.sum() for a in layer_attentions) * 0.0
+            return losses
         keep = torch.zeros_like(seg_positions)
         keep[matched] = seg_positions[matched]
         batch_idxs = keep.nonzero()[:, 0]
@@ -368,12 +390,21 @@ class OMGLLaVA(BaseModel):
         step_logits = self.decode_seg_queries(queries, batch_idxs, images)
         gt = torch.cat([masks[b] for b in matched]).to(step_logits[0].device)
         losses = seg_mask_losses(step_logits, gt, self.mask_loss)
-        if self.object_token_hint_weight:
+        if self.object_token_hint_weight or layer_attentions is not None:
             enc = images.encoder_output
             valid = (~enc.query_blocked[batch_idxs]).any(-1)  # (N, Q)
             query_idxs, found = matching_object_tokens(gt, enc.mask_logits[batch_idxs], valid)
+        if self.object_token_hint_weight:
             losses['loss_hint'] = self.object_token_hint_weight * object_token_hint_loss(
                 queries, enc.query_tokens[batch_idxs].to(queries.dtype), valid, query_idxs, found)
+        if layer_attentions is not None:
+            target_cols = object_token_positions(image_starts[batch_idxs], enc.pixel_tokens.shape[1], valid,
+                                                 query_idxs)
+            seg_cols = keep.nonzero()[:, 1]
+            found = found & (image_starts[batch_idxs] >= 0)
+            losses['loss_attn'] = self.seg_attention_hint_weight * sum(
+                seg_attention_hint_loss(p, batch_idxs, seg_cols, target_cols, found) for p in layer_attentions
+            ) / len(layer_attentions)
         return losses
 
     # ------------------------------------------------------------------ generation

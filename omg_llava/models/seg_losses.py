@@ -140,3 +140,28 @@ def object_token_hint_loss(seg_queries: Tensor, query_tokens: Tensor, valid: Ten
     cosine = torch.einsum('nc,nqc->nq', F.normalize(queries, dim=-1), F.normalize(tokens, dim=-1))
     logits = (cosine * temperature).masked_fill(~valid[found], float('-inf'))
     return mse + F.cross_entropy(logits, targets)
+
+
+def seg_attention_hint_loss(attention_probs: Tensor, seg_rows: Tensor, seg_cols: Tensor, target_cols: Tensor,
+                            found: Tensor, head: int = 0) -> Tensor:
+    """Teach one attention head to look, from each [SEG], at the visual token of the asked-for object.
+
+    The [SEG] mask is decoded from the LLM's last hidden state at the [SEG] position, so that state must carry
+    the chosen object's token. A tiny LLM trained from scratch reads objects in text answers but its [SEG] states
+    ignore the visual tokens; this term supervises the lookup itself: −log of ``head``'s attention probability
+    from the [SEG] position to the target object token.
+
+    Args:
+        attention_probs: (B, nH, T, T) attention probabilities of one LLM layer.
+        seg_rows / seg_cols: (N,) sample index and sequence position of every [SEG] input token.
+        target_cols: (N,) sequence position of the visual token of each [SEG]'s ground-truth object.
+        found: (N,) bool, the [SEG]s whose object has a visual token (:func:`matching_object_tokens`).
+        head: the supervised head.
+
+    Returns:
+        scalar, 0 (still in the graph) when no [SEG] has a matching token.
+    """
+    if not found.any():
+        return attention_probs.sum() * 0.0
+    probs = attention_probs[seg_rows[found], head, seg_cols[found], target_cols[found]].float()  # (n,)
+    return -(probs + 1e-6).log().mean()

@@ -9,7 +9,7 @@ from mmengine.config import Config
 from skimage import data
 
 from omg_llava.inference.image_io import preprocess_image
-from omg_llava.models.multimodal_inputs import PromptCountError
+from omg_llava.models.multimodal_inputs import PromptCountError, image_start_positions, object_token_positions
 from omg_llava.models.omg_llava import GenerationOutput, OMGLLaVA, PromptTooLongError
 from omg_llava.registry import build_component
 from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -110,14 +110,7 @@ def test_object_token_hint_targets_the_query_that_segments_the_ground_truth():
     with pytest.raises(ValueError, match='object_token_hint_weight'):
         build_tiny(object_token_hint_weight=-1.0)
     data_batch = seg_batch(model)
-    with torch.no_grad():
-        enc = model.encode_images(data_batch['pixel_values']).encoder_output
-    # ground truth = the own masks of visual-token queries, so every [SEG] has a matching object token
-    own = torch.nn.functional.interpolate(enc.mask_logits, size=(IMAGE_SIZE, IMAGE_SIZE), mode='bilinear') > 0
-    valid = (~enc.query_blocked).any(-1)
-    picks = [valid[b].nonzero()[:, 0] for b in range(2)]
-    data_batch['masks'] = [own[0, picks[0][:1]].float(), own[1, picks[1][:2]].float()]
-    assert all(len(m) == n and (m.flatten(1).sum(-1) > 0).all() for m, n in zip(data_batch['masks'], (1, 2)))
+    data_batch['masks'] = own_object_masks(model, data_batch)
     losses = model(data_batch, mode='loss')
     assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask', 'loss_hint'} and losses['loss_hint'] > 0
     model.zero_grad()
@@ -125,6 +118,65 @@ def test_object_token_hint_targets_the_query_that_segments_the_ground_truth():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector_text2vision.parameters())
     data_batch['masks'] = [None, None]  # no [SEG] with a mask: the term stays in the graph at zero
     assert model(data_batch, mode='loss')['loss_hint'] == 0
+
+
+def own_object_masks(model, data_batch, counts=(1, 2)):
+    """Ground truth = the own masks of visual-token queries, so every [SEG] has a matching object token."""
+    with torch.no_grad():
+        enc = model.encode_images(data_batch['pixel_values']).encoder_output
+    own = torch.nn.functional.interpolate(enc.mask_logits, size=(IMAGE_SIZE, IMAGE_SIZE), mode='bilinear') > 0
+    valid = (~enc.query_blocked).any(-1)
+    picks = [valid[b].nonzero()[:, 0] for b in range(len(counts))]
+    masks = [own[b, picks[b][:n]].float() for b, n in enumerate(counts)]
+    assert all(len(m) == n and (m.flatten(1).sum(-1) > 0).all() for m, n in zip(masks, counts))
+    return masks
+
+
+def test_object_token_positions_point_at_the_projected_queries_in_the_spliced_sequence(model):
+    data_batch = seg_batch(model)
+    ids, mask = data_batch['input_ids'], data_batch['attention_mask']
+    with torch.no_grad():
+        images = model.encode_images(data_batch['pixel_values'])
+        regions, marks, _ = model._batch_prompts(data_batch, strict=True)
+        spliced = model.splice(ids, mask, None, images, regions, marks)
+    enc = images.encoder_output
+    starts = image_start_positions(ids, mask)
+    valid = (~enc.query_blocked).any(-1)  # (B, Q)
+    for b in range(len(ids)):
+        queries = valid[b].nonzero()[:, 0]
+        n = len(queries)
+        cols = object_token_positions(starts[b].expand(n), enc.pixel_tokens.shape[1], valid[b].expand(n, -1),
+                                      queries)
+        with torch.no_grad():
+            expected = model.projector.project_queries(enc.query_tokens[b, queries])
+        torch.testing.assert_close(spliced.inputs_embeds[b, cols], expected)
+        assert torch.equal(spliced.inputs_embeds[b, starts[b]], images.visual_sequences[b][0])
+
+
+def test_seg_attention_hint_teaches_the_last_layer_to_look_at_the_asked_for_object():
+    with pytest.raises(ValueError, match='seg_attention_hint_weight'):
+        build_tiny(seg_attention_hint_weight=-1.0)
+    model = build_tiny(seg_attention_hint_weight=1.0, seg_attention_hint_layers=(-1, ), freeze_llm=False,
+                       llm_lora=None)  # as the tiny synthetic recipe that uses it
+    data_batch = seg_batch(model)
+    data_batch['masks'] = own_object_masks(model, data_batch)
+    losses = model(data_batch, mode='loss')
+    assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask', 'loss_attn'} and losses['loss_attn'] > 1.0
+    model.zero_grad()
+    losses['loss_attn'].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.projector_text2vision.parameters())
+    attention = model.llm.model.layers[-1].attention.wqkv.weight
+    assert attention.grad.abs().sum() > 0
+    optimizer = torch.optim.Adam([p for p in model.llm.parameters() if p.requires_grad], lr=1e-2)
+    start = float(losses['loss_attn'])
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = model(data_batch, mode='loss')['loss_attn']
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < start / 2
+    data_batch['masks'] = [None, None]  # no [SEG] with a mask: the term stays in the graph at zero
+    assert model(data_batch, mode='loss')['loss_attn'] == 0
 
 
 def test_seg_count_mismatch_drops_only_the_mask_losses(model):

@@ -83,3 +83,19 @@ def test_object_token_hint_loss_pulls_the_seg_query_to_its_object():
         optimizer.step()
     assert ((query[0] - tokens[0]) ** 2).sum(-1).argmin() == 2
     assert query.grad[1].abs().sum() == 0  # a [SEG] without a matching token gets no hint
+
+
+def test_seg_attention_hint_loss_reads_the_seg_to_object_probability_of_one_head():
+    from omg_llava.models.seg_losses import seg_attention_hint_loss
+    probs = torch.full((2, 3, 6, 6), 0.01)
+    probs[0, 1, 4, 2] = 0.5  # sample 0, head 1: [SEG] at 4 looks at its object token at 2
+    probs[1, 1, 5, 3] = 0.25
+    rows, seg_cols, targets = torch.tensor([0, 1]), torch.tensor([4, 5]), torch.tensor([2, 3])
+    found = torch.tensor([True, True])
+    loss = seg_attention_hint_loss(probs, rows, seg_cols, targets, found, head=1)
+    assert torch.isclose(loss, -(torch.tensor([0.5, 0.25]) + 1e-6).log().mean())
+    assert torch.isclose(seg_attention_hint_loss(probs, rows, seg_cols, targets, found, head=0),
+                         -torch.tensor(0.01 + 1e-6).log())
+    one = seg_attention_hint_loss(probs, rows, seg_cols, targets, torch.tensor([True, False]), head=1)
+    assert torch.isclose(one, -torch.tensor(0.5 + 1e-6).log())  # a [SEG] without an object token is left out
+    assert seg_attention_hint_loss(probs, rows, seg_cols, targets, torch.tensor([False, False])) == 0
