@@ -112,10 +112,12 @@ class OMGLLaVA(BaseModel):
         object_token_hint_weight: weight of :func:`~omg_llava.models.seg_losses.object_token_hint_loss` in the
             finetune (``loss_hint``); 0, the reference recipe, leaves it out. The tiny synthetic model uses it.
         seg_attention_hint_weight: weight of :func:`~omg_llava.models.seg_losses.seg_attention_hint_loss` in the
-            finetune (``loss_attn``): head 0 of each layer in ``seg_attention_hint_layers`` learns to attend from
-            every [SEG] to the visual token of its ground-truth object. 0 (the reference recipe) leaves it out and
-            runs the LLM without attention outputs.
-        seg_attention_hint_layers: LLM layer indices (negative from the last) whose head 0 is supervised.
+            finetune (``loss_attn``): in each layer of ``seg_attention_hint_layers``, head
+            ``seg_attention_hint_head`` (``None``: the heads' mean) learns to attend from every [SEG] to the visual
+            token of its ground-truth object. 0 (the reference recipe) leaves it out and runs the LLM without
+            attention outputs.
+        seg_attention_hint_layers: LLM layer indices (negative from the last) supervised by ``loss_attn``.
+        seg_attention_hint_head: the supervised head of those layers, or ``None`` for their mean.
         use_activation_checkpointing: gradient checkpointing in the LLM.
         max_length: longest spliced sequence (text + visual tokens) accepted by :meth:`generate`; default
             the LLM's ``max_position_embeddings``.
@@ -128,7 +130,8 @@ class OMGLLaVA(BaseModel):
                  stage: str = 'finetune', llm_lora: Any = None, freeze_llm: bool = True, projector_depth: int = 2,
                  mask_loss: MaskLossConfig | dict | None = None, pretrain_loss_weight: float = 10.0,
                  object_token_hint_weight: float = 0.0, seg_attention_hint_weight: float = 0.0,
-                 seg_attention_hint_layers: Sequence[int] = (-1, ), use_activation_checkpointing: bool = True,
+                 seg_attention_hint_layers: Sequence[int] = (-1, ), seg_attention_hint_head: int | None = 0,
+                 use_activation_checkpointing: bool = True,
                  max_length: int | None = None,
                  pretrained_pth: str | None = None, special_token_ids: dict | None = None,
                  data_preprocessor: dict | None = None) -> None:
@@ -174,6 +177,7 @@ class OMGLLaVA(BaseModel):
             raise ValueError(f'seg_attention_hint_weight must be >= 0, got {seg_attention_hint_weight}')
         self.seg_attention_hint_weight = seg_attention_hint_weight
         self.seg_attention_hint_layers = tuple(seg_attention_hint_layers)
+        self.seg_attention_hint_head = seg_attention_hint_head
         self.max_length = max_length or llm.config.max_position_embeddings
         self.pretrained_pth = pretrained_pth
         self.stop_token_ids = self._stop_token_ids()
@@ -403,7 +407,8 @@ class OMGLLaVA(BaseModel):
             seg_cols = keep.nonzero()[:, 1]
             found = found & (image_starts[batch_idxs] >= 0)
             losses['loss_attn'] = self.seg_attention_hint_weight * sum(
-                seg_attention_hint_loss(p, batch_idxs, seg_cols, target_cols, found) for p in layer_attentions
+                seg_attention_hint_loss(p, batch_idxs, seg_cols, target_cols, found, self.seg_attention_hint_head)
+                for p in layer_attentions
             ) / len(layer_attentions)
         return losses
 

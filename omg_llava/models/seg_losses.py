@@ -143,25 +143,30 @@ def object_token_hint_loss(seg_queries: Tensor, query_tokens: Tensor, valid: Ten
 
 
 def seg_attention_hint_loss(attention_probs: Tensor, seg_rows: Tensor, seg_cols: Tensor, target_cols: Tensor,
-                            found: Tensor, head: int = 0) -> Tensor:
+                            found: Tensor, head: int | None = 0) -> Tensor:
     """Teach one attention head to look, from each [SEG], at the visual token of the asked-for object.
 
     The [SEG] mask is decoded from the LLM's last hidden state at the [SEG] position, so that state must carry
     the chosen object's token. A tiny LLM trained from scratch reads objects in text answers but its [SEG] states
-    ignore the visual tokens; this term supervises the lookup itself: −log of ``head``'s attention probability
-    from the [SEG] position to the target object token.
+    ignore the visual tokens; this term supervises the lookup itself: −log of the attention probability from the
+    [SEG] position to the target object token.
 
     Args:
         attention_probs: (B, nH, T, T) attention probabilities of one LLM layer.
         seg_rows / seg_cols: (N,) sample index and sequence position of every [SEG] input token.
         target_cols: (N,) sequence position of the visual token of each [SEG]'s ground-truth object.
         found: (N,) bool, the [SEG]s whose object has a visual token (:func:`matching_object_tokens`).
-        head: the supervised head.
+        head: the supervised head; ``None`` supervises the heads' mean probability (the best placed head takes
+            most of the gradient).
 
     Returns:
         scalar, 0 (still in the graph) when no [SEG] has a matching token.
     """
     if not found.any():
         return attention_probs.sum() * 0.0
-    probs = attention_probs[seg_rows[found], head, seg_cols[found], target_cols[found]].float()  # (n,)
+    rows, cols, targets = seg_rows[found], seg_cols[found], target_cols[found]
+    if head is None:
+        probs = attention_probs[rows, :, cols, targets].float().mean(dim=-1)  # (n,)
+    else:
+        probs = attention_probs[rows, head, cols, targets].float()
     return -(probs + 1e-6).log().mean()

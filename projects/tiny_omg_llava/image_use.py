@@ -5,7 +5,10 @@ objects, so that sample shows another image. A model that reads the image is rig
 
 * captions (the synthetic LLaVA-Pretrain captions, training images): how often the LLM's most likely colour /
   kind word (among the 6 colours / 4 kinds) is the caption's;
-* referring segmentation (held-out val): cIoU of the teacher-forced ``[SEG]`` masks.
+* referring segmentation (held-out val): cIoU of the teacher-forced ``[SEG]`` masks; and, with the own tokens,
+  whether the LLM's last layer looks from each ``[SEG]`` at the visual token of its object (the object query whose
+  own mask overlaps the ground truth best, IoU >= 0.5): how often that token gets more attention (summed over
+  heads) than the image's other object tokens.
 
     python projects/tiny_omg_llava/image_use.py --data-root data/synthetic_shapes [--pth PTH] [--batches 25]
 
@@ -79,12 +82,34 @@ def other_images(sequences: list) -> list | None:
 
 
 @torch.no_grad()
-def spliced_llm_output(model, data: dict, sequences):
+def spliced_llm_output(model, data: dict, sequences, output_attentions: bool = False):
     from omg_llava.models.multimodal_inputs import splice_multimodal_inputs
     spliced = splice_multimodal_inputs(data['input_ids'], model.llm.get_input_embeddings(), model.token_ids,
                                        attention_mask=data.get('attention_mask'), labels=data['labels'],
                                        visual_sequences=sequences)
-    return spliced, model.run_llm(spliced)
+    return spliced, model.run_llm(spliced, output_attentions=output_attentions)
+
+
+def points_at_object(data: dict, images, seg: torch.Tensor, gt: torch.Tensor, attention: torch.Tensor
+                     ) -> torch.Tensor:
+    """(n,) bool per [SEG] that has an object token: is that token the image's most attended object token?
+
+    Args:
+        seg: (B, T) [SEG] input positions; gt: (N, H, W) their masks; attention: (B, nH, T, T) of one layer.
+    """
+    from omg_llava.models.multimodal_inputs import image_start_positions, object_token_positions
+    from omg_llava.models.seg_losses import matching_object_tokens
+    enc = images.encoder_output
+    rows, cols = seg.nonzero().unbind(-1)
+    valid = (~enc.query_blocked[rows]).any(-1)  # (N, Q)
+    target, found = matching_object_tokens(gt, enc.mask_logits[rows], valid)
+    starts = image_start_positions(data['input_ids'], data.get('attention_mask'))[rows]
+    n_pixels = enc.pixel_tokens.shape[1]
+    candidates = starts[:, None] + n_pixels + 1 + torch.arange(valid.shape[1])  # (N, Q) by rank among valid
+    received = attention.sum(1)[rows[:, None], cols[:, None], candidates.clamp(max=attention.shape[-1] - 1)]
+    received = received.masked_fill(torch.arange(valid.shape[1]) >= valid.sum(-1, keepdim=True), -1.0)
+    target_col = object_token_positions(starts, n_pixels, valid, target)
+    return (candidates.gather(1, received.argmax(-1, keepdim=True))[:, 0] == target_col)[found]
 
 
 def caption_word_accuracy(model, tokenizer, dataset_cfg: dict, batches: int) -> dict:
@@ -112,8 +137,10 @@ def caption_word_accuracy(model, tokenizer, dataset_cfg: dict, batches: int) -> 
 
 
 def seg_ciou(model, dataset_cfg: dict, batches: int) -> dict:
-    """cIoU of the teacher-forced [SEG] masks with the own and with another image's visual tokens."""
+    """cIoU of the teacher-forced [SEG] masks with the own and with another image's visual tokens, and how often the
+    last LLM layer looks at the asked-for object's token (own tokens)."""
     totals = {'own': [0, 0], 'other': [0, 0]}
+    pointed = [0, 0]
     for batch in loader(dataset_cfg, batches):
         data = model.data_preprocessor(batch, False)['data']
         with torch.no_grad():
@@ -123,14 +150,20 @@ def seg_ciou(model, dataset_cfg: dict, batches: int) -> dict:
         if other_images(own) is None or int((data['labels'] == model.token_ids.seg).sum()) != len(gt):
             continue  # a short batch, or a truncated answer that lost a [SEG]
         for mode, sequences in (('own', own), ('other', other_images(own))):
-            spliced, out = spliced_llm_output(model, data, sequences)
+            spliced, out = spliced_llm_output(model, data, sequences, output_attentions=mode == 'own')
             seg = spliced.labels == model.token_ids.seg
+            if mode == 'own':
+                hits = points_at_object(data, images, seg, gt, out.attentions[-1])
+                pointed[0] += int(hits.sum())
+                pointed[1] += len(hits)
             with torch.no_grad():
                 logits = model.decode_seg_masks(out.hidden_states[-1][seg], seg.nonzero()[:, 0], images)[-1]
             pred = F.interpolate(logits.float(), size=gt.shape[-2:], mode='bilinear')[:, 0] > 0
             totals[mode][0] += int((pred & gt).sum())
             totals[mode][1] += int((pred | gt).sum())
-    return {f'seg_ciou_{m}': round(i / u, 3) if u else None for m, (i, u) in totals.items()}
+    figures = {f'seg_ciou_{m}': round(i / u, 3) if u else None for m, (i, u) in totals.items()}
+    figures['seg_looks_at_object'] = round(pointed[0] / pointed[1], 3) if pointed[1] else None
+    return figures
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -99,3 +99,6 @@ def test_seg_attention_hint_loss_reads_the_seg_to_object_probability_of_one_head
     one = seg_attention_hint_loss(probs, rows, seg_cols, targets, torch.tensor([True, False]), head=1)
     assert torch.isclose(one, -torch.tensor(0.5 + 1e-6).log())  # a [SEG] without an object token is left out
     assert seg_attention_hint_loss(probs, rows, seg_cols, targets, torch.tensor([False, False])) == 0
+    mean_of_heads = torch.tensor([0.5 + 0.02, 0.25 + 0.02]) / 3
+    assert torch.isclose(seg_attention_hint_loss(probs, rows, seg_cols, targets, found, head=None),
+                         -(mean_of_heads + 1e-6).log().mean())

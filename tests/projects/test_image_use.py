@@ -36,3 +36,30 @@ def test_committed_model_reads_colour_and_kind_from_the_image(image_use, tmp_pat
     assert figures['colour_own'] > 0.5 and figures['colour_own'] - figures['colour_other'] > 0.25, figures
     assert figures['kind_own'] > 0.55 and figures['kind_own'] - figures['kind_other'] > 0.25, figures
     assert 0.3 < figures['seg_ciou_own'] <= 1 and 0 <= figures['seg_ciou_other'] <= 1, figures
+    assert 0 <= figures['seg_looks_at_object'] <= 1, figures
+
+
+def test_points_at_object_compares_the_attention_on_the_image_object_tokens(image_use):
+    from types import SimpleNamespace
+    # one image of 2 pixel tokens and 3 queries, query 1 not a visual token: rows 1-2 pixels, 3 separator,
+    # 4 = query 0, 5 = query 2; the [SEG] sits at 7 and its ground truth is query 2's own mask
+    mask_logits = torch.full((1, 3, 4, 4), -5.0)
+    mask_logits[0, 0, :2] = 5.0
+    mask_logits[0, 2, 2:] = 5.0
+    blocked = torch.tensor([[[False, True], [True, True], [True, False]]])
+    encoder_output = SimpleNamespace(query_blocked=blocked, mask_logits=mask_logits, pixel_tokens=torch.zeros(1, 2, 4))
+    images = SimpleNamespace(encoder_output=encoder_output)
+    data = dict(input_ids=torch.tensor([[1, -200, 5, 6, 7]]), attention_mask=torch.ones(1, 5, dtype=torch.bool))
+    seg = torch.zeros(1, 8, dtype=torch.bool)
+    seg[0, 7] = True
+    gt = torch.zeros(1, 8, 8)
+    gt[0, 4:] = 1
+    attention = torch.zeros(1, 2, 8, 8)
+    attention[0, 0, 7, 5] = 0.3  # head 0 on query 2 (the target)
+    attention[0, 1, 7, 4] = 0.2  # head 1 on query 0
+    assert image_use.points_at_object(data, images, seg, gt, attention).tolist() == [True]
+    attention[0, 1, 7, 4] = 0.4  # summed over heads, query 0 now gets more
+    assert image_use.points_at_object(data, images, seg, gt, attention).tolist() == [False]
+    attention[0, 1, 7, 2] = 5.0  # pixel tokens do not compete
+    attention[0, 1, 7, 4] = 0.0
+    assert image_use.points_at_object(data, images, seg, gt, attention).tolist() == [True]
