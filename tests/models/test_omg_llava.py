@@ -105,31 +105,31 @@ def test_pretrain_stage_adds_the_alignment_loss_and_trains_only_projectors():
     assert sorted(model.state_dict()) == sorted(trainable | {'llm.model.tok_embeddings.weight', 'llm.output.weight'})
 
 
+def losses_with_own_object_masks(model, counts=(1, 2)):
+    """``seg_batch`` whose ground truth = the own masks of visual-token queries (so every [SEG] has a matching
+    object token), and its losses."""
+    data_batch = seg_batch(model)
+    with torch.no_grad():
+        enc = model.encode_images(data_batch['pixel_values']).encoder_output
+    own = torch.nn.functional.interpolate(enc.mask_logits, size=(IMAGE_SIZE, IMAGE_SIZE), mode='bilinear') > 0
+    valid = (~enc.query_blocked).any(-1)
+    picks = [valid[b].nonzero()[:, 0] for b in range(len(counts))]
+    data_batch['masks'] = [own[b, picks[b][:n]].float() for b, n in enumerate(counts)]
+    assert all(len(m) == n and (m.flatten(1).sum(-1) > 0).all() for m, n in zip(data_batch['masks'], counts))
+    return data_batch, model(data_batch, mode='loss')
+
+
 def test_object_token_hint_targets_the_query_that_segments_the_ground_truth():
     model = build_tiny(object_token_hint_weight=1.0)
     with pytest.raises(ValueError, match='object_token_hint_weight'):
         build_tiny(object_token_hint_weight=-1.0)
-    data_batch = seg_batch(model)
-    data_batch['masks'] = own_object_masks(model, data_batch)
-    losses = model(data_batch, mode='loss')
+    data_batch, losses = losses_with_own_object_masks(model)
     assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask', 'loss_hint'} and losses['loss_hint'] > 0
     model.zero_grad()
     losses['loss_hint'].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector_text2vision.parameters())
     data_batch['masks'] = [None, None]  # no [SEG] with a mask: the term stays in the graph at zero
     assert model(data_batch, mode='loss')['loss_hint'] == 0
-
-
-def own_object_masks(model, data_batch, counts=(1, 2)):
-    """Ground truth = the own masks of visual-token queries, so every [SEG] has a matching object token."""
-    with torch.no_grad():
-        enc = model.encode_images(data_batch['pixel_values']).encoder_output
-    own = torch.nn.functional.interpolate(enc.mask_logits, size=(IMAGE_SIZE, IMAGE_SIZE), mode='bilinear') > 0
-    valid = (~enc.query_blocked).any(-1)
-    picks = [valid[b].nonzero()[:, 0] for b in range(len(counts))]
-    masks = [own[b, picks[b][:n]].float() for b, n in enumerate(counts)]
-    assert all(len(m) == n and (m.flatten(1).sum(-1) > 0).all() for m, n in zip(masks, counts))
-    return masks
 
 
 def test_object_token_positions_point_at_the_projected_queries_in_the_spliced_sequence(model):
@@ -158,9 +158,7 @@ def test_seg_attention_hint_teaches_the_last_layer_to_look_at_the_asked_for_obje
         build_tiny(seg_attention_hint_weight=-1.0)
     model = build_tiny(seg_attention_hint_weight=1.0, seg_attention_hint_layers=(-1, ), freeze_llm=False,
                        llm_lora=None)  # as the tiny synthetic recipe that uses it
-    data_batch = seg_batch(model)
-    data_batch['masks'] = own_object_masks(model, data_batch)
-    losses = model(data_batch, mode='loss')
+    data_batch, losses = losses_with_own_object_masks(model)
     assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask', 'loss_attn'} and losses['loss_attn'] > 1.0
     model.zero_grad()
     losses['loss_attn'].backward()
