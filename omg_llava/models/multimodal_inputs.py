@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from omg_llava.utils.constants import DEFAULT_PAD_TOKEN_ID, IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from .special_tokens import SpecialTokenIds
 
@@ -166,3 +166,28 @@ def _check_counts(input_ids: Tensor, mask: Tensor, token_ids: SpecialTokenIds,
         if needed != given:
             raise PromptCountError(f'the text holds {needed} {name} placeholder(s) but {given} visual prompt(s) '
                                    f'were given for them; give one prompt per {name}, in the order they appear')
+
+
+def drop_tokens(input_ids: Tensor, labels: Tensor, attention_mask: Tensor, token_ids: Sequence[int],
+                pad_index: int = DEFAULT_PAD_TOKEN_ID) -> tuple[Tensor, Tensor, Tensor]:
+    """Remove every position holding one of ``token_ids`` and right-pad again.
+
+    Args:
+        input_ids / labels / attention_mask: (B, L) right-padded batch (mask True on real tokens).
+        token_ids: ids to remove (e.g. the ``<image>`` sentinel and the visual-prompt placeholders).
+
+    Returns:
+        (B, L') ids, labels (−100 on padding) and bool mask, L' the longest remaining row.
+    """
+    keep = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(list(token_ids), device=input_ids.device))
+    lengths = keep.sum(1)
+    width = max(int(lengths.max()), 1)
+    ids = input_ids.new_full((len(input_ids), width), pad_index)
+    out_labels = labels.new_full((len(labels), width), IGNORE_INDEX)
+    mask = torch.zeros((len(input_ids), width), dtype=torch.bool, device=input_ids.device)
+    for b in range(len(input_ids)):
+        n = int(lengths[b])
+        ids[b, :n] = input_ids[b, keep[b]]
+        out_labels[b, :n] = labels[b, keep[b]]
+        mask[b, :n] = True
+    return ids, out_labels, mask

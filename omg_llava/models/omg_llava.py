@@ -29,8 +29,9 @@ from omg_llava.registry import MODELS, build_component
 from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from .lora import wrap_llm_with_lora
-from .multimodal_inputs import (PromptCountError, SplicedInputs, count_placeholders, image_start_positions,
-                                object_token_positions, placeholder_batch_indices, splice_multimodal_inputs)
+from .multimodal_inputs import (PromptCountError, SplicedInputs, count_placeholders, drop_tokens,
+                                image_start_positions, object_token_positions, placeholder_batch_indices,
+                                splice_multimodal_inputs)
 from .omg_seg_encoder import VisualEncoderOutput
 from .projectors import OMGVisualProjector, Text2VisionProjector
 from .save_filter import filter_saved_keys
@@ -118,6 +119,10 @@ class OMGLLaVA(BaseModel):
             attention outputs.
         seg_attention_hint_layers: LLM layer indices (negative from the last) supervised by ``loss_attn``.
         seg_attention_hint_head: the supervised head of those layers, or ``None`` for their mean.
+        text_only_lm_weight: weight of ``loss_lm_text``, the LM loss of the same conversations with the image and the
+            visual prompts left out (an extra LLM pass on the text alone). 0 (the reference recipe) leaves it out.
+            The tiny synthetic model uses it: without it, the image offers its from-scratch LLM a shortcut (name a
+            visible object) that wins over repeating the asked-for expression.
         use_activation_checkpointing: gradient checkpointing in the LLM.
         max_length: longest spliced sequence (text + visual tokens) accepted by :meth:`generate`; default
             the LLM's ``max_position_embeddings``.
@@ -131,6 +136,7 @@ class OMGLLaVA(BaseModel):
                  mask_loss: MaskLossConfig | dict | None = None, pretrain_loss_weight: float = 10.0,
                  object_token_hint_weight: float = 0.0, seg_attention_hint_weight: float = 0.0,
                  seg_attention_hint_layers: Sequence[int] = (-1, ), seg_attention_hint_head: int | None = 0,
+                 text_only_lm_weight: float = 0.0,
                  use_activation_checkpointing: bool = True,
                  max_length: int | None = None,
                  pretrained_pth: str | None = None, special_token_ids: dict | None = None,
@@ -178,6 +184,7 @@ class OMGLLaVA(BaseModel):
         self.seg_attention_hint_weight = seg_attention_hint_weight
         self.seg_attention_hint_layers = tuple(seg_attention_hint_layers)
         self.seg_attention_hint_head = seg_attention_hint_head
+        self.text_only_lm_weight = text_only_lm_weight
         self.max_length = max_length or llm.config.max_position_embeddings
         self.pretrained_pth = pretrained_pth
         self.stop_token_ids = self._stop_token_ids()
@@ -337,6 +344,8 @@ class OMGLLaVA(BaseModel):
                       f'of this batch is zeroed ({self.loss_info.prompt_mismatch_batches} batches so far)',
                       logger='current', level=30)
             losses['loss_lm'] = losses['loss_lm'] * 0.0
+        if self.text_only_lm_weight:
+            losses['loss_lm_text'] = self.text_only_lm_weight * self._text_only_lm_loss(ids, data['labels'], mask)
         if self.stage == 'pretrain':
             if images is not None:
                 enc = images.encoder_output
@@ -348,6 +357,14 @@ class OMGLLaVA(BaseModel):
             losses.update(self._seg_losses(out.hidden_states[-1], spliced.labels, data.get('masks'), images,
                                            supervised, image_start_positions(ids, mask)))
         return losses
+
+    def _text_only_lm_loss(self, ids: Tensor, labels: Tensor, mask: Tensor | None) -> Tensor:
+        """LM loss of the same conversations with the image and visual prompts left out."""
+        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
+        ids, labels, mask = drop_tokens(ids, labels, mask, [IMAGE_TOKEN_INDEX, self.token_ids.region,
+                                                              self.token_ids.mark])
+        out = self.llm(input_ids=ids, attention_mask=mask, use_cache=False, return_dict=True)
+        return shifted_cross_entropy(out.logits, labels)
 
     def _fitted_prompt_rows(self, prompts: list[VisualPrompt], images: EncodedImages | None, ids: Tensor,
                             mask: Tensor | None, token_id: int) -> Tensor | None:

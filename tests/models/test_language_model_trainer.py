@@ -7,7 +7,8 @@ import torch
 from omg_llava.assets import TINY_TOKENIZER_DIR
 from omg_llava.datasets.collate import omg_llava_collate_fn
 from omg_llava.models import LanguageModelTrainer, OMGLLaVA
-from omg_llava.models.language_model_trainer import LANGUAGE_MODEL_FOLDER, drop_tokens
+from omg_llava.models.language_model_trainer import LANGUAGE_MODEL_FOLDER
+from omg_llava.models.multimodal_inputs import drop_tokens
 from omg_llava.models.llm import InternLM2Config, InternLM2ForCausalLM, InternLM2Tokenizer
 from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from omg_llava.utils.conversation import Turn, encode_conversation

@@ -166,7 +166,7 @@ def test_seg_attention_hint_teaches_the_last_layer_to_look_at_the_asked_for_obje
     attention = model.llm.model.layers[-1].attention.wqkv.weight
     assert attention.grad.abs().sum() > 0
     optimizer = torch.optim.Adam([p for p in model.llm.parameters() if p.requires_grad], lr=1e-2)
-    start = float(losses['loss_attn'])
+    start = float(losses['loss_attn'].detach())
     for _ in range(15):
         optimizer.zero_grad()
         loss = model(data_batch, mode='loss')['loss_attn']
@@ -175,6 +175,26 @@ def test_seg_attention_hint_teaches_the_last_layer_to_look_at_the_asked_for_obje
     assert float(loss) < start / 2
     data_batch['masks'] = [None, None]  # no [SEG] with a mask: the term stays in the graph at zero
     assert model(data_batch, mode='loss')['loss_attn'] == 0
+
+
+def test_text_only_lm_loss_is_the_lm_loss_of_the_conversation_without_its_image():
+    model = build_tiny(text_only_lm_weight=0.5, freeze_llm=False, llm_lora=None)
+    data_batch = batch(model, [[Turn('Please segment the cat in this image.', 'It is <p> cat </p> [SEG].')]],
+                       [box_mask(40, 200, 30, 220)[None]])
+    losses = model(data_batch, mode='loss')
+    assert set(losses) == {'loss_lm', 'loss_lm_text', 'loss_dice', 'loss_mask'}
+    keep = data_batch['input_ids'][0] != IMAGE_TOKEN_INDEX
+    ids, labels = data_batch['input_ids'][0][keep][None], data_batch['labels'][0][keep][None]
+    assert len(ids[0]) == len(data_batch['input_ids'][0]) - 1
+    with torch.no_grad():
+        logits = model.llm(input_ids=ids).logits
+    expected = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(losses['loss_lm_text'].detach(), 0.5 * expected)
+    assert not torch.isclose(losses['loss_lm_text'], 0.5 * losses['loss_lm'])  # the image changes the LM loss
+    model.zero_grad()
+    losses['loss_lm_text'].backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.projector.parameters())
+    assert model.llm.get_input_embeddings().weight.grad.abs().sum() > 0
 
 
 def test_seg_count_mismatch_drops_only_the_mask_losses(model):
