@@ -22,7 +22,8 @@ max_iters = 2500
 warmup_iters = 20
 evaluation_inputs = ['Describe the image briefly.']
 
-model.update(stage='pretrain', pretrained_pth=None, freeze_llm=False)
+# no text-only LM loss here: a caption is only predictable from its image
+model.update(stage='pretrain', pretrained_pth=None, freeze_llm=False, text_only_lm_weight=0.0)
 
 train_dataloader.dataset = dict(type=LLaVADataset,
                                 data_path=data_root + 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json',
