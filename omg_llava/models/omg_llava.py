@@ -184,6 +184,8 @@ class OMGLLaVA(BaseModel):
         self.seg_attention_hint_weight = seg_attention_hint_weight
         self.seg_attention_hint_layers = tuple(seg_attention_hint_layers)
         self.seg_attention_hint_head = seg_attention_hint_head
+        if text_only_lm_weight < 0:
+            raise ValueError(f'text_only_lm_weight must be >= 0, got {text_only_lm_weight}')
         self.text_only_lm_weight = text_only_lm_weight
         self.max_length = max_length or llm.config.max_position_embeddings
         self.pretrained_pth = pretrained_pth

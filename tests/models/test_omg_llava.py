@@ -178,6 +178,8 @@ def test_seg_attention_hint_teaches_the_last_layer_to_look_at_the_asked_for_obje
 
 
 def test_text_only_lm_loss_is_the_lm_loss_of_the_conversation_without_its_image():
+    with pytest.raises(ValueError, match='text_only_lm_weight'):
+        build_tiny(text_only_lm_weight=-1.0)
     model = build_tiny(text_only_lm_weight=0.5, freeze_llm=False, llm_lora=None)
     data_batch = batch(model, [[Turn('Please segment the cat in this image.', 'It is <p> cat </p> [SEG].')]],
                        [box_mask(40, 200, 30, 220)[None]])
