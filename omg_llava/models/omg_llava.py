@@ -355,9 +355,12 @@ class OMGLLaVA(BaseModel):
                     enc.query_tokens.to(self.projector.model.query_proj.weight.dtype), enc.query_blocked,
                     self.projector.project_queries, self.projector_text2vision, self.pretrain_loss_weight)
         else:
-            supervised = [out.attentions[i] for i in self.seg_attention_hint_layers] if wants_attention else None
+            supervised, image_starts = None, None
+            if wants_attention:  # the image positions only matter to the attention hint
+                supervised = [out.attentions[i] for i in self.seg_attention_hint_layers]
+                image_starts = image_start_positions(ids, mask)
             losses.update(self._seg_losses(out.hidden_states[-1], spliced.labels, data.get('masks'), images,
-                                           supervised, image_start_positions(ids, mask)))
+                                           supervised, image_starts))
         return losses
 
     def _text_only_lm_loss(self, ids: Tensor, labels: Tensor, mask: Tensor | None) -> Tensor:
