@@ -123,6 +123,9 @@ class OMGLLaVA(BaseModel):
             visual prompts left out (an extra LLM pass on the text alone). 0 (the reference recipe) leaves it out.
             The tiny synthetic model uses it: without it, the image offers its from-scratch LLM a shortcut (name a
             visible object) that wins over repeating the asked-for expression.
+        text_only_rows: how many rows of each batch get that text-only pass (the first ones; the training batches
+            are shuffled), ``None`` for all. The pass costs about as much LLM arithmetic as the main one; fewer
+            rows buy back time.
         use_activation_checkpointing: gradient checkpointing in the LLM.
         max_length: longest spliced sequence (text + visual tokens) accepted by :meth:`generate`; default
             the LLM's ``max_position_embeddings``.
@@ -136,7 +139,7 @@ class OMGLLaVA(BaseModel):
                  mask_loss: MaskLossConfig | dict | None = None, pretrain_loss_weight: float = 10.0,
                  object_token_hint_weight: float = 0.0, seg_attention_hint_weight: float = 0.0,
                  seg_attention_hint_layers: Sequence[int] = (-1, ), seg_attention_hint_head: int | None = 0,
-                 text_only_lm_weight: float = 0.0,
+                 text_only_lm_weight: float = 0.0, text_only_rows: int | None = None,
                  use_activation_checkpointing: bool = True,
                  max_length: int | None = None,
                  pretrained_pth: str | None = None, special_token_ids: dict | None = None,
@@ -187,6 +190,9 @@ class OMGLLaVA(BaseModel):
         if text_only_lm_weight < 0:
             raise ValueError(f'text_only_lm_weight must be >= 0, got {text_only_lm_weight}')
         self.text_only_lm_weight = text_only_lm_weight
+        if text_only_rows is not None and text_only_rows < 1:
+            raise ValueError(f'text_only_rows must be >= 1 or None (every row), got {text_only_rows}')
+        self.text_only_rows = text_only_rows
         self.max_length = max_length or llm.config.max_position_embeddings
         self.pretrained_pth = pretrained_pth
         self.stop_token_ids = self._stop_token_ids()
@@ -347,7 +353,9 @@ class OMGLLaVA(BaseModel):
                       logger='current', level=30)
             losses['loss_lm'] = losses['loss_lm'] * 0.0
         if self.text_only_lm_weight:
-            losses['loss_lm_text'] = self.text_only_lm_weight * self._text_only_lm_loss(ids, data['labels'], mask)
+            rows = slice(self.text_only_rows)  # slice(None): every row
+            losses['loss_lm_text'] = self.text_only_lm_weight * self._text_only_lm_loss(
+                ids[rows], data['labels'][rows], None if mask is None else mask[rows])
         if self.stage == 'pretrain':
             if images is not None:
                 enc = images.encoder_output

@@ -199,6 +199,23 @@ def test_text_only_lm_loss_is_the_lm_loss_of_the_conversation_without_its_image(
     assert model.llm.get_input_embeddings().weight.grad.abs().sum() > 0
 
 
+def test_text_only_rows_limits_the_text_only_pass_to_the_first_rows():
+    with pytest.raises(ValueError, match='text_only_rows'):
+        build_tiny(text_only_lm_weight=1.0, text_only_rows=0)
+    model = build_tiny(text_only_lm_weight=1.0, text_only_rows=1, freeze_llm=False, llm_lora=None)
+    data_batch = seg_batch(model)  # two rows: a referring answer, then a region / point conversation
+    with torch.no_grad():
+        first_row_only = model(data_batch, mode='loss')['loss_lm_text']
+        model.text_only_rows = None
+        every_row = model(data_batch, mode='loss')['loss_lm_text']
+        keep = data_batch['attention_mask'][0] & (data_batch['input_ids'][0] != IMAGE_TOKEN_INDEX)
+        logits = model.llm(input_ids=data_batch['input_ids'][0][keep][None]).logits
+    labels = data_batch['labels'][0][keep]
+    expected = torch.nn.functional.cross_entropy(logits[0, :-1], labels[1:], ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(first_row_only, expected)
+    assert not torch.isclose(every_row, first_row_only)
+
+
 def test_seg_count_mismatch_drops_only_the_mask_losses(model):
     data_batch = seg_batch(model)
     data_batch['masks'] = [None, data_batch['masks'][1]]  # sample 0 has a [SEG] but no mask (e.g. truncation)
