@@ -19,7 +19,6 @@ from mmengine.model import BaseModel
 from torch import Tensor, nn
 
 from omg_llava.registry import MODELS, build_component
-from omg_llava.utils.constants import IMAGE_TOKEN_INDEX
 
 from .multimodal_inputs import drop_tokens
 from .omg_llava import shifted_cross_entropy
@@ -51,12 +50,12 @@ class LanguageModelTrainer(BaseModel):
         self.token_ids = add_special_tokens(self.tokenizer)
         self.llm = build_component(llm)
         fit_embeddings(self.llm, self.token_ids)
-        self.dropped_ids = (IMAGE_TOKEN_INDEX, self.token_ids.region, self.token_ids.mark)
 
     def forward(self, data: dict, data_samples: None = None, mode: str = 'loss'):
         """``data``: ``input_ids``, ``labels``, ``attention_mask`` (B, L). ``'loss'`` → ``{'loss_lm'}``;
         ``'tensor'`` → the LLM output on the text-only batch."""
-        ids, labels, mask = drop_tokens(data['input_ids'], data['labels'], data['attention_mask'], self.dropped_ids)
+        ids, labels, mask = drop_tokens(data['input_ids'], data['labels'], data['attention_mask'],
+                                      self.token_ids.placeholder_ids)
         out = self.llm(input_ids=ids, attention_mask=mask, use_cache=False, return_dict=True)
         if mode == 'loss':
             return {'loss_lm': shifted_cross_entropy(out.logits, labels)}

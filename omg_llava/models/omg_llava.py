@@ -374,8 +374,7 @@ class OMGLLaVA(BaseModel):
     def _text_only_lm_loss(self, ids: Tensor, labels: Tensor, mask: Tensor | None) -> Tensor:
         """LM loss of the same conversations with the image and visual prompts left out."""
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
-        ids, labels, mask = drop_tokens(ids, labels, mask, [IMAGE_TOKEN_INDEX, self.token_ids.region,
-                                                              self.token_ids.mark])
+        ids, labels, mask = drop_tokens(ids, labels, mask, self.token_ids.placeholder_ids)
         out = self.llm(input_ids=ids, attention_mask=mask, use_cache=False, return_dict=True)
         return shifted_cross_entropy(out.logits, labels)
 

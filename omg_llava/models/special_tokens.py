@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omg_llava.utils.constants import MARK_TOKEN, PHRASE_END, PHRASE_START, REGION_TOKEN, SEG_TOKEN
+from omg_llava.utils.constants import IMAGE_TOKEN_INDEX, MARK_TOKEN, PHRASE_END, PHRASE_START, REGION_TOKEN, SEG_TOKEN
 
 #: Added before the embedding resize, in this order (consecutive ids after the base vocabulary).
 EMBEDDED_SPECIAL_TOKENS = (SEG_TOKEN, PHRASE_START, PHRASE_END, REGION_TOKEN)
@@ -35,6 +35,12 @@ class SpecialTokenIds:
         """The ids the reference tokenizer assigns when its base vocabulary has ``base_vocab_size`` entries
         (92544 for InternLM2 → [SEG] = 92544 … <mark> = 92548)."""
         return cls(*range(base_vocab_size, base_vocab_size + 5))
+
+    @property
+    def placeholder_ids(self) -> tuple[int, int, int]:
+        """``<image>`` (the sentinel), ``<region>`` and ``<mark>``: the text positions visual inputs fill, dropped
+        when a conversation is read as text alone."""
+        return IMAGE_TOKEN_INDEX, self.region, self.mark
 
     def as_dict(self) -> dict[str, int]:
         return {SEG_TOKEN: self.seg, PHRASE_START: self.phrase_start, PHRASE_END: self.phrase_end,
