@@ -12,11 +12,10 @@ Hugging Face folder, the role ``internlm2-chat-7b`` plays for the released model
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any
 
-import torch
 from mmengine.model import BaseModel
-from torch import Tensor, nn
+from torch import nn
 
 from omg_llava.registry import MODELS, build_component
 

@@ -353,9 +353,7 @@ class OMGLLaVA(BaseModel):
                       logger='current', level=30)
             losses['loss_lm'] = losses['loss_lm'] * 0.0
         if self.text_only_lm_weight:
-            rows = slice(self.text_only_rows)  # slice(None): every row
-            losses['loss_lm_text'] = self.text_only_lm_weight * self._text_only_lm_loss(
-                ids[rows], data['labels'][rows], None if mask is None else mask[rows])
+            losses['loss_lm_text'] = self.text_only_lm_weight * self._text_only_lm_loss(ids, data['labels'], mask)
         if self.stage == 'pretrain':
             if images is not None:
                 enc = images.encoder_output
@@ -372,9 +370,11 @@ class OMGLLaVA(BaseModel):
         return losses
 
     def _text_only_lm_loss(self, ids: Tensor, labels: Tensor, mask: Tensor | None) -> Tensor:
-        """LM loss of the same conversations with the image and visual prompts left out."""
+        """LM loss of the same conversations (their first ``text_only_rows``) with the image and visual prompts left
+        out. Shapes: (B, L) ids / labels / mask."""
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
-        ids, labels, mask = drop_tokens(ids, labels, mask, self.token_ids.placeholder_ids)
+        rows = slice(self.text_only_rows)  # slice(None): every row
+        ids, labels, mask = drop_tokens(ids[rows], labels[rows], mask[rows], self.token_ids.placeholder_ids)
         out = self.llm(input_ids=ids, attention_mask=mask, use_cache=False, return_dict=True)
         return shifted_cross_entropy(out.logits, labels)
 
