@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from omg_llava.registry import MODELS
 
+from .encoder_output_cache import ImageOutputCache, ImageRows, image_key
 from .object_tokens import object_prior, pixel_shuffle_down
 from .seg_heads.omg_seg_head import DecodeOutput, ImageFeatures, OMGSegHead, own_prediction_policy
 from .seg_heads.prompt_queries import (box_center_points, box_policy, prompt_queries, region_center_points,
@@ -34,8 +35,9 @@ class VisualEncoderOutput:
         class_logits: (B, Q, K+1) last-layer class logits (IoU channel removed).
         iou_logits: (B, Q, 1).
         mask_logits: (B, Q, H/4, W/4) last-layer mask logits.
-        backbone_features: the 4 trunk maps (B, C_i, H/s_i, W/s_i).
-        decode: every decoder step (for inspection and parity checks).
+        backbone_features: the 4 trunk maps (B, C_i, H/s_i, W/s_i); ``None`` when the output was assembled
+            from the encoder's output cache (``cache_images``).
+        decode: every decoder step (for inspection and parity checks); ``None`` likewise.
     """
 
     pixel_tokens: Tensor
@@ -45,12 +47,28 @@ class VisualEncoderOutput:
     class_logits: Tensor
     iou_logits: Tensor
     mask_logits: Tensor
-    backbone_features: list[Tensor]
-    decode: DecodeOutput
+    backbone_features: list[Tensor] | None
+    decode: DecodeOutput | None
 
     def visual_tokens(self) -> list[Tensor]:
         """``[pixel tokens, query tokens, query mask]``, the projector input of the reference."""
         return [self.pixel_tokens, self.query_tokens, self.query_blocked]
+
+    def image_rows(self, index: int) -> ImageRows:
+        """Image ``index``'s slice of every tensor the model reads (no trunk maps, no decoder steps)."""
+        features = self.image_features
+        return (self.pixel_tokens[index], self.query_tokens[index], self.query_blocked[index],
+                features.mask_features[index], *(m[index] for m in features.memories), self.class_logits[index],
+                self.iou_logits[index], self.mask_logits[index])
+
+    @classmethod
+    def from_image_rows(cls, rows: list[ImageRows], image_size: tuple[int, int]) -> 'VisualEncoderOutput':
+        """Stack :meth:`image_rows` of several images into a batch (``backbone_features``, ``decode``: None)."""
+        columns = [torch.stack(column) for column in zip(*rows)]
+        pixel_tokens, query_tokens, blocked, mask_features, *memories = columns[:-3]
+        class_logits, iou_logits, mask_logits = columns[-3:]
+        return cls(pixel_tokens, query_tokens, blocked, ImageFeatures(mask_features, memories, image_size),
+                   class_logits, iou_logits, mask_logits, None, None)
 
 
 @dataclass
@@ -80,11 +98,14 @@ class OMGSegVisualEncoder(nn.Module):
         weights: optional paths loaded by :meth:`init_weights` (never at construction):
             ``omg_seg`` (omg_seg_convl.pth), ``clip`` (open_clip ConvNeXt file), ``class_embed``
             (convnext_large_d_320_CocoPanopticOVDataset.pth).
+        cache_images: remember the outputs of up to this many images by their pixels
+            (:mod:`~omg_llava.models.encoder_output_cache`; about 0.5 MB per 128-px tiny image); 0 = off, the
+            released configs. Only for a frozen encoder: a training one changes its outputs.
     """
 
     def __init__(self, backbone: nn.Module | dict, panoptic_head: nn.Module | dict, pixel_shuffle_ratio: int = 2,
                  object_prior_smooth: float = 0.5, frozen: bool = True,
-                 weights: dict[str, str | None] | None = None) -> None:
+                 weights: dict[str, str | None] | None = None, cache_images: int = 0) -> None:
         super().__init__()
         self.backbone = _build(backbone)
         self.panoptic_head: OMGSegHead = _build(panoptic_head)
@@ -92,6 +113,10 @@ class OMGSegVisualEncoder(nn.Module):
         self.object_prior_smooth = object_prior_smooth
         self.frozen = frozen
         self.weights = dict(weights or {})
+        if cache_images and not frozen:
+            raise ValueError(f'cache_images={cache_images} needs frozen=True: a training encoder changes its outputs, '
+                             'so remembered ones would be stale; set cache_images=0')
+        self.output_cache = ImageOutputCache(cache_images) if cache_images else None
         if frozen:
             self.requires_grad_(False)
             self.train(False)
@@ -117,7 +142,29 @@ class OMGSegVisualEncoder(nn.Module):
 
     # ------------------------------------------------------------------ images
     def forward(self, pixel_values: Tensor) -> VisualEncoderOutput:
-        """Encode (B, 3, H, W) normalised square images (H, W multiples of 64) → :class:`VisualEncoderOutput`."""
+        """Encode (B, 3, H, W) normalised square images (H, W multiples of 64) → :class:`VisualEncoderOutput`
+        (with ``cache_images``, images seen before come from the cache, see :meth:`encode_with_cache`)."""
+        if self.output_cache is None:
+            return self.encode(pixel_values)
+        return self.encode_with_cache(pixel_values)
+
+    def encode_with_cache(self, pixel_values: Tensor) -> VisualEncoderOutput:
+        """Like :meth:`encode`, running the encoder only on the images the cache does not hold; the output has
+        no ``backbone_features`` / ``decode``."""
+        if not self.frozen:
+            raise RuntimeError('the output cache serves a frozen encoder only; this one was unfrozen after '
+                               'construction (build it with cache_images=0 to train it)')
+        keys = [image_key(image) for image in pixel_values]
+        missing = self.output_cache.missing(keys)
+        fresh = {}
+        if missing:
+            computed = self.encode(pixel_values[missing])
+            fresh = {keys[i]: computed.image_rows(j) for j, i in enumerate(missing)}
+        rows = self.output_cache.gather(keys, fresh)
+        return VisualEncoderOutput.from_image_rows(rows, tuple(pixel_values.shape[-2:]))
+
+    def encode(self, pixel_values: Tensor) -> VisualEncoderOutput:
+        """Run the trunk and the head on (B, 3, H, W) images → :class:`VisualEncoderOutput` (every field)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             pixel_values = pixel_values.to(next(self.parameters()).dtype)
             image_size = tuple(pixel_values.shape[-2:])

@@ -126,8 +126,9 @@ def mask_pooled_features(feature_map: Tensor, masks: Tensor) -> Tensor:
 
 def _build_encoder(encoder: OMGSegVisualEncoder | dict) -> OMGSegVisualEncoder:
     if isinstance(encoder, dict):
-        encoder = MODELS.build(dict(encoder, frozen=False, weights=encoder.get('weights') or {}))
+        encoder = MODELS.build(dict(encoder, frozen=False, cache_images=0, weights=encoder.get('weights') or {}))
     encoder.frozen = False
+    encoder.output_cache = None  # a training encoder's outputs change: nothing to remember
     encoder.backbone.frozen = False  # ConvNeXtCLIPBackbone keeps its own switch
     encoder.requires_grad_(True)
     return encoder
