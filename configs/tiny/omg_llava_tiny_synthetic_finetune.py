@@ -58,7 +58,9 @@ evaluation_inputs = ['Please segment the largest shape in this image.',
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
 #######################################################################
-visual_encoder.update(frozen=True, pixel_shuffle_ratio=1, weights=encoder_files)
+# cache_images: the frozen encoder encodes each of the 6000 images once (~0.5 MB each) instead of at every draw;
+# same outputs. Per step (300-image data, cache warm): finetune 0.259 -> 0.223 s, pretrain (inherits it) 0.147 -> 0.082
+visual_encoder.update(frozen=True, pixel_shuffle_ratio=1, weights=encoder_files, cache_images=8000)
 # the architecture, built from scratch by the language stage (configs/tiny/llm_tiny_synthetic.py)
 tiny_llm = dict(type=InternLM2ForCausalLM,
                 config=dict(type=InternLM2Config, vocab_size=1000, hidden_size=128, intermediate_size=344,
