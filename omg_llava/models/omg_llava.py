@@ -37,7 +37,7 @@ from .projectors import OMGVisualProjector, Text2VisionProjector
 from .save_filter import filter_saved_keys
 from .seg_heads.omg_seg_head import ImageFeatures
 from .seg_losses import (MaskLossConfig, matching_object_tokens, object_token_hint_loss, pretrain_alignment_loss,
-                          seg_attention_hint_loss, seg_mask_losses)
+                          seg_attention_hint_loss, seg_class_loss, seg_mask_losses)
 from .special_tokens import SpecialTokenIds, add_special_tokens, fit_embeddings
 from .visual_prompts import VisualPrompt, encode_visual_prompts, prompts_from_tensors
 
@@ -117,6 +117,9 @@ class OMGLLaVA(BaseModel):
             ``seg_attention_hint_head`` (``None``: the heads' mean) learns to attend from every [SEG] to the visual
             token of its ground-truth object. 0 (the reference recipe) leaves it out and runs the LLM without
             attention outputs.
+        seg_class_weight: weight of :func:`~omg_llava.models.seg_losses.seg_class_loss` in the finetune
+            (``loss_seg_cls``): the decoder's class head read on each decoded [SEG] query must give the class of the
+            visual-token query that segments its ground truth. 0 (the reference recipe) leaves it out.
         seg_attention_hint_layers: LLM layer indices (negative from the last) supervised by ``loss_attn``.
         seg_attention_hint_head: the supervised head of those layers, or ``None`` for their mean.
         text_only_lm_weight: weight of ``loss_lm_text``, the LM loss of the same conversations with the image and the
@@ -139,7 +142,7 @@ class OMGLLaVA(BaseModel):
                  mask_loss: MaskLossConfig | dict | None = None, pretrain_loss_weight: float = 10.0,
                  object_token_hint_weight: float = 0.0, seg_attention_hint_weight: float = 0.0,
                  seg_attention_hint_layers: Sequence[int] = (-1, ), seg_attention_hint_head: int | None = 0,
-                 text_only_lm_weight: float = 0.0, text_only_rows: int | None = None,
+                 text_only_lm_weight: float = 0.0, text_only_rows: int | None = None, seg_class_weight: float = 0.0,
                  use_activation_checkpointing: bool = True,
                  max_length: int | None = None,
                  pretrained_pth: str | None = None, special_token_ids: dict | None = None,
@@ -193,6 +196,9 @@ class OMGLLaVA(BaseModel):
         if text_only_rows is not None and text_only_rows < 1:
             raise ValueError(f'text_only_rows must be >= 1 or None (every row), got {text_only_rows}')
         self.text_only_rows = text_only_rows
+        if seg_class_weight < 0:
+            raise ValueError(f'seg_class_weight must be >= 0, got {seg_class_weight}')
+        self.seg_class_weight = seg_class_weight
         self.max_length = max_length or llm.config.max_position_embeddings
         self.pretrained_pth = pretrained_pth
         self.stop_token_ids = self._stop_token_ids()
@@ -413,6 +419,8 @@ class OMGLLaVA(BaseModel):
             losses = {'loss_dice': dummy, 'loss_mask': dummy}
             if self.object_token_hint_weight:
                 losses['loss_hint'] = dummy
+            if self.seg_class_weight:
+                losses['loss_seg_cls'] = dummy
             if layer_attentions is not None:
                 losses['loss_attn'] = dummy + sum(a.sum() for a in layer_attentions) * 0.0
             return losses
@@ -420,16 +428,22 @@ class OMGLLaVA(BaseModel):
         keep[matched] = seg_positions[matched]
         batch_idxs = keep.nonzero()[:, 0]
         queries = self.projector_text2vision(hidden[keep])  # (N, 2C)
-        step_logits = self.decode_seg_queries(queries, batch_idxs, images)
-        gt = torch.cat([masks[b] for b in matched]).to(step_logits[0].device)
-        losses = seg_mask_losses(step_logits, gt, self.mask_loss)
-        if self.object_token_hint_weight or layer_attentions is not None:
+        decoded = self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features,
+                                                         with_classes=bool(self.seg_class_weight))
+        gt = torch.cat([masks[b] for b in matched]).to(decoded.mask_logits[0].device)
+        losses = seg_mask_losses(decoded.mask_logits, gt, self.mask_loss)
+        if self.object_token_hint_weight or self.seg_class_weight or layer_attentions is not None:
             enc = images.encoder_output
             valid = (~enc.query_blocked[batch_idxs]).any(-1)  # (N, Q)
             query_idxs, found = matching_object_tokens(gt, enc.mask_logits[batch_idxs], valid)
         if self.object_token_hint_weight:
             losses['loss_hint'] = self.object_token_hint_weight * object_token_hint_loss(
                 queries, enc.query_tokens[batch_idxs].to(queries.dtype), valid, query_idxs, found)
+        if self.seg_class_weight:
+            num_classes = enc.class_logits.shape[-1] - 1  # the no-object column is last
+            token_logits = enc.class_logits[batch_idxs, query_idxs, :num_classes]  # (N, K)
+            seg_logits = decoded.class_logits[-1][:, 0, :num_classes]  # (N, K), no-object and IoU dropped
+            losses['loss_seg_cls'] = self.seg_class_weight * seg_class_loss(seg_logits, token_logits, found)
         if layer_attentions is not None:
             target_cols = object_token_positions(image_starts[batch_idxs], enc.pixel_tokens.shape[1], valid,
                                                  query_idxs)

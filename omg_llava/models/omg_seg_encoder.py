@@ -217,14 +217,16 @@ class OMGSegVisualEncoder(nn.Module):
         points, _ = region_center_points(masks)
         return self._decode_prompts(points.float(), batch_idxs, features, region_mask_policy(masks))
 
-    def decode_seg_queries(self, queries: Tensor, batch_idxs: Tensor, features: ImageFeatures) -> DecodeOutput:
+    def decode_seg_queries(self, queries: Tensor, batch_idxs: Tensor, features: ImageFeatures,
+                           with_classes: bool = False) -> DecodeOutput:
         """[SEG] queries (N, 2C) = [content | positional] → every decoder step; ``.mask_logits[j]`` is
-        (N, 1, H/4, W/4) and the last one is what inference uses (spec §1.5, §6.1)."""
+        (N, 1, H/4, W/4) and the last one is what inference uses (spec §1.5, §6.1). ``with_classes`` also
+        reads the class head on them (``.class_logits[j]`` (N, 1, K+2), for a training term only)."""
         head = self.panoptic_head
         C = head.feat_channels
         queries = queries.to(head.query_feat.weight.dtype).unsqueeze(1)  # (N, 1, 2C)
         return head.decode(queries[..., :C], queries[..., C:], features.select(batch_idxs), own_prediction_policy,
-                           use_llm_decoder=head.with_llm_decoder_copy)
+                           with_classes=with_classes, use_llm_decoder=head.with_llm_decoder_copy)
 
 
 def check_points_inside(points: Tensor, image_size: tuple[int, int]) -> None:

@@ -144,6 +144,28 @@ def object_token_hint_loss(seg_queries: Tensor, query_tokens: Tensor, valid: Ten
     return mse + F.cross_entropy(logits, targets)
 
 
+def seg_class_loss(seg_class_logits: Tensor, token_class_logits: Tensor, found: Tensor) -> Tensor:
+    """Make each decoded [SEG] query classify as its object: the decoder's own class head, read on the [SEG]
+    query, against the class its matched visual-token query is given (a label the frozen encoder supplies).
+
+    The mask losses tell a [SEG] that picked the red star instead of the blue one only which pixels were wrong;
+    this term names what was wrong (the colour, the kind: the class embeddings are word bags of the names).
+
+    Args:
+        seg_class_logits: (N, K) class logits of the decoded [SEG] queries (no-object and IoU columns removed).
+        token_class_logits: (N, K) class logits of each [SEG]'s matched visual-token query (same columns).
+        found: (N,) bool, the [SEG]s with a matched token (:func:`matching_object_tokens`).
+
+    Returns:
+        Mean cross-entropy against the matched tokens' most likely class over the found [SEG]s (0 in the graph
+        if none).
+    """
+    if not bool(found.any()):
+        return seg_class_logits.sum() * 0.0
+    targets = token_class_logits[found].argmax(-1)
+    return F.cross_entropy(seg_class_logits[found].float(), targets)
+
+
 def seg_attention_hint_loss(attention_probs: Tensor, seg_rows: Tensor, seg_cols: Tensor, target_cols: Tensor,
                             found: Tensor, head: int | None = 0) -> Tensor:
     """Teach one attention head to look, from each [SEG], at the visual token of the asked-for object.

@@ -132,6 +132,21 @@ def test_object_token_hint_targets_the_query_that_segments_the_ground_truth():
     assert model(data_batch, mode='loss')['loss_hint'] == 0
 
 
+def test_seg_class_term_reads_the_class_head_on_the_decoded_seg_queries():
+    model = build_tiny(seg_class_weight=1.0)
+    with pytest.raises(ValueError, match='seg_class_weight'):
+        build_tiny(seg_class_weight=-1.0)
+    data_batch, losses = losses_with_own_object_masks(model)
+    assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask', 'loss_seg_cls'} and losses['loss_seg_cls'] > 0
+    model.zero_grad()
+    losses['loss_seg_cls'].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector_text2vision.parameters())
+    # the frozen encoder (its class head included) does not train
+    assert all(p.grad is None for p in model.visual_encoder.parameters())
+    data_batch['masks'] = [None, None]
+    assert model(data_batch, mode='loss')['loss_seg_cls'] == 0
+
+
 def test_object_token_positions_point_at_the_projected_queries_in_the_spliced_sequence(model):
     data_batch = seg_batch(model)
     ids, mask = data_batch['input_ids'], data_batch['attention_mask']

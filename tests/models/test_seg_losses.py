@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from omg_llava.models.seg_losses import MaskLossConfig, dice_loss, pretrain_alignment_loss, seg_mask_losses
+from omg_llava.models.seg_losses import (MaskLossConfig, dice_loss, pretrain_alignment_loss, seg_class_loss,
+                                         seg_mask_losses)
 
 
 def test_dice_by_hand():
@@ -102,3 +103,16 @@ def test_seg_attention_hint_loss_reads_the_seg_to_object_probability_of_one_head
     mean_of_heads = torch.tensor([0.5 + 0.02, 0.25 + 0.02]) / 3
     assert torch.isclose(seg_attention_hint_loss(probs, rows, seg_cols, targets, found, head=None),
                          -(mean_of_heads + 1e-6).log().mean())
+
+
+def test_seg_class_loss_targets_the_matched_tokens_class():
+    token_logits = torch.tensor([[0.1, 3.0, 0.0], [2.0, 0.0, 1.0], [0.0, 0.0, 5.0]])  # classes 1, 0, 2
+    found = torch.tensor([True, True, False])
+    right = torch.tensor([[0.0, 9.0, 0.0], [9.0, 0.0, 0.0], [0.0, 9.0, 0.0]])  # row 2 (not found) is ignored
+    wrong = torch.tensor([[9.0, 0.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 9.0]])
+    assert seg_class_loss(right, token_logits, found) < 1e-3
+    expected = torch.nn.functional.cross_entropy(wrong[:2], torch.tensor([1, 0]))
+    torch.testing.assert_close(seg_class_loss(wrong, token_logits, found), expected)
+    logits = wrong.clone().requires_grad_(True)
+    seg_class_loss(logits, token_logits, torch.zeros(3, dtype=torch.bool)).backward()  # none found: 0 in the graph
+    assert logits.grad is not None and logits.grad.abs().sum() == 0
