@@ -120,6 +120,9 @@ class OMGLLaVA(BaseModel):
         seg_class_weight: weight of :func:`~omg_llava.models.seg_losses.seg_class_loss` in the finetune
             (``loss_seg_cls``): the decoder's class head read on each decoded [SEG] query must give the class of the
             visual-token query that segments its ground truth. 0 (the reference recipe) leaves it out.
+        seg_class_count: the classes that term compares, the first ones of the class embeddings (the data's
+            classes; a tiny encoder keeps untrained random ones after them, whose logits can be the largest);
+            ``None``: all of them.
         seg_attention_hint_layers: LLM layer indices (negative from the last) supervised by ``loss_attn``.
         seg_attention_hint_head: the supervised head of those layers, or ``None`` for their mean.
         text_only_lm_weight: weight of ``loss_lm_text``, the LM loss of the same conversations with the image and the
@@ -143,7 +146,7 @@ class OMGLLaVA(BaseModel):
                  object_token_hint_weight: float = 0.0, seg_attention_hint_weight: float = 0.0,
                  seg_attention_hint_layers: Sequence[int] = (-1, ), seg_attention_hint_head: int | None = 0,
                  text_only_lm_weight: float = 0.0, text_only_rows: int | None = None, seg_class_weight: float = 0.0,
-                 use_activation_checkpointing: bool = True,
+                 seg_class_count: int | None = None, use_activation_checkpointing: bool = True,
                  max_length: int | None = None,
                  pretrained_pth: str | None = None, special_token_ids: dict | None = None,
                  data_preprocessor: dict | None = None) -> None:
@@ -199,6 +202,9 @@ class OMGLLaVA(BaseModel):
         if seg_class_weight < 0:
             raise ValueError(f'seg_class_weight must be >= 0, got {seg_class_weight}')
         self.seg_class_weight = seg_class_weight
+        if seg_class_count is not None and seg_class_count < 2:
+            raise ValueError(f'seg_class_count must be >= 2 or None (all classes), got {seg_class_count}')
+        self.seg_class_count = seg_class_count
         self.max_length = max_length or llm.config.max_position_embeddings
         self.pretrained_pth = pretrained_pth
         self.stop_token_ids = self._stop_token_ids()
@@ -440,7 +446,7 @@ class OMGLLaVA(BaseModel):
             losses['loss_hint'] = self.object_token_hint_weight * object_token_hint_loss(
                 queries, enc.query_tokens[batch_idxs].to(queries.dtype), valid, query_idxs, found)
         if self.seg_class_weight:
-            num_classes = enc.class_logits.shape[-1] - 1  # the no-object column is last
+            num_classes = self.seg_class_count or enc.class_logits.shape[-1] - 1  # the no-object column is last
             token_logits = enc.class_logits[batch_idxs, query_idxs, :num_classes]  # (N, K)
             seg_logits = decoded.class_logits[-1][:, 0, :num_classes]  # (N, K), no-object and IoU dropped
             losses['loss_seg_cls'] = self.seg_class_weight * seg_class_loss(seg_logits, token_logits, found)

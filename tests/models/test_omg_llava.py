@@ -136,6 +136,8 @@ def test_seg_class_term_reads_the_class_head_on_the_decoded_seg_queries():
     model = build_tiny(seg_class_weight=1.0)
     with pytest.raises(ValueError, match='seg_class_weight'):
         build_tiny(seg_class_weight=-1.0)
+    with pytest.raises(ValueError, match='seg_class_count'):
+        build_tiny(seg_class_weight=1.0, seg_class_count=1)
     data_batch, losses = losses_with_own_object_masks(model)
     assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask', 'loss_seg_cls'} and losses['loss_seg_cls'] > 0
     model.zero_grad()
@@ -145,6 +147,10 @@ def test_seg_class_term_reads_the_class_head_on_the_decoded_seg_queries():
     assert all(p.grad is None for p in model.visual_encoder.parameters())
     data_batch['masks'] = [None, None]
     assert model(data_batch, mode='loss')['loss_seg_cls'] == 0
+    # restricted to the first classes: another value (the term compares fewer logits)
+    model.seg_class_count = 3
+    _, fewer = losses_with_own_object_masks(model)
+    assert fewer['loss_seg_cls'] != losses['loss_seg_cls']
 
 
 def test_object_token_positions_point_at_the_projected_queries_in_the_spliced_sequence(model):
