@@ -92,6 +92,13 @@ class LossInfo:
     notes: list[str] = field(default_factory=list)
 
 
+def non_negative_weight(name: str, value: float) -> float:
+    """``value``, or a ValueError naming the loss weight ``name`` if it is negative (0 turns a term off)."""
+    if value < 0:
+        raise ValueError(f'{name} must be >= 0 (0 turns that loss off), got {value}')
+    return value
+
+
 @MODELS.register_module()
 class OMGLLaVA(BaseModel):
     """OMG-LLaVA (mmengine ``BaseModel``; modes ``loss`` / ``predict`` / ``tensor``).
@@ -185,23 +192,15 @@ class OMGLLaVA(BaseModel):
                                                           depth=projector_depth)
         self.mask_loss = mask_loss if isinstance(mask_loss, MaskLossConfig) else MaskLossConfig(**(mask_loss or {}))
         self.pretrain_loss_weight = pretrain_loss_weight
-        if object_token_hint_weight < 0:
-            raise ValueError(f'object_token_hint_weight must be >= 0, got {object_token_hint_weight}')
-        self.object_token_hint_weight = object_token_hint_weight
-        if seg_attention_hint_weight < 0:
-            raise ValueError(f'seg_attention_hint_weight must be >= 0, got {seg_attention_hint_weight}')
-        self.seg_attention_hint_weight = seg_attention_hint_weight
+        self.object_token_hint_weight = non_negative_weight('object_token_hint_weight', object_token_hint_weight)
+        self.seg_attention_hint_weight = non_negative_weight('seg_attention_hint_weight', seg_attention_hint_weight)
         self.seg_attention_hint_layers = tuple(seg_attention_hint_layers)
         self.seg_attention_hint_head = seg_attention_hint_head
-        if text_only_lm_weight < 0:
-            raise ValueError(f'text_only_lm_weight must be >= 0, got {text_only_lm_weight}')
-        self.text_only_lm_weight = text_only_lm_weight
+        self.text_only_lm_weight = non_negative_weight('text_only_lm_weight', text_only_lm_weight)
         if text_only_rows is not None and text_only_rows < 1:
             raise ValueError(f'text_only_rows must be >= 1 or None (every row), got {text_only_rows}')
         self.text_only_rows = text_only_rows
-        if seg_class_weight < 0:
-            raise ValueError(f'seg_class_weight must be >= 0, got {seg_class_weight}')
-        self.seg_class_weight = seg_class_weight
+        self.seg_class_weight = non_negative_weight('seg_class_weight', seg_class_weight)
         if seg_class_count is not None and seg_class_count < 2:
             raise ValueError(f'seg_class_count must be >= 2 or None (all classes), got {seg_class_count}')
         self.seg_class_count = seg_class_count
