@@ -1,6 +1,6 @@
 """Reproduce the trained tiny OMG-LLaVA (the built-in default) from nothing, on CPU, and measure it.
 
-    python projects/tiny_omg_llava/train_tiny.py                       # ~32 min on 2 CPU cores (46 on a slower host)
+    python projects/tiny_omg_llava/train_tiny.py                       # ~31.5 min on 2 CPU cores (40 on a slower host)
     python projects/tiny_omg_llava/train_tiny.py --install             # ... and replace the committed files
     python projects/tiny_omg_llava/train_tiny.py --short               # the few-minute CI version
 
