@@ -124,12 +124,6 @@ class OMGLLaVA(BaseModel):
             ``seg_attention_hint_head`` (``None``: the heads' mean) learns to attend from every [SEG] to the visual
             token of its ground-truth object. 0 (the reference recipe) leaves it out and runs the LLM without
             attention outputs.
-        seg_class_weight: weight of :func:`~omg_llava.models.seg_losses.seg_class_loss` in the finetune
-            (``loss_seg_cls``): the decoder's class head read on each decoded [SEG] query must give the class of the
-            visual-token query that segments its ground truth. 0 (the reference recipe) leaves it out.
-        seg_class_count: the classes that term compares, the first ones of the class embeddings (the data's
-            classes; a tiny encoder keeps untrained random ones after them, whose logits can be the largest);
-            ``None``: all of them.
         seg_attention_hint_layers: LLM layer indices (negative from the last) supervised by ``loss_attn``.
         seg_attention_hint_head: the supervised head of those layers, or ``None`` for their mean.
         text_only_lm_weight: weight of ``loss_lm_text``, the LM loss of the same conversations with the image and the
@@ -139,6 +133,12 @@ class OMGLLaVA(BaseModel):
         text_only_rows: how many rows of each batch get that text-only pass (the first ones; the training batches
             are shuffled), ``None`` for all. The pass costs about as much LLM arithmetic as the main one; fewer
             rows buy back time.
+        seg_class_weight: weight of :func:`~omg_llava.models.seg_losses.seg_class_loss` in the finetune
+            (``loss_seg_cls``): the decoder's class head read on each decoded [SEG] query must give the class of the
+            visual-token query that segments its ground truth. 0 (the reference recipe) leaves it out.
+        seg_class_count: the classes that term compares, the first ones of the class embeddings (the data's
+            classes; a tiny encoder keeps untrained random ones after them, whose logits can be the largest);
+            ``None``: all of them.
         use_activation_checkpointing: gradient checkpointing in the LLM.
         max_length: longest spliced sequence (text + visual tokens) accepted by :meth:`generate`; default
             the LLM's ``max_position_embeddings``.
