@@ -35,7 +35,7 @@ from .multimodal_inputs import (PromptCountError, SplicedInputs, count_placehold
 from .omg_seg_encoder import VisualEncoderOutput
 from .projectors import OMGVisualProjector, Text2VisionProjector
 from .save_filter import filter_saved_keys
-from .seg_heads.omg_seg_head import ImageFeatures
+from .seg_heads.omg_seg_head import DecodeOutput, ImageFeatures
 from .seg_losses import (MaskLossConfig, matching_object_tokens, object_token_hint_loss, pretrain_alignment_loss,
                           seg_attention_hint_loss, seg_class_loss, seg_mask_losses)
 from .special_tokens import SpecialTokenIds, add_special_tokens, fit_embeddings
@@ -288,11 +288,13 @@ class OMGLLaVA(BaseModel):
 
     def decode_seg_masks(self, seg_hidden_states: Tensor, batch_idxs: Tensor, images: EncodedImages) -> list[Tensor]:
         """[SEG] hidden states (N, D) → per decoder step (N, 1, H/4, W/4) mask logits (spec §6.1)."""
-        return self.decode_seg_queries(self.projector_text2vision(seg_hidden_states), batch_idxs, images)
+        return self.decode_seg_queries(self.projector_text2vision(seg_hidden_states), batch_idxs, images).mask_logits
 
-    def decode_seg_queries(self, queries: Tensor, batch_idxs: Tensor, images: EncodedImages) -> list[Tensor]:
-        """[SEG] queries (N, 2C) (``projector_text2vision`` outputs) → per decoder step (N, 1, H/4, W/4) logits."""
-        return self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features).mask_logits
+    def decode_seg_queries(self, queries: Tensor, batch_idxs: Tensor, images: EncodedImages,
+                           with_classes: bool = False) -> DecodeOutput:
+        """[SEG] queries (N, 2C) (``projector_text2vision`` outputs) → every decoder step: ``.mask_logits[j]``
+        (N, 1, H/4, W/4), and with ``with_classes`` ``.class_logits[j]`` (N, 1, K+2) (a training term only)."""
+        return self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features, with_classes=with_classes)
 
     # ------------------------------------------------------------------ mmengine entry point
     def forward(self, data: dict, data_samples: Any = None, mode: str = 'loss', **generation_kwargs):
@@ -433,8 +435,7 @@ class OMGLLaVA(BaseModel):
         keep[matched] = seg_positions[matched]
         batch_idxs = keep.nonzero()[:, 0]
         queries = self.projector_text2vision(hidden[keep])  # (N, 2C)
-        decoded = self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features,
-                                                         with_classes=bool(self.seg_class_weight))
+        decoded = self.decode_seg_queries(queries, batch_idxs, images, with_classes=bool(self.seg_class_weight))
         gt = torch.cat([masks[b] for b in matched]).to(decoded.mask_logits[0].device)
         losses = seg_mask_losses(decoded.mask_logits, gt, self.mask_loss)
         if self.object_token_hint_weight or self.seg_class_weight or layer_attentions is not None:
