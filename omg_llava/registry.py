@@ -8,6 +8,7 @@ xtuner's ``BUILDER`` builds) or as a string: ``'OMGSegVisualEncoder'`` through t
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
 from mmengine.registry import DefaultScope, Registry, build_from_cfg
 
 SCOPE = 'omg_llava'
@@ -25,6 +26,7 @@ LOOPS = Registry('loop', parent=MMENGINE_LOOPS, scope=SCOPE, locations=['omg_lla
                  build_func=build_in_plugin_scope)
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope=SCOPE, locations=['omg_llava.engine.hooks'],
                  build_func=build_in_plugin_scope)
+RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope=SCOPE, locations=['omg_llava.engine'])
 
 
 
@@ -47,4 +49,4 @@ def build_component(cfg):
     return factory(**kwargs)
 
 
-__all__ = ['MODELS', 'LOOPS', 'HOOKS', 'SCOPE', 'build_component']
+__all__ = ['MODELS', 'LOOPS', 'HOOKS', 'RUNNERS', 'SCOPE', 'build_component']

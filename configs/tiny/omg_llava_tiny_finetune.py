@@ -24,6 +24,7 @@ from omg_llava.datasets.mdpv import MDPVPointDataset
 from omg_llava.datasets.osprey import OspreyRegionCaptionDataset
 from omg_llava.datasets.refer_seg import ReferSegDataset
 from omg_llava.datasets.semantic_seg import SemanticSegDataset
+from omg_llava.engine import CPUDataParallelRunner
 from omg_llava.engine import TrainLoop
 from omg_llava.engine.hooks import DatasetInfoHook
 from omg_llava.engine.hooks import EvaluateChatHook
@@ -200,6 +201,11 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='gloo'),
 )
+# a plain Runner unless launched (torchrun ... --launcher pytorch); then data-parallel on CPU processes too
+# (omg_llava/engine/cpu_runner.py). Some parameters get no gradient in some steps (the region / point prompt
+# encoders without such rows, the [SEG] path without referring rows), hence find_unused_parameters.
+runner_type = CPUDataParallelRunner
+find_unused_parameters = True
 
 visualizer = None
 log_level = 'INFO'

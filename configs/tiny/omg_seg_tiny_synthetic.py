@@ -22,7 +22,9 @@ from omg_llava.models.omg_seg_trainer import OMGSegTrainer
 with read_base():
     from .omg_llava_tiny_finetune import default_hooks  # noqa: F401
     from .omg_llava_tiny_finetune import env_cfg  # noqa: F401
+    from .omg_llava_tiny_finetune import find_unused_parameters  # noqa: F401
     from .omg_llava_tiny_finetune import log_processor  # noqa: F401
+    from .omg_llava_tiny_finetune import runner_type  # noqa: F401
     from .omg_llava_tiny_finetune import visual_encoder
 
 #######################################################################

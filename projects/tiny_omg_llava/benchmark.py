@@ -72,6 +72,11 @@ def report(work_dir: str) -> dict:
     timings = _read_json(os.path.join(work_dir, 'timings.json'))
     refseg = _read_json(os.path.join(work_dir, 'test', 'refseg', 'metrics.json'))
     region_qa = _read_json(os.path.join(work_dir, 'test', 'region_qa', 'metrics.json'))
+    plan_path = os.path.join(work_dir, 'plan.json')
+    plan = _read_json(plan_path) if os.path.exists(plan_path) else {}
+    if plan:
+        print(f'training processes per stage: {plan["processes"]} x {plan["threads_per_process"]} thread(s) '
+              '(peak RSS is that of the largest single process)')
     print('\nstep                    wall s   peak RSS so far (MiB)')
     for name, t in timings.items():
         print(f'{name:<22} {t["seconds"]:>7.0f}   {t["peak_rss_mib_so_far"]:>8}')
@@ -93,7 +98,7 @@ def report(work_dir: str) -> dict:
     png = os.path.join(work_dir, 'curves.png')
     plot_curves(curves, png)
     print(f'\ntraining curves: {png}')
-    figures = dict(timings=timings, training_seconds=training, refseg=refseg, region_qa=region_qa,
+    figures = dict(plan=plan, timings=timings, training_seconds=training, refseg=refseg, region_qa=region_qa,
                    losses={stage: {name: dict(first=points[0][1], last=points[-1][1]) for name, points in s.items()}
                            for stage, s in curves.items()})
     with open(os.path.join(work_dir, 'figures.json'), 'w', encoding='utf-8') as f:

@@ -55,12 +55,15 @@ SHORT = dict(train=300, val=20, test=5, language_iters=200, pre_iters=800, pretr
              refseg_samples=60, qa_samples=60)
 
 
-def run_stage(name: str, command: list[str], timings: dict, log_dir: str, cwd: str = REPO_ROOT) -> None:
-    """Run one step as a subprocess (output to ``log_dir/<name>.log``), record its wall time and peak memory."""
+def run_stage(name: str, command: list[str], timings: dict, log_dir: str, cwd: str = REPO_ROOT,
+              threads: int | None = None) -> None:
+    """Run one step as a subprocess (output to ``log_dir/<name>.log``), record its wall time and peak memory;
+    ``threads`` sets OMP_NUM_THREADS for it."""
     print(f'[{name}] {" ".join(command)}', flush=True)
+    env = dict(os.environ, **({'OMP_NUM_THREADS': str(threads)} if threads else {}))
     start = time.perf_counter()
     with open(os.path.join(log_dir, f'{name}.log'), 'w', encoding='utf-8') as log:
-        result = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        result = subprocess.run(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - start
     # ru_maxrss of the children is the largest so far (KiB on Linux): a step's own peak when it is the largest.
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -72,13 +75,49 @@ def run_stage(name: str, command: list[str], timings: dict, log_dir: str, cwd: s
         raise SystemExit(f'step {name} failed (exit {result.returncode}); end of {log_dir}/{name}.log:\n{tail}')
 
 
+def default_processes() -> int:
+    """Training processes per stage: 2 where there are at least 2 cores (one thread each: faster than one process
+    with two threads, docs/tiny_model.md "Compute"), else 1."""
+    return 2 if (os.cpu_count() or 1) >= 2 else 1
+
+
+def xtuner_train(config: str, processes: int) -> list[str]:
+    """The ``xtuner train`` command of a config, data-parallel over ``processes`` CPU processes when > 1
+    (``torchrun`` + gloo, omg_llava/engine/cpu_runner.py); ``--cfg-options`` go after it."""
+    if processes == 1:
+        return [sys.executable, '-m', 'xtuner.tools.train', config]
+    return [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={processes}',
+            '-m', 'xtuner.tools.train', config, '--launcher', 'pytorch']
+
+
+def per_process_batch(config: str, processes: int) -> list[str]:
+    """--cfg-options that split a config's batch over ``processes`` (mmengine batch sizes are per process), so
+    that every recipe trains on the same number of samples per step whatever the process count."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    loader = cfg.train_dataloader
+    per_batch = {'train_dataloader.batch_size': loader.batch_size,
+                 'train_dataloader.sampler.per_device_batch_size': loader.sampler.get('per_device_batch_size'),
+                 'model.text_only_rows': cfg.model.get('text_only_rows')}
+    options = []
+    for key, value in per_batch.items():
+        if not value or processes == 1:
+            continue
+        if value % processes:
+            raise SystemExit(f'{key}={value} in {config} does not split over {processes} processes; '
+                             f'use --processes with a divisor of it')
+        options.append(f'{key}={value // processes}')
+    return options
+
+
 def _iterations(n: int) -> list[str]:
     """--cfg-options that shorten or lengthen a config's schedule (loop end and cosine end) to ``n`` iterations."""
     return [f'train_cfg.max_iters={n}', f'param_scheduler.1.end={n}']
 
 
-def train(work_dir: str, plan: dict) -> dict:
-    """Steps 1-5 into ``work_dir``; returns the timings (also written to ``work_dir/timings.json``).
+def train(work_dir: str, plan: dict, processes: int = 1) -> dict:
+    """Steps 1-5 into ``work_dir``, each training stage on ``processes`` CPU processes; returns the timings (also
+    written to ``work_dir/timings.json``).
 
     The training steps run with ``work_dir`` as working directory, so the configs' ``./data/synthetic_shapes/``
     is ``work_dir/data/synthetic_shapes/``."""
@@ -88,16 +127,23 @@ def train(work_dir: str, plan: dict) -> dict:
     data_root = os.path.join(work_dir, 'data', 'synthetic_shapes')
     config = {name: os.path.join(REPO_ROOT, path) for name, path in CONFIGS.items()}
     timings: dict = {}
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    with open(os.path.join(work_dir, 'plan.json'), 'w', encoding='utf-8') as f:
+        json.dump(dict(plan, processes=processes, threads_per_process=threads), f, indent=2)
+
+    def run_training(step: str, stage: str, iters: int, extra: list[str]) -> None:
+        """One training stage (its work dir ``work_dir/<stage>``) as the timed step ``step``."""
+        command = xtuner_train(config[stage], processes) + ['--work-dir', stage, '--cfg-options', *_iterations(iters),
+                                                            *per_process_batch(config[stage], processes), *extra]
+        run_stage(step, command, timings, logs, cwd=work_dir, threads=threads)
+
     run_stage('data', [py, os.path.join(REPO_ROOT, 'projects/tiny_omg_llava/synthetic_shapes.py'), '--root',
                        data_root, '--train', str(plan['train']), '--val', str(plan['val']), '--test',
                        str(plan['test'])], timings, logs)
-    xtuner = [py, '-m', 'xtuner.tools.train']
-    run_stage('language_stage', xtuner + [config['language'], '--work-dir', 'language', '--cfg-options',
-                                          *_iterations(plan['language_iters'])], timings, logs, cwd=work_dir)
+    run_training('language_stage', 'language', plan['language_iters'], [])
     llm_dir = os.path.join(work_dir, LANGUAGE_MODEL_FOLDER)
     shutil.copytree(os.path.join(work_dir, 'language', LANGUAGE_MODEL_FOLDER), llm_dir, dirs_exist_ok=True)
-    run_stage('omg_seg_pre_stage', xtuner + [config['omg_seg'], '--work-dir', 'omg_seg', '--cfg-options',
-                                             *_iterations(plan['pre_iters'])], timings, logs, cwd=work_dir)
+    run_training('omg_seg_pre_stage', 'omg_seg', plan['pre_iters'], [])
     stage_inputs = [f'model.visual_encoder.weights.{k}={os.path.join(work_dir, "omg_seg", name)}'
                     for k, name in ENCODER_FILES.items()] + [f'model.llm.pretrained_model_name_or_path={llm_dir}']
     pretrain_pth = os.path.join(work_dir, PRETRAIN_CHECKPOINT_NAME)
@@ -105,8 +151,7 @@ def train(work_dir: str, plan: dict) -> dict:
     for stage, iters, extra, output in (
             ('pretrain', plan['pretrain_iters'], [], pretrain_pth),
             ('finetune', plan['finetune_iters'], [f'model.pretrained_pth={pretrain_pth}'], checkpoint)):
-        run_stage(stage, xtuner + [config[stage], '--work-dir', stage, '--cfg-options', *_iterations(iters),
-                                   *stage_inputs, *extra], timings, logs, cwd=work_dir)
+        run_training(stage, stage, iters, [*stage_inputs, *extra])
         with open(os.path.join(work_dir, stage, 'last_checkpoint'), encoding='utf-8') as f:
             last = f.read().strip()
         run_stage(f'convert_{stage}', [py, 'tools/convert_to_pth.py', config[stage], last, '--save-path', output,
@@ -143,11 +188,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--work-dir', default='work_dirs/tiny_synthetic', help='where everything is written')
     parser.add_argument('--short', action='store_true', help='the few-minute CI version (never installed)')
     parser.add_argument('--install', action='store_true', help='copy the trained files into omg_llava/assets/')
+    parser.add_argument('--processes', type=int, default=default_processes(),
+                        help='CPU processes per training stage (data-parallel, one share of the cores each; the '
+                             'batch per step stays the same); default 2 on 2 or more cores, else 1')
     args = parser.parse_args(argv)
+    if args.processes < 1:
+        parser.error(f'--processes must be at least 1, got {args.processes}')
     if args.short and args.install:
         parser.error('--short trains a weaker model; it is never installed as the default')
     plan = SHORT if args.short else FULL
-    train(os.path.abspath(args.work_dir), plan)
+    train(os.path.abspath(args.work_dir), plan, args.processes)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from benchmark import report
     figures = report(os.path.abspath(args.work_dir))

@@ -30,3 +30,30 @@ def test_each_config_alone_runs_the_full_recipes_schedule(stage):
     cfg = Config.fromfile(str(REPO_ROOT / train_tiny.CONFIGS[stage]))
     full = train_tiny.FULL[{'omg_seg': 'pre_iters'}.get(stage, f'{stage}_iters')]
     assert int(cfg.train_cfg.max_iters) == full and int(cfg.param_scheduler[1]['end']) == full
+
+
+@pytest.mark.parametrize('stage', ['language', 'omg_seg', 'pretrain', 'finetune'])
+def test_two_processes_share_each_step_of_the_same_size(stage):
+    """With --processes 2 each process takes half of every per-step count, so a step trains on as many rows."""
+    train_tiny = load_project_module('train_tiny')
+    path = str(REPO_ROOT / train_tiny.CONFIGS[stage])
+    cfg = Config.fromfile(path)
+    assert cfg.runner_type.__name__ == 'CPUDataParallelRunner' and cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert train_tiny.per_process_batch(path, 1) == []
+    halved = dict(option.split('=') for option in train_tiny.per_process_batch(path, 2))
+    assert int(halved['train_dataloader.batch_size']) * 2 == cfg.train_dataloader.batch_size
+    if 'text_only_rows' in cfg.model:
+        assert int(halved['model.text_only_rows']) * 2 == cfg.model.text_only_rows
+    with pytest.raises(SystemExit, match='does not split over 3 processes'):
+        train_tiny.per_process_batch(path, 3)
+
+
+def test_more_than_one_process_runs_xtuner_train_under_torchrun():
+    train_tiny = load_project_module('train_tiny')
+    single = train_tiny.xtuner_train('CONFIG', 1)
+    assert single[1:] == ['-m', 'xtuner.tools.train', 'CONFIG']
+    parallel = train_tiny.xtuner_train('CONFIG', 2)
+    assert parallel[1:4] == ['-m', 'torch.distributed.run', '--standalone']
+    assert '--nproc_per_node=2' in parallel and parallel[-3:] == ['CONFIG', '--launcher', 'pytorch']
+    with pytest.raises(SystemExit):
+        train_tiny.main(['--processes', '0'])
