@@ -440,8 +440,9 @@ class OMGLLaVA(BaseModel):
         losses = seg_mask_losses(decoded.mask_logits, gt, self.mask_loss)
         if self.object_token_hint_weight or self.seg_class_weight or layer_attentions is not None:
             enc = images.encoder_output
-            valid = (~enc.query_blocked[batch_idxs]).any(-1)  # (N, Q)
-            query_idxs, found = matching_object_tokens(gt, enc.mask_logits[batch_idxs], valid)
+            image_valid = (~enc.query_blocked).any(-1)  # (B, Q)
+            valid = image_valid[batch_idxs]  # (N, Q)
+            query_idxs, found = matching_object_tokens(gt, enc.mask_logits, image_valid, batch_idxs)
         if self.object_token_hint_weight:
             losses['loss_hint'] = self.object_token_hint_weight * object_token_hint_loss(
                 queries, enc.query_tokens[batch_idxs].to(queries.dtype), valid, query_idxs, found)

@@ -90,26 +90,35 @@ def pretrain_alignment_loss(query_tokens: Tensor, query_blocked: Tensor, project
     return weight * F.mse_loss(predicted.float(), selected.float())
 
 
-def matching_object_tokens(gt_masks: Tensor, mask_logits: Tensor, valid: Tensor, min_iou: float = 0.5
-                           ) -> tuple[Tensor, Tensor]:
+def matching_object_tokens(gt_masks: Tensor, mask_logits: Tensor, valid: Tensor, image_idxs: Tensor,
+                           min_iou: float = 0.5) -> tuple[Tensor, Tensor]:
     """For each ground-truth mask, the visual-token query of its image whose own mask overlaps it best.
+
+    Each image's query masks are upsampled once, however many ground truths it has (an image of the finetune has
+    several [SEG]s), and the overlaps are one matrix product per batch.
 
     Args:
         gt_masks: (N, S, S) binary masks at the network input size.
-        mask_logits: (N, Q, h, w) last-step mask logits of the object queries of each mask's image.
-        valid: (N, Q) bool, the queries that are visual tokens of that image (win at least one cell).
+        mask_logits: (B, Q, h, w) last-step mask logits of the object queries of the batch's images.
+        valid: (B, Q) bool, the queries that are visual tokens of their image (win at least one cell).
+        image_idxs: (N,) long, the image of each ground truth.
         min_iou: matches below this IoU are dropped.
 
     Returns:
-        ``(query_idxs, found)``: (N,) long index of the best valid query and (N,) bool, IoU >= ``min_iou``.
+        ``(query_idxs, found)``: (N,) long index of the best valid query of the mask's image and (N,) bool,
+        IoU >= ``min_iou``.
     """
     with torch.no_grad():
         size = tuple(gt_masks.shape[-2:])
-        pred = F.interpolate(mask_logits.float(), size=size, mode='bilinear', align_corners=False) > 0  # (N, Q, S, S)
-        gt = gt_masks[:, None].bool()
-        inter = (pred & gt).flatten(2).sum(-1).float()
-        union = (pred | gt).flatten(2).sum(-1).float().clamp(min=1)
-        iou = torch.where(valid, inter / union, torch.full_like(inter, -1.0))
+        images, per_mask = image_idxs.unique(return_inverse=True)  # (U,), (N,) position in ``images``
+        pred = F.interpolate(mask_logits[images].float(), size=size, mode='bilinear', align_corners=False) > 0
+        pred = pred.flatten(2).float()  # (U, Q, S·S)
+        gt = gt_masks.flatten(1).float()  # (N, S·S)
+        U, Q = pred.shape[:2]
+        overlaps = (pred.reshape(U * Q, -1) @ gt.T).view(U, Q, -1)  # (U, Q, N) pixel counts, exact in fp32
+        inter = overlaps[per_mask, :, torch.arange(len(gt), device=gt.device)]  # (N, Q)
+        union = (pred.sum(-1)[per_mask] + gt.sum(-1, keepdim=True) - inter).clamp(min=1)
+        iou = torch.where(valid[image_idxs], inter / union, torch.full_like(inter, -1.0))
         best_iou, query_idxs = iou.max(dim=-1)
     return query_idxs, best_iou >= min_iou
 

@@ -101,8 +101,9 @@ def points_at_object(data: dict, images, seg: torch.Tensor, gt: torch.Tensor, at
     from omg_llava.models.seg_losses import matching_object_tokens
     enc = images.encoder_output
     rows, cols = seg.nonzero().unbind(-1)
-    valid = (~enc.query_blocked[rows]).any(-1)  # (N, Q)
-    target, found = matching_object_tokens(gt, enc.mask_logits[rows], valid)
+    image_valid = (~enc.query_blocked).any(-1)  # (B, Q)
+    valid = image_valid[rows]  # (N, Q)
+    target, found = matching_object_tokens(gt, enc.mask_logits, image_valid, rows)
     starts = image_start_positions(data['input_ids'], data.get('attention_mask'))[rows]
     n_pixels = enc.pixel_tokens.shape[1]
     candidates = starts[:, None] + n_pixels + 1 + torch.arange(valid.shape[1])  # (N, Q) by rank among valid

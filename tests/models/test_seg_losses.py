@@ -51,19 +51,38 @@ def test_matching_object_tokens_picks_the_best_valid_query():
     gt = torch.zeros(2, 32, 32)
     gt[0, :16, :16] = 1  # top-left quarter
     gt[1, 16:, 16:] = 1  # bottom-right quarter
-    logits = torch.full((2, 3, 8, 8), -5.0)
+    logits = torch.full((2, 3, 8, 8), -5.0)  # two images with the same query masks
     logits[:, 0, :4, :4] = 5.0  # query 0: top-left
     logits[:, 1, :4, :] = 5.0  # query 1: top half (IoU 0.5 with top-left)
     logits[:, 2, 4:, 4:] = 5.0  # query 2: bottom-right
     valid = torch.tensor([[True, True, True], [True, True, False]])
-    idxs, found = matching_object_tokens(gt, logits, valid)
+    image_idxs = torch.tensor([0, 1])
+    idxs, found = matching_object_tokens(gt, logits, valid, image_idxs)
     assert idxs[0] == 0 and found[0]
     assert not found[1]  # its only match (query 2) is not a visual token of that image
     valid[0, 0] = False
-    idxs, found = matching_object_tokens(gt, logits, valid)
+    idxs, found = matching_object_tokens(gt, logits, valid, image_idxs)
     assert idxs[0] == 1 and found[0]  # the next best, IoU exactly 0.5
-    idxs, found = matching_object_tokens(gt, logits, valid, min_iou=0.6)
+    idxs, found = matching_object_tokens(gt, logits, valid, image_idxs, min_iou=0.6)
     assert not found[0]
+    idxs, found = matching_object_tokens(gt, logits, valid, torch.tensor([1, 1]))  # both on image 1
+    assert idxs[0] == 0 and found.tolist() == [True, False]  # image 1 has no bottom-right token
+
+
+def test_matching_object_tokens_equals_the_iou_of_each_mask_with_its_images_queries():
+    """Several masks per image, in any order: the same choice as upsampling and comparing each mask on its own."""
+    from omg_llava.models.seg_losses import matching_object_tokens
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 8, 8, generator=generator) * 4
+    valid = torch.rand(3, 5, generator=generator) > 0.3
+    image_idxs = torch.tensor([2, 0, 2, 2, 1, 0])
+    gt = torch.rand(6, 32, 32, generator=generator) > 0.6
+    idxs, found = matching_object_tokens(gt, logits, valid, image_idxs, min_iou=0.2)
+    for n, b in enumerate(image_idxs.tolist()):
+        pred = F.interpolate(logits[b:b + 1], size=(32, 32), mode='bilinear', align_corners=False)[0] > 0
+        iou = (pred & gt[n]).flatten(1).sum(-1) / (pred | gt[n]).flatten(1).sum(-1).clamp(min=1)
+        iou[~valid[b]] = -1
+        assert idxs[n] == iou.argmax() and found[n] == (iou.max() >= 0.2)
 
 
 def test_object_token_hint_loss_pulls_the_seg_query_to_its_object():
