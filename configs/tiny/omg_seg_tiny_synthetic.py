@@ -51,6 +51,13 @@ region_class_stage = 2
 # which "left of" / "on the right" need; with it RMSE 0.07 / 0.06, and the kind is readable more often too
 # (class head 61 % -> 68 %, linear probe 70 % -> 78 %; held-out images, 2000 steps on 6000 training images).
 box_weight = 5.0
+# Referring expressions decoded as queries (OMGSegTrainer docstring): which expressions a [SEG] query can select is
+# the decoder's doing, and without this term a pre-stage learns those lookups by chance (two runs of the same
+# recipe: attribute expressions 49 % / 76 % right object, positions 81 % / 57 %; docs/tiny_model.md). The REFER
+# train refs are the instances' own expressions (same annotation ids).
+referring_weight = 2.0
+referring_per_image = 4
+refs_file = data_root + 'ref_seg/refcoco/refs(unc).p'
 
 batch_size = 8
 max_iters = 3000  # 2000 left the encoder visibly weaker in one of two runs (docs/tiny_model.md, "Run-to-run spread")
@@ -64,7 +71,8 @@ max_norm = 1
 model = dict(type=OMGSegTrainer, visual_encoder=visual_encoder, num_classes=len(class_names), class_names=class_names,
              criterion=dict(num_points=criterion_points), single_query_weight=single_query_weight,
              single_query_points=single_query_points, region_class_weight=region_class_weight,
-             region_class_stage=region_class_stage, box_weight=box_weight)
+             region_class_stage=region_class_stage, box_weight=box_weight, referring_weight=referring_weight,
+             referring_per_image=referring_per_image)
 
 train_dataloader = dict(
     batch_size=batch_size,
@@ -74,7 +82,8 @@ train_dataloader = dict(
         annotation_file=data_root + 'coco/annotations/instances_train2017.json',
         image_folder=data_root + 'coco/train2017/',
         image_size=image_size,
-        category_names=class_names),
+        category_names=class_names,
+        refs_file=refs_file),
     sampler=dict(type=DefaultSampler, shuffle=True),
     collate_fn=dict(type=instance_collate_fn))
 

@@ -1,4 +1,5 @@
-"""COCO instance annotations as (image, labels, masks) samples, for pre-training the OMG-Seg encoder.
+"""COCO instance annotations as (image, labels, masks) samples, for pre-training the OMG-Seg encoder, optionally
+with the REFER referring expressions of those instances.
 
 Images go through the same pad-to-square + resize geometry as OMG-LLaVA's inputs
 (:func:`omg_llava.inference.image_io.preprocess_image`), masks through
@@ -30,13 +31,20 @@ class CocoInstanceDataset(SkippingDataset):
         category_names: class order (label k = ``category_names[k]``); annotations of other categories are
             dropped. Default: the file's categories sorted by id.
         skip_crowd: drop ``iscrowd`` annotations (default True).
+        refs_file: a REFER refs pickle (``refs(unc).p``) whose ``ann_id`` are this file's annotation ids (the
+            synthetic data writes both from the same annotations; COCO and RefCOCO share theirs); each item then
+            also has ``ref_sentences`` (list of r str) and ``ref_targets`` (r,) long, the index of the referred
+            instance in ``gt_labels`` / ``gt_masks``.
+        refs_split: the refs of this split only (default ``'train'``).
 
     Each item: ``pixel_values`` (3, S, S) float, ``gt_labels`` (n,) long, ``gt_masks`` (n, S, S) uint8.
-    Instances whose mask vanishes at size S are dropped; an image may have no instance.
+    Instances whose mask vanishes at size S are dropped (and the expressions that refer to them); an image may
+    have no instance.
     """
 
     def __init__(self, annotation_file: str, image_folder: str, image_size: int,
-                 category_names: Sequence[str] | None = None, skip_crowd: bool = True) -> None:
+                 category_names: Sequence[str] | None = None, skip_crowd: bool = True,
+                 refs_file: str | None = None, refs_split: str = 'train') -> None:
         with open(annotation_file, encoding='utf-8') as f:
             coco = json.load(f)
         if not isinstance(coco, dict) or not {'images', 'annotations', 'categories'} <= set(coco):
@@ -58,6 +66,21 @@ class CocoInstanceDataset(SkippingDataset):
                 anns[ann.get('image_id')].append(ann)
         self.records = [(image, anns.get(image.get('id'), [])) for image in coco['images']]
         self.skipped: Counter[str] = Counter()
+        self.sentences_by_ann = None if refs_file is None else self._sentences_by_annotation(
+            refs_file, refs_split, {ann.get('id') for image_anns in anns.values() for ann in image_anns})
+
+    @staticmethod
+    def _sentences_by_annotation(refs_file: str, split: str, ann_ids: set) -> dict[int, list[str]]:
+        """ann_id → its referring expressions, from the refs of ``split`` whose instance this file has."""
+        from .refer_seg import _sentences, load_refs
+        by_ann: dict[int, list[str]] = defaultdict(list)
+        for ref in load_refs(refs_file):
+            if ref['split'] == split and ref['ann_id'] in ann_ids:
+                by_ann[ref['ann_id']] += _sentences(ref['sentences'])
+        if not by_ann:
+            raise ValueError(f'{refs_file}: no {split!r} ref names an instance of the annotation file; the refs '
+                             'and the instances must come from the same annotations (same ann ids)')
+        return dict(by_ann)
 
     def load_record(self, index: int) -> dict[str, Tensor]:
         return self.load_sample(*self.records[index])
@@ -82,12 +105,23 @@ class CocoInstanceDataset(SkippingDataset):
             np.zeros((0, H, W), dtype=bool)
         masks = geometry.masks_to_input(torch.from_numpy(masks)) > 0.5  # (n, S, S)
         keep = masks.flatten(1).any(-1)
-        return dict(pixel_values=pixel_values, gt_labels=torch.tensor(labels, dtype=torch.long)[keep],
-                    gt_masks=masks[keep].to(torch.uint8))
+        sample = dict(pixel_values=pixel_values, gt_labels=torch.tensor(labels, dtype=torch.long)[keep],
+                      gt_masks=masks[keep].to(torch.uint8))
+        if self.sentences_by_ann is not None:
+            kept = [a for a, k in zip(anns, keep.tolist()) if k]
+            pairs = [(sentence, index) for index, a in enumerate(kept)
+                     for sentence in self.sentences_by_ann.get(a.get('id'), [])]
+            sample['ref_sentences'] = [sentence for sentence, _ in pairs]
+            sample['ref_targets'] = torch.tensor([index for _, index in pairs], dtype=torch.long)
+        return sample
 
 
 def instance_collate_fn(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images, keep per-image labels/masks as lists: ``{'data': {...}, 'data_samples': None}``."""
+    """Stack images, keep per-image labels/masks (and referring expressions, if any) as lists:
+    ``{'data': {...}, 'data_samples': None}``."""
     data = dict(pixel_values=torch.stack([s['pixel_values'] for s in samples]),
                 gt_labels=[s['gt_labels'] for s in samples], gt_masks=[s['gt_masks'] for s in samples])
+    if 'ref_sentences' in samples[0]:
+        data.update(ref_sentences=[s['ref_sentences'] for s in samples],
+                    ref_targets=[s['ref_targets'] for s in samples])
     return {'data': data, 'data_samples': None}

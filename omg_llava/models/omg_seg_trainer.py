@@ -38,6 +38,15 @@ object tokens are those queries; a 7B LLM reads positions off the pixel tokens, 
 hardly. With ``box_weight > 0`` each step also regresses the normalised box (cx, cy, w, h) of every matched
 object from its final query (a trainer-owned MLP, not exported; L1, as DETR's box term). At weight 5 the centre
 became readable (RMSE 0.07 of the side for x) without costing the kind.
+
+Which referring expressions a ``[SEG]`` query can select is the decoder's doing, not the LLM's: on the synthetic
+shapes a bag-of-words MLP decoded through a frozen tiny decoder matched the tiny LLM expression kind by expression
+kind, and two pre-stages of the same recipe gave opposite profiles (attributes 49 % / 76 % right object, positions
+81 % / 57 %), because nothing here trained a text-derived query. With ``referring_weight > 0`` (and a dataset with
+``refs_file``) each step also decodes, alone, a query made from each of up to ``referring_per_image`` referring
+expressions per image by a trainer-owned :class:`~omg_llava.models.referring_queries.BagOfWordsQueryEncoder` (not
+exported), with the ``[SEG]`` mask losses against the referred instance. In a lab with a trainable decoder this
+raised the held-out right-object rate from 67 % to 79 % within 500 steps (docs/tiny_model.md).
 """
 from __future__ import annotations
 
@@ -57,6 +66,7 @@ from omg_llava.registry import MODELS
 
 from .backbones.convnext_clip import OPEN_CLIP_PREFIXES
 from .omg_seg_encoder import OMGSegVisualEncoder
+from .referring_queries import BagOfWordsQueryEncoder
 from .seg_heads.omg_seg_head import DecodeOutput, ImageFeatures, own_prediction_policy
 from .seg_heads.prompt_queries import prompt_queries
 from .seg_heads.set_criterion import SegmentationSetCriterion
@@ -150,6 +160,8 @@ class OMGSegTrainer(BaseModel):
         region_class_weight: weight of the trunk's region classification (module docstring); 0 = off.
         region_class_stage: trunk stage (0-3, strides 4-32) whose mask-pooled features that classification reads.
         box_weight: weight of the box regression from the matched final queries (module docstring); 0 = off.
+        referring_weight: weight of the referring-expression decoding losses (module docstring); 0 = off.
+        referring_per_image: at most this many expressions per image and step (a random subset).
         data_preprocessor: mmengine data preprocessor config (default: moves tensors to the device).
     """
 
@@ -157,6 +169,7 @@ class OMGSegTrainer(BaseModel):
                  class_embed_seed: int = 0, class_names: Sequence[str] | None = None, criterion: dict | None = None,
                  single_query_weight: float = 0.0, single_query_points: int = 12544,
                  region_class_weight: float = 0.0, region_class_stage: int = 2, box_weight: float = 0.0,
+                 referring_weight: float = 0.0, referring_per_image: int = 4,
                  data_preprocessor: dict | nn.Module | None = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
         self.visual_encoder = _build_encoder(visual_encoder)
@@ -192,6 +205,12 @@ class OMGSegTrainer(BaseModel):
         self.box_head = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, 4)) \
             if box_weight else None
         self.single_query_loss_cfg = MaskLossConfig(num_points=single_query_points)
+        if referring_weight < 0 or referring_per_image < 1:
+            raise ValueError(f'referring_weight must be >= 0 and referring_per_image >= 1, got {referring_weight} '
+                             f'and {referring_per_image}')
+        self.referring_weight = referring_weight
+        self.referring_per_image = referring_per_image
+        self.referring_queries = BagOfWordsQueryEncoder(channels) if referring_weight else None
 
     def encode(self, pixel_values: Tensor) -> tuple[list[Tensor], ImageFeatures, DecodeOutput]:
         """(B, 3, S, S) normalised images → the 4 trunk maps, the image features and every decoder step of the
@@ -277,9 +296,41 @@ class OMGSegTrainer(BaseModel):
         return {'loss_single_dice': self.single_query_weight * losses['loss_dice'],
                 'loss_single_mask': self.single_query_weight * losses['loss_mask']}
 
+    def referring_losses(self, features: ImageFeatures, sentences: list[list[str]], targets: list[Tensor],
+                         gt_masks: list[Tensor]) -> dict[str, Tensor]:
+        """Mask losses of queries made from referring expressions, each decoded alone (module docstring).
+
+        Args:
+            features: the batch's image features.
+            sentences: per image, its r_b expressions; targets: per image, (r_b,) index of each one's instance.
+            gt_masks: per image, (n_b, S, S) binary masks.
+
+        Returns:
+            ``loss_ref_dice`` and ``loss_ref_mask`` (scalars, scaled by ``referring_weight``; 0 in the graph when
+            the batch has no expression).
+        """
+        chosen, image_idxs, masks = [], [], []
+        for b, (image_sentences, image_targets) in enumerate(zip(sentences, targets)):
+            keep = torch.randperm(len(image_sentences))[:self.referring_per_image].tolist()
+            chosen += [image_sentences[i] for i in keep]
+            image_idxs += [b] * len(keep)
+            masks += [gt_masks[b][image_targets[i]] for i in keep]
+        if not chosen:
+            zero = sum(p.sum() for p in self.referring_queries.parameters()) * 0
+            return {'loss_ref_dice': zero, 'loss_ref_mask': zero}
+        head = self.visual_encoder.panoptic_head
+        queries = self.referring_queries(chosen)[:, None]  # (N, 1, 2C)
+        C = queries.shape[-1] // 2
+        selected = features.select(torch.tensor(image_idxs, device=queries.device))
+        decode = head.decode(queries[..., :C], queries[..., C:], selected, own_prediction_policy)
+        losses = seg_mask_losses(decode.mask_logits, torch.stack(masks).to(queries.device), self.single_query_loss_cfg)
+        return {'loss_ref_dice': self.referring_weight * losses['loss_dice'],
+                'loss_ref_mask': self.referring_weight * losses['loss_mask']}
+
     def forward(self, data: dict, data_samples: None = None, mode: str = 'loss'):
         """Args:
-            data: ``pixel_values`` (B, 3, S, S), ``gt_labels`` list of (n_b,), ``gt_masks`` list of (n_b, S, S).
+            data: ``pixel_values`` (B, 3, S, S), ``gt_labels`` list of (n_b,), ``gt_masks`` list of (n_b, S, S);
+                with ``referring_weight``, also ``ref_sentences`` / ``ref_targets`` (CocoInstanceDataset).
             mode: ``'loss'`` → dict of losses; ``'predict'`` → per-image predictions (see :meth:`predict`);
                 ``'tensor'`` → the :class:`DecodeOutput`.
         """
@@ -288,6 +339,12 @@ class OMGSegTrainer(BaseModel):
             losses, matches = self.criterion.losses_and_matches(decode, data['gt_labels'], data['gt_masks'])
             if self.single_query_weight > 0:
                 losses.update(self.single_query_losses(features, decode, data['gt_masks'], matches))
+            if self.referring_weight > 0:
+                if 'ref_sentences' not in data:
+                    raise ValueError('referring_weight > 0 needs referring expressions in the batch: give the '
+                                     'dataset a refs_file (CocoInstanceDataset)')
+                losses.update(self.referring_losses(features, data['ref_sentences'], data['ref_targets'],
+                                                    data['gt_masks']))
             if self.box_weight > 0:
                 losses['loss_box'] = self.box_loss(decode, data['gt_masks'], matches)
             if self.region_class_weight > 0:

@@ -263,3 +263,55 @@ def test_box_loss_teaches_the_final_queries_where_their_object_is(batch):
     # the gradient reaches the decoder through the final queries; the head is not part of the exported encoder
     assert model.visual_encoder.panoptic_head.query_feat.weight.grad.abs().sum() > 0
     assert not any('box_head' in k for k in model.visual_encoder.state_dict())
+
+
+@pytest.fixture(scope='module')
+def referring_batch(gen, batch):
+    """``batch`` plus each image's referring expressions (the generator's grammar) and their instances."""
+    sentences, targets = [], []
+    for k in range(2):
+        scene = gen.sample_scene(np.random.default_rng([3, k]), S)
+        pairs = gen.referring_expressions(scene)
+        sentences.append([sentence for _, sentence in pairs])
+        targets.append(torch.tensor([index for index, _ in pairs]))
+    return dict(batch, ref_sentences=sentences, ref_targets=targets)
+
+
+def test_referring_losses_teach_the_decoder_text_derived_queries(referring_batch):
+    torch.manual_seed(0)
+    model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256),
+                          referring_weight=2.0, referring_per_image=3, single_query_points=256)
+    assert model.referring_queries is not None
+    assert not any(name.startswith('referring_queries') for name in model.visual_encoder.state_dict())  # not exported
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    referring = []
+    for _ in range(15):
+        losses = model(referring_batch, mode='loss')
+        assert {'loss_ref_dice', 'loss_ref_mask'} <= set(losses)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+        referring.append((losses['loss_ref_dice'] + losses['loss_ref_mask']).item())
+    print('referring loss', [round(t, 2) for t in referring])
+    assert min(referring[-3:]) < 0.8 * referring[0]
+    # the term reaches the text side and the decoder; at most referring_per_image expressions per image
+    optimizer.zero_grad()
+    _, features, _ = model.encode(referring_batch['pixel_values'])
+    losses = model.referring_losses(features, referring_batch['ref_sentences'], referring_batch['ref_targets'],
+                                    referring_batch['gt_masks'])
+    sum(losses.values()).backward()
+    head = model.visual_encoder.panoptic_head
+    assert model.referring_queries.embed.weight.grad.abs().sum() > 0
+    assert head.mask_embed[0].weight.grad.abs().sum() > 0
+    no_sentences = model.referring_losses(features, [[], []], [torch.zeros(0, dtype=torch.long)] * 2,
+                                          referring_batch['gt_masks'])
+    assert no_sentences['loss_ref_dice'].item() == 0 and no_sentences['loss_ref_dice'].requires_grad
+
+
+def test_referring_weight_needs_expressions_in_the_batch(batch):
+    model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, referring_weight=1.0)
+    with pytest.raises(ValueError, match='refs_file'):
+        model(batch, mode='loss')
+    with pytest.raises(ValueError, match='referring_weight'):
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, referring_weight=-1.0)
