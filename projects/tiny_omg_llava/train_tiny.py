@@ -1,6 +1,6 @@
 """Reproduce the trained tiny OMG-LLaVA (the built-in default) from nothing, on CPU, and measure it.
 
-    python projects/tiny_omg_llava/train_tiny.py                       # ~31.5 min on 2 CPU cores (40 on a slower host)
+    python projects/tiny_omg_llava/train_tiny.py                       # ~36 min on 2 CPU cores (2 processes)
     python projects/tiny_omg_llava/train_tiny.py --install             # ... and replace the committed files
     python projects/tiny_omg_llava/train_tiny.py --short               # the few-minute CI version
 
@@ -23,7 +23,8 @@ Steps (each one a command a user could type; the script only chains them and tim
 
 ``--install`` copies the weight files and the LLM folder into ``omg_llava/assets/tiny_synthetic/`` (what the tiny
 synthetic config, ``tools/chat.py`` and ``tools/app.py`` load by default). ``--short`` trains far less (the CI test
-uses it) and never installs.
+uses it) and never installs. ``--processes`` (default 2 on 2 or more cores) runs each training stage data-parallel
+over that many CPU processes with the same batch per step (``CPUDataParallelRunner``, docs/training.md).
 """
 from __future__ import annotations
 
