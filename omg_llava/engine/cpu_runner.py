@@ -25,10 +25,6 @@ from mmengine.runner import Runner
 from omg_llava.registry import RUNNERS
 
 
-def _cuda_usable() -> bool:
-    return torch.cuda.is_available()
-
-
 @RUNNERS.register_module()
 class CPUDataParallelRunner(Runner):
     """:class:`~mmengine.runner.Runner` that also trains data-parallel on CPU processes (gloo).
@@ -41,7 +37,7 @@ class CPUDataParallelRunner(Runner):
     """
 
     def setup_env(self, env_cfg: dict) -> None:
-        if self.distributed and not is_distributed() and not _cuda_usable():
+        if self.distributed and not is_distributed() and not torch.cuda.is_available():
             dist_cfg = dict(env_cfg.get('dist_cfg', {}))
             backend = dist_cfg.pop('backend', 'gloo')
             if backend != 'gloo':
@@ -51,7 +47,7 @@ class CPUDataParallelRunner(Runner):
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg: dict | None, model: torch.nn.Module) -> torch.nn.Module:
-        if not self.distributed or model_wrapper_cfg is not None or _cuda_usable():
+        if not self.distributed or model_wrapper_cfg is not None or torch.cuda.is_available():
             return super().wrap_model(model_wrapper_cfg, model)
         return MMDistributedDataParallel(module=model, device_ids=None, broadcast_buffers=False,
                                          find_unused_parameters=self.cfg.get('find_unused_parameters', False))

@@ -36,8 +36,8 @@ from .omg_seg_encoder import VisualEncoderOutput
 from .projectors import OMGVisualProjector, Text2VisionProjector
 from .save_filter import filter_saved_keys
 from .seg_heads.omg_seg_head import DecodeOutput, ImageFeatures
-from .seg_losses import (MaskLossConfig, matching_object_tokens, object_token_hint_loss, pretrain_alignment_loss,
-                          seg_attention_hint_loss, seg_class_loss, seg_mask_losses)
+from .seg_losses import (MaskLossConfig, matching_object_tokens, non_negative_weight, object_token_hint_loss,
+                         pretrain_alignment_loss, seg_attention_hint_loss, seg_class_loss, seg_mask_losses)
 from .special_tokens import SpecialTokenIds, add_special_tokens, fit_embeddings
 from .visual_prompts import VisualPrompt, encode_visual_prompts, prompts_from_tensors
 
@@ -90,13 +90,6 @@ class LossInfo:
     prompt_mismatch_batches: int = 0
     seg_mismatch_samples: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-def non_negative_weight(name: str, value: float) -> float:
-    """``value``, or a ValueError naming the loss weight ``name`` if it is negative (0 turns a term off)."""
-    if value < 0:
-        raise ValueError(f'{name} must be >= 0 (0 turns that loss off), got {value}')
-    return value
 
 
 @MODELS.register_module()

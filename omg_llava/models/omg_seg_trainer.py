@@ -72,7 +72,7 @@ from .referring_queries import BagOfWordsQueryEncoder
 from .seg_heads.omg_seg_head import DecodeOutput, ImageFeatures, own_prediction_policy
 from .seg_heads.prompt_queries import prompt_queries
 from .seg_heads.set_criterion import SegmentationSetCriterion
-from .seg_losses import MaskLossConfig, seg_mask_losses
+from .seg_losses import MaskLossConfig, non_negative_weight, seg_mask_losses
 
 #: the files :meth:`OMGSegTrainer.export` writes (keys as in an OMG-LLaVA config's ``visual_encoder.weights``)
 ENCODER_FILES = dict(omg_seg='omg_seg.pth', clip='clip_trunk.safetensors', class_embed='class_embed.pth')
@@ -189,28 +189,21 @@ class OMGSegTrainer(BaseModel):
                                                                         class_embed_seed)
         head.set_class_embeddings(class_embeds)
         self.criterion = SegmentationSetCriterion(self.num_classes, **(criterion or {}))
-        if single_query_weight < 0:
-            raise ValueError(f'single_query_weight must be >= 0, got {single_query_weight}')
-        self.single_query_weight = single_query_weight
-        if region_class_weight < 0:
-            raise ValueError(f'region_class_weight must be >= 0, got {region_class_weight}')
-        self.region_class_weight = region_class_weight
+        self.single_query_weight = non_negative_weight('single_query_weight', single_query_weight)
+        self.region_class_weight = non_negative_weight('region_class_weight', region_class_weight)
         dims = self.visual_encoder.backbone.dims
         if not 0 <= region_class_stage < len(dims):
             raise ValueError(f'region_class_stage must be in [0, {len(dims) - 1}], got {region_class_stage}')
         self.region_class_stage = region_class_stage
         self.region_classifier = nn.Linear(dims[region_class_stage], self.num_classes) if region_class_weight else None
-        if box_weight < 0:
-            raise ValueError(f'box_weight must be >= 0, got {box_weight}')
-        self.box_weight = box_weight
+        self.box_weight = non_negative_weight('box_weight', box_weight)
         channels = head.query_feat.weight.shape[1]
         self.box_head = nn.Sequential(nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, 4)) \
             if box_weight else None
         self.single_query_loss_cfg = MaskLossConfig(num_points=single_query_points)
-        if referring_weight < 0 or referring_per_image < 1:
-            raise ValueError(f'referring_weight must be >= 0 and referring_per_image >= 1, got {referring_weight} '
-                             f'and {referring_per_image}')
-        self.referring_weight = referring_weight
+        self.referring_weight = non_negative_weight('referring_weight', referring_weight)
+        if referring_per_image < 1:
+            raise ValueError(f'referring_per_image must be >= 1, got {referring_per_image}')
         self.referring_per_image = referring_per_image
         self.referring_queries = BagOfWordsQueryEncoder(channels) if referring_weight else None
 

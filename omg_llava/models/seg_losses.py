@@ -90,6 +90,13 @@ def pretrain_alignment_loss(query_tokens: Tensor, query_blocked: Tensor, project
     return weight * F.mse_loss(predicted.float(), selected.float())
 
 
+def non_negative_weight(name: str, value: float) -> float:
+    """``value``, or a ValueError naming the loss weight ``name`` if it is negative (0 turns a term off)."""
+    if value < 0:
+        raise ValueError(f'{name} must be >= 0 (0 turns that loss off), got {value}')
+    return value
+
+
 def matching_object_tokens(gt_masks: Tensor, mask_logits: Tensor, valid: Tensor, image_idxs: Tensor,
                            min_iou: float = 0.5) -> tuple[Tensor, Tensor]:
     """For each ground-truth mask, the visual-token query of its image whose own mask overlaps it best.

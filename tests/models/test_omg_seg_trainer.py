@@ -315,3 +315,5 @@ def test_referring_weight_needs_expressions_in_the_batch(batch):
         model(batch, mode='loss')
     with pytest.raises(ValueError, match='referring_weight'):
         OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, referring_weight=-1.0)
+    with pytest.raises(ValueError, match='referring_per_image'):
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, referring_weight=1.0, referring_per_image=0)
