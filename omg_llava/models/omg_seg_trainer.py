@@ -76,6 +76,7 @@ from .seg_losses import MaskLossConfig, non_negative_weight, seg_mask_losses
 
 #: the files :meth:`OMGSegTrainer.export` writes (keys as in an OMG-LLaVA config's ``visual_encoder.weights``)
 ENCODER_FILES = dict(omg_seg='omg_seg.pth', clip='clip_trunk.safetensors', class_embed='class_embed.pth')
+REFERRING_QUERIES_FILE = 'referring_queries.pth'
 # backbone names → open_clip names: the inverse of ``backbones.convnext_clip.OPEN_CLIP_RENAMES``.
 TO_OPEN_CLIP_RENAMES: tuple[RenameRule, ...] = tuple(RenameRule(re.escape(b), a) for a, b in OPEN_CLIP_PREFIXES)
 
@@ -291,6 +292,25 @@ class OMGSegTrainer(BaseModel):
         return {'loss_single_dice': self.single_query_weight * losses['loss_dice'],
                 'loss_single_mask': self.single_query_weight * losses['loss_mask']}
 
+    def decode_referring(self, features: ImageFeatures, sentences: list[str], image_idxs: list[int]) -> DecodeOutput:
+        """Decode each referring expression alone, as a query of the trainer's bag-of-words encoder.
+
+        Args:
+            features: image features of B images.
+            sentences: N expressions; image_idxs: the image (in [0, B)) each one refers into.
+
+        Returns:
+            The decoder steps of the N single queries (``mask_logits[-1]``: (N, 1, h, w)).
+        """
+        if self.referring_queries is None:
+            raise ValueError('this OMGSegTrainer has no referring-expression encoder: build it with '
+                             'referring_weight > 0')
+        queries = self.referring_queries(sentences)[:, None]  # (N, 1, 2C)
+        C = queries.shape[-1] // 2
+        selected = features.select(torch.tensor(image_idxs, device=queries.device))
+        return self.visual_encoder.panoptic_head.decode(queries[..., :C], queries[..., C:], selected,
+                                                        own_prediction_policy)
+
     def referring_losses(self, features: ImageFeatures, sentences: list[list[str]], targets: list[Tensor],
                          gt_masks: list[Tensor]) -> dict[str, Tensor]:
         """Mask losses of queries made from referring expressions, each decoded alone (module docstring).
@@ -313,12 +333,9 @@ class OMGSegTrainer(BaseModel):
         if not chosen:
             zero = sum(p.sum() for p in self.referring_queries.parameters()) * 0
             return {'loss_ref_dice': zero, 'loss_ref_mask': zero}
-        head = self.visual_encoder.panoptic_head
-        queries = self.referring_queries(chosen)[:, None]  # (N, 1, 2C)
-        C = queries.shape[-1] // 2
-        selected = features.select(torch.tensor(image_idxs, device=queries.device))
-        decode = head.decode(queries[..., :C], queries[..., C:], selected, own_prediction_policy)
-        losses = seg_mask_losses(decode.mask_logits, torch.stack(masks).to(queries.device), self.single_query_loss_cfg)
+        decode = self.decode_referring(features, chosen, image_idxs)
+        losses = seg_mask_losses(decode.mask_logits, torch.stack(masks).to(decode.mask_logits[-1].device),
+                                 self.single_query_loss_cfg)
         return {'loss_ref_dice': self.referring_weight * losses['loss_dice'],
                 'loss_ref_mask': self.referring_weight * losses['loss_mask']}
 
@@ -368,11 +385,17 @@ class OMGSegTrainer(BaseModel):
 
     # ------------------------------------------------------------------ export
     def export(self, out_dir: str | os.PathLike) -> list[str]:
-        """Write the three :data:`ENCODER_FILES` into ``out_dir`` (created if needed); returns their paths."""
+        """Write the three :data:`ENCODER_FILES` into ``out_dir`` (created if needed) and, with a referring term,
+        the trainer's expression encoder as :data:`REFERRING_QUERIES_FILE` (a flat state dict, for evaluating the
+        pre-stage's own referring lookups; OMG-LLaVA does not read it); returns the written paths."""
         os.makedirs(out_dir, exist_ok=True)
         paths = {k: os.path.join(os.fspath(out_dir), name) for k, name in ENCODER_FILES.items()}
         self.save_encoder(paths['omg_seg'], paths['clip'])
         self.save_class_embeddings(paths['class_embed'])
+        if self.referring_queries is not None:
+            paths['referring_queries'] = os.path.join(os.fspath(out_dir), REFERRING_QUERIES_FILE)
+            torch.save({k: v.detach().cpu() for k, v in self.referring_queries.state_dict().items()},
+                       paths['referring_queries'])
         return list(paths.values())
 
     def save_encoder(self, path_head: str | os.PathLike, path_trunk: str | os.PathLike) -> None:

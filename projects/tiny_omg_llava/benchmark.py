@@ -3,8 +3,10 @@
     python projects/tiny_omg_llava/benchmark.py [--work-dir work_dirs/tiny_synthetic]
 
 Prints wall time and peak memory of every step, the first / last logged losses of the four trainings, the
-held-out referring-segmentation metrics and the region-question accuracies next to chance; writes ``curves.png``
-(losses per iteration: raw logs faint, moving averages of 10 logs bold) and ``figures.json``.
+held-out referring-segmentation metrics (also per expression kind, the share of answers repeating the expression,
+and the OMG-Seg pre-stage's own referring lookups: ``referring_figures.py``) and the region-question accuracies next
+to chance; writes ``curves.png`` (losses per iteration: raw logs faint, moving averages of 10 logs bold) and
+``figures.json``.
 """
 from __future__ import annotations
 
@@ -12,7 +14,12 @@ import argparse
 import glob
 import json
 import os
+import sys
 from collections import defaultdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from referring_figures import (evaluate_pre_stage, format_kind_figures, kind_figures,  # noqa: E402
+                               read_predictions, repeated_expression_share)
 
 STAGES = {'language': 'language stage (LLM)', 'omg_seg': 'OMG-Seg pre-stage', 'pretrain': 'OMG-LLaVA pretrain',
           'finetune': 'OMG-LLaVA finetune'}
@@ -66,6 +73,18 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: str
     plt.close(fig)
 
 
+def referring_breakdown(work_dir: str) -> dict:
+    """Per-kind figures of the held-out referring predictions, the share of answers repeating the expression and,
+    when the pre-stage exported its referring encoder, the pre-stage's own lookups on the same expressions."""
+    rows = read_predictions(os.path.join(work_dir, 'test', 'refseg', 'predictions.jsonl'))
+    stage_dir = os.path.join(work_dir, 'omg_seg')
+    pre_stage = None
+    if os.path.isfile(os.path.join(stage_dir, 'referring_queries.pth')):
+        pre_stage = evaluate_pre_stage(stage_dir, os.path.join(work_dir, 'data', 'synthetic_shapes'))
+    return dict(by_kind=kind_figures((r['sentence'], r['intersection'], r['union']) for r in rows),
+                repeated_expression=repeated_expression_share(rows), pre_stage=pre_stage)
+
+
 def report(work_dir: str) -> dict:
     """Print the figures of ``work_dir``, write ``curves.png`` and ``figures.json``; return the figures."""
     curves = {stage: read_scalars(os.path.join(work_dir, stage)) for stage in STAGES}
@@ -89,6 +108,11 @@ def report(work_dir: str) -> dict:
                   f'(iterations {points[0][0]}–{points[-1][0]})')
     print(f'\nreferring segmentation, held-out val ({refseg["num_expressions"]} expressions): '
           f'cIoU {refseg["cIoU"]:.3f}, gIoU {refseg["gIoU"]:.3f}, answers without [SEG] {refseg["num_without_seg"]}')
+    referring = referring_breakdown(work_dir)
+    print(f'  answers repeating the asked-for expression: {referring["repeated_expression"]:.1%}\n'
+          f'{format_kind_figures(referring["by_kind"])}')
+    if referring['pre_stage']:
+        print(f'  the OMG-Seg pre-stage\'s own referring lookups:\n{format_kind_figures(referring["pre_stage"])}')
     print('region questions, held-out val:')
     for kind in ('what', 'colour', 'shape'):
         if f'accuracy_{kind}' in region_qa:
@@ -98,7 +122,8 @@ def report(work_dir: str) -> dict:
     png = os.path.join(work_dir, 'curves.png')
     plot_curves(curves, png)
     print(f'\ntraining curves: {png}')
-    figures = dict(plan=plan, timings=timings, training_seconds=training, refseg=refseg, region_qa=region_qa,
+    figures = dict(plan=plan, timings=timings, training_seconds=training, refseg=refseg, referring=referring,
+                   region_qa=region_qa,
                    losses={stage: {name: dict(first=points[0][1], last=points[-1][1]) for name, points in s.items()}
                            for stage, s in curves.items()})
     with open(os.path.join(work_dir, 'figures.json'), 'w', encoding='utf-8') as f:

@@ -316,6 +316,23 @@ def resolve(query: Query, objects: list[Obj], side: int) -> int | None:
     return first if lead >= POSITION_MARGIN * side and in_half else None
 
 
+EXPRESSION_KINDS = ('attribute', 'superlative', 'position', 'relation')
+
+
+def expression_kind(sentence: str) -> str:
+    """Which rule of the grammar (module docstring) made a sentence: one of EXPRESSION_KINDS. A relation's anchor is
+    attribute-only, so a relation word anywhere makes a relation; size words alone ("the small circle") are
+    attributes."""
+    words = f' {sentence.lower().strip()} '
+    if any(f' {relation} ' in words for relation in RELATIONS):
+        return 'relation'
+    if any(f' {position} ' in words for position in POSITIONS.values()):
+        return 'position'
+    if any(f' {superlative} ' in words for superlative in SUPERLATIVES):
+        return 'superlative'
+    return 'attribute'
+
+
 def referring_expressions(scene: Scene) -> list[tuple[int, str]]:
     """Every unambiguous expression of the grammar, as (object index, sentence), per object in increasing
     specificity (attributes, then superlatives and positions, then relations)."""

@@ -77,3 +77,12 @@ def test_held_out_answers_carry_masks_that_an_untrained_model_never_gives(short_
     assert refseg['cIoU'] >= CIOU_FLOOR
     assert 0 <= region_qa['accuracy_colour'] <= 1 and region_qa['num_colour'] > 0
     assert os.path.isfile(work_dir / 'test' / 'refseg' / 'predictions.jsonl')
+    # the benchmark's breakdown: per expression kind, and the pre-stage's own lookups on the held-out expressions
+    referring = figures['referring']
+    assert referring['by_kind']['all']['expressions'] == refseg['num_expressions']
+    assert referring['by_kind']['all']['cIoU'] == pytest.approx(refseg['cIoU'])
+    assert 0 <= referring['repeated_expression'] <= 1
+    pre_stage = referring['pre_stage']
+    assert pre_stage['all']['expressions'] > refseg['num_expressions']  # the whole val split, not the test subset
+    assert sum(f['expressions'] for kind, f in pre_stage.items() if kind != 'all') == pre_stage['all']['expressions']
+    assert 0 < pre_stage['all']['cIoU'] <= 1

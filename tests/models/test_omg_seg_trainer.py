@@ -1,4 +1,6 @@
 """OMGSegTrainer: overfits two synthetic images, exports files the OMG-LLaVA loaders read back."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -156,6 +158,7 @@ def test_export_hook_writes_the_files_the_encoder_loaders_read(tmp_path):
     expected = model.visual_encoder.panoptic_head.state_dict()
     for key, value in fresh.panoptic_head.state_dict().items():
         assert torch.equal(value, expected[key]), key
+    assert sorted(os.listdir(tmp_path)) == sorted(ENCODER_FILES.values())  # no referring term, no encoder of it
     with pytest.raises(TypeError, match='export'):
         ExportStageOutputHook().after_train(SimpleNamespace(model=torch.nn.Linear(1, 1), work_dir=str(tmp_path)))
 
@@ -277,7 +280,7 @@ def referring_batch(gen, batch):
     return dict(batch, ref_sentences=sentences, ref_targets=targets)
 
 
-def test_referring_losses_teach_the_decoder_text_derived_queries(referring_batch):
+def test_referring_losses_teach_the_decoder_text_derived_queries(referring_batch, tmp_path):
     torch.manual_seed(0)
     model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256),
                           referring_weight=2.0, referring_per_image=3, single_query_points=256)
@@ -307,6 +310,15 @@ def test_referring_losses_teach_the_decoder_text_derived_queries(referring_batch
     no_sentences = model.referring_losses(features, [[], []], [torch.zeros(0, dtype=torch.long)] * 2,
                                           referring_batch['gt_masks'])
     assert no_sentences['loss_ref_dice'].item() == 0 and no_sentences['loss_ref_dice'].requires_grad
+    # the export keeps the expression encoder beside the encoder files, for evaluating the pre-stage's lookups
+    from omg_llava.models.omg_seg_trainer import REFERRING_QUERIES_FILE
+    written = model.export(tmp_path)
+    saved = torch.load(tmp_path / REFERRING_QUERIES_FILE, weights_only=True)
+    assert str(tmp_path / REFERRING_QUERIES_FILE) in written
+    assert saved.keys() == model.referring_queries.state_dict().keys()
+    assert all(torch.equal(v, model.referring_queries.state_dict()[k]) for k, v in saved.items())
+    decode = model.decode_referring(features, ['the circle', 'the star'], [1, 0])
+    assert decode.mask_logits[-1].shape[:2] == (2, 1)
 
 
 def test_referring_weight_needs_expressions_in_the_batch(batch):
@@ -317,3 +329,5 @@ def test_referring_weight_needs_expressions_in_the_batch(batch):
         OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, referring_weight=-1.0)
     with pytest.raises(ValueError, match='referring_per_image'):
         OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, referring_weight=1.0, referring_per_image=0)
+    with pytest.raises(ValueError, match='referring_weight > 0'):
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4).decode_referring(None, ['the circle'], [0])

@@ -121,6 +121,19 @@ def test_every_expression_picks_exactly_one_object(gen, scenes):
         assert any(re.search(pattern, s) for s in all_sentences), pattern
 
 
+def test_expression_kind_names_the_rule_that_made_each_sentence(gen, scenes):
+    seen = Counter()
+    for scene in scenes[:60]:
+        for _, query in gen.expression_queries(scene):
+            made_by = ('relation' if query.relation else 'attribute' if query.extreme is None
+                       else 'superlative' if query.extreme in gen.SUPERLATIVES else 'position')
+            assert gen.expression_kind(query.sentence()) == made_by, query.sentence()
+            assert gen.expression_kind(query.sentence().capitalize() + ' ') == made_by  # as an answer repeats it
+            seen[made_by] += 1
+    assert set(seen) == set(gen.EXPRESSION_KINDS)
+    assert gen.expression_kind('the small circle') == 'attribute'  # a size word is an attribute
+
+
 def test_masks_match_the_drawn_pixels(gen, scenes):
     palette = {name: np.array(rgb, float) for name, rgb in gen.COLOURS.items()}
     for scene in scenes[:60]:
