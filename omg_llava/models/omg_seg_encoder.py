@@ -188,10 +188,9 @@ class OMGSegVisualEncoder(nn.Module):
     # ------------------------------------------------------------------ prompts
     def _decode_prompts(self, points: Tensor, batch_idxs: Tensor, features: ImageFeatures, policy: Any) -> PromptOutput:
         head = self.panoptic_head
-        selected = features.select(batch_idxs)
-        content, pos = prompt_queries(head, points, features.image_size)
+        content, pos = prompt_queries(head, points, features.image_size)  # (N, 1, C) each
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
-            decode = head.decode(content, pos, selected, policy)
+            decode = head.decode_alone(content[:, 0], pos[:, 0], batch_idxs, features, policy)
         return PromptOutput(torch.cat([decode.queries[-1], pos], dim=-1), points, decode)
 
     def encode_point_prompts(self, points: Tensor, batch_idxs: Tensor, features: ImageFeatures) -> PromptOutput:
@@ -224,9 +223,9 @@ class OMGSegVisualEncoder(nn.Module):
         reads the class head on them (``.class_logits[j]`` (N, 1, K+2), for a training term only)."""
         head = self.panoptic_head
         C = head.feat_channels
-        queries = queries.to(head.query_feat.weight.dtype).unsqueeze(1)  # (N, 1, 2C)
-        return head.decode(queries[..., :C], queries[..., C:], features.select(batch_idxs), own_prediction_policy,
-                           with_classes=with_classes, use_llm_decoder=head.with_llm_decoder_copy)
+        queries = queries.to(head.query_feat.weight.dtype)  # (N, 2C)
+        return head.decode_alone(queries[:, :C], queries[:, C:], batch_idxs, features, own_prediction_policy,
+                                 with_classes=with_classes, use_llm_decoder=head.with_llm_decoder_copy)
 
 
 def check_points_inside(points: Tensor, image_size: tuple[int, int]) -> None:

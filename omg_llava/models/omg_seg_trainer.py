@@ -285,9 +285,8 @@ class OMGSegTrainer(BaseModel):
         if not contents:
             zero = decode.mask_logits[-1].sum() * 0
             return {'loss_single_dice': zero, 'loss_single_mask': zero}
-        content, pos = torch.cat(contents)[:, None], torch.cat(positions)[:, None]  # (N, 1, C) each
-        image_idxs = torch.cat(image_idxs)
-        single = head.decode(content, pos, features.select(image_idxs), own_prediction_policy)
+        single = head.decode_alone(torch.cat(contents), torch.cat(positions), torch.cat(image_idxs), features,
+                                   own_prediction_policy)
         losses = seg_mask_losses(single.mask_logits, torch.cat(targets), self.single_query_loss_cfg)
         return {'loss_single_dice': self.single_query_weight * losses['loss_dice'],
                 'loss_single_mask': self.single_query_weight * losses['loss_mask']}
@@ -305,11 +304,11 @@ class OMGSegTrainer(BaseModel):
         if self.referring_queries is None:
             raise ValueError('this OMGSegTrainer has no referring-expression encoder: build it with '
                              'referring_weight > 0')
-        queries = self.referring_queries(sentences)[:, None]  # (N, 1, 2C)
+        queries = self.referring_queries(sentences)  # (N, 2C)
         C = queries.shape[-1] // 2
-        selected = features.select(torch.tensor(image_idxs, device=queries.device))
-        return self.visual_encoder.panoptic_head.decode(queries[..., :C], queries[..., C:], selected,
-                                                        own_prediction_policy)
+        return self.visual_encoder.panoptic_head.decode_alone(
+            queries[:, :C], queries[:, C:], torch.tensor(image_idxs, device=queries.device), features,
+            own_prediction_policy)
 
     def referring_losses(self, features: ImageFeatures, sentences: list[list[str]], targets: list[Tensor],
                          gt_masks: list[Tensor]) -> dict[str, Tensor]:

@@ -7,6 +7,7 @@ import torch
 from omg_llava.inference.encoder_builder import build_visual_encoder
 from omg_llava.models import OMGSegHead, OMGSegVisualEncoder
 from omg_llava.models.object_tokens import object_prior, pixel_shuffle_down
+from omg_llava.models.seg_heads.omg_seg_head import own_prediction_policy
 from omg_llava.registry import MODELS
 
 from conftest import TINY_CONFIG
@@ -120,6 +121,31 @@ def test_seg_queries_decode_to_masks(encoder, images):
     features = encoder(images).image_features
     decode = encoder.decode_seg_queries(torch.randn(3, 128), torch.tensor([0, 1, 1]), features)
     assert len(decode.mask_logits) == 4 and decode.mask_logits[-1].shape == (3, 1, SIZE // 4, SIZE // 4)
+
+
+def test_decode_alone_equals_decoding_each_query_by_itself(encoder, images):
+    from omg_llava.models.seg_heads.prompt_queries import box_policy
+    head = encoder.panoptic_head
+    features = encoder(torch.cat([images, images.flip(-1)])).image_features  # 4 images
+    torch.manual_seed(3)
+    content, pos = torch.randn(6, head.feat_channels), torch.randn(6, head.feat_channels)
+    image_idxs = torch.tensor([2, 0, 2, 3, 2, 0])  # unsorted, 1-3 queries per image, image 1 without any
+    boxes = torch.tensor([[0.0, 0.0, 64.0, 128.0], [10.0, 20.0, 60.0, 90.0], [64.0, 0.0, 128.0, 128.0],
+                          [0.0, 0.0, 128.0, 128.0], [30.0, 30.0, 100.0, 100.0], [0.0, 64.0, 128.0, 128.0]])
+    for policy in (own_prediction_policy, box_policy(boxes, (SIZE, SIZE))):
+        together = head.decode_alone(content, pos, image_idxs, features, policy, with_classes=True)
+        for i in range(6):
+            alone = head.decode(content[i, None, None], pos[i, None, None], features.select(image_idxs[i, None]),
+                                (lambda step, logits, i=i: policy(step, logits.expand(6, -1, -1, -1))[i:i + 1])
+                                if policy is not own_prediction_policy else policy, with_classes=True)
+            for name in ('queries', 'mask_logits', 'class_logits'):
+                for a, b in zip(getattr(together, name), getattr(alone, name)):
+                    torch.testing.assert_close(a[i:i + 1], b, atol=1e-4, rtol=1e-4)
+            heads = head.num_heads
+            for a, b in zip(together.attn_masks, alone.attn_masks):
+                assert torch.equal(a[i * heads:(i + 1) * heads], b)
+    assert together.mask_logits[-1].shape == (6, 1, SIZE // 4, SIZE // 4)
+    assert together.attn_masks[0].shape == (6 * head.num_heads, 1, 16)
 
 
 def test_llm_decoder_copy_starts_from_the_omg_decoder():

@@ -220,7 +220,8 @@ class OMGSegHead(nn.Module):
 
     # ------------------------------------------------------------------ decoding
     def decode(self, content: Tensor, pos: Tensor, features: ImageFeatures, attn_mask_policy: AttentionMaskPolicy,
-               *, with_classes: bool = False, use_llm_decoder: bool = False) -> DecodeOutput:
+               *, with_classes: bool = False, use_llm_decoder: bool = False,
+               self_attn_mask: Tensor | None = None) -> DecodeOutput:
         """Masked-attention decoding of queries over the memories of their images (spec §3.3).
 
         Args:
@@ -230,6 +231,7 @@ class OMGSegHead(nn.Module):
             attn_mask_policy: turns the mask logits resized to the next level into blocked positions.
             with_classes: also compute class/IoU logits (object queries only).
             use_llm_decoder: use the ``_llm`` decoder copies (task finetunes).
+            self_attn_mask: (Q, Q) bool, True = query i does not attend to query j (default: all attend).
         """
         decoder = self.transformer_decoder_llm if use_llm_decoder else self.transformer_decoder
         mask_embed = self.mask_embed_llm if use_llm_decoder else self.mask_embed
@@ -244,7 +246,8 @@ class OMGSegHead(nn.Module):
                 attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False  # re-open blocked rows
                 query = decoder.layers[step - 1](
                     query=query, key=keys[level], value=keys[level], query_pos=pos, key_pos=key_pos[level],
-                    cross_attn_mask=attn_mask, query_key_padding_mask=None, key_padding_mask=None)
+                    self_attn_mask=self_attn_mask, cross_attn_mask=attn_mask, query_key_padding_mask=None,
+                    key_padding_mask=None)
             normed = decoder.post_norm(query)
             mask_logits = torch.einsum('nqc,nchw->nqhw', mask_embed(normed), features.mask_features)
             next_size = level_sizes[step % self.num_feature_levels]
@@ -257,6 +260,53 @@ class OMGSegHead(nn.Module):
             if with_classes:
                 out.class_logits.append(self._class_logits(normed, mask_logits, features.mask_features))
         return out
+
+    def decode_alone(self, content: Tensor, pos: Tensor, image_idxs: Tensor, features: ImageFeatures,
+                     attn_mask_policy: AttentionMaskPolicy, *, with_classes: bool = False,
+                     use_llm_decoder: bool = False) -> DecodeOutput:
+        """Decode N queries each as if alone with its image (a [SEG] query, a prompt), in one batched pass.
+
+        The queries of one image share a row of the batch and attend in self-attention only to themselves, so each
+        result equals a :meth:`decode` of that query alone over ``features.select`` of its image (up to float
+        rounding), without copying the image's features once per query.
+
+        Args:
+            content / pos: (N, C) initial query content and positional embedding.
+            image_idxs: (N,) the image (row of ``features``) each query belongs to.
+            features: features of the images.
+            attn_mask_policy: as in :meth:`decode`, called on the N queries' (N, 1, h, w) logits.
+            with_classes / use_llm_decoder: as in :meth:`decode`.
+
+        Returns:
+            Every decoder step in the single-query layout: ``queries`` (N, 1, C), ``mask_logits`` (N, 1, H4, W4),
+            ``attn_masks`` (N*heads, 1, h*w), ``class_logits`` (N, 1, K+2).
+        """
+        images, group = torch.unique(image_idxs, return_inverse=True)  # (G,), (N,)
+        counts = torch.bincount(group, minlength=len(images))
+        order = torch.argsort(group, stable=True)
+        slot = torch.empty_like(group)  # rank of each query among its image's queries
+        slot[order] = torch.arange(len(group), device=group.device) - (counts.cumsum(0) - counts)[group[order]]
+        rows = (len(images), int(counts.max()) if len(group) else 0)
+
+        def grouped(x: Tensor) -> Tensor:
+            out = x.new_zeros(*rows, *x.shape[1:])
+            out[group, slot] = x
+            return out
+
+        def grouped_policy(step: int, logits: Tensor) -> Tensor:  # (G, n, h, w) → (G, n, h, w), padding open
+            blocked = attn_mask_policy(step, logits[group, slot][:, None])[:, 0]
+            return grouped(blocked)
+
+        alone = ~torch.eye(rows[1], dtype=torch.bool, device=content.device)
+        out = self.decode(grouped(content), grouped(pos), features.select(images), grouped_policy,
+                          with_classes=with_classes, use_llm_decoder=use_llm_decoder, self_attn_mask=alone)
+        heads = self.num_heads
+        return DecodeOutput(
+            queries=[q[group, slot][:, None] for q in out.queries],
+            mask_logits=[m[group, slot][:, None] for m in out.mask_logits],
+            attn_masks=[a.unflatten(0, (rows[0], heads))[group, :, slot].flatten(0, 1)[:, None]
+                        for a in out.attn_masks],
+            class_logits=[c[group, slot][:, None] for c in out.class_logits])
 
     def _decoder_keys(self, memories: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Flattened memories + level embedding, and their 3-D sine positions, each (N, h_l*w_l, C)."""
