@@ -13,7 +13,8 @@ from .encoding import blank_image
 def omg_llava_collate_fn(instances: Sequence[dict], pad_index: int = DEFAULT_PAD_TOKEN_ID) -> dict:
     """Right-pad ids with ``pad_index`` and labels with −100; stack images (text-only samples get a blank image);
     keep ``masks`` as one tensor per sample; concatenate ``regions`` and ``points`` over the batch (their order
-    is batch-then-position, matching the ``<region>`` / ``<mark>`` placeholders)."""
+    is batch-then-position, matching the ``<region>`` / ``<mark>`` placeholders); samples flagged by
+    ``CombinedDataset(text_only_lm=...)`` give ``text_only_lm``, (B,) bool (unflagged samples: True)."""
     L = max(len(x['input_ids']) for x in instances)
     B = len(instances)
     input_ids = torch.full((B, L), pad_index, dtype=torch.long)
@@ -37,4 +38,6 @@ def omg_llava_collate_fn(instances: Sequence[dict], pad_index: int = DEFAULT_PAD
     points = [x['points'] for x in instances if len(x['points'])]
     data['regions'] = torch.cat(regions) if regions else None
     data['points'] = torch.cat(points) if points else None
+    if any('text_only_lm' in x for x in instances):
+        data['text_only_lm'] = torch.tensor([bool(x.get('text_only_lm', True)) for x in instances])
     return {'data': data, 'data_samples': None}

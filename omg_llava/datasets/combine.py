@@ -19,14 +19,24 @@ class CombinedDataset(Dataset):
         repeats: how many times each dataset appears (default 1 each).
         shuffle_seed: seed of the one-off permutation of the concatenation (42 in the reference); ``None``
             keeps the concatenation order.
+        text_only_lm: per dataset, whether its samples may get the model's text-only LM pass
+            (``OMGLLaVA.text_only_lm_weight``): True where the answers can be read from the conversation's text
+            (a referring answer repeats the question's expression), False where they describe the image (a region
+            description, a caption). Each sample then carries a ``text_only_lm`` flag. ``None`` (default): no
+            flags, every sample may.
     """
 
     def __init__(self, datasets: Sequence, repeats: Sequence[int] | None = None,
-                 shuffle_seed: int | None = 42) -> None:
+                 shuffle_seed: int | None = 42, text_only_lm: Sequence[bool] | None = None) -> None:
         self.datasets = [build_component(d) for d in datasets]
         repeats = list(repeats) if repeats is not None else [1] * len(self.datasets)
         if len(repeats) != len(self.datasets):
             raise ValueError(f'{len(repeats)} repeats for {len(self.datasets)} datasets')
+        if text_only_lm is not None and (len(text_only_lm) != len(self.datasets)
+                                         or not all(isinstance(flag, bool) for flag in text_only_lm)):
+            raise ValueError(f'text_only_lm needs one True/False per dataset ({len(self.datasets)}), got '
+                             f'{list(text_only_lm)!r}')
+        self.text_only_lm = None if text_only_lm is None else list(text_only_lm)
         index = [(d, i) for d, (ds, r) in enumerate(zip(self.datasets, repeats)) for _ in range(r)
                  for i in range(len(ds))]
         if shuffle_seed is not None:
@@ -39,7 +49,10 @@ class CombinedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         d, j = self.index[i]
-        return self.datasets[d][j]
+        sample = self.datasets[d][j]
+        if self.text_only_lm is None:
+            return sample
+        return dict(sample, text_only_lm=self.text_only_lm[d])
 
     @property
     def modality_length(self) -> list[int]:

@@ -125,7 +125,8 @@ class OMGLLaVA(BaseModel):
             visible object) that wins over repeating the asked-for expression.
         text_only_rows: how many rows of each batch get that text-only pass (the first ones; the training batches
             are shuffled), ``None`` for all. The pass costs about as much LLM arithmetic as the main one; fewer
-            rows buy back time.
+            rows buy back time. Only rows the batch's ``text_only_lm`` flags allow count
+            (``CombinedDataset(text_only_lm=...)``: the conversations whose answers the text alone can give).
         seg_class_weight: weight of :func:`~omg_llava.models.seg_losses.seg_class_loss` in the finetune
             (``loss_seg_cls``): the decoder's class head read on each decoded [SEG] query must give the class of the
             visual-token query that segments its ground truth. 0 (the reference recipe) leaves it out.
@@ -359,7 +360,8 @@ class OMGLLaVA(BaseModel):
                       logger='current', level=30)
             losses['loss_lm'] = losses['loss_lm'] * 0.0
         if self.text_only_lm_weight:
-            losses['loss_lm_text'] = self.text_only_lm_weight * self._text_only_lm_loss(ids, data['labels'], mask)
+            losses['loss_lm_text'] = self.text_only_lm_weight * self._text_only_lm_loss(
+                ids, data['labels'], mask, data.get('text_only_lm'))
         if self.stage == 'pretrain':
             if images is not None:
                 enc = images.encoder_output
@@ -375,11 +377,18 @@ class OMGLLaVA(BaseModel):
                                            supervised, image_starts))
         return losses
 
-    def _text_only_lm_loss(self, ids: Tensor, labels: Tensor, mask: Tensor | None) -> Tensor:
-        """LM loss of the same conversations (their first ``text_only_rows``) with the image and visual prompts left
-        out. Shapes: (B, L) ids / labels / mask."""
+    def _text_only_lm_loss(self, ids: Tensor, labels: Tensor, mask: Tensor | None,
+                           allowed: Tensor | None = None) -> Tensor:
+        """LM loss of the same conversations (the first ``text_only_rows`` of those ``allowed``) with the image and
+        visual prompts left out; 0 (in the graph) when no row is allowed. Shapes: (B, L) ids / labels / mask,
+        (B,) bool ``allowed`` (``None``: every row)."""
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
-        rows = slice(self.text_only_rows)  # slice(None): every row
+        rows = torch.arange(len(ids), device=ids.device)
+        if allowed is not None:
+            rows = rows[allowed.to(ids.device)]
+        rows = rows[:self.text_only_rows]  # [:None]: every allowed row
+        if len(rows) == 0:
+            return self.llm.get_input_embeddings().weight.sum() * 0.0
         ids, labels, mask = drop_tokens(ids[rows], labels[rows], mask[rows], self.token_ids.placeholder_ids)
         out = self.llm(input_ids=ids, attention_mask=mask, use_cache=False, return_dict=True)
         return shifted_cross_entropy(out.logits, labels)

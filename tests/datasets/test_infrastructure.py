@@ -132,6 +132,20 @@ def test_combined_rejects_wrong_repeats(tokenizer):
         CombinedDataset([ds], repeats=[1, 2])
 
 
+def test_combined_flags_which_samples_get_the_text_only_pass(tokenizer, photo):
+    with_image = EchoDataset(['alpha ' * n for n in (1, 4, 9)], tokenizer, image_path=photo)
+    text_only = EchoDataset(['beta ' * n for n in (2, 7)], tokenizer)
+    combined = CombinedDataset([with_image, text_only], text_only_lm=[False, True])
+    flags = [combined[i]['text_only_lm'] for i in range(len(combined))]
+    assert flags == [d == 1 for d, _ in combined.index]
+    batch = omg_llava_collate_fn([combined[i] for i in range(len(combined))])['data']
+    assert batch['text_only_lm'].tolist() == flags
+    assert 'text_only_lm' not in omg_llava_collate_fn([with_image[0]])['data']  # unflagged data: no flags
+    for wrong in ([True], [1, 0]):
+        with pytest.raises(ValueError, match='one True/False per dataset'):
+            CombinedDataset([with_image, text_only], text_only_lm=wrong)
+
+
 # ---------------------------------------------------------------- sampler
 def test_length_grouped_sampler(tokenizer, photo):
     lengths_wanted = [3, 40, 17, 8, 25, 1, 33, 12, 5, 29, 21]

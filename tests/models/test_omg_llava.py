@@ -220,7 +220,7 @@ def test_text_only_lm_loss_is_the_lm_loss_of_the_conversation_without_its_image(
     assert model.llm.get_input_embeddings().weight.grad.abs().sum() > 0
 
 
-def test_text_only_rows_limits_the_text_only_pass_to_the_first_rows():
+def test_text_only_rows_limits_the_text_only_pass_to_the_first_allowed_rows():
     with pytest.raises(ValueError, match='text_only_rows'):
         build_tiny(text_only_lm_weight=1.0, text_only_rows=0)
     model = build_tiny(text_only_lm_weight=1.0, text_only_rows=1, freeze_llm=False, llm_lora=None)
@@ -235,6 +235,17 @@ def test_text_only_rows_limits_the_text_only_pass_to_the_first_rows():
     expected = torch.nn.functional.cross_entropy(logits[0, :-1], labels[1:], ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(first_row_only, expected)
     assert not torch.isclose(every_row, first_row_only)
+    # rows the data flags out (CombinedDataset(text_only_lm=...)) do not count: the second row alone is the first
+    # allowed one, and with none allowed the term is zero but stays in the graph
+    model.text_only_rows = 1
+    with torch.no_grad():
+        second_row_only = model(dict(data_batch, text_only_lm=torch.tensor([False, True])), mode='loss')['loss_lm_text']
+        model.text_only_rows = None
+        assert torch.isclose(model(dict(data_batch, text_only_lm=torch.tensor([True, True])), mode='loss')[
+            'loss_lm_text'], every_row)
+    assert not torch.isclose(second_row_only, first_row_only) and not torch.isclose(second_row_only, every_row)
+    none_allowed = model(dict(data_batch, text_only_lm=torch.tensor([False, False])), mode='loss')['loss_lm_text']
+    assert none_allowed.item() == 0 and none_allowed.requires_grad
 
 
 def test_seg_count_mismatch_drops_only_the_mask_losses(model):
