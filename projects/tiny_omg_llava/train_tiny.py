@@ -1,6 +1,6 @@
 """Reproduce the trained tiny OMG-LLaVA (the built-in default) from nothing, on CPU, and measure it.
 
-    python projects/tiny_omg_llava/train_tiny.py                       # ~36 min on 2 CPU cores (2 processes)
+    python projects/tiny_omg_llava/train_tiny.py                       # ~35 min on 2 CPU cores (2 processes)
     python projects/tiny_omg_llava/train_tiny.py --install             # ... and replace the committed files
     python projects/tiny_omg_llava/train_tiny.py --short               # the few-minute CI version
 
