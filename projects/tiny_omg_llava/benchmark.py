@@ -76,8 +76,9 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: str
 def referring_breakdown(work_dir: str) -> dict:
     """Per-kind figures of the held-out referring predictions, the share of answers repeating the expression and,
     when the pre-stage exported its referring encoder, the pre-stage's own lookups on the same expressions."""
+    from omg_llava.evaluation.runner import PREDICTIONS_FILE
     from omg_llava.models.omg_seg_trainer import REFERRING_QUERIES_FILE
-    rows = read_predictions(os.path.join(work_dir, 'test', 'refseg', 'predictions.jsonl'))
+    rows = read_predictions(os.path.join(work_dir, 'test', 'refseg', PREDICTIONS_FILE))
     stage_dir = os.path.join(work_dir, 'omg_seg')
     pre_stage = None
     if os.path.isfile(os.path.join(stage_dir, REFERRING_QUERIES_FILE)):

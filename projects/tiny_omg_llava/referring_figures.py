@@ -16,7 +16,6 @@ import argparse
 import glob
 import json
 import os
-import re
 import sys
 from collections import defaultdict
 from typing import Iterable
@@ -31,19 +30,22 @@ RIGHT_OBJECT_IOU = 0.5
 
 
 def kind_figures(records: Iterable[tuple[str, int, int]]) -> dict[str, dict]:
-    """(sentence, intersection, union) per expression → per kind and ``'all'``: ``cIoU`` (summed intersections
-    over summed unions), ``right_object`` (share with IoU > 0.5) and ``expressions`` (count). Kinds without
-    expressions are left out."""
-    sums = defaultdict(lambda: [0, 0, 0, 0])
+    """(sentence, intersection, union) per expression → per kind and ``'all'``: ``cIoU``
+    (:func:`~omg_llava.evaluation.refseg.refseg_metrics`), ``right_object`` (share with IoU > 0.5) and
+    ``expressions`` (count). Kinds without expressions are left out."""
+    from omg_llava.evaluation.refseg import MaskOverlap, refseg_metrics
+    overlaps = defaultdict(list)
     for sentence, intersection, union in records:
         for kind in (expression_kind(sentence), 'all'):
-            s = sums[kind]
-            s[0] += intersection
-            s[1] += union
-            s[2] += intersection > RIGHT_OBJECT_IOU * union
-            s[3] += 1
-    return {kind: dict(cIoU=s[0] / max(s[1], 1), right_object=s[2] / s[3], expressions=s[3])
-            for kind, s in sorted(sums.items(), key=lambda item: (EXPRESSION_KINDS + ('all',)).index(item[0]))}
+            overlaps[kind].append(MaskOverlap(int(intersection), int(union)))
+    figures = {}
+    for kind in (*EXPRESSION_KINDS, 'all'):
+        found = overlaps[kind]
+        if found:
+            right = sum(o.iou > RIGHT_OBJECT_IOU for o in found)
+            figures[kind] = dict(cIoU=refseg_metrics(found)['cIoU'], right_object=right / len(found),
+                                 expressions=len(found))
+    return figures
 
 
 def read_predictions(path: str) -> list[dict]:
@@ -53,11 +55,10 @@ def read_predictions(path: str) -> list[dict]:
 
 
 def repeated_expression_share(rows: list[dict]) -> float:
-    """Share of answers whose first ``<p> … </p>`` phrase is the asked-for sentence (case-insensitive)."""
-    repeated = 0
-    for row in rows:
-        phrase = re.search(r'<p>\s*(.*?)\s*</p>', row['answer'])
-        repeated += bool(phrase) and phrase.group(1).lower() == row['sentence'].strip().lower()
+    """Share of answers whose ``[SEG]`` phrase (the ``<p> … </p>`` the evaluated mask belongs to,
+    :func:`~omg_llava.evaluation.runner.phrases_per_mask`) is the asked-for sentence (case-insensitive)."""
+    from omg_llava.evaluation.runner import phrases_per_mask
+    repeated = sum(phrases_per_mask(row['answer'], 1)[0].lower() == row['sentence'].strip().lower() for row in rows)
     return repeated / max(len(rows), 1)
 
 
