@@ -1,6 +1,6 @@
 """Reproduce the trained tiny OMG-LLaVA (the built-in default) from nothing, on CPU, and measure it.
 
-    python projects/tiny_omg_llava/train_tiny.py                       # ~35 min on 2 CPU cores (2 processes)
+    python projects/tiny_omg_llava/train_tiny.py                       # ~30 min on 2 CPU cores (2 processes)
     python projects/tiny_omg_llava/train_tiny.py --install             # ... and replace the committed files
     python projects/tiny_omg_llava/train_tiny.py --short               # the few-minute CI version
 
@@ -51,7 +51,7 @@ PRETRAIN_CHECKPOINT_NAME = 'omg_llava_tiny_synthetic_pretrain.pth'
 
 #: images per split, iterations per stage, evaluated samples (None: the whole val split)
 FULL = dict(train=6000, val=100, test=50, language_iters=600, pre_iters=3000, pretrain_iters=2500,
-            finetune_iters=4500, refseg_samples=None, qa_samples=None)
+            finetune_iters=3500, refseg_samples=None, qa_samples=None)
 SHORT = dict(train=300, val=20, test=5, language_iters=200, pre_iters=800, pretrain_iters=60, finetune_iters=500,
              refseg_samples=60, qa_samples=60)
 
