@@ -1,7 +1,8 @@
 """Image loading and the reference preprocessing (spec §1.1), with the inverse mapping for outputs.
 
 Images are padded to a square with the CLIP-mean colour, the original centred, then resized (bicubic)
-to the network input side and CLIP-normalised. :class:`SquareGeometry` records the padding so that
+to the network input side and CLIP-normalised with the released configs' 4-decimal statistics
+(:data:`~omg_llava.utils.constants.CLIP_MEAN` / ``CLIP_STD``). :class:`SquareGeometry` records the padding so that
 prompts can be mapped in and masks mapped back out.
 """
 from __future__ import annotations
