@@ -7,19 +7,21 @@ mis-shaped keys, together with a guess of which released file was given, so the 
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import pickle
 import re
+import sys
 import zipfile
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 __all__ = [
     'CheckpointError', 'CheckpointMismatchError', 'LoadReport', 'RenameRule', 'read_weights',
-    'unwrap_state_dict', 'rename_keys', 'load_into', 'describe_checkpoint'
+    'unwrap_state_dict', 'rename_keys', 'load_into', 'describe_checkpoint', 'FilePages'
 ]
 
 
@@ -99,13 +101,17 @@ def describe_checkpoint(keys: Iterable[str]) -> str:
     return 'an unrecognised weight file'
 
 
-def read_weights(path: str | os.PathLike, *, weights_only: bool = True) -> dict[str, torch.Tensor] | torch.Tensor:
+def read_weights(path: str | os.PathLike, *, weights_only: bool = True,
+                 mmap: bool = False) -> dict[str, torch.Tensor] | torch.Tensor:
     """Read a ``.pth`` / ``.bin`` / ``.pt`` (torch pickle) or ``.safetensors`` file on the CPU.
 
     Args:
         path: the file.
         weights_only: load through torch's restricted unpickler (default). Set ``False`` only for
             files you trust (e.g. full mmengine training checkpoints with optimizer state).
+        mmap: map a torch zip file into memory instead of reading it (``torch.load(mmap=True)``): tensors are
+            read from disk when first touched, so a large file costs no memory up front. Their resident pages
+            can be dropped again after use with :class:`FilePages`. Legacy (non-zip) files are read as usual.
 
     Returns:
         The raw object: a ``dict`` of tensors (possibly wrapped, see :func:`unwrap_state_dict`) or,
@@ -126,7 +132,8 @@ def read_weights(path: str | os.PathLike, *, weights_only: bool = True) -> dict[
             raise CheckpointError(f'cannot read {path!r} as safetensors ({exc}). The file is truncated or '
                                   'corrupt: download it again.') from exc
     try:
-        return torch.load(path, map_location='cpu', weights_only=weights_only)
+        return torch.load(path, map_location='cpu', weights_only=weights_only,
+                          mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         if weights_only:
             raise CheckpointError(
@@ -139,6 +146,50 @@ def read_weights(path: str | os.PathLike, *, weights_only: bool = True) -> dict[
         size = os.path.getsize(path)
         raise CheckpointError(f'cannot read {path!r} ({size} bytes): {str(exc).splitlines()[0]}. The file is '
                               'truncated or corrupt (an interrupted download?): download it again.') from exc
+
+
+class FilePages:
+    """Drop the resident pages of tensors memory-mapped from ``path`` (:func:`read_weights` with ``mmap=True``).
+
+    A mapped file's pages, once read, count in the process's resident memory until the mapping goes away;
+    releasing each tensor's pages right after it was copied or merged keeps a large checkpoint from ever being
+    resident as a whole. Only pages inside the file's own private mappings are touched (a later read fetches
+    them from disk again), so this is safe for any tensor; elsewhere (no ``/proc/self/maps``, other systems)
+    it does nothing.
+    """
+
+    MADV_DONTNEED = 4
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.ranges = _mapped_ranges(os.path.realpath(path)) if sys.platform.startswith('linux') else []
+        self._page = os.sysconf('SC_PAGE_SIZE') if self.ranges else 4096
+        self._madvise = ctypes.CDLL(None, use_errno=True).madvise if self.ranges else None
+
+    def release(self, tensor: torch.Tensor) -> None:
+        """Drop the resident pages of ``tensor``'s storage that lie in the file's mappings."""
+        if self._madvise is None or tensor.device.type != 'cpu':
+            return
+        storage = tensor.untyped_storage()
+        start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        for lo, hi in self.ranges:
+            first, last = max(start, lo) // self._page * self._page, min(end, hi)
+            if first < last:
+                self._madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), self.MADV_DONTNEED)
+
+
+def _mapped_ranges(path: str) -> list[tuple[int, int]]:
+    """Address ranges of the private (``p``) mappings of ``path`` in this process."""
+    ranges = []
+    try:
+        with open('/proc/self/maps') as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].rstrip('\n') == path and fields[1].endswith('p'):
+                    lo, hi = fields[0].split('-')
+                    ranges.append((int(lo, 16), int(hi, 16)))
+    except OSError:
+        return []
+    return ranges
 
 
 def unwrap_state_dict(obj: object, source: str = 'checkpoint') -> dict[str, torch.Tensor]:
@@ -182,7 +233,8 @@ def rename_keys(state_dict: Mapping[str, torch.Tensor], rules: Sequence[RenameRu
 
 def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, source: str,
               expected_keys: Iterable[str] | None = None, strict: bool = True,
-              file_keys: Iterable[str] | None = None) -> LoadReport:
+              file_keys: Iterable[str] | None = None,
+              after_copy: Callable[[torch.Tensor], None] | None = None) -> LoadReport:
     """Copy ``state_dict`` into ``module`` after checking names and shapes exactly.
 
     Args:
@@ -194,6 +246,7 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
         strict: raise :class:`CheckpointMismatchError` on any missing, unexpected or mis-shaped key.
         file_keys: every key of the file, for guessing which file it is in the error message (default: the
             keys of ``state_dict``; pass them when the caller has already set aside keys the model lacks).
+        after_copy: called with each source tensor once it is copied (e.g. :meth:`FilePages.release`).
 
     Returns:
         The report. Nothing is copied when ``strict`` and the report is not clean.
@@ -220,6 +273,8 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
                 if target.is_meta:
                     raise CheckpointError(f'{source}: cannot copy {key} into a meta-device model; build the '
                                           'model on a real device (cpu) before loading weights.')
-                target.copy_(value.to(dtype=target.dtype))
+                target.copy_(value)  # casts to the target's dtype on the fly, no converted copy
                 report.loaded.append(key)
+                if after_copy is not None:
+                    after_copy(value)
     return report

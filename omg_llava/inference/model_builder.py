@@ -1,45 +1,82 @@
-"""Build a ready-to-run OMG-LLaVA from a config and the released files (what chat, test and export tools use)."""
+"""Build a ready-to-run OMG-LLaVA from a config and the released files (what chat, test and export tools use).
+
+The build is lean (docs/performance.md has the figures at 7B):
+
+* a ``from_pretrained`` LLM is constructed on the meta device directly in the requested dtype and its
+  safetensors shards are streamed in (never an fp16 or fp32 copy first);
+* peft's k-bit preparation (which casts an unquantised LLM to float32) is a training step and is not applied;
+* the OMG-LLaVA checkpoint is memory-mapped and consumed tensor by tensor; its vocabulary tensors are copied
+  into the model's own in place;
+* by default the finetune's LoRA is merged into the base weights in place, one weight at a time, without ever
+  building the adapters (``merge_lora=False`` keeps them, in the LLM's dtype);
+* a request that cannot fit (e.g. fp32 at 7B on a 24 GB machine) is refused before anything is loaded, with the
+  estimate (:func:`estimate_memory`).
+"""
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 
 import torch
+import transformers
 from mmengine.config import Config
 
+from omg_llava.models.lora import add_inference_lora
 from omg_llava.models.omg_llava import OMGLLaVA
 from omg_llava.models.released_weights import load_released_checkpoint
+from omg_llava.models.special_tokens import SpecialTokenIds, add_special_tokens, fit_embeddings
 from omg_llava.registry import build_component
 
 from .encoder_builder import load_encoder_weights_or_random, resolve_encoder_weights, visual_encoder_config
 
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+GB = 1e9
+#: Memory beyond the weights: the Python/torch runtime and encoding one 1024² image (measured at 7B, with the
+#: chunked object prior: docs/performance.md).
+WORKING_BYTES = int(1.5 * GB)
+
+
+class InsufficientMemoryError(ValueError):
+    """The requested build does not fit the memory available on its device."""
 
 
 def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu', dtype: str = 'fp32',
                 seed: int = 0, weights_only: bool = True, omg_seg: str | None = None, clip: str | None = None,
-                class_embed: str | None = None, quantization: str | None = 'none') -> tuple[OMGLLaVA, Config, list[str]]:
+                class_embed: str | None = None, quantization: str | None = 'none', merge_lora: bool = True,
+                check_memory: bool = True) -> tuple[OMGLLaVA, Config, list[str]]:
     """Build ``model`` of a config, load the encoder files it names and the OMG-LLaVA ``pth``.
 
     Args:
         config_path: a config with ``model`` (e.g. configs/omg_llava_7b_finetune_8gpus.py).
         pth: a released-format checkpoint (pretrain, finetune or task finetune). Without one the projectors
-            (and LoRA) keep their seeded random init; the config's ``pretrained_pth`` is not read.
+            keep their seeded random init and a LoRA is left out (an untrained adapter is a no-op); the config's
+            ``pretrained_pth`` is not read.
         device: torch device.
         dtype: ``fp32`` / ``fp16`` / ``bf16`` for the LLM and projectors; the visual encoder stays fp32.
         seed: seed of every random init.
         weights_only: refuse pickled Python objects in weight files (``False`` only for trusted files).
         omg_seg / clip / class_embed: override the encoder files named by the config.
         quantization: ``'none'`` (default) drops the config's ``quantization_config``, so the LLM loads in
-            ``dtype`` on any device; ``None`` builds the config's ``llm`` as written; ``'4bit'`` (NF4, double quant, as the reference) or ``'8bit'`` loads a
-            ``from_pretrained`` LLM with bitsandbytes (CUDA only) and ``dtype`` as compute dtype.
+            ``dtype`` on any device; ``None`` builds the config's ``llm`` as written; ``'4bit'`` (NF4, double
+            quant, as the reference) or ``'8bit'`` loads a ``from_pretrained`` LLM with bitsandbytes (CUDA only)
+            and ``dtype`` as compute dtype (the LoRA then stays unmerged).
+        merge_lora: fold the checkpoint's LoRA into the LLM weights (default; ``model.has_lora`` is then
+            ``False``). ``False`` keeps the adapters (in ``dtype``), e.g. to compare.
+        check_memory: refuse a build whose :func:`estimate_memory` exceeds the available memory.
 
     Returns:
         ``(model, config, notes)``: the model in eval mode, the parsed config, one note per weight decision.
+
+    Raises:
+        InsufficientMemoryError: (a ``ValueError``) the build cannot fit; the message has the estimate.
     """
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
     if quantization in ('4bit', '8bit'):
         _check_bitsandbytes(quantization, device)
+    quantized = quantization in ('4bit', '8bit')
+    if check_memory and not quantized:
+        ensure_fits(estimate_memory(config_path, dtype, keep_lora=not merge_lora and bool(pth)), device, dtype)
     part_cfg, cfg = visual_encoder_config(config_path)
     if 'model' not in cfg:
         raise KeyError(f'{config_path} defines no `model`: use an OMG-LLaVA config (configs/*.py)')
@@ -49,16 +86,23 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
                      use_activation_checkpointing=False)
     if quantization is not None:
         model_cfg['llm'] = _quantized_llm_config(model_cfg['llm'], quantization, device, dtype, config_path)
-    quantized = quantization in ('4bit', '8bit')
     torch.manual_seed(seed)
+    notes = []
+    lora = model_cfg.get('llm_lora')
+    merge = lora is not None and not quantized and merge_lora
+    if lora is not None and not quantized:
+        model_cfg.update(_inference_llm(model_cfg, lora if pth and not merge_lora else None))
+        if not pth:
+            notes.append('LoRA: left out (no checkpoint: an untrained adapter changes nothing)')
     model: OMGLLaVA = build_component(model_cfg)
-    notes = load_encoder_weights_or_random(model.visual_encoder, weights, seed=seed, weights_only=weights_only)
+    notes += load_encoder_weights_or_random(model.visual_encoder, weights, seed=seed, weights_only=weights_only)
     if pth:
-        report = load_released_checkpoint(model, pth, weights_only=weights_only)
-        notes.append(f'OMG-LLaVA weights: {pth} ({len(report.loaded)} tensors)')
+        report = load_released_checkpoint(model, pth, weights_only=weights_only, lora=lora if merge else None)
+        merged = sum('.lora_' in k for k in report.loaded)
+        notes.append(f'OMG-LLaVA weights: {pth} ({len(report.loaded)} tensors'
+                     + (f'; {merged // 2} LoRA pairs merged into the LLM)' if merged else ')'))
     else:
-        notes.append(f'OMG-LLaVA weights: none given, projectors{" and LoRA" if model.has_lora else ""} are random '
-                     f'(seed {seed})')
+        notes.append(f'OMG-LLaVA weights: none given, projectors are random (seed {seed})')
     if quantized:  # bitsandbytes placed the LLM on its device and refuses to move or cast it
         for name, child in model.named_children():
             if name != 'llm':
@@ -71,6 +115,21 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     return model.eval(), cfg, notes
 
 
+def _inference_llm(model_cfg: dict, keep_lora) -> dict:
+    """The config's tokenizer and LLM built for inference (``llm_lora`` then ``None``): with ``keep_lora`` (a
+    LoRA config) the LLM gets its vocabulary fitted and the adapters in its own dtype; otherwise it stays plain
+    and a checkpoint's LoRA is merged into it at load time."""
+    tokenizer = build_component(model_cfg.get('tokenizer'))
+    llm = build_component(model_cfg['llm'])
+    if keep_lora is not None:
+        explicit = model_cfg.get('special_token_ids')
+        ids = (SpecialTokenIds(**explicit) if explicit is not None else add_special_tokens(tokenizer)
+               if tokenizer is not None else SpecialTokenIds.after_vocabulary(llm.config.vocab_size))
+        fit_embeddings(llm, ids)
+        llm = add_inference_lora(llm, keep_lora)
+    return dict(tokenizer=tokenizer, llm=llm, llm_lora=None)
+
+
 def _check_bitsandbytes(quantization: str, device: str) -> None:
     if torch.device(device).type != 'cuda':
         raise ValueError(f'{quantization} loading needs a CUDA GPU (bitsandbytes), but the device is {device!r}; '
@@ -80,14 +139,23 @@ def _check_bitsandbytes(quantization: str, device: str) -> None:
                           '(or install this package with the [gpu] extra)')
 
 
+def _is_from_pretrained(llm_cfg: dict) -> bool:
+    return getattr(llm_cfg.get('type'), '__name__', None) == 'from_pretrained'
+
+
 def _quantized_llm_config(llm_cfg: dict, quantization: str, device: str, dtype: str, config_path: str) -> dict:
-    """The config's ``llm`` dict with its ``quantization_config`` dropped (``'none'``) or replaced."""
+    """The config's ``llm`` dict with its ``quantization_config`` dropped (``'none'``: a ``from_pretrained`` LLM
+    is then built on the meta device directly in ``dtype`` and its weights streamed in) or replaced."""
     llm_cfg = {k: v for k, v in llm_cfg.items() if k != 'quantization_config'}
     if quantization == 'none':
+        if _is_from_pretrained(llm_cfg):
+            llm_cfg['torch_dtype'] = DTYPES[dtype]
+            if int(transformers.__version__.split('.')[0]) < 5:  # 5.x always builds on meta and streams
+                llm_cfg['low_cpu_mem_usage'] = True
         return llm_cfg
     if quantization not in ('4bit', '8bit'):
         raise ValueError(f"quantization must be None, 'none', '4bit' or '8bit', got {quantization!r}")
-    if getattr(llm_cfg.get('type'), '__name__', None) != 'from_pretrained':
+    if not _is_from_pretrained(llm_cfg):
         raise ValueError(f'{quantization} loading needs an LLM loaded with from_pretrained, but the llm of '
                          f'{config_path} is built from scratch (a tiny config?)')
     from transformers import BitsAndBytesConfig
@@ -98,3 +166,90 @@ def _quantized_llm_config(llm_cfg: dict, quantization: str, device: str, dtype: 
                        llm_int8_threshold=6.0, llm_int8_has_fp16_weight=False, bnb_4bit_compute_dtype=compute_dtype,
                        bnb_4bit_use_double_quant=True, bnb_4bit_quant_type='nf4'))
     return llm_cfg
+
+
+# ---------------------------------------------------------------------------------------------- memory estimate
+@dataclass
+class MemoryEstimate:
+    """Parameter counts of a config's model and the bytes a build in ``dtype`` needs.
+
+    Attributes:
+        llm / lora / encoder / projectors: parameter counts (``lora``: 0 unless the adapters are kept).
+        dtype: the LLM and projector dtype (the encoder is float32).
+    """
+
+    llm: int
+    lora: int
+    encoder: int
+    projectors: int
+    dtype: str
+
+    @property
+    def weight_bytes(self) -> int:
+        size = DTYPES[self.dtype].itemsize
+        return (self.llm + self.lora + self.projectors) * size + self.encoder * 4
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weight_bytes + WORKING_BYTES
+
+
+def estimate_memory(config_path: str, dtype: str, keep_lora: bool = False) -> MemoryEstimate:
+    """Count the parameters of the config's model (built on the meta device: no memory, no weights read) and
+    size a build in ``dtype`` (merged LoRA unless ``keep_lora``)."""
+    from omg_llava.verification.model_keys import build_model_on_meta
+    if dtype not in DTYPES:
+        raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
+    counts = dict(llm=0, lora=0, encoder=0, projectors=0)
+    for name, param in build_model_on_meta(config_path, 'full').named_parameters():
+        part = ('lora' if '.lora_' in name else 'llm' if name.startswith('llm.') else
+                'encoder' if name.startswith('visual_encoder.') else 'projectors')
+        counts[part] += param.numel()
+    if not keep_lora:
+        counts['lora'] = 0
+    return MemoryEstimate(dtype=dtype, **counts)
+
+
+def available_memory(device: str) -> int:
+    """Bytes free for a model on ``device``: the host's available memory (``MemAvailable``) for the CPU, the
+    GPU's free memory for CUDA."""
+    kind = torch.device(device)
+    if kind.type == 'cuda':
+        return torch.cuda.mem_get_info(kind)[0]
+    import psutil
+    return psutil.virtual_memory().available
+
+
+def ensure_fits(estimate: MemoryEstimate, device: str, dtype: str, available: int | None = None) -> None:
+    """Refuse a build that cannot fit, before anything is loaded.
+
+    Args:
+        estimate: :func:`estimate_memory` of the build.
+        device: where the model goes.
+        dtype: the requested dtype (for the advice).
+        available: bytes available on ``device`` (default :func:`available_memory`).
+
+    Raises:
+        InsufficientMemoryError: e.g. ``needs ~33 GB (LLM 31.0 GB in fp32, ...), 22 GB available on cpu; use
+            --dtype bf16``.
+    """
+    available = available_memory(device) if available is None else available
+    need = estimate.total_bytes
+    if need <= available:
+        return
+    size = DTYPES[dtype].itemsize
+    parts = [f'LLM {estimate.llm * size / GB:.1f} GB in {dtype}', f'visual encoder {estimate.encoder * 4 / GB:.1f} GB',
+             f'working memory {WORKING_BYTES / GB:.1f} GB']
+    if estimate.lora:
+        parts.insert(1, f'unmerged LoRA {estimate.lora * size / GB:.1f} GB')
+    if dtype == 'fp32':
+        advice = 'use --dtype bf16'
+    elif estimate.lora:
+        advice = 'merge the LoRA (drop --keep-lora)'
+    elif torch.device(device).type == 'cuda':
+        advice = 'use --load-in-8bit or --load-in-4bit, or a GPU with more memory'
+    else:
+        advice = 'close other programs or use a machine with more memory'
+    raise InsufficientMemoryError(f'the model needs ~{need / GB:.0f} GB ({", ".join(parts)}), '
+                                  f'{available / GB:.0f} GB available on {device}; {advice}')
+

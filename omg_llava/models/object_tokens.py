@@ -26,15 +26,21 @@ def pixel_shuffle_down(features: Tensor, ratio: int) -> Tensor:
 
 
 def object_prior(class_logits: Tensor, mask_logits: Tensor, query_tokens: Tensor, grid_size: tuple[int, int],
-                 smooth: float = 0.5) -> tuple[Tensor, Tensor]:
+                 smooth: float = 0.5, mask_size: tuple[int, int] | None = None,
+                 query_chunk: int = 16) -> tuple[Tensor, Tensor]:
     """Per-cell query mixture and the winning query of each cell.
 
     Args:
         class_logits: (B, Q, K+1) last-layer class logits (no IoU channel), no-object last.
-        mask_logits: (B, Q, H, W) last-layer mask logits already upsampled to the input size.
+        mask_logits: (B, Q, H, W) last-layer mask logits at the input size, or at the decoder's resolution
+            when ``mask_size`` is given.
         query_tokens: (B, Q, 2C) ``[content | positional]`` of each query.
         grid_size: (h, w) token grid (input size / 64 for ratio 2).
         smooth: ``P = (smooth + (1 - smooth)·s) · sigmoid(mask)`` with s the best real-class probability.
+        mask_size: the input size (H, W): ``mask_logits`` are first upsampled to it (bilinear), ``query_chunk``
+            queries at a time, so the (B, Q, H, W) full-size maps never exist at once (300 at 1024² are 1.2 GB
+            per float32 tensor). Every step is per query, so the result is the same as upsampling all at once.
+        query_chunk: queries per chunk with ``mask_size``.
 
     Returns:
         ``(prior, blocked)``: prior (B, h·w, 2C) = softmaxᵀ(P over queries) · query_tokens, and
@@ -43,10 +49,22 @@ def object_prior(class_logits: Tensor, mask_logits: Tensor, query_tokens: Tensor
         that is what the projector was trained on.
     """
     scores = class_logits.softmax(dim=-1)[..., :-1].max(dim=-1).values  # (B, Q)
-    probs = (smooth + (1.0 - smooth) * scores)[..., None, None] * mask_logits.sigmoid()  # (B, Q, H, W)
-    probs = F.interpolate(probs, size=grid_size, mode='bilinear', align_corners=False).flatten(2)  # (B, Q, hw)
+    weights = (smooth + (1.0 - smooth) * scores)[..., None, None]  # (B, Q, 1, 1)
+    if mask_size is None:
+        probs = _cell_probabilities(mask_logits, weights, grid_size)
+    else:
+        probs = torch.cat([
+            _cell_probabilities(F.interpolate(mask_logits[:, q:q + query_chunk], size=mask_size, mode='bilinear',
+                                              align_corners=False), weights[:, q:q + query_chunk], grid_size)
+            for q in range(0, mask_logits.shape[1], query_chunk)], dim=1)  # (B, Q, hw)
     prior = torch.einsum('bqn,bqc->bnc', probs.softmax(dim=1), query_tokens)  # (B, hw, 2C)
     winner = probs.argmax(dim=1)  # (B, hw)
     query_index = torch.arange(probs.shape[1], device=probs.device)
     blocked = query_index[None, :, None] != winner[:, None, :]  # (B, Q, hw)
     return prior, blocked
+
+
+def _cell_probabilities(mask_logits: Tensor, weights: Tensor, grid_size: tuple[int, int]) -> Tensor:
+    """(B, q, H, W) full-size mask logits, (B, q, 1, 1) weights → (B, q, h·w) weighted probabilities per cell."""
+    probs = weights * mask_logits.sigmoid()  # (B, q, H, W)
+    return F.interpolate(probs, size=grid_size, mode='bilinear', align_corners=False).flatten(2)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omg_llava.registry import MODELS
@@ -179,8 +178,8 @@ class OMGSegVisualEncoder(nn.Module):
             query_tokens = torch.cat([decode.queries[-1], head.query_embed.weight[None].expand(B, -1, -1)], dim=-1)
             shuffled = pixel_shuffle_down(feats[-1], self.pixel_shuffle_ratio)  # (B, 4*C5, h, w)
             grid = tuple(shuffled.shape[-2:])
-            full_masks = F.interpolate(mask_logits, size=image_size, mode='bilinear', align_corners=False)
-            prior, blocked = object_prior(class_logits, full_masks, query_tokens, grid, self.object_prior_smooth)
+            prior, blocked = object_prior(class_logits, mask_logits, query_tokens, grid, self.object_prior_smooth,
+                                          mask_size=image_size)
             pixel_tokens = torch.cat([shuffled.flatten(2).transpose(1, 2), prior], dim=-1)
         return VisualEncoderOutput(pixel_tokens, query_tokens, blocked, image_features, class_logits, iou_logits,
                                    mask_logits, list(feats), decode)

@@ -14,6 +14,11 @@ The files are flat dicts under the model's own module paths (no renaming):
 * ``finetuned_refseg.pth`` / ``finetuned_gcg.pth`` add the 170 ``_llm`` decoder-copy tensors and need a model
   built with ``with_llm_decoder_copy=True`` (the task configs). A task model given the general finetune file
   (its ``pretrained_pth``) keeps the copies initialised from the OMG-Seg decoder.
+
+Files are memory-mapped, never read whole: each tensor is copied (or merged) into the model and its pages are
+dropped right after (:class:`~omg_llava.checkpoint.FilePages`), so the 8.4 GB finetune file adds no more than a
+tensor's worth of memory. For inference the LoRA pairs of a finetune file can be merged straight into a plain
+LLM (``lora=``): the adapters are never built, and every pair is still checked like any other key.
 """
 from __future__ import annotations
 
@@ -22,17 +27,32 @@ import os
 from mmengine.logging import print_log
 from torch import nn
 
-from omg_llava.checkpoint import (CheckpointMismatchError, LoadReport, describe_checkpoint, load_into, read_weights,
-                                  unwrap_state_dict)
+from typing import Any, Mapping
 
+from torch import Tensor
+
+from omg_llava.checkpoint import (CheckpointMismatchError, FilePages, LoadReport, describe_checkpoint, load_into,
+                                  read_weights, unwrap_state_dict)
+
+from .lora import ADAPTER, LORA_KEY, build_lora_config, lora_scaling, lora_target_paths, merge_lora_delta_
 from .save_filter import is_saved_key
 
 PRETRAIN_VOCAB_KEYS = ('llm.model.tok_embeddings.weight', 'llm.output.weight')
 LLM_DECODER_COPY_MARKERS = ('.transformer_decoder_llm.', '.mask_embed_llm.')
+PEFT_PREFIX = 'llm.base_model.model.'
 
 
-def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weights_only: bool = True) -> LoadReport:
+def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weights_only: bool = True,
+                             lora: Any = None) -> LoadReport:
     """Load a released-format OMG-LLaVA ``.pth`` into ``model`` (see the module docstring for the rules).
+
+    Args:
+        model: the model; its LLM is either wrapped with LoRA (the file's names fit as they are) or plain.
+        path: the file (memory-mapped; pages are dropped as tensors are consumed).
+        weights_only: refuse pickled Python objects.
+        lora: for a plain LLM built from a LoRA config (inference, adapters merged): that LoRA config. The
+            file's LoRA pairs are then folded into the base weights in place (:func:`merge_released_lora_`)
+            and its finetune-layout names (``llm.base_model.model.…``) are read as the plain ones.
 
     Raises:
         CheckpointMismatchError: a tensor the model saves is missing from the file, a shape differs, or the
@@ -40,13 +60,19 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
             names the file the keys look like.
     """
     source = os.fspath(path)
-    state_dict = unwrap_state_dict(read_weights(source, weights_only=weights_only), source)
+    state_dict = unwrap_state_dict(read_weights(source, weights_only=weights_only, mmap=True), source)
+    pages = FilePages(source)
+    merged = []
+    if lora is not None:
+        state_dict, merged = merge_released_lora_(model.llm, state_dict, lora, source=source,
+                                                  after_merge=pages.release)
     own = nn.Module.state_dict(model, keep_vars=True)
     with_copy = model.visual_encoder.panoptic_head.with_llm_decoder_copy
     with_full_llm = not getattr(model, 'freeze_llm', True)
     required = [k for k in own if is_saved_key(k, with_copy, with_full_llm)]
     ignored = []
-    if getattr(model, 'has_lora', False) and any(k in state_dict for k in PRETRAIN_VOCAB_KEYS):
+    lora_model = getattr(model, 'has_lora', False) or (lora is not None and not merged)
+    if lora_model and any(k in state_dict for k in PRETRAIN_VOCAB_KEYS):
         ignored = [k for k in PRETRAIN_VOCAB_KEYS if k in state_dict]
         state_dict = {k: v for k, v in state_dict.items() if k not in ignored}
         required = [k for k in required if k.startswith(('projector.', 'projector_text2vision.'))]
@@ -71,7 +97,9 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
             '(configs/specific_tasks_finetune/*, panoptic_head with_llm_decoder_copy=True).')
     unknown = sorted(k for k in state_dict if k not in own)
     known = {k: v for k, v in state_dict.items() if k in own}
-    report = load_into(model, known, source=source, expected_keys=required, file_keys=state_dict)
+    report = load_into(model, known, source=source, expected_keys=required, file_keys=state_dict,
+                       after_copy=pages.release)
+    report.loaded = merged + report.loaded
     report.ignored = ignored
     report.unexpected = unknown
     if ignored:
@@ -86,3 +114,77 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
                   f'{" ..." if len(unknown) > 20 else ""} (file looks like: {describe_checkpoint(state_dict)})',
                   logger='current', level=30)
     return report
+
+
+def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora: Any, *, source: str,
+                         after_merge=None) -> tuple[dict[str, Tensor], list[str]]:
+    """Fold the LoRA pairs of a finetune-layout state dict into a plain ``llm`` in place, one weight at a time.
+
+    Every ``nn.Linear`` the LoRA config targets must have its ``lora_A`` / ``lora_B`` pair (adapter ``default``)
+    with the config's rank; each is merged as ``W += (alpha / r) · B @ A`` by
+    :func:`~omg_llava.models.lora.merge_lora_delta_`. The other ``llm.base_model.model.X`` keys are renamed to
+    the plain ``llm.X`` (``.base_layer`` dropped). A file without any finetune-layout key (a pretrain-stage
+    file) is returned unchanged: the LoRA stays a no-op, as an untrained adapter is.
+
+    Args:
+        llm: the plain LLM (``model.llm``).
+        state_dict: the file's tensors.
+        lora: the model config's ``llm_lora`` (a ``LoraConfig`` or its arguments).
+        source: the file, for messages.
+        after_merge: called with each merged ``lora_A`` / ``lora_B`` tensor (e.g. to drop its file pages).
+
+    Returns:
+        ``(rest, merged_keys)``: the remaining tensors under plain names, and the file keys merged.
+
+    Raises:
+        CheckpointMismatchError: a targeted layer without its pair, a pair of another rank or shape, or LoRA
+            tensors of another adapter; the message lists them.
+    """
+    if not any(k.startswith(PEFT_PREFIX) for k in state_dict):
+        return dict(state_dict), []
+    config = build_lora_config(lora, llm)
+    rest, pairs = {}, {}
+    for key, value in state_dict.items():
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else None
+        match = LORA_KEY.fullmatch(name) if name is not None else None
+        if match and match['adapter'] == ADAPTER:
+            pairs.setdefault(match['module'], {})[match['side']] = (key, value)
+        elif name is not None and match is None:
+            rest['llm.' + name.replace('.base_layer.', '.')] = value
+        else:
+            rest[key] = value  # another adapter or outside the LLM: reported as unexpected by the caller
+    modules = dict(llm.named_modules())
+    targets = lora_target_paths(llm, config)
+    missing = [f'{PEFT_PREFIX}{path}.lora_{side}.{ADAPTER}.weight' for path in targets
+               for side in 'AB' if side not in pairs.get(path, {})]
+    mismatched = []
+    for path in targets:
+        if set(pairs.get(path, {})) != {'A', 'B'}:
+            continue
+        (key_a, a), (key_b, b) = pairs[path]['A'], pairs[path]['B']
+        out_features, in_features = modules[path].weight.shape
+        if tuple(a.shape) != (config.r, in_features):
+            mismatched.append(f'{key_a}: {list(a.shape)} vs {[config.r, in_features]}')
+        if tuple(b.shape) != (out_features, config.r):
+            mismatched.append(f'{key_b}: {list(b.shape)} vs {[out_features, config.r]}')
+    if missing or mismatched:
+        lines = [f'{source}: the LoRA pairs do not fit the model (rank {config.r}, targets '
+                 f'{sorted(set(p.rsplit(".", 1)[-1] for p in targets))}).']
+        for title, rows in (('missing from the file', missing), ('shape mismatch (file vs model)', mismatched)):
+            if rows:
+                lines += [f'  {title} ({len(rows)}):'] + [f'    {r}' for r in rows[:20]]
+        lines.append('Check that the config (its llm_lora r / alpha) is the one the checkpoint was trained with.')
+        raise CheckpointMismatchError('\n'.join(lines))
+    for path, pair in pairs.items():  # pairs of layers the config does not target stay unexpected
+        if path not in modules or path not in targets:
+            rest.update({key: value for key, value in pair.values()})
+    scale = lora_scaling(config)
+    merged = []
+    for path in targets:
+        (key_a, a), (key_b, b) = pairs[path]['A'], pairs[path]['B']
+        merge_lora_delta_(modules[path].weight.data, a, b, scale)
+        merged += [key_a, key_b]
+        if after_merge is not None:
+            after_merge(a)
+            after_merge(b)
+    return rest, merged
