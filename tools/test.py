@@ -10,22 +10,28 @@ closed region questions (the synthetic shapes' held-out manifest).
     torchrun --nproc-per-node 8 tools/test.py CONFIG --pth FILE ... --launcher pytorch --device cuda
 
 Writes predictions.jsonl and metrics.json to --out-dir (default work_dirs/test/<task>_<dataset>_<split>/) and
-prints the metrics. Data layouts and metric definitions: docs/evaluation.md.
+prints the metrics. --protocol reference gives the released scripts' numbers, corrected (default) the project's
+definitions. Data layouts, metric definitions and both protocols: docs/evaluation.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 
 TASKS = ('refseg', 'gcg', 'region_caption', 'region_qa')
+PROTOCOLS = ('corrected', 'reference')  # omg_llava.evaluation.runner.PROTOCOLS (imported late: the CLI stays light)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='model config (e.g. configs/omg_llava_7b_finetune_8gpus.py)')
     parser.add_argument('--pth', help='OMG-LLaVA checkpoint (.pth); without one the projectors/LoRA are random')
-    parser.add_argument('--task', required=True, choices=TASKS, help='evaluation protocol')
+    parser.add_argument('--task', required=True, choices=TASKS, help='evaluation task')
+    parser.add_argument('--protocol', choices=PROTOCOLS, default='corrected',
+                        help='corrected (default): the project\'s metric definitions; reference: the released '
+                             'scripts\' numbers, quirks included (docs/evaluation.md)')
     parser.add_argument('--data-root', required=True, help='annotation root (see docs/evaluation.md)')
     parser.add_argument('--dataset',
                         help='refseg: refcoco, refcoco+ (refcoco_plus), refcocog; gcg: the folder of the '
@@ -40,7 +46,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--out-dir', help='default work_dirs/test/<task>_<dataset>_<split>/')
     parser.add_argument('--device', help='torch device (default cuda if available, else cpu)')
     parser.add_argument('--dtype', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
-                        help='LLM/projector dtype (auto: bf16 on GPU, fp32 on CPU); the visual encoder stays fp32')
+                        help='LLM/projector dtype (auto: fp32 on CPU; on GPU bf16, or fp16 with --load-in-4bit/8bit, '
+                             'the reference\'s compute dtype); the visual encoder stays fp32')
+    quant = parser.add_mutually_exclusive_group()
+    quant.add_argument('--load-in-4bit', action='store_true',
+                       help='NF4 LLM via bitsandbytes (CUDA only): the base the released LoRA was trained on '
+                            '(with --dtype fp16, the setting of the published numbers)')
+    quant.add_argument('--load-in-8bit', action='store_true', help='int8 LLM via bitsandbytes (CUDA only)')
     parser.add_argument('--max-samples', type=int, help='evaluate only the first N samples of the split')
     parser.add_argument('--max-new-tokens', type=int,
                         help='generation budget (default the protocol\'s: refseg 100, gcg 100, region_caption 300)')
@@ -84,6 +96,12 @@ def _setup_distributed(launcher: str, device: str | None) -> tuple[int, int, str
     return rank, world_size, device
 
 
+def _fail(message: str) -> None:
+    """A bad input: one line on stderr, exit status 2."""
+    print(f'error: {message}', file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse_args(argv)
     from omg_llava.evaluation.gcg import TransformerPhraseSimilarity, bag_of_words_cosine
@@ -92,12 +110,21 @@ def main(argv: list[str] | None = None) -> dict | None:
     from omg_llava.inference.chat import OMGLLaVAChat
 
     rank, world_size, device = _setup_distributed(args.launcher, args.device)
-    dtype = args.dtype if args.dtype != 'auto' else ('bf16' if device.startswith('cuda') else 'fp32')
+    quantization = '4bit' if args.load_in_4bit else '8bit' if args.load_in_8bit else 'none'
+    if quantization != 'none' and not device.startswith('cuda'):
+        _fail(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but the device is {device}; drop the '
+              'flag to run the LLM unquantized in --dtype')
+    dtype = args.dtype if args.dtype != 'auto' else \
+        'fp32' if not device.startswith('cuda') else 'fp16' if quantization != 'none' else 'bf16'
     split = load_split(args.task, args.data_root, args.dataset, args.split, args.image_folder, args.split_by)
     out_dir = args.out_dir or os.path.join('work_dirs', 'test', f'{args.task}_{args.dataset}_{args.split}')
-    chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=device, dtype=dtype, seed=args.seed,
-                                           weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth,
-                                           clip=args.clip_pth, class_embed=args.class_embed_pth)
+    try:
+        chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=device, dtype=dtype, seed=args.seed,
+                                               weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth,
+                                               clip=args.clip_pth, class_embed=args.class_embed_pth,
+                                               quantization=quantization)
+    except (ValueError, ImportError) as exc:  # e.g. bitsandbytes missing, a config the LLM cannot be quantized in
+        _fail(str(exc))
     predictor = ModelPredictor(chat, args.max_new_tokens or MAX_NEW_TOKENS[args.task])
     similarity = bag_of_words_cosine
     if args.phrase_model and args.task == 'gcg':
@@ -105,13 +132,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     if rank == 0:
         print(f'{args.task} on {args.dataset} {args.split}: {len(split.samples)} samples'
               + (f' (first {args.max_samples})' if args.max_samples else '')
-              + f', {world_size} process(es), {device} {dtype}')
+              + f', {world_size} process(es), {device} {dtype}, LLM quantization {quantization}, '
+                f'protocol {args.protocol}')
         for note in notes:
             print(f'  {note}')
     predict = {'region_caption': predictor.describe_region,
                'region_qa': predictor.answer_with_regions}.get(args.task, predictor)
     metrics = evaluate(split, predict, out_dir, max_samples=args.max_samples, rank=rank, world_size=world_size,
-                       progress=not args.no_progress, similarity=similarity, meteor=not args.no_meteor)
+                       progress=not args.no_progress, similarity=similarity, meteor=not args.no_meteor,
+                       protocol=args.protocol)
     if metrics is not None:
         print(json.dumps(metrics, indent=2))
         print(f'predictions and metrics written to {out_dir}')

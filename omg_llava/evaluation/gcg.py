@@ -11,6 +11,11 @@ Per image the model gives a caption, its grounded phrases and one mask per phras
 * **recall**: per image, the admissible pairs are those with IoU ≥ 0.5 *and* phrase similarity ≥ 0.5; they are
   paired one-to-one greedily by IoU; recall = Σ pairs / Σ ground-truth phrases over all images.
 
+The ``reference`` protocol (docs/evaluation.md) scores mIoU and recall as the released ``evaluate_gcg.py`` does
+(:func:`reference_image_miou`, :func:`reference_true_positives`): the recall's greedy pairing stops at the first
+highest-IoU pair that fails either threshold, and the predicted phrases are all ``<p>…</p>`` texts of the answer,
+matched to the masks by position.
+
 The reference scores phrase similarity with BERT (``bert-base-uncased``, cosine of the mean-pooled last layer),
 which needs a model download. The similarity is therefore pluggable: the default
 :func:`bag_of_words_cosine` is offline and deterministic, and :class:`TransformerPhraseSimilarity` computes the
@@ -171,6 +176,66 @@ def image_true_positives(gt_masks: Sequence[np.ndarray], gt_phrases: Sequence[st
     return len(greedy_pairs(ious, (ious >= iou_threshold) & (sims >= similarity_threshold)))
 
 
+# ----------------------------------------------------------------------------------------------- reference protocol
+def reference_iou_matrix(rows: Sequence[np.ndarray], cols: Sequence[np.ndarray]) -> np.ndarray:
+    """(R, C) IoU of (H, W) binary masks as the released script computes it: NaN where both masks are empty."""
+    if not len(rows) or not len(cols):
+        return np.zeros((len(rows), len(cols)))
+    a = np.stack([np.asarray(m, bool).reshape(-1) for m in rows]).astype(np.float64)  # (R, HW)
+    b = np.stack([np.asarray(m, bool).reshape(-1) for m in cols]).astype(np.float64)  # (C, HW)
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f'masks of {a.shape[1]} and {b.shape[1]} pixels: predicted masks must be at the original '
+                         'image size')
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
+    with np.errstate(invalid='ignore'):
+        return inter / union
+
+
+def reference_image_miou(gt_masks: Sequence[np.ndarray], pred_masks: Sequence[np.ndarray]) -> float:
+    """mIoU of one image as the released script pairs it: on the (P, G) matrix (predictions as rows), take the
+    largest IoU (first in row-major order on ties), delete its row and column, and go on while the largest
+    remaining IoU is positive (a NaN, two empty masks, ends the pairing). Mean of the pairs, 0 without one."""
+    ious = reference_iou_matrix(pred_masks, gt_masks)
+    pairs = []
+    while ious.size > 0 and np.max(ious) > 0:
+        p, g = np.unravel_index(np.argmax(ious), ious.shape)
+        pairs.append(float(ious[p, g]))
+        ious = np.delete(np.delete(ious, p, axis=0), g, axis=1)
+    return float(np.mean(pairs)) if pairs else 0.0
+
+
+def reference_true_positives(gt_masks: Sequence[np.ndarray], gt_labels: Sequence[str],
+                             pred_masks: Sequence[np.ndarray], pred_labels: Sequence[str],
+                             similarity: PhraseSimilarity = bag_of_words_cosine,
+                             iou_threshold: float = IOU_THRESHOLD,
+                             similarity_threshold: float = SIMILARITY_THRESHOLD) -> int:
+    """Ground-truth phrases of one image recalled, as the released script counts them.
+
+    Repeatedly take the highest remaining IoU of the (G, P) mask matrix (ties: first in row-major order); if its
+    IoU is below ``iou_threshold`` *or* the similarity of the labels at the same (row, column) is below
+    ``similarity_threshold``, stop; otherwise count the pair and zero its row and column. Labels are matched to
+    masks by position, so a pair whose position lies outside the (len(gt_labels), len(pred_labels)) similarity
+    matrix raised an IndexError that the script caught per image: the image then scores 0.
+    """
+    ious = reference_iou_matrix(gt_masks, pred_masks)
+    sims = np.asarray(similarity(list(gt_labels), list(pred_labels)), dtype=float).reshape(len(gt_labels),
+                                                                                          len(pred_labels))
+    matches = 0
+    while ious.size > 0:
+        g, p = np.unravel_index(np.argmax(ious), ious.shape)
+        if g >= sims.shape[0] or p >= sims.shape[1]:
+            return 0
+        if ious[g, p] < iou_threshold or sims[g, p] < similarity_threshold:
+            break
+        matches += 1
+        ious[g, :] = 0
+        ious[:, p] = 0
+        sims[g, :] = 0
+        sims[:, p] = 0
+    return matches
+
+
 # ----------------------------------------------------------------------------------------------- mask AP
 def mask_ap(gt_masks: Mapping[object, Sequence[dict]], image_sizes: Mapping[object, tuple[int, int]],
             pred_masks: Mapping[object, Sequence[dict]]) -> dict[str, float | None]:
@@ -221,14 +286,25 @@ class GroundedImage:
     phrases: list[str]
 
 
+def _one_per_mask(phrases: Sequence[str], num_masks: int) -> list[str]:
+    return (list(phrases) + [''] * num_masks)[:num_masks]
+
+
 def gcg_mask_metrics(ground_truth: Mapping[object, GroundedImage], image_sizes: Mapping[object, tuple[int, int]],
-                     predictions: Mapping[object, GroundedImage],
-                     similarity: PhraseSimilarity = bag_of_words_cosine) -> dict[str, float | int | None]:
+                     predictions: Mapping[object, GroundedImage], similarity: PhraseSimilarity = bag_of_words_cosine,
+                     protocol: str = 'corrected') -> dict[str, float | int | None]:
     """AP50, mIoU and recall over the images of ``image_sizes`` (an image without prediction predicts nothing).
+
+    The recall's denominator is the number of ground-truth phrases (``labels``). ``corrected``: phrases and masks
+    are paired by position (a mask without phrase gets ``''``, a phrase without mask cannot be recalled), pairs
+    by :func:`image_true_positives`, mIoU by :func:`image_miou`. ``reference``: :func:`reference_true_positives`
+    and :func:`reference_image_miou`.
 
     Returns:
         ``{'AP50', 'mask_AP', 'mIoU', 'recall', 'num_images', 'num_gt_phrases', 'num_true_positives'}``.
     """
+    if protocol not in ('corrected', 'reference'):
+        raise ValueError(f"protocol must be 'corrected' or 'reference', got {protocol!r}")
     ious, true_positives, gt_phrases = [], 0, 0
     empty = GroundedImage([], [])
     for image_id, (H, W) in image_sizes.items():
@@ -236,8 +312,13 @@ def gcg_mask_metrics(ground_truth: Mapping[object, GroundedImage], image_sizes: 
         pred = predictions.get(image_id, empty)
         gt_masks = [mask_utils.decode(r).astype(bool) for r in gt.masks]
         pred_masks = [mask_utils.decode(r).astype(bool) for r in pred.masks]
-        ious.append(image_miou(gt_masks, pred_masks))
-        true_positives += image_true_positives(gt_masks, gt.phrases, pred_masks, pred.phrases, similarity)
+        if protocol == 'reference':
+            ious.append(reference_image_miou(gt_masks, pred_masks))
+            true_positives += reference_true_positives(gt_masks, gt.phrases, pred_masks, pred.phrases, similarity)
+        else:
+            ious.append(image_miou(gt_masks, pred_masks))
+            true_positives += image_true_positives(gt_masks, _one_per_mask(gt.phrases, len(gt_masks)), pred_masks,
+                                                   _one_per_mask(pred.phrases, len(pred_masks)), similarity)
         gt_phrases += len(gt.phrases)
     metrics = mask_ap({i: ground_truth.get(i, empty).masks for i in image_sizes}, image_sizes,
                       {i: predictions.get(i, empty).masks for i in image_sizes})
@@ -248,5 +329,5 @@ def gcg_mask_metrics(ground_truth: Mapping[object, GroundedImage], image_sizes: 
 
 
 __all__ = ['PhraseSimilarity', 'bag_of_words_cosine', 'token_jaccard', 'TransformerPhraseSimilarity',
-           'mask_iou_matrix', 'greedy_pairs', 'image_miou', 'image_true_positives', 'mask_ap', 'GroundedImage',
-           'gcg_mask_metrics']
+           'mask_iou_matrix', 'greedy_pairs', 'image_miou', 'image_true_positives', 'reference_iou_matrix',
+           'reference_image_miou', 'reference_true_positives', 'mask_ap', 'GroundedImage', 'gcg_mask_metrics']

@@ -11,6 +11,9 @@ where ``answer`` has ``text`` (the decoded answer with its ``<p>``/``[SEG]`` mar
 array per generated ``[SEG]`` at the original image size), like :class:`~omg_llava.inference.chat.ChatAnswer`.
 :class:`ModelPredictor` provides both from an :class:`~omg_llava.inference.chat.OMGLLaVAChat` (greedy decoding).
 
+Every task is scored under one of :data:`PROTOCOLS` (docs/evaluation.md): ``reference`` gives the released
+scripts' numbers (their quirks included, their crashes not), ``corrected`` the project's definitions (default).
+
 Distributed runs (``torchrun``) give every rank a contiguous block of samples (:func:`shard_range`, so that the
 consecutive expressions of one image stay on one rank and its encoding is reused); rank 0 gathers the records
 with mmengine's ``collect_results``, restores the split order and writes ``predictions.jsonl`` and
@@ -27,7 +30,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from omg_llava.datasets.templates import GCG_QUESTIONS
 from omg_llava.inference.chat import PHRASE_PATTERN, TAG_PATTERN, ChatAnswer, OMGLLaVAChat
 from omg_llava.inference.image_io import load_image, preprocess_image
 from omg_llava.models.visual_prompts import VisualPrompt
@@ -35,11 +37,32 @@ from omg_llava.utils.conversation import Turn, encode_conversation
 
 from .captions import caption_metrics
 from .gcg import GroundedImage, PhraseSimilarity, bag_of_words_cosine, gcg_mask_metrics
-from .refseg import mask_overlap, refseg_metrics
+from .refseg import MaskOverlap, mask_overlap, reference_refseg_metrics, refseg_metrics
 from .region_qa import QUESTIONS, first_word, region_qa_summary
 from .splits import GCGSplit, RefSegSplit, RegionCaptionSplit, RegionQASplit, rle_of
 
+#: ``corrected``: the project's metric definitions; ``reference``: the released scripts' (docs/evaluation.md).
+PROTOCOLS = ('corrected', 'reference')
+DEFAULT_PROTOCOL = 'corrected'
+
 REFSEG_PROMPT = 'Please segment {sentence} in this image.'
+#: The released GCG evaluation's questions (tools/gcg_omg_seg_llava.py, spec prompts.md), asked in this order, each
+#: as a fresh single-turn conversation (``<image>\n`` + question), until an answer holds a ``[SEG]``. The training
+#: list (``omg_llava.datasets.templates``) is a different one.
+GCG_QUESTIONS = (
+    'Could you please give me a detailed description of the image? Please respond with interleaved segmentation '
+    'masks for the corresponding parts of the answer.',
+    'Can you provide a thorough description of the this image? Please output with interleaved segmentation masks '
+    'for the corresponding phrases.',
+    'Please describe in detail the contents of the image. Please respond with interleaved segmentation masks for '
+    'the corresponding parts of the answer.',
+    'Could you give a comprehensive explanation of what can be found within this picture? Please output with '
+    'interleaved segmentation masks for the corresponding phrases.',
+    'Could you give me an elaborate explanation of this picture? Please respond with interleaved segmentation masks '
+    'for the corresponding phrases.',
+    'Could you provide me with a detailed analysis of this photo? Please output with interleaved segmentation masks '
+    'for the corresponding parts of the answer.',
+)
 REGION_CAPTION_PROMPT = ('Can you provide me with a detailed description of the region in the picture marked by '
                          'region1 <mark>?')
 #: Generation budget of each protocol (spec §9.3).
@@ -50,6 +73,8 @@ METRICS_FILE = 'metrics.json'
 _ANY_TAG = re.compile(r'<[^>]*>|\[SEG\]')
 _REGION_WORD = re.compile(r'\b[Rr]egion1\b|:')
 _MARKUP = re.compile(r'<p>(.*?)</p>|\[SEG\]', re.S)
+_REFERENCE_TAG = re.compile(r'<.*?>')
+_REFERENCE_PHRASE = re.compile(r'<p>(.*?)</p>')
 
 Predict = Callable[[str, str], Any]
 RegionPredict = Callable[[str, str, np.ndarray], Any]
@@ -86,6 +111,30 @@ def clean_region_caption(text: str) -> str:
     return ' '.join(_REGION_WORD.sub(' ', _ANY_TAG.sub(' ', text)).split())
 
 
+def reference_gcg_answer(text: str) -> tuple[str, list[str]]:
+    """Answer → (caption, phrases) as the released GCG script cleans it: ``<s>`` and newlines removed (no space
+    put in their place), double spaces halved, the text after the last ``ASSISTANT: ``; the caption drops every
+    ``<…>`` tag and ``[SEG]`` without a space, collapses whitespace and strips ``'`` from both ends; the phrases are
+    the stripped ``<p>…</p>`` texts. ``text`` is decoded as the chat decodes it (stop token left out, special tokens
+    set off by spaces, as the reference's decoding)."""
+    text = text.replace('<s>', '').replace('\n', '').replace('  ', ' ').split('ASSISTANT: ')[-1]
+    caption = _REFERENCE_TAG.sub('', text).replace('[SEG]', '')
+    caption = ' '.join(caption.split()).strip("'").strip()
+    return caption, [p.strip() for p in _REFERENCE_PHRASE.findall(text)]
+
+
+def reference_region_caption(text: str) -> str:
+    """Answer → region description as the released region-caption script cleans it: ``<s>``, newlines,
+    ``region1``, ``Region1`` (anywhere, also inside ``region10``) and colons removed without a space, runs of 3 and
+    2 spaces halved, the text after the last ``ASSISTANT: ``, every ``<…>`` tag and ``[SEG]`` removed (the script
+    decoded with ``skip_special_tokens``), whitespace collapsed and ``'`` stripped from both ends."""
+    for old, new in (('<s>', ''), ('\n', ''), ('region1', ''), ('Region1', ''), (':', ''), ('   ', ' '),
+                     ('  ', ' ')):
+        text = text.replace(old, new)
+    text = _REFERENCE_TAG.sub('', text.split('ASSISTANT: ')[-1]).replace('[SEG]', '')
+    return ' '.join(text.split()).strip("'").strip()
+
+
 def phrases_per_mask(text: str, num_masks: int) -> list[str]:
     """The phrase of each ``[SEG]``: the last ``<p>…</p>`` before it and after the previous ``[SEG]`` (``''`` if
     none), padded or cut to ``num_masks``."""
@@ -104,13 +153,15 @@ def _progress(indices: Sequence[int], desc: str, enabled: bool):
     return tqdm(indices, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
-def run_refseg(split: RefSegSplit, predict: Predict, indices: Sequence[int], progress: bool = True) -> list[dict]:
-    """One record per expression: the answer, its first mask (RLE) and the overlap with the ground truth."""
+def run_refseg(split: RefSegSplit, predict: Predict, indices: Sequence[int], progress: bool = True,
+               protocol: str = DEFAULT_PROTOCOL) -> list[dict]:
+    """One record per expression: the answer, its first mask (RLE) and the overlap with the protocol's ground
+    truth (:meth:`~omg_llava.evaluation.splits.RefSegSplit.gt_mask`)."""
     records = []
     for i in _progress(indices, 'refseg', progress):
         sample = split.samples[i]
         answer = predict(split.image_path(sample), REFSEG_PROMPT.format(sentence=sample['sentence']))
-        gt = split.gt_mask(sample)
+        gt = split.gt_mask(sample, protocol)
         pred = answer.masks[0] if len(answer.masks) else None
         overlap = mask_overlap(pred, gt)
         records.append(dict(sample, answer=answer.text, has_seg=pred is not None,
@@ -119,20 +170,27 @@ def run_refseg(split: RefSegSplit, predict: Predict, indices: Sequence[int], pro
     return records
 
 
-def refseg_summary(records: Sequence[dict]) -> dict:
-    """cIoU / gIoU over all expressions (no [SEG] = empty prediction), the number of answers without [SEG], and
-    ``cIoU_seg_answers_only``: cIoU over the expressions answered with a [SEG] (the reference's cIoU, which
-    skipped the others)."""
-    metrics = refseg_metrics([(r['intersection'], r['union']) for r in records])
+def refseg_summary(records: Sequence[dict], protocol: str = DEFAULT_PROTOCOL) -> dict:
+    """cIoU / gIoU and the number of answers without [SEG]. ``corrected``: over all expressions, no [SEG] = empty
+    prediction (:func:`~omg_llava.evaluation.refseg.refseg_metrics`); ``reference``: the released script's
+    (:func:`~omg_llava.evaluation.refseg.reference_refseg_metrics`)."""
+    overlaps = [MaskOverlap(r['intersection'], r['union']) for r in records]
+    if protocol == 'reference':
+        metrics = reference_refseg_metrics(overlaps, [r['has_seg'] for r in records])
+    else:
+        metrics = refseg_metrics(overlaps)
     metrics['num_without_seg'] = sum(not r['has_seg'] for r in records)
-    metrics['cIoU_seg_answers_only'] = refseg_metrics([(r['intersection'], r['union']) for r in records
-                                                       if r['has_seg']])['cIoU']
     return metrics
 
 
 def run_gcg(split: GCGSplit, predict: Predict, indices: Sequence[int], progress: bool = True,
-            questions: Sequence[str] = GCG_QUESTIONS) -> list[dict]:
-    """One record per image: the first answer (over ``questions`` in order) holding a ``[SEG]``, else the last."""
+            questions: Sequence[str] = GCG_QUESTIONS, protocol: str = DEFAULT_PROTOCOL) -> list[dict]:
+    """One record per image: the first answer (over ``questions`` in order) holding a ``[SEG]``, else the last.
+
+    The record's ``caption`` and ``phrases`` are cleaned as the protocol does it (``corrected``:
+    :func:`clean_caption` and the ``<p>…</p>`` texts; ``reference``: :func:`reference_gcg_answer`);
+    ``mask_phrases`` is the phrase of each ``[SEG]`` (:func:`phrases_per_mask`).
+    """
     records = []
     for i in _progress(indices, 'gcg', progress):
         sample = split.samples[i]
@@ -141,19 +199,24 @@ def run_gcg(split: GCGSplit, predict: Predict, indices: Sequence[int], progress:
             if len(answer.masks):
                 break
         masks = list(answer.masks)
-        records.append(dict(sample, question_index=k, answer=answer.text, caption=clean_caption(answer.text),
-                            phrases=[p.strip() for p in PHRASE_PATTERN.findall(answer.text)],
+        if protocol == 'reference':
+            caption, phrases = reference_gcg_answer(answer.text)
+        else:
+            caption, phrases = clean_caption(answer.text), [p.strip() for p in PHRASE_PATTERN.findall(answer.text)]
+        records.append(dict(sample, question_index=k, answer=answer.text, caption=caption, phrases=phrases,
                             mask_phrases=phrases_per_mask(answer.text, len(masks)), has_seg=bool(masks),
                             pred_masks=[rle_of(m) for m in masks]))
     return records
 
 
 def gcg_summary(split: GCGSplit, records: Sequence[dict], similarity: PhraseSimilarity = bag_of_words_cosine,
-                java: str | bool | None = True, meteor: bool = True) -> dict:
-    """Mask metrics and caption metrics over the images of ``records``."""
+                java: str | bool | None = True, meteor: bool = True, protocol: str = DEFAULT_PROTOCOL) -> dict:
+    """Mask metrics and caption metrics over the images of ``records``. The predicted phrase of each mask is its
+    ``[SEG]``'s phrase (``corrected``) or the answer's phrases by position (``reference``)."""
     sizes = {r['image_id']: (r['height'], r['width']) for r in records}
-    predictions = {r['image_id']: GroundedImage(r['pred_masks'], r['mask_phrases']) for r in records}
-    metrics = gcg_mask_metrics(split.ground_truth, sizes, predictions, similarity)
+    labels = 'phrases' if protocol == 'reference' else 'mask_phrases'
+    predictions = {r['image_id']: GroundedImage(r['pred_masks'], r[labels]) for r in records}
+    metrics = gcg_mask_metrics(split.ground_truth, sizes, predictions, similarity, protocol)
     metrics['num_without_seg'] = sum(not r['has_seg'] for r in records)
     metrics['phrase_similarity'] = getattr(similarity, '__name__', type(similarity).__name__)
     metrics.update(caption_metrics(split.captions, {r['image_id']: r['caption'] for r in records}, java=java,
@@ -162,13 +225,15 @@ def gcg_summary(split: GCGSplit, records: Sequence[dict], similarity: PhraseSimi
 
 
 def run_region_caption(split: RegionCaptionSplit, predict: RegionPredict, indices: Sequence[int],
-                       progress: bool = True) -> list[dict]:
-    """One record per region: the answer and its cleaned description."""
+                       progress: bool = True, protocol: str = DEFAULT_PROTOCOL) -> list[dict]:
+    """One record per region: the answer and its description cleaned as the protocol does it
+    (:func:`clean_region_caption` or :func:`reference_region_caption`)."""
+    clean = reference_region_caption if protocol == 'reference' else clean_region_caption
     records = []
     for i in _progress(indices, 'region_caption', progress):
         sample = split.samples[i]
         answer = predict(split.image_path(sample), REGION_CAPTION_PROMPT, split.region_mask(sample))
-        records.append(dict(sample, answer=answer.text, caption=clean_region_caption(answer.text)))
+        records.append(dict(sample, answer=answer.text, caption=clean(answer.text)))
     return records
 
 
@@ -198,8 +263,8 @@ def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit,
              out_dir: str | None = None, *,
              max_samples: int | None = None, rank: int = 0, world_size: int = 1, progress: bool = True,
              similarity: PhraseSimilarity = bag_of_words_cosine, java: str | bool | None = True,
-             meteor: bool = True) -> dict | None:
-    """Run the split's protocol on this rank's shard, gather on rank 0, write the files and return the metrics.
+             meteor: bool = True, protocol: str = DEFAULT_PROTOCOL) -> dict | None:
+    """Run the split's task on this rank's shard, gather on rank 0, write the files and return the metrics.
 
     Args:
         split: a split from :func:`~omg_llava.evaluation.splits.load_split`.
@@ -210,33 +275,40 @@ def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit,
         progress: show a progress bar (rank 0 only).
         similarity: the GCG phrase similarity.
         java / meteor: passed to :func:`~omg_llava.evaluation.captions.caption_metrics`.
+        protocol: one of :data:`PROTOCOLS` (``region_qa`` has no released script: both give the same numbers);
+            recorded in the metrics.
 
     Returns:
         The metrics on rank 0, ``None`` on the other ranks.
+
+    Raises:
+        ValueError: an unknown protocol.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f'protocol must be one of {PROTOCOLS}, got {protocol!r}')
     num = len(split.samples) if max_samples is None else min(max_samples, len(split.samples))
     indices = shard_range(num, rank, world_size)
     show = progress and rank == 0
     if split.task == 'refseg':
-        records = run_refseg(split, predict, indices, show)
+        records = run_refseg(split, predict, indices, show, protocol)
     elif split.task == 'gcg':
-        records = run_gcg(split, predict, indices, show)
+        records = run_gcg(split, predict, indices, show, protocol=protocol)
     elif split.task == 'region_qa':
         records = run_region_qa(split, predict, indices, show)
     else:
-        records = run_region_caption(split, predict, indices, show)
+        records = run_region_caption(split, predict, indices, show, protocol)
     records = gather_records(records, num, world_size)
     if records is None:
         return None
     if split.task == 'refseg':
-        metrics = refseg_summary(records)
+        metrics = refseg_summary(records, protocol)
     elif split.task == 'gcg':
-        metrics = gcg_summary(split, records, similarity, java, meteor)
+        metrics = gcg_summary(split, records, similarity, java, meteor, protocol)
     elif split.task == 'region_qa':
         metrics = region_qa_summary(split.chance, records)
     else:
         metrics = region_caption_summary(split, records, java, meteor)
-    metrics = dict(task=split.task, num_samples=num, **metrics)
+    metrics = dict(task=split.task, protocol=protocol, num_samples=num, **metrics)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, PREDICTIONS_FILE), 'w', encoding='utf-8') as f:
@@ -312,4 +384,5 @@ class ModelPredictor:
 
 __all__ = ['evaluate', 'shard_range', 'gather_records', 'run_refseg', 'run_gcg', 'run_region_caption',
            'refseg_summary', 'gcg_summary', 'region_caption_summary', 'clean_caption', 'clean_region_caption',
-           'phrases_per_mask', 'ModelPredictor', 'REFSEG_PROMPT', 'REGION_CAPTION_PROMPT', 'MAX_NEW_TOKENS']
+           'reference_gcg_answer', 'reference_region_caption', 'phrases_per_mask', 'ModelPredictor', 'PROTOCOLS',
+           'DEFAULT_PROTOCOL', 'REFSEG_PROMPT', 'GCG_QUESTIONS', 'REGION_CAPTION_PROMPT', 'MAX_NEW_TOKENS']

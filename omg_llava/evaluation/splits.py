@@ -8,11 +8,12 @@ Layouts (the reference's, spec §9.3):
 
 * **refseg** (REFER): ``DATA_ROOT/{dataset}/refs({split_by}).p`` + ``instances.json``; images ``file_name`` under
   the image folder (COCO train2014). ``split_by`` is ``unc`` for refcoco/refcoco+ and ``umd`` for refcocog.
-* **gcg**: ``DATA_ROOT/{dataset}/{split}_gcg_coco_mask_gt.json``: COCO instances, ``images`` with ``id``,
-  ``file_name``, ``height``, ``width`` and ``labels`` (the grounded phrases, one per annotation of the image in
-  file order), ``annotations`` with ``image_id`` and ``segmentation`` (RLE or polygons; an annotation's own
-  ``phrase`` field wins over ``labels``). ``DATA_ROOT/{dataset}/{split}_gcg_coco_caption_gt.json``: COCO captions
-  (``annotations`` with ``image_id`` and ``caption``); without it the images' ``caption`` fields are used.
+* **gcg** (GranD-f val/test, read as the GLaMM-style ``evaluate_gcg.py`` reads them): the caption file
+  ``DATA_ROOT/{dataset}/{split}_gcg_coco_caption_gt.json`` lists the images (``images[].id``, the file stem such as
+  ``sa_10010541``) and, per image, an ``annotations`` entry with ``image_id``, ``caption`` and ``labels`` (the
+  grounded phrases, in the order of the image's masks); the mask file ``{split}_gcg_coco_mask_gt.json`` holds COCO
+  instances: ``images`` (``id``, ``height``, ``width``) and one ``annotations`` entry per phrase with ``image_id``
+  and ``segmentation`` (RLE or polygons), in file order.
 * **region_caption**: ``DATA_ROOT/{dataset}/finetune_{dataset}_{split}_with_mask.json``: COCO instances with one
   annotation (the region's ``segmentation``) per image; reference captions from
   ``DATA_ROOT/{dataset}/finetune_{dataset}_{split}_captions.json`` (COCO captions, the reference's
@@ -34,6 +35,7 @@ from omg_llava.datasets.refer_seg import REFER_SPLITS, load_refs
 from omg_llava.datasets.sample import MalformedSample
 
 from .gcg import GroundedImage
+from .refseg import reference_gt_mask
 from .region_qa import QUESTIONS, question_prompt
 
 TASKS = ('refseg', 'gcg', 'region_caption', 'region_qa')
@@ -112,18 +114,30 @@ class RefSegSplit:
     def image_path(self, sample: dict) -> str:
         return _image_path(self.image_folder, sample['file_name'])
 
-    def gt_mask(self, sample: dict) -> np.ndarray:
-        """(H, W) bool: the union of the ref's annotations."""
+    def _segmentations_of(self, sample: dict) -> list:
         ann_ids = sample['ann_id'] if isinstance(sample['ann_id'], (list, tuple)) else [sample['ann_id']]
-        mask = np.zeros((sample['height'], sample['width']), dtype=bool)
-        for ann_id in ann_ids:
-            if ann_id not in self._segmentations:
-                raise ValueError(f'ref {sample["ref_id"]}: annotation {ann_id} is not in instances.json')
-            try:
-                mask |= decode_segmentation(self._segmentations[ann_id], sample['height'], sample['width'])
-            except MalformedSample as exc:
-                raise ValueError(f'ref {sample["ref_id"]}, annotation {ann_id}: {exc}') from exc
-        return mask
+        if list(ann_ids) == [-1]:  # gRefCOCO's "no target"
+            return []
+        missing = [a for a in ann_ids if a not in self._segmentations]
+        if missing:
+            raise ValueError(f'ref {sample["ref_id"]}: annotation {missing[0]} is not in instances.json')
+        return [self._segmentations[a] for a in ann_ids]
+
+    def gt_mask(self, sample: dict, protocol: str = 'corrected') -> np.ndarray:
+        """(H, W) bool ground truth of the sample. ``corrected``: the union of the ref's annotations;
+        ``reference``: :func:`~omg_llava.evaluation.refseg.reference_gt_mask` (pixels where two polygons of one
+        object overlap are not ground truth)."""
+        segmentations = self._segmentations_of(sample)
+        H, W = sample['height'], sample['width']
+        try:
+            if protocol == 'reference':
+                return reference_gt_mask(segmentations, H, W)
+            mask = np.zeros((H, W), dtype=bool)
+            for segmentation in segmentations:
+                mask |= decode_segmentation(segmentation, H, W)
+            return mask
+        except MalformedSample as exc:
+            raise ValueError(f'ref {sample["ref_id"]} (annotation {sample["ann_id"]}): {exc}') from exc
 
 
 def _captions_by_image(path: str, images: list[dict], what: str) -> dict[Any, list[str]]:
@@ -142,12 +156,13 @@ def _captions_by_image(path: str, images: list[dict], what: str) -> dict[Any, li
 
 
 class GCGSplit:
-    """One sample per image of the GCG ground truth, in file order.
+    """One sample per image of the GCG caption ground truth, in its file order (the images the reference scores).
 
     Attributes:
-        samples: ``index``, ``image_id``, ``file_name``, ``height``, ``width``.
-        ground_truth: image id → masks (RLE) and their phrases.
-        captions: image id → reference captions.
+        samples: ``index``, ``image_id``, ``file_name`` (the image entry's, else ``{id}.jpg``), ``height``,
+            ``width``.
+        ground_truth: image id → the image's masks (RLE, mask-file order) and its ``labels`` (the phrases).
+        captions: image id → its reference captions.
     """
 
     task = 'gcg'
@@ -155,34 +170,62 @@ class GCGSplit:
     def __init__(self, data_root: str, dataset: str, split: str, image_folder: str) -> None:
         self.image_folder = image_folder
         folder = os.path.join(data_root, dataset)
-        masks = _read_json(os.path.join(folder, f'{split}_gcg_coco_mask_gt.json'), 'GCG mask ground truth')
+        caption_path = os.path.join(folder, f'{split}_gcg_coco_caption_gt.json')
+        mask_path = os.path.join(folder, f'{split}_gcg_coco_mask_gt.json')
+        captions = _read_json(caption_path, 'GCG caption ground truth')
+        masks = _read_json(mask_path, 'GCG mask ground truth')
+        for path, data in ((caption_path, captions), (mask_path, masks)):
+            if not isinstance(data, dict) or not {'images', 'annotations'} <= data.keys():
+                raise ValueError(f'{path}: not a COCO-style file (needs "images" and "annotations"); see '
+                                 'docs/evaluation.md for the GranD-f layout')
+        mask_images = {img['id']: img for img in masks['images']}
         anns_by_image: dict[Any, list[dict]] = defaultdict(list)
         for ann in masks['annotations']:
             anns_by_image[ann['image_id']].append(ann)
-        self.samples, self.ground_truth = [], {}
-        for img in masks['images']:
-            anns = anns_by_image.get(img['id'], [])
-            labels = img.get('labels') or []
-            phrases = []
-            for k, ann in enumerate(anns):
-                phrase = ann.get('phrase', labels[k] if k < len(labels) else None)
-                if phrase is None:
-                    raise ValueError(f'GCG image {img["id"]}: annotation {k} has no phrase; give each annotation a '
-                                     '"phrase" or each image a "labels" list (one phrase per annotation)')
-                phrases.append(str(phrase))
+        captions_by_image: dict[Any, list[dict]] = defaultdict(list)
+        for ann in captions['annotations']:
+            captions_by_image[ann['image_id']].append(ann)
+        self.samples, self.ground_truth, self.captions = [], {}, {}
+        for img in captions['images']:
+            image_id = img['id']
+            entries = captions_by_image.get(image_id)
+            if not entries:
+                raise ValueError(f'{caption_path}: image {image_id!r} has no caption annotation (each image needs '
+                                 'one with "caption" and "labels")')
+            if 'labels' not in entries[0] or 'caption' not in entries[0]:
+                raise ValueError(f'{caption_path}: the annotation of image {image_id!r} lacks "caption" or "labels" '
+                                 '(the grounded phrases); use the GranD-f caption ground truth')
+            anns = anns_by_image.get(image_id, [])
+            H, W = _gcg_image_size(image_id, mask_images.get(image_id, {}), img, anns, mask_path)
             try:
-                rles = [_as_rle(a['segmentation'], img['height'], img['width']) for a in anns]
+                rles = [_as_rle(a['segmentation'], H, W) for a in anns]
             except MalformedSample as exc:
-                raise ValueError(f'GCG image {img["id"]}: {exc}') from exc
-            self.ground_truth[img['id']] = GroundedImage(rles, phrases)
-            self.samples.append(dict(index=len(self.samples), image_id=img['id'],
-                                     file_name=img.get('file_name', f'{img["id"]}.jpg'), height=img['height'],
-                                     width=img['width']))
-        self.captions = _captions_by_image(os.path.join(folder, f'{split}_gcg_coco_caption_gt.json'), masks['images'],
-                                           'GCG caption ground truth')
+                raise ValueError(f'{mask_path}: image {image_id!r}: {exc}') from exc
+            # the reference reads the labels of the image's first caption annotation
+            self.ground_truth[image_id] = GroundedImage(rles, [str(p) for p in entries[0]['labels']])
+            self.captions[image_id] = [e['caption'] for e in entries]
+            file_name = img.get('file_name') or mask_images.get(image_id, {}).get('file_name') or f'{image_id}.jpg'
+            self.samples.append(dict(index=len(self.samples), image_id=image_id, file_name=file_name, height=H,
+                                     width=W))
+        if not self.samples:
+            raise ValueError(f'{caption_path} lists no image')
 
     def image_path(self, sample: dict) -> str:
         return _image_path(self.image_folder, sample['file_name'])
+
+
+def _gcg_image_size(image_id: Any, mask_image: dict, caption_image: dict, anns: list[dict],
+                    mask_path: str) -> tuple[int, int]:
+    """(H, W) of a GCG image: the mask file's image entry, else the caption file's, else an RLE's ``size``."""
+    for entry in (mask_image, caption_image):
+        if 'height' in entry and 'width' in entry:
+            return int(entry['height']), int(entry['width'])
+    for ann in anns:
+        segmentation = ann.get('segmentation')
+        rle = segmentation[0] if isinstance(segmentation, list) and segmentation else segmentation
+        if isinstance(rle, dict) and 'size' in rle:
+            return int(rle['size'][0]), int(rle['size'][1])
+    raise ValueError(f'{mask_path}: no size for image {image_id!r} (give its "images" entry "height" and "width")')
 
 
 class RegionCaptionSplit:

@@ -1,4 +1,5 @@
-"""GCG metrics (greedy-pair mIoU, recall, AP50, phrase similarity) and the GCG loop with injected answers."""
+"""GCG metrics (greedy-pair mIoU, recall, AP50, phrase similarity) under both protocols, the GranD-f ground truth
+and the GCG loop with injected answers."""
 from __future__ import annotations
 
 import json
@@ -7,12 +8,29 @@ import numpy as np
 import pytest
 import torch
 
-from omg_llava.evaluation.gcg import (TransformerPhraseSimilarity, bag_of_words_cosine, greedy_pairs, image_miou,
-                                      image_true_positives, mask_ap, mask_iou_matrix, token_jaccard)
+from omg_llava.evaluation.gcg import (GroundedImage, TransformerPhraseSimilarity, bag_of_words_cosine,
+                                      gcg_mask_metrics, greedy_pairs, image_miou, image_true_positives, mask_ap,
+                                      mask_iou_matrix, reference_image_miou, reference_true_positives, token_jaccard)
 from omg_llava.evaluation.runner import evaluate
 from omg_llava.evaluation.splits import load_split, rle_of
 
-from voc_fixtures import GCG_CAPTION, GCG_OBJECTS, MASKS, Answer, gcg_answer, write_gcg
+from voc_fixtures import GCG_CAPTION, GCG_IMAGE_IDS, GCG_OBJECTS, MASKS, Answer, gcg_answer, write_gcg
+
+#: The released GCG evaluation's questions, verbatim and in order (spec prompts.md, tools/gcg_omg_seg_llava.py).
+RELEASED_GCG_QUESTIONS = [
+    'Could you please give me a detailed description of the image? Please respond with interleaved segmentation '
+    'masks for the corresponding parts of the answer.',
+    'Can you provide a thorough description of the this image? Please output with interleaved segmentation masks '
+    'for the corresponding phrases.',
+    'Please describe in detail the contents of the image. Please respond with interleaved segmentation masks for '
+    'the corresponding parts of the answer.',
+    'Could you give a comprehensive explanation of what can be found within this picture? Please output with '
+    'interleaved segmentation masks for the corresponding phrases.',
+    'Could you give me an elaborate explanation of this picture? Please respond with interleaved segmentation masks '
+    'for the corresponding phrases.',
+    'Could you provide me with a detailed analysis of this photo? Please output with interleaved segmentation masks '
+    'for the corresponding parts of the answer.',
+]
 
 
 def strip(cols, width=10):
@@ -57,6 +75,52 @@ def test_recall_needs_mask_and_phrase():
     assert custom == 1
 
 
+def test_reference_recall_stops_at_the_first_failing_pair():
+    gt_masks, gt_labels = [G0, G1], ['a man', 'a red car']
+    # the best pair (G0, exact copy, IoU 1) has the wrong phrase: the reference stops there, the corrected
+    # protocol goes on to the admissible (G1, P1) pair
+    pred_masks, pred_labels = [G0, P1], ['a blue bus', 'the red car']
+    assert reference_true_positives(gt_masks, gt_labels, pred_masks, pred_labels) == 0
+    assert image_true_positives(gt_masks, gt_labels, pred_masks, pred_labels) == 1
+    # highest IoU first, both pass: two pairs in both protocols
+    assert reference_true_positives(gt_masks, gt_labels, [P1, G0], ['red car', 'man']) == 2
+    # best IoU 0.8 passes, next best IoU 0.5 passes the IoU test (>= 0.5) but not the phrase: 1
+    assert reference_true_positives(gt_masks, gt_labels, [P0, P1], ['a dog', 'red car']) == 1
+
+
+def test_reference_recall_matches_labels_by_position():
+    # two masks but one phrase: the best pair's column (1) lies outside the 1 x 1 similarity matrix; the
+    # reference's IndexError was caught per image, which then scores 0
+    assert reference_true_positives([G0], ['a man'], [P2, G0], ['the man']) == 0
+    assert reference_true_positives([G0], ['a man'], [G0, P2], ['the man']) == 1
+    assert reference_true_positives([G0], [], [G0], ['the man']) == 0  # no label for the ground-truth mask
+    assert reference_true_positives([G0], ['a man'], [], []) == 0
+
+
+def test_reference_miou():
+    assert reference_image_miou([G0, G1], [P0, P1, P2]) == pytest.approx((0.5 + 0.8) / 2)
+    assert reference_image_miou([G0], [P2]) == 0.0 and reference_image_miou([G0], []) == 0.0
+    empty = np.zeros((1, 10), bool)
+    assert reference_image_miou([empty, G0], [empty, G0]) == 0.0  # two empty masks: IoU NaN ends the pairing
+    assert image_miou([empty, G0], [empty, G0]) == 1.0
+
+
+def test_mask_metrics_per_protocol():
+    gt = {'x': GroundedImage([rle_of(G0), rle_of(G1)], ['a man', 'a red car'])}
+    pred = {'x': GroundedImage([rle_of(G0), rle_of(P1)], ['a blue bus', 'the red car'])}
+    corrected = gcg_mask_metrics(gt, {'x': (1, 10)}, pred)
+    reference = gcg_mask_metrics(gt, {'x': (1, 10)}, pred, protocol='reference')
+    assert corrected['recall'] == 0.5 and reference['recall'] == 0.0
+    assert corrected['mIoU'] == reference['mIoU'] == pytest.approx(0.9)
+    assert corrected['AP50'] == reference['AP50'] == 1.0
+    # one label fewer than masks: the corrected protocol pairs by position, the missing phrase never matches
+    short = {'x': GroundedImage([rle_of(G0), rle_of(G1)], ['a man'])}
+    metrics = gcg_mask_metrics(short, {'x': (1, 10)}, {'x': GroundedImage([rle_of(G0), rle_of(G1)], ['man', 'car'])})
+    assert metrics['num_gt_phrases'] == 1 and metrics['recall'] == 1.0
+    with pytest.raises(ValueError, match='protocol'):
+        gcg_mask_metrics(gt, {'x': (1, 10)}, pred, protocol='paper')
+
+
 def test_mask_ap50_on_a_tiny_coco_set():
     sizes = {'a': (1, 10), 'b': (1, 10)}
     gt = {'a': [rle_of(G0), rle_of(G1)], 'b': [rle_of(P1)]}
@@ -92,10 +156,61 @@ def split(tmp_path_factory):
     return load_split('gcg', str(root), 'gcg_val_test', 'val', image_folder=str(root / 'images'))
 
 
-def test_split(split):
-    assert [s['image_id'] for s in split.samples] == ['img_a', 'img_b']
-    assert split.ground_truth['img_a'].phrases == [p for _, p in GCG_OBJECTS]
-    assert split.captions == {'img_a': [GCG_CAPTION], 'img_b': [GCG_CAPTION]}
+def test_split_reads_the_grandf_files(split):
+    assert [s['image_id'] for s in split.samples] == list(GCG_IMAGE_IDS)
+    assert split.samples[0]['file_name'] == f'{GCG_IMAGE_IDS[0]}.jpg'  # the caption file's images carry only ids
+    assert (split.samples[0]['height'], split.samples[0]['width']) == MASKS[0].shape  # from the mask file
+    first = split.ground_truth[GCG_IMAGE_IDS[0]]
+    assert first.phrases == [p for _, p in GCG_OBJECTS]  # the caption file's labels
+    assert [m['counts'] for m in first.masks] == [rle_of(MASKS[k])['counts'] for k, _ in GCG_OBJECTS]
+    assert split.captions == {i: [GCG_CAPTION] for i in GCG_IMAGE_IDS}
+
+
+def _grandf(tmp_path, caption_annotation: dict, mask_image: dict | None = None):
+    """A one-image GranD-f pair of files with the given caption annotation; returns the split loader."""
+    folder = tmp_path / 'gcg_val_test'
+    folder.mkdir()
+    (tmp_path / 'images').mkdir()
+    mask = np.zeros((4, 6), bool)
+    mask[1:3, 2:5] = True
+    image = mask_image if mask_image is not None else dict(id='sa_1', height=4, width=6)
+    (folder / 'val_gcg_coco_mask_gt.json').write_text(json.dumps(dict(
+        images=[image], annotations=[dict(id=1, image_id='sa_1', category_id=1, segmentation=rle_of(mask))])))
+    (folder / 'val_gcg_coco_caption_gt.json').write_text(json.dumps(dict(
+        images=[dict(id='sa_1')], annotations=[dict(id=1, image_id='sa_1', **caption_annotation)])))
+    return lambda: load_split('gcg', str(tmp_path), 'gcg_val_test', 'val', image_folder=str(tmp_path / 'images'))
+
+
+def test_split_without_labels_or_size_is_explained(tmp_path):
+    with pytest.raises(ValueError, match='lacks "caption" or "labels"'):
+        _grandf(tmp_path, dict(caption='A box.'))()
+
+
+def test_split_size_from_the_rle_when_the_image_entry_has_none(tmp_path):
+    split = _grandf(tmp_path, dict(caption='A <p> box </p>.', labels=['box']), mask_image=dict(id='sa_1'))()
+    assert (split.samples[0]['height'], split.samples[0]['width']) == (4, 6)
+    assert split.ground_truth['sa_1'].phrases == ['box']
+
+
+def test_split_needs_the_caption_file(tmp_path):
+    write_gcg(tmp_path)
+    (tmp_path / 'gcg_val_test' / 'val_gcg_coco_caption_gt.json').unlink()
+    with pytest.raises(FileNotFoundError, match='GCG caption ground truth not found'):
+        load_split('gcg', str(tmp_path), 'gcg_val_test', 'val', image_folder=str(tmp_path / 'images'))
+
+
+def test_questions_are_the_released_ones_in_order(split):
+    asked = []
+
+    def predict(image_path, question):  # the first image answers with masks at the third question, the second never
+        asked.append((image_path, question))
+        if image_path.endswith(f'{GCG_IMAGE_IDS[0]}.jpg') and len(asked) == 3:
+            return gcg_answer([(p, MASKS[k]) for k, p in GCG_OBJECTS])
+        return Answer('A room.', [])
+
+    metrics = evaluate(split, predict, None, progress=False, java=None)
+    assert [q for _, q in asked] == RELEASED_GCG_QUESTIONS[:3] + RELEASED_GCG_QUESTIONS
+    assert metrics['num_without_seg'] == 1
 
 
 def run(split, predict, tmp_path):

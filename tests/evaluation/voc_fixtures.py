@@ -86,22 +86,34 @@ GCG_OBJECTS = ((15, 'a person'), (5, 'a wooden chair'), (0, 'the bottle'))
 GCG_CAPTION = 'A person sits near a wooden chair and the bottle.'
 
 
+GCG_IMAGE_IDS = ('sa_10010541', 'sa_10014079')
+
+
 def write_gcg(root: Path, dataset: str = 'gcg_val_test', split: str = 'val') -> None:
-    """``root/{dataset}/{split}_gcg_coco_{mask,caption}_gt.json`` with two images (the VOC photo twice, under
-    string ids as GLaMM's), and ``root/images/``."""
-    for name in ('img_a.jpg', 'img_b.jpg'):
-        write_voc_image(root / 'images', name)
-    images, annotations, captions = [], [], []
-    for image_id, name in (('img_a', 'img_a.jpg'), ('img_b', 'img_b.jpg')):
-        images.append(dict(id=image_id, file_name=name, height=H, width=W, labels=[p for _, p in GCG_OBJECTS]))
+    """``root/{dataset}/{split}_gcg_coco_{mask,caption}_gt.json`` in the GranD-f layout, with two images (the VOC
+    photo twice, under GLaMM's file-stem ids), and ``root/images/{id}.jpg``.
+
+    The caption file lists the images (``id`` only) and one annotation per image with ``caption`` and ``labels``
+    (the phrases, in mask order); the mask file holds the COCO instances (images with their size, one RLE
+    annotation per phrase) and no phrase at all.
+    """
+    for image_id in GCG_IMAGE_IDS:
+        write_voc_image(root / 'images', f'{image_id}.jpg')
+    mask_images, annotations, caption_images, captions = [], [], [], []
+    for image_id in GCG_IMAGE_IDS:
+        mask_images.append(dict(id=image_id, file_name=f'{image_id}.jpg', height=H, width=W))
         for k, _ in GCG_OBJECTS:
             annotations.append(dict(id=len(annotations) + 1, image_id=image_id, category_id=1,
-                                    segmentation=rle(MASKS[k]), iscrowd=0))
-        captions.append(dict(id=len(captions) + 1, image_id=image_id, caption=GCG_CAPTION))
+                                    segmentation=rle(MASKS[k]), area=int(MASKS[k].sum()), iscrowd=0))
+        caption_images.append(dict(id=image_id))
+        captions.append(dict(id=len(captions) + 1, image_id=image_id, caption=GCG_CAPTION,
+                             labels=[p for _, p in GCG_OBJECTS]))
     folder = root / dataset
     folder.mkdir(parents=True)
-    (folder / f'{split}_gcg_coco_mask_gt.json').write_text(json.dumps(dict(images=images, annotations=annotations)))
-    (folder / f'{split}_gcg_coco_caption_gt.json').write_text(json.dumps(dict(images=images, annotations=captions)))
+    (folder / f'{split}_gcg_coco_mask_gt.json').write_text(json.dumps(dict(
+        images=mask_images, annotations=annotations, categories=[dict(id=1, name='object')])))
+    (folder / f'{split}_gcg_coco_caption_gt.json').write_text(json.dumps(dict(images=caption_images,
+                                                                              annotations=captions)))
 
 
 def gcg_answer(phrases_and_masks) -> Answer:
