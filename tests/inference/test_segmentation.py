@@ -77,9 +77,11 @@ def test_readme_demo_writes_an_overlay(tmp_path, capsys):
     assert load_tool('segment_image').main(['--out-dir', str(tmp_path), '--config',
                       str(REPO_ROOT / 'configs' / 'tiny' / 'omg_llava_tiny_finetune.py')]) == 0
     out = capsys.readouterr().out
-    assert 'random weights' in out and 'visual tokens: 16 pixel tokens' in out
+    assert 'random weights' in out and 'network input 256px' in out
     overlay = np.asarray(Image.open(tmp_path / 'panoptic_overlay.png'))
     assert overlay.shape == (300, 451, 3)  # skimage's chelsea at its original size
+    ids = np.asarray(Image.open(tmp_path / 'panoptic.png')).astype(np.int64)
+    assert ids.shape == (300, 451, 3)
 
 
 def test_instance_segments_keep_things_ranked_by_score():

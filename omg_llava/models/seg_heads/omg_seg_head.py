@@ -211,17 +211,21 @@ class OMGSegHead(nn.Module):
         mask_features, memories = self.pixel_decoder(list(backbone_features))
         return ImageFeatures(mask_features, list(memories), tuple(image_size))
 
-    def decode_object_queries(self, features: ImageFeatures) -> DecodeOutput:
-        """Decode the Q learned object queries of every image, with class and IoU logits at every step."""
+    def decode_object_queries(self, features: ImageFeatures, num_frames: int = 1) -> DecodeOutput:
+        """Decode the Q learned object queries of every image, with class and IoU logits at every step.
+
+        With ``num_frames`` T > 1, each row of ``features`` is a clip whose T frames are stacked along the height
+        (see :meth:`decode`): every query is then a tube over the clip, with one class per tube (OMG-Seg spec §5.1).
+        """
         B = features.mask_features.shape[0]
         content = self.query_feat.weight.unsqueeze(0).expand(B, -1, -1)  # (B, Q, C)
         pos = self.query_embed.weight.unsqueeze(0).expand(B, -1, -1)
-        return self.decode(content, pos, features, own_prediction_policy, with_classes=True)
+        return self.decode(content, pos, features, own_prediction_policy, with_classes=True, num_frames=num_frames)
 
     # ------------------------------------------------------------------ decoding
     def decode(self, content: Tensor, pos: Tensor, features: ImageFeatures, attn_mask_policy: AttentionMaskPolicy,
                *, with_classes: bool = False, use_llm_decoder: bool = False,
-               self_attn_mask: Tensor | None = None) -> DecodeOutput:
+               self_attn_mask: Tensor | None = None, num_frames: int = 1) -> DecodeOutput:
         """Masked-attention decoding of queries over the memories of their images (spec §3.3).
 
         Args:
@@ -232,10 +236,13 @@ class OMGSegHead(nn.Module):
             with_classes: also compute class/IoU logits (object queries only).
             use_llm_decoder: use the ``_llm`` decoder copies (task finetunes).
             self_attn_mask: (Q, Q) bool, True = query i does not attend to query j (default: all attend).
+            num_frames: T frames per row of ``features``, stacked along the height (mask features
+                (N, C, T*H4, W4), memories (N, C, T*h_l, w_l)); keys then carry the 3-D sine position of their
+                frame (OMG-Seg spec §5.1). Mask logits come out stacked the same way.
         """
         decoder = self.transformer_decoder_llm if use_llm_decoder else self.transformer_decoder
         mask_embed = self.mask_embed_llm if use_llm_decoder else self.mask_embed
-        keys, key_pos = self._decoder_keys(features.memories)
+        keys, key_pos = self._decoder_keys(features.memories, num_frames)
         level_sizes = [m.shape[-2:] for m in features.memories]
         out = DecodeOutput()
         query = content
@@ -308,14 +315,15 @@ class OMGSegHead(nn.Module):
                         for a in out.attn_masks],
             class_logits=[c[group, slot][:, None] for c in out.class_logits])
 
-    def _decoder_keys(self, memories: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
-        """Flattened memories + level embedding, and their 3-D sine positions, each (N, h_l*w_l, C)."""
+    def _decoder_keys(self, memories: Sequence[Tensor], num_frames: int = 1) -> tuple[list[Tensor], list[Tensor]]:
+        """Flattened memories + level embedding, and their 3-D sine positions, each (N, T*h_l*w_l, C), frame-major
+        (memories hold T frames stacked along the height)."""
         keys, key_pos = [], []
         for level, memory in enumerate(memories):
-            n, _, h, w = memory.shape
+            n, _, th, w = memory.shape
             keys.append(memory.flatten(2).transpose(1, 2) + self.level_embed.weight[level][None, None])
-            valid = memory.new_zeros((n, 1, h, w), dtype=torch.bool)  # (N, T=1, h, w), nothing padded
-            pos = self.decoder_positional_encoding(valid)  # (N, 1, C, h, w)
+            valid = memory.new_zeros((n, num_frames, th // num_frames, w), dtype=torch.bool)  # nothing padded
+            pos = self.decoder_positional_encoding(valid)  # (N, T, C, h, w)
             key_pos.append(pos.flatten(3).permute(0, 1, 3, 2).flatten(1, 2))
         return keys, key_pos
 
