@@ -7,7 +7,8 @@
     chat.ask('What is <mark> doing?', points=[(120, 80)])   # <mark> ← point, <region> ← box or mask
 
 Coordinates and masks are in original-image pixels; the padding/resizing of spec §1.1 is applied here and
-undone for the output masks (spec §10.19).
+undone for the output masks (spec §10.19). Later turns see each earlier answer as the ids the model generated
+(not its decoded text re-tokenised), with BOS once at the very start (docs/reference_differences.md).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from PIL import Image
 from omg_llava.models.multimodal_inputs import PromptCountError
 from omg_llava.models.omg_llava import EncodedImages, OMGLLaVA
 from omg_llava.models.visual_prompts import VisualPrompt
-from omg_llava.utils.constants import MARK_TOKEN, REGION_TOKEN
+from omg_llava.utils.constants import IGNORE_INDEX, MARK_TOKEN, REGION_TOKEN
 from omg_llava.utils.conversation import Turn, encode_conversation
 
 from .image_io import SquareGeometry, load_image, preprocess_image
@@ -60,6 +61,7 @@ class _Conversation:
     geometry: SquareGeometry | None = None
     encoded: EncodedImages | None = None
     turns: list[Turn] = field(default_factory=list)
+    answer_ids: list[list[int]] = field(default_factory=list)  # the generated ids of each answer in turns
     region_prompts: list[VisualPrompt] = field(default_factory=list)
     mark_prompts: list[VisualPrompt] = field(default_factory=list)
 
@@ -145,9 +147,7 @@ class OMGLLaVAChat:
         conv = self._conversation
         marks = self._point_prompts(question, points)
         region_prompts = self._region_prompts(question, regions)
-        turns = conv.turns + [Turn(question)]
-        encoded = encode_conversation(self.tokenizer, turns, with_image=conv.encoded is not None)
-        input_ids = torch.tensor([encoded.input_ids], device=self.device)
+        input_ids = torch.tensor([self._prompt_ids(question)], device=self.device)
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 \
             else dict(do_sample=False)
         output = self.model.generate(input_ids, images=conv.encoded,
@@ -162,10 +162,37 @@ class OMGLLaVAChat:
         if len(output.mask_logits) and conv.geometry is not None:
             masks = [m.cpu().numpy() for m in conv.geometry.logits_to_original(output.mask_logits) > 0]
         conv.turns.append(Turn(question, text))
+        conv.answer_ids.append(ids)
         conv.region_prompts += region_prompts
         conv.mark_prompts += marks
         return ChatAnswer(text, ' '.join(TAG_PATTERN.sub(' ', text).split()),
                           [p.strip() for p in PHRASE_PATTERN.findall(text)], masks, ids)
+
+    def _prompt_ids(self, question: str) -> list[int]:
+        """Input ids of the history plus ``question``, every earlier answer as exactly the ids generated for it.
+
+        Decoding puts spaces around ``<p>``, ``</p>`` and ``[SEG]``, and re-tokenising decoded text can split it
+        into other pieces than the model produced. So the history is encoded with empty answers, which leaves
+        only the template's answer suffix (``<|im_end|>``) in each answered turn's supervised span, and each span
+        becomes the ids generated for that turn: as generated when they end with the suffix's last id (the model
+        closed its answer itself), else without their stop id and followed by the suffix (stopped by EOS or by
+        ``max_new_tokens``). Template, BOS (once, at the very start) and the ``<image>`` rules stay those of
+        :func:`~omg_llava.utils.conversation.encode_conversation`.
+        """
+        conv = self._conversation
+        turns = [Turn(turn.question, '') for turn in conv.turns] + [Turn(question)]
+        encoded = encode_conversation(self.tokenizer, turns, with_image=conv.encoded is not None)
+        spans = _supervised_spans(encoded.labels)
+        if len(spans) != len(conv.answer_ids):
+            raise ValueError(f'the chat template gives {len(spans)} answer spans for {len(conv.answer_ids)} '
+                             'answers; use a template with an answer suffix (internlm2_chat)')
+        ids = encoded.input_ids
+        for (start, end), generated in reversed(list(zip(spans, conv.answer_ids))):
+            suffix = ids[start:end]
+            if not generated or generated[-1] != suffix[-1]:
+                generated = [i for i in generated if i not in self.model.stop_token_ids] + suffix
+            ids = ids[:start] + generated + ids[end:]
+        return ids
 
     # ------------------------------------------------------------------ visual prompts
     def _require_image(self, what: str) -> SquareGeometry:
@@ -205,6 +232,18 @@ class OMGLLaVAChat:
             else:
                 raise ValueError(f'a region is a box (x1, y1, x2, y2) or an (H, W) mask, got shape {array.shape}')
         return prompts
+
+
+def _supervised_spans(labels: Sequence[int]) -> list[tuple[int, int]]:
+    """``[start, end)`` of each run of supervised (not ``IGNORE_INDEX``) labels, in order."""
+    spans, start = [], None
+    for i, label in enumerate(list(labels) + [IGNORE_INDEX]):
+        if label != IGNORE_INDEX and start is None:
+            start = i
+        elif label == IGNORE_INDEX and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
 
 
 def _check_count(question: str, token: str, given: int, what: str) -> None:

@@ -9,6 +9,7 @@ from transformers import LogitsProcessorList
 
 from omg_llava.inference.chat import OMGLLaVAChat
 from omg_llava.models.multimodal_inputs import PromptCountError
+from omg_llava.utils.conversation import Turn, encode_conversation
 
 from conftest import TINY_CONFIG
 
@@ -46,6 +47,54 @@ def test_phrases_are_parsed_from_the_answer(chat):
                       logits_processor=LogitsProcessorList([force_phrase]))
     assert answer.token_ids[:len(ids)] == ids
     assert answer.phrases == ['cat'] and len(answer.masks) == 1
+
+
+def _forcing(ids):
+    """A logits processor that makes generation emit ``ids`` (a random model would not)."""
+    def force(generated, scores):
+        forced = torch.full_like(scores, -float('inf'))
+        forced[:, ids[min(generated.shape[1], len(ids) - 1)]] = 0.0
+        return forced
+    return LogitsProcessorList([force])
+
+
+def _recording_prompts(chat, monkeypatch) -> list[list[int]]:
+    prompts, generate = [], chat.model.generate
+    monkeypatch.setattr(chat.model, 'generate',
+                        lambda input_ids, **kw: prompts.append(input_ids[0].tolist()) or generate(input_ids, **kw))
+    return prompts
+
+
+def test_later_turns_see_exactly_the_generated_ids(chat, monkeypatch):
+    chat.set_image(CAT)
+    tok = chat.tokenizer
+    p, p_end, seg, at, im_end = tok.convert_tokens_to_ids(['<p>', '</p>', '[SEG]', 'at', '<|im_end|>'])
+    # 'at' without the word-start mark: decoded as '<p> at </p> [SEG]', it re-tokenises into '▁at', not 'at'
+    generated = [p, at, p_end, seg, im_end]
+    prompts = _recording_prompts(chat, monkeypatch)
+    q1, q2, q3 = 'Please segment the cat in this image.', 'What is it doing?', 'And then?'
+    first = chat.ask(q1, max_new_tokens=8, logits_processor=_forcing(generated))
+    assert first.token_ids == generated and first.text == '<p> at </p> [SEG]'
+    second = chat.ask(q2, max_new_tokens=2, logits_processor=_forcing([at, at]))  # cut by max_new_tokens
+    chat.ask(q3, max_new_tokens=1)
+    turn1, turn2, turn3 = prompts
+
+    # turn 2 = turn-1 prompt + the turn-1 ids as generated (closing <|im_end|> included) + the template's
+    # separator and next prompt, as encode_conversation lays them out after a first answer
+    layout = encode_conversation(tok, [Turn(q1, 'x'), Turn(q2)], with_image=True)
+    after_answer = layout.input_ids[max(i for i, label in enumerate(layout.labels) if label != -100) + 1:]
+    assert turn2 == turn1 + generated + after_answer
+    assert turn2[0] == tok.bos_token_id and turn2.count(tok.bos_token_id) == 1  # BOS once (the reference drops it)
+    # what the history held before (the decoded text, re-tokenised) is not what the model produced
+    retokenised = encode_conversation(tok, [Turn(q1, first.text), Turn(q2)], with_image=True).input_ids
+    assert retokenised[len(turn1):len(turn1) + 3] == [p, tok.convert_tokens_to_ids('▁at'), p_end]
+
+    # an answer cut by max_new_tokens is closed by the template's suffix (encode('<|im_end|>'))
+    assert second.token_ids == [at, at]
+    suffix = encode_conversation(tok, [Turn(q2, '')], with_image=False).labels
+    suffix = [i for i in suffix if i != -100]
+    assert turn3[:len(turn2) + 2 + len(suffix)] == turn2 + [at, at] + suffix
+    assert turn3.count(tok.bos_token_id) == 1 and len(chat.history) == 3
 
 
 def test_visual_prompts_across_turns(chat):
