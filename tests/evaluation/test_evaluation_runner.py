@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from omg_llava.evaluation.runner import (REGION_CAPTION_PROMPT, clean_caption, clean_region_caption, evaluate,
-                                         gather_records, phrases_per_mask, shard_range)
+                                         gather_records, phrases_per_mask, reference_gcg_answer,
+                                         reference_region_caption, shard_range)
 from omg_llava.evaluation.splits import load_split
 
 from voc_fixtures import MASKS, REGIONS, Answer, write_region_captions
@@ -37,6 +38,21 @@ def test_answer_clean_up():
     assert phrases_per_mask(text, 2) == ['a man', 'a dog']
     assert phrases_per_mask('<p> a </p> <p> b </p> [SEG] [SEG] [SEG]', 3) == ['b', '', '']
     assert phrases_per_mask('<p> a </p> [SEG]', 2) == ['a', '']  # more masks than [SEG] text: padded
+
+
+def test_reference_answer_clean_up():
+    # newlines go without a space, tags without a space (the decoded text sets them off by spaces already),
+    # quotes at both ends go, [SEG] goes
+    text = "'The image\nshows <p> a man </p> [SEG] next to <p> a dog </p> [SEG].'"
+    assert reference_gcg_answer(text) == ('The imageshows a man next to a dog .', ['a man', 'a dog'])
+    assert clean_caption(text) == "'The image shows a man next to a dog .'"
+    assert reference_gcg_answer('A <p> big\ncat </p> [SEG].') == ('A bigcat .', ['bigcat'])
+    assert reference_gcg_answer('ASSISTANT: <s>A  cat.') == ('A cat.', [])
+    # region captions: region1 / Region1 / colons go anywhere (also inside region10), then the same clean-up
+    assert reference_region_caption('Region1: a man in a\nred shirt, region10 is sitting.') == \
+        'a man in ared shirt, 0 is sitting.'
+    assert reference_region_caption("'a bottle <p> on </p> [SEG] the table'") == 'a bottle on the table'
+    assert clean_region_caption("'a bottle <p> on </p> [SEG] the table'") == "'a bottle on the table'"
 
 
 @pytest.fixture(scope='module')

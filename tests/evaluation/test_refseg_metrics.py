@@ -1,10 +1,12 @@
-"""cIoU / gIoU against hand-computed values, and the refseg loop on a REFER folder built from VOC masks."""
+"""cIoU / gIoU against hand-computed values under both protocols, the reference's ground-truth decoding, and the
+refseg loop on a REFER folder built from VOC masks."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from omg_llava.evaluation.refseg import MaskOverlap, mask_overlap, refseg_metrics
+from omg_llava.evaluation.refseg import (MaskOverlap, mask_overlap, reference_gt_mask, reference_refseg_metrics,
+                                         refseg_metrics)
 from omg_llava.evaluation.runner import evaluate
 from omg_llava.evaluation.splits import load_split
 
@@ -31,6 +33,38 @@ def test_metrics_by_hand():
     assert metrics['gIoU'] == pytest.approx(2.5 / 4)
     assert metrics['num_expressions'] == 4
     assert refseg_metrics([(4, 8), (0, 0)]) == refseg_metrics([MaskOverlap(4, 8), MaskOverlap(0, 0)])
+
+
+def test_reference_metrics_by_hand():
+    overlaps = [MaskOverlap(4, 8), MaskOverlap(0, 0), MaskOverlap(0, 4), MaskOverlap(3, 3)]
+    has_seg = [True, True, False, True]  # the third answer had no [SEG]: skipped for cIoU, 0 for gIoU
+    metrics = reference_refseg_metrics(overlaps, has_seg)
+    assert metrics['cIoU'] == pytest.approx(7 / (11 + 1e-10), abs=1e-15)  # (4 + 0 + 3) / (8 + 0 + 3 + 1e-10)
+    assert metrics['gIoU'] == pytest.approx((4 / (8 + 1e-5) + 1.0 + 3 / (3 + 1e-5)) / 4, abs=1e-15)
+    assert metrics['num_expressions'] == 4
+    assert reference_refseg_metrics([MaskOverlap(0, 4)], [False]) == {'cIoU': 0.0, 'gIoU': 0.0,
+                                                                       'num_expressions': 1}
+    assert reference_refseg_metrics([], []) == {'cIoU': 0.0, 'gIoU': 0.0, 'num_expressions': 0}
+
+
+def rect(x0, y0, x1, y1):
+    """A COCO polygon: pycocotools fills rows y0..y1-1 and columns x0..x1-1 of it."""
+    return [x0, y0, x1, y0, x1, y1, x0, y1]
+
+
+def test_reference_ground_truth_counts_overlapping_polygons_once():
+    a, b = rect(0, 0, 4, 4), rect(2, 0, 6, 4)  # one object, two polygons overlapping on columns 2-3
+    assert np.array_equal(reference_gt_mask([[a]], 6, 8), block(slice(0, 4), slice(0, 4), (6, 8)))
+    expected = block(slice(0, 4), slice(0, 6), (6, 8)) & ~block(slice(0, 4), slice(2, 4), (6, 8))
+    assert np.array_equal(reference_gt_mask([[a, b]], 6, 8), expected)  # counts 2 are not ground truth
+    # two annotations of one ref: their counts are OR-ed bitwise (1 | 1 = 1, 1 | 2 = 3), then == 1
+    c = rect(0, 4, 2, 6)
+    union = reference_gt_mask([[a, b], [a, c]], 6, 8)
+    assert np.array_equal(union, expected | block(slice(4, 6), slice(0, 2), (6, 8)))
+    # RLE lists are summed too; an empty segmentation is an empty mask
+    strips = [dict(size=[6, 8], counts=[0, 6, 42]), dict(size=[6, 8], counts=[0, 12, 36])]  # column 0, columns 0-1
+    assert np.array_equal(reference_gt_mask([strips], 6, 8), block(slice(0, 6), 1, (6, 8)))
+    assert not reference_gt_mask([[]], 6, 8).any()
 
 
 def test_metric_edge_cases():
@@ -79,7 +113,8 @@ def test_loop_with_injected_predictions(refer, tmp_path, answer_with, cIoU, gIoU
     assert metrics['cIoU'] == cIoU and metrics['gIoU'] == gIoU
     assert metrics['num_expressions'] == metrics['num_samples'] == len(split.samples)
     assert metrics['num_without_seg'] == (len(split.samples) if answer_with == 'nothing' else 0)
-    assert metrics['cIoU_seg_answers_only'] == cIoU  # the reference's cIoU (0 when no answer has a [SEG])
+    reference = evaluate(split, predict, None, progress=False, protocol='reference')
+    assert reference['protocol'] == 'reference' and reference['cIoU'] == pytest.approx(cIoU)  # no [SEG]: 0 / 1e-10
     assert seen_images == {split.image_path(split.samples[0])}
     lines = (tmp_path / 'predictions.jsonl').read_text().splitlines()
     assert len(lines) == len(split.samples)
@@ -94,9 +129,12 @@ def test_expressions_without_seg_count_as_empty_predictions(refer):
         return Answer('[SEG]', [truth[sentence]]) if sentence.endswith('from the left') else Answer('No.', [])
 
     metrics = evaluate(split, predict, None, progress=False)
-    assert metrics['num_without_seg'] == len(MASKS)
+    assert metrics['num_without_seg'] == len(MASKS) and metrics['protocol'] == 'corrected'
     assert metrics['gIoU'] == 0.5 and metrics['cIoU'] == 0.5  # both sentences of a ref share its mask
-    assert metrics['cIoU_seg_answers_only'] == 1.0
+    reference = evaluate(split, predict, None, progress=False, protocol='reference')
+    assert reference['cIoU'] == pytest.approx(1.0) and reference['gIoU'] == pytest.approx(0.5, abs=1e-6)
+    with pytest.raises(ValueError, match='protocol must be one of'):
+        evaluate(split, predict, None, progress=False, protocol='paper')
 
 
 def test_max_samples(refer):
