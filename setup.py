@@ -14,7 +14,7 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['omg_llava', 'omg_llava.*']),
     package_data={'omg_llava': ['assets/tiny_tokenizer/*', 'assets/tiny_synthetic/*', 'assets/tiny_synthetic/llm/*',
-                                'assets/*.jpg']},
+                                'assets/*.jpg', 'segmentation/vocabularies/*.txt']},
     install_requires=[
         'torch>=2.1',
         'mmengine>=0.10.3,<0.11',
