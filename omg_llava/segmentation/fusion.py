@@ -53,18 +53,21 @@ def panoptic_fusion(class_logits: Tensor, mask_logits: Tensor, num_things: int, 
     scores, labels = class_logits.float().softmax(-1).max(-1)  # (Q,)
     keep = (labels != num_classes) & (scores > score_thr)
     kept = keep.nonzero().flatten()
-    probs = mask_logits.float().sigmoid()
     H, W = mask_logits.shape[-2:]
     label_map = torch.full((H, W), num_classes, dtype=torch.long, device=mask_logits.device)
     query_map = torch.full((H, W), -1, dtype=torch.long, device=mask_logits.device)
     segments = []
     if len(kept) == 0:
         return PanopticOutput(label_map, query_map, segments)
-    winner = (scores[kept, None, None] * probs[kept]).argmax(0)  # (H, W) index into kept
+    winner = torch.empty((H, W), dtype=torch.long, device=mask_logits.device)  # index into kept
+    rows = max(1, (1 << 24) // max(1, len(kept) * W))  # ~64 MB of probabilities at a time
+    for top in range(0, H, rows):
+        probs = mask_logits[kept, top:top + rows].float().sigmoid()  # (k, rows, W)
+        winner[top:top + rows] = (scores[kept, None, None] * probs).argmax(0)
     for k, query in enumerate(kept.tolist()):
         won = winner == k
         area = int(won.sum())
-        own = probs[query] >= 0.5
+        own = mask_logits[query].float().sigmoid() >= 0.5
         original = int(own.sum())
         if area == 0 or original == 0 or area / original < overlap_thr:
             continue
