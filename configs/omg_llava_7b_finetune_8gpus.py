@@ -39,20 +39,23 @@ with read_base():
 # The reference config names 'omg_llava_7b_pretrain_1024image_8gpus.pth'; the released file is this one.
 pretrained_pth = pretrained_dir + 'omg_llava_7b_pretrain_8gpus.pth'
 
-# Data (the reference ./data layout; docs/training.md lists every file)
+# Data: the released config's ./data layout and file names (docs/training.md lists every file)
 data_root = './data/'
 llava_data_path = data_root + 'llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json'
 llava_image_folder = data_root + 'llava_data/llava_images'
 glamm_annotations = data_root + 'glamm_data/annotations/'
 glamm_images = data_root + 'glamm_data/images/'
 coco2014_train = glamm_images + 'coco2014/train2014/'
-ade20k_root = data_root + 'ade20k/ADEChallengeData2016/'
-ade20k_class_file = data_root + 'ade20k/ade20k_classes.json'
-cocostuff_root = data_root + 'coco_stuff/'
-cocostuff_class_file = cocostuff_root + 'cocostuff_classes.txt'
+coco2017_train = glamm_images + 'coco2017/train2017/'
+ade20k_root = data_root + 'semantic_seg/ADEChallengeData2016/'
+cocostuff_label_folder = data_root + 'semantic_seg/coco_stuff/stuffthingmaps_trainval2017/train2017/'
+# the class lists ship with the reference code (omg_llava/dataset/utils/ there), not with the data
+ade20k_class_file = data_root + 'semantic_seg/ade20k_classes.json'
+cocostuff_class_file = data_root + 'semantic_seg/cocostuff_classes.txt'
 ref_seg_root = data_root + 'ref_seg/'
 osprey_root = data_root + 'region_caption/osprey/'
 mdpv_root = data_root + 'mdpv_point/'
+vg_images = llava_image_folder + '/vg/VG_100K'  # MDPV: images missing here are read from .../vg/VG_100K_2
 max_length = 1692  # text tokens: 2048 - (1024 / 64)**2 image tokens - 100
 
 # Scheduler & optimizer
@@ -75,8 +78,9 @@ save_total_limit = 4  # maximum checkpoints to keep (-1 means unlimited)
 evaluation_freq = 2000
 evaluation_images = './test.jpg'
 evaluation_inputs = [
-    'Could you please give me a detail description of the image? Please respond with interleaved segmentation '
-    'masks for the corresponding parts of the answer.', '请描述一下这张照片', 'Please describe this picture'
+    '请描述一下这张照片', 'Please describe this picture',
+    'Could you please give me a detailed description of the image? Please respond with interleaved segmentation '
+    'masks for the corresponding parts of the answer.'
 ]
 
 #######################################################################
@@ -109,23 +113,24 @@ gcg_datasets = [
     dict(type=OpenPsgGCGDataset, annotation_file=glamm_annotations + 'OpenPsgGCG_train.json',
          image_folder=glamm_images + 'coco2017/', **common),
 ]
-# Semantic and referring segmentation appear three times each with different seeds (the reference lists each
-# dataset three times; its per-row random choices differ between the copies).
+# Semantic and referring segmentation appear three times, interleaved as in the released config (ADE20K,
+# COCO-Stuff, ADE20K, ...; RefCOCO, RefCOCO+, RefCOCOg, RefCLEF, RefCOCO, ...). The copies differ in their seed (the
+# reference's copies differ in their random draws).
+semantic_seg_sources = {
+    'ade20k': dict(kind='ade20k', image_folder=ade20k_root + 'images/training/',
+                   label_folder=ade20k_root + 'annotations/training/', class_names=ade20k_class_file),
+    'cocostuff': dict(kind='cocostuff', image_folder=coco2017_train, label_folder=cocostuff_label_folder,
+                      class_names=cocostuff_class_file),
+}
 semantic_seg_datasets = [
-    dict(type=SemanticSegDataset, kind='ade20k', image_folder=ade20k_root + 'images/training/',
-         label_folder=ade20k_root + 'annotations/training/', class_names=ade20k_class_file, seed=seed, **common)
-    for seed in (0, 1, 2)
-] + [
-    dict(type=SemanticSegDataset, kind='cocostuff', image_folder=cocostuff_root + 'train2017/',
-         label_folder=cocostuff_root + 'stuffthingmaps_trainval2017/train2017/', class_names=cocostuff_class_file,
-         seed=seed, **common)
-    for seed in (0, 1, 2)
+    dict(type=SemanticSegDataset, seed=seed, **semantic_seg_sources[name], **common)
+    for seed in (0, 1, 2) for name in ('ade20k', 'cocostuff')
 ]
 refer_seg_datasets = [
     dict(type=ReferSegDataset, data_root=ref_seg_root, dataset=name, split_by=split_by,
          image_folder=ref_seg_root + 'saiapr_tc-12/' if name == 'refclef' else coco2014_train, seed=seed, **common)
-    for name, split_by in (('refcoco', 'unc'), ('refcoco+', 'unc'), ('refcocog', 'umd'), ('refclef', 'unc'))
     for seed in (0, 1, 2)
+    for name, split_by in (('refcoco', 'unc'), ('refcoco+', 'unc'), ('refcocog', 'umd'), ('refclef', 'unc'))
 ]
 region_datasets = [
     dict(type=OspreyRegionCaptionDataset, annotation_file=osprey_root + 'osprey_detail_description.json',
@@ -133,30 +138,32 @@ region_datasets = [
     dict(type=OspreyRegionConversationDataset, annotation_file=osprey_root + 'osprey_conversation.json',
          image_folder=coco2014_train, **common),
 ]
-# MDPV point data: (annotation file, image folder) per source; file names follow the MDPV release.
+# MDPV point data: (annotation file, image folder) per source, names, folders and order as in the released config.
+# The rows' `image` values carry the annotators' folders; the dataset reads their basename in these folders.
 mdpv_sources = [
-    ('gpt4v_detailed_ade20k_point.json', ade20k_root + 'images/training/'),
-    ('gpt4v_detailed_cocostuff10k_point.json', cocostuff_root + 'train2017/'),
-    ('gpt4v_detailed_cocostuff164k_point.json', cocostuff_root + 'train2017/'),
-    ('gpt4v_detailed_vg_point.json', data_root + 'vg/images/'),
-    ('gpt4v_brief_lvis_point.json', glamm_images + 'coco2017/'),
-    ('gpt4v_brief_vg_point.json', data_root + 'vg/images/'),
-    ('gpt4v_brief_ade20k_point.json', ade20k_root + 'images/training/'),
-    ('gpt4v_brief_cocostuff10k_point.json', cocostuff_root + 'train2017/'),
-    ('gpt4v_brief_cocostuff164k_point.json', cocostuff_root + 'train2017/'),
-    ('gpt4v_qa_vg_point.json', data_root + 'vg/images/'),
-    ('gpt4v_qa_lvis_point.json', glamm_images + 'coco2017/'),
-    ('gpt4v_qa_ade20k_point.json', ade20k_root + 'images/training/'),
-    ('gpt4v_qa_cocostuff10k_point.json', cocostuff_root + 'train2017/'),
-    ('gpt4v_qa_cocostuff164k_point.json', cocostuff_root + 'train2017/'),
+    ('gpt4v_ade20k_detailed_caption_point.json', ade20k_root + 'images/training/'),
+    ('gpt4v_cocostuff_10k_detailed_caption_point.json', coco2014_train),
+    ('gpt4v_cocostuff_164k_detailed_caption_point.json', coco2017_train),
+    ('gpt4v_vg_detailed_caption_point.json', vg_images),
+    ('gpt4v_lvis_brief_caption_point.json', coco2017_train),
+    ('gpt4v_vg_brief_caption_point.json', vg_images),
+    ('gpt4v_ade20k_brief_caption_point.json', ade20k_root + 'images/training/'),
+    ('gpt4v_cocostuff_10k_brief_caption_point.json', coco2014_train),
+    ('gpt4v_cocostuff_164k_brief_caption_point.json', coco2017_train),
+    ('gpt4v_vg_QA_point.json', vg_images),
+    ('gpt4v_lvis_QA_point.json', coco2017_train),
+    ('gpt4v_ade20k_QA_point.json', ade20k_root + 'images/training/'),
+    ('gpt4v_cocostuff_10k_QA_point.json', coco2014_train),
+    ('gpt4v_cocostuff_164k_QA_point.json', coco2017_train),
     ('Flicker30K_multi_points_to_caption.json', glamm_images + 'flickr30k/Flickr30K/'),
-    ('OpenPsgGCG_train_multi_points_to_caption.json', glamm_images + 'coco2017/'),
+    ('OpenPsgGCG_train_multi_points_to_caption.json', coco2017_train),
 ]
 mdpv_datasets = [
     dict(type=MDPVPointDataset, annotation_file=mdpv_root + name, image_folder=folder, **common)
     for name, folder in mdpv_sources
 ]
 
+# The released config's order (concatenated, then permuted once with seed 42: the same order for the same lengths)
 train_dataset = dict(
     type=CombinedDataset,
     datasets=[llava_dataset] + gcg_datasets + semantic_seg_datasets + refer_seg_datasets + region_datasets +

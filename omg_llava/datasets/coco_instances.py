@@ -72,11 +72,11 @@ class CocoInstanceDataset(SkippingDataset):
     @staticmethod
     def _sentences_by_annotation(refs_file: str, split: str, ann_ids: set) -> dict[int, list[str]]:
         """ann_id → its referring expressions, from the refs of ``split`` whose instance this file has."""
-        from .refer_seg import _sentences, load_refs
+        from .refer_seg import load_refs, normalised_sentences
         by_ann: dict[int, list[str]] = defaultdict(list)
         for ref in load_refs(refs_file):
             if ref['split'] == split and ref['ann_id'] in ann_ids:
-                by_ann[ref['ann_id']] += _sentences(ref['sentences'])
+                by_ann[ref['ann_id']] += normalised_sentences(ref['sentences'])
         if not by_ann:
             raise ValueError(f'{refs_file}: no {split!r} ref names an instance of the annotation file; the refs '
                              'and the instances must come from the same annotations (same ann ids)')

@@ -101,14 +101,24 @@ def _require(entry: dict, key: str, kind: type | tuple[type, ...], what: str) ->
 
 
 class _GCGDataset(OMGDatasetBase):
-    """Shared part of the GCG datasets: one record → (image path, caption, phrases) → conversation."""
+    """Shared part of the GCG datasets: one record → (image path, caption, phrases) → conversation.
+
+    Args:
+        annotation_file, image_folder: the annotation JSON and the root of its image names.
+        questions: the questions one is drawn from per sample (default: the reference's
+            :data:`~omg_llava.datasets.templates.GCG_QUESTIONS`).
+        tokenizer, image_size, max_length, seed: see :class:`OMGDatasetBase`.
+    """
 
     trim_overlaps = False
 
     def __init__(self, annotation_file: str, image_folder: str, tokenizer: Any, image_size: int = 1024,
-                 max_length: int = 1692, seed: int = 0) -> None:
+                 max_length: int = 1692, seed: int = 0, questions: Sequence[str] = GCG_QUESTIONS) -> None:
+        if not questions:
+            raise ValueError('questions must hold at least one GCG question')
         self.annotation_file = annotation_file
         self.image_folder = image_folder
+        self.questions = tuple(questions)
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
     def parse_record(self, record: Any) -> tuple[str, str, list[tuple[int, int, np.ndarray]]]:
@@ -118,7 +128,7 @@ class _GCGDataset(OMGDatasetBase):
     def build_conversation(self, record: Any, rng: random.Random) -> GroundedConversation:
         image_path, caption, phrases = self.parse_record(record)
         answer, masks = ground_caption(caption, phrases, trim_overlaps=self.trim_overlaps)
-        return GroundedConversation(image_path=image_path, turns=[Turn(rng.choice(GCG_QUESTIONS), answer)],
+        return GroundedConversation(image_path=image_path, turns=[Turn(rng.choice(self.questions), answer)],
                                     masks=masks)
 
     def record_length(self, record: Any) -> int:

@@ -1,18 +1,77 @@
-"""LLaVA conversations: the pretrain captions and the instruction-tuning mixture (spec §8.2, §8.3 row 1)."""
+"""LLaVA conversations: the pretrain captions and the instruction-tuning mixture (spec §8.2, §8.3 row 1).
+
+:func:`llava_turns` is also the message reader of the Osprey and MDPV datasets: it turns LLaVA-style messages into
+turns the way the released code's map functions (xtuner's ``llava_map_fn``) do.
+"""
 from __future__ import annotations
 
-import json
 import os
 import random
-from typing import Any
+from typing import Any, Callable
 
 from omg_llava.utils.constants import DEFAULT_IMAGE_TOKEN
 from omg_llava.utils.conversation import Turn
 
-from .base import CHARS_PER_TOKEN, OMGDatasetBase
+from .base import CHARS_PER_TOKEN, OMGDatasetBase, read_json_list
 from .sample import GroundedConversation, MalformedSample
 
-ROLES = ('human', 'gpt')
+
+def remove_image_token(text: str) -> str:
+    """``text`` without ``<image>``: a message holding the token is stripped as well (the reference moves the
+    token to the front and strips that message only); any other message is returned unchanged."""
+    return text.replace(DEFAULT_IMAGE_TOKEN, '').strip() if DEFAULT_IMAGE_TOKEN in text else text
+
+
+def llava_turns(messages: Any, what: str, clean: Callable[[str], str] | None = None) -> list[Turn]:
+    """LLaVA-style ``[{"from": "human"|"gpt", "value": str}, ...]`` → turns, as the reference's map functions.
+
+    Leading ``gpt`` messages are dropped; consecutive ``human`` messages are joined (no separator) into one
+    question, which the next ``gpt`` message answers; a final question without answer is dropped. ``<image>`` is
+    removed from the questions (:func:`remove_image_token`; the encoder puts it before the first question). Texts
+    are otherwise kept as they are: answers and questions are not stripped.
+
+    Args:
+        messages: the row's ``conversations``.
+        what: the row, for error messages.
+        clean: rewrites every message's text (Osprey / MDPV bracket removal), after ``<image>`` is removed from
+            the questions.
+
+    Raises:
+        MalformedSample: not a list of messages with text values and a known role, or no turn.
+    """
+    if not isinstance(messages, list):
+        raise MalformedSample(f'conversations is not a list: {what}')
+    start = 0
+    while start < len(messages) and isinstance(messages[start], dict) and messages[start].get('from') == 'gpt':
+        start += 1
+    turns, question = [], ''
+    for k, message in enumerate(messages[start:]):
+        role = message.get('from') if isinstance(message, dict) else None
+        value = message.get('value') if isinstance(message, dict) else None
+        if role not in ('human', 'gpt') or not isinstance(value, str):
+            raise MalformedSample(f'message is not human/gpt with a text value: {what}, message {start + k}')
+        if role == 'human':
+            value = remove_image_token(value)
+        if clean is not None:
+            value = clean(value)
+        if role == 'human':
+            question += value
+        else:
+            turns.append(Turn(question, value))
+            question = ''
+    if not turns:
+        raise MalformedSample(f'no human → gpt turn: {what}')
+    return turns
+
+
+def has_turn(messages: Any) -> bool:
+    """Whether :func:`llava_turns` finds at least one turn: a ``gpt`` message after a ``human`` one. The reference
+    drops rows without at load time (xtuner's empty-conversation filter), so they do not count in a dataset's
+    length."""
+    if not isinstance(messages, list):
+        return True  # malformed: kept, and skipped with a reason when drawn
+    roles = [m.get('from') if isinstance(m, dict) else None for m in messages]
+    return 'human' in roles and 'gpt' in roles[roles.index('human'):]
 
 
 class LLaVADataset(OMGDatasetBase):
@@ -28,10 +87,11 @@ class LLaVADataset(OMGDatasetBase):
         image_folder/<row["image"]>
 
     Used for the pretrain captions (``LLaVA-Pretrain/blip_laion_cc_sbu_558k.json`` + ``LLaVA-Pretrain/images``,
-    one turn) and the instruction data (``llava_v1_5_mix665k.json`` + ``llava_images``, multi-turn). Human/gpt
-    messages are paired into turns; ``<image>`` is removed from the text (the encoder puts it in front of the
-    first question of an image row). Rows with roles out of order, an odd number of messages, empty text or a
-    missing image are skipped.
+    one turn) and the instruction data (``llava_v1_5_mix665k.json`` + ``llava_images``, multi-turn). Messages become
+    turns as :func:`llava_turns` describes (a row starting with a ``gpt`` message loses that message; the question
+    holding ``<image>`` is stripped, other questions and every answer are kept as written). Rows without any
+    human → gpt turn are left out when loading, as the reference does; rows with an unknown role, an empty text or
+    a missing image are skipped when drawn.
 
     Args:
         data_path: the JSON file.
@@ -46,20 +106,13 @@ class LLaVADataset(OMGDatasetBase):
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
     def load_records(self) -> list[dict]:
-        with open(self.data_path, encoding='utf-8') as f:
-            rows = json.load(f)
-        if not isinstance(rows, list):
-            raise ValueError(f'{self.data_path}: expected a JSON list of LLaVA rows, got {type(rows).__name__}')
-        return rows
+        rows = read_json_list(self.data_path)
+        return [row for row in rows if not isinstance(row, dict) or has_turn(row.get('conversations'))]
 
     def build_conversation(self, record: dict, rng: random.Random) -> GroundedConversation:
-        messages = record.get('conversations') if isinstance(record, dict) else None
-        if not isinstance(messages, list) or not messages or len(messages) % 2:
-            raise MalformedSample(f'conversation is not human/gpt pairs: row {_row_id(record)}')
-        turns = []
-        for i in range(0, len(messages), 2):
-            question, answer = (_message_text(messages[i + k], ROLES[k], record) for k in (0, 1))
-            turns.append(Turn(question, answer))
+        if not isinstance(record, dict):
+            raise MalformedSample(f'row is not an object: {str(record)[:60]!r}')
+        turns = llava_turns(record.get('conversations'), f'row {_row_id(record)}')
         image = record.get('image')
         if image is not None and not isinstance(image, str):
             raise MalformedSample(f'image field is not a path: {image!r} in row {_row_id(record)}')
@@ -76,19 +129,8 @@ class LLaVADataset(OMGDatasetBase):
         return isinstance(record, dict) and bool(record.get('image'))
 
 
-def _message_text(message: Any, role: str, record: dict) -> str:
-    if not isinstance(message, dict) or message.get('from') != role:
-        raise MalformedSample(f'message out of order: expected {role!r}, got {str(message)[:60]!r} '
-                              f'in row {_row_id(record)}')
-    value = message.get('value')
-    text = value.replace(DEFAULT_IMAGE_TOKEN, '').strip() if isinstance(value, str) else ''
-    if not text:
-        raise MalformedSample(f'empty message: {role} in row {_row_id(record)}')
-    return text
-
-
 def _row_id(record: Any) -> str:
     return str(record.get('id')) if isinstance(record, dict) else '?'
 
 
-__all__ = ['LLaVADataset']
+__all__ = ['LLaVADataset', 'llava_turns', 'has_turn', 'remove_image_token']

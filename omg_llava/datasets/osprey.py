@@ -9,49 +9,24 @@ from __future__ import annotations
 import os
 import random
 import re
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+from mmengine.logging import print_log
 
-from omg_llava.utils.constants import DEFAULT_IMAGE_TOKEN, REGION_TOKEN
+from omg_llava.utils.constants import REGION_TOKEN
 from omg_llava.utils.conversation import Turn
 
 from .base import CHARS_PER_TOKEN, OMGDatasetBase, read_json_list
+from .llava import has_turn, llava_turns
 from .mask_decoding import decode_segmentation
 from .region_templates import REGION_CAPTION_QUESTIONS, REGION_SEGMENT_QUESTION, fill_region_question
 from .sample import GroundedConversation, MalformedSample
 from .templates import seg_answer
 
 MAX_CAPTION_REGIONS = 3
-_REGION_TAG = re.compile(r'<\s*region\s*\d*\s*>', re.IGNORECASE)  # '<region3>' in Osprey descriptions
-_REGIN_TYPO = re.compile(r'\bregin(?=\d|\b)')  # Osprey's '<regin2>' typo
+_TAG = re.compile(r'<[^>]*>')  # any '<...>' tag of an Osprey description ('<region3>')
 _REGION_MENTION = re.compile(r'\bregion\s*(\d+)', re.IGNORECASE)
-
-
-def conversation_turns(messages: Any, clean: Callable[[str], str], what: str) -> list[Turn]:
-    """LLaVA-style ``[{"from": "human"|"gpt", "value": str}, ...]`` → turns, each text passed through ``clean``.
-
-    Leading ``gpt`` messages are dropped (as the reference does), then messages must alternate human/gpt; a
-    final question without answer is dropped.
-
-    Raises:
-        MalformedSample: not a list of messages, roles out of order, or no complete turn.
-    """
-    if not isinstance(messages, list):
-        raise MalformedSample(f'{what}: conversations is not a list')
-    start = 0
-    while start < len(messages) and isinstance(messages[start], dict) and messages[start].get('from') == 'gpt':
-        start += 1
-    texts = []
-    for k, message in enumerate(messages[start:]):
-        role = ('human', 'gpt')[k % 2]
-        if not isinstance(message, dict) or message.get('from') != role or not isinstance(message.get('value'), str):
-            raise MalformedSample(f'{what}: message {start + k} is not a {role} message with a text value')
-        texts.append(clean(message['value']))
-    turns = [Turn(q, a) for q, a in zip(texts[0::2], texts[1::2])]
-    if not turns:
-        raise MalformedSample(f'{what}: no question/answer pair')
-    return turns
 
 
 def check_mentions(turns: list[Turn], pattern: re.Pattern, count: int, what: str) -> None:
@@ -63,7 +38,11 @@ def check_mentions(turns: list[Turn], pattern: re.Pattern, count: int, what: str
 
 
 class _OspreyDataset(OMGDatasetBase):
-    """Shared constructor and region decoding of the Osprey datasets."""
+    """Shared constructor, load-time filter and region decoding of the Osprey datasets.
+
+    The Osprey-724K files hold each row's regions under ``annotation`` (a list, one COCO-style entry per region);
+    rows the reference leaves out when loading are left out too (see each class), so lengths match the reference's.
+    """
 
     def __init__(self, annotation_file: str, image_folder: str, tokenizer: Any, image_size: int = 1024,
                  max_length: int = 1692, seed: int = 0) -> None:
@@ -72,19 +51,33 @@ class _OspreyDataset(OMGDatasetBase):
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
     def load_records(self) -> list[dict]:
-        return read_json_list(self.annotation_file)
+        rows = read_json_list(self.annotation_file)
+        kept = [row for row in rows if self.keep_row(row)]
+        if rows and not kept:
+            hint = (" (rows hold 'annotations': the Osprey files name the region list 'annotation'; regenerate or "
+                    "rename the key)" if any(isinstance(r, dict) and 'annotations' in r for r in rows) else '')
+            raise ValueError(f"{self.annotation_file}: none of the {len(rows)} rows has a usable 'annotation' "
+                             f'region list{hint}')
+        if len(kept) < len(rows):
+            print_log(f'{type(self).__name__}: left out {len(rows) - len(kept)} of {len(rows)} rows of '
+                      f'{self.annotation_file} (no region list, no turn, or not one description per region)', logger='current')
+        return kept
+
+    def keep_row(self, row: Any) -> bool:
+        """Whether a row enters the dataset (non-dict rows do, and are skipped with a reason when drawn)."""
+        raise NotImplementedError
 
     def _image_and_annotations(self, record: Any) -> tuple[str, list[dict], int, int]:
         if not isinstance(record, dict) or not isinstance(record.get('file_name'), str):
             raise MalformedSample('Osprey entry without a file_name')
         file_name = record['file_name']
-        annotations = record.get('annotations')
-        if not isinstance(annotations, list) or not annotations:
-            raise MalformedSample(f'Osprey entry {file_name!r} has no annotations')
         try:
             H, W = int(record['height']), int(record['width'])
         except (KeyError, TypeError, ValueError) as exc:
             raise MalformedSample(f'Osprey entry {file_name!r} lacks a valid height/width') from exc
+        annotations = record.get('annotation')
+        if not isinstance(annotations, list) or not annotations:
+            raise MalformedSample(f'Osprey entry {file_name!r} has no regions')
         return os.path.join(self.image_folder, file_name), annotations, H, W
 
     @staticmethod
@@ -102,32 +95,38 @@ class OspreyRegionCaptionDataset(_OspreyDataset):
         annotation_file: [
             {"id": 1, "file_name": "COCO_train2014_000000000009.jpg",   # relative to image_folder
              "height": H, "width": W,
-             "annotations": [{"bbox": [x, y, w, h],
-                              "segmentation": [[x1, y1, ...], ...]},    # polygons (or RLE) of region i
-                             ...],
-             "description": ["<region1>: A brown dog lying ...", ...]},  # one per annotation, same order
+             "annotation": [{"bbox": [x, y, w, h],
+                             "segmentation": [[x1, y1, ...], ...]},     # polygons (or RLE) of region i
+                            ...],
+             "description": ["<region1>: A brown dog lying ...", ...]},  # one per region, same order
             ...]
 
-    A sample takes up to 3 regions in random order and names them ``region1 … regionk``: turn i asks a random
-    region question about ``region{i} <region>`` and is answered by that region's description, every
-    ``<regionN>`` tag in it replaced by ``region{i}``; a last turn asks ``"Please segment the region{j}."``
-    for a random one of them and is answered ``"<p> Region{j} </p> [SEG]."`` with its mask (spec §8.4).
+    Rows whose number of descriptions differs from their number of regions are left out when loading (as the
+    reference does). A sample takes 3 regions drawn at random when the row has 3 or more, else all of them in file
+    order, and names them ``region1 … regionk``: turn i asks a random :data:`REGION_CAPTION_QUESTIONS` question
+    about ``region{i} <region>`` and is answered by that region's description, every ``<...>`` tag in it replaced
+    by ``region{i}`` (otherwise as written); a last turn asks ``"Please segment the region{j}."`` for a random one
+    of them and is answered ``"<p> Region{j} </p> [SEG]."`` with its mask (spec §8.4).
     """
+
+    def keep_row(self, row: Any) -> bool:
+        if not isinstance(row, dict):
+            return True
+        regions, descriptions = row.get('annotation'), row.get('description')
+        return isinstance(regions, list) and isinstance(descriptions, list) and len(descriptions) == len(regions)
 
     def build_conversation(self, record: Any, rng: random.Random) -> GroundedConversation:
         image_path, annotations, H, W = self._image_and_annotations(record)
-        descriptions = record.get('description')
-        if not isinstance(descriptions, list) or len(descriptions) != len(annotations):
-            raise MalformedSample(f'{image_path}: {len(annotations)} regions but descriptions '
-                                  f'{type(descriptions).__name__} of length {len(descriptions or [])}')
-        chosen = rng.sample(range(len(annotations)), min(MAX_CAPTION_REGIONS, len(annotations)))
+        descriptions = record['description']
+        n = len(annotations)
+        chosen = rng.sample(range(n), MAX_CAPTION_REGIONS) if n >= MAX_CAPTION_REGIONS else list(range(n))
         turns, regions = [], []
         for i, index in enumerate(chosen, start=1):
             description = descriptions[index]
-            if not isinstance(description, str) or not _REGION_TAG.sub('', description).strip(' :\n'):
+            if not isinstance(description, str) or not _TAG.sub('', description).strip(' :\n'):
                 raise MalformedSample(f'{image_path}: empty description of region {index + 1}')
             question = fill_region_question(rng.choice(REGION_CAPTION_QUESTIONS), i)
-            turns.append(Turn(question, _REGION_TAG.sub(f'region{i}', description).strip()))
+            turns.append(Turn(question, _TAG.sub(f'region{i}', description)))
             regions.append(self._region_mask(annotations[index], H, W))
         target = rng.randrange(len(chosen))
         name = f'region{target + 1}'
@@ -151,20 +150,28 @@ class OspreyRegionConversationDataset(_OspreyDataset):
         annotation_file: [
             {"id": 1, "file_name": "COCO_train2014_000000000009.jpg",   # relative to image_folder
              "height": H, "width": W,
-             "annotations": [{"segmentation": [[x1, y1, ...], ...], ...}, ...],   # polygons (or RLE), region i
+             "annotation": [{"segmentation": [[x1, y1, ...], ...], ...}, ...],   # polygons (or RLE), region i
              "conversations": [{"from": "human", "value": "What is <region1> doing?"},
                                {"from": "gpt", "value": "The man in <region1> is ..."}, ...]},
             ...]
 
-    Every annotation is a region: the first question is prefixed with
-    ``"There are some regions: region1 <region>, region2 <region>.\\n"``; in the original text ``<image>`` is
-    removed, the ``regin`` typo becomes ``region`` and angle brackets are stripped (``<region1>`` →
-    ``region1``). Rows naming a region number beyond the annotations are skipped.
+    Every region is a prompt: the first question is prefixed with
+    ``"There are some regions: region1 <region>, region2 <region>.\\n"``; in every message ``<`` and ``>`` are
+    removed (``<region1>`` → ``region1``) and ``regin`` becomes ``region`` (a typo of the files), as the reference
+    does; messages become turns as :func:`~omg_llava.datasets.llava.llava_turns` describes. Rows without regions or
+    without a human → gpt turn are left out when loading; rows naming a region number beyond the regions are
+    skipped when drawn.
     """
+
+    def keep_row(self, row: Any) -> bool:
+        if not isinstance(row, dict):
+            return True
+        regions = row.get('annotation')
+        return isinstance(regions, list) and bool(regions) and has_turn(row.get('conversations'))
 
     def build_conversation(self, record: Any, rng: random.Random) -> GroundedConversation:
         image_path, annotations, H, W = self._image_and_annotations(record)
-        turns = conversation_turns(record.get('conversations'), _clean_osprey_text, image_path)
+        turns = llava_turns(record.get('conversations'), image_path, clean=_clean_osprey_text)
         check_mentions(turns, _REGION_MENTION, len(annotations), image_path)
         names = ', '.join(f'region{i} {REGION_TOKEN}' for i in range(1, len(annotations) + 1))
         turns[0] = Turn(f'There are some regions: {names}.\n{turns[0].question}', turns[0].answer)
@@ -176,12 +183,11 @@ class OspreyRegionConversationDataset(_OspreyDataset):
         if not isinstance(messages, list):
             return 100
         chars = sum(len(m.get('value') or '') for m in messages if isinstance(m, dict))
-        return 20 + chars // CHARS_PER_TOKEN + 4 * len(record.get('annotations') or [])
+        return 20 + chars // CHARS_PER_TOKEN + 4 * len(record.get('annotation') or [])
 
 
 def _clean_osprey_text(text: str) -> str:
-    text = _REGIN_TYPO.sub('region', text.replace(DEFAULT_IMAGE_TOKEN, ''))
-    return text.replace('<', '').replace('>', '').strip()
+    return text.replace('<', '').replace('>', '').replace('regin', 'region')
 
 
-__all__ = ['OspreyRegionCaptionDataset', 'OspreyRegionConversationDataset', 'conversation_turns', 'check_mentions']
+__all__ = ['OspreyRegionCaptionDataset', 'OspreyRegionConversationDataset', 'check_mentions']

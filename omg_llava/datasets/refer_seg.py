@@ -10,7 +10,7 @@ import os
 import pickle
 import random
 from collections import defaultdict
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from omg_llava.utils.conversation import Turn
 from .base import CHARS_PER_TOKEN, OMGDatasetBase
 from .mask_decoding import decode_segmentation
 from .sample import GroundedConversation, MalformedSample
-from .templates import REFERRING_SEG_QUESTIONS, seg_answer
+from .templates import REFERRING_SEG_QUESTIONS, SEG_ANSWERS, seg_answer, seg_question
 
 #: Dataset directories and the split annotations each ships (``refs({split_by}).p``).
 REFER_SPLITS = {'refcoco': ('unc', 'google'), 'refcoco+': ('unc', ), 'refcocog': ('umd', 'google'),
@@ -61,6 +61,10 @@ def _load_data_only(f: BinaryIO, path: str | os.PathLike) -> Any:
         raise ValueError(f'refusing to load {path}: {exc}') from exc
 
 
+#: How a conversation picks its referring sentences (``ReferSegDataset(sampling=...)``).
+SAMPLING_MODES = ('sentences', 'refs')
+
+
 class ReferSegDataset(OMGDatasetBase):
     """One multi-turn conversation per image: each turn asks to segment one referred object.
 
@@ -73,13 +77,17 @@ class ReferSegDataset(OMGDatasetBase):
             images: [{'id', 'file_name', 'height', 'width'}], annotations: [{'id', 'image_id', 'segmentation', ...}]
         image_folder/<file_name>                  # COCO train2014 (RefCOCO*), saiapr_tc-12 (RefCLEF)
 
-    Each record is one image with its refs of ``split``. A conversation takes up to ``num_turns`` distinct refs
-    of the image in random order; each turn is a random template from
-    :data:`~omg_llava.datasets.templates.REFERRING_SEG_QUESTIONS` with one random sentence of the ref, answered by
-    ``"<p> {Sentence} </p> [SEG]."``, with the ref's mask (the union when it points to several annotations).
-    The choices depend only on the seed and the row, so a row always gives the same conversation (the
-    reference fixed them once at build time). Refs without sentences are not used; an image left with none, a
-    missing image or an undecodable mask makes the row malformed (skipped).
+    Each record is one image with its refs of ``split``. With ``sampling='sentences'`` (the reference's), a
+    conversation takes ``num_turns`` sentences drawn without replacement from all sentences of all refs of the image
+    (all of them, in file order, when there are fewer), so two turns may name the same object. With
+    ``sampling='refs'`` (the tiny recipe's), it takes up to ``num_turns`` distinct refs in random order and one
+    random sentence of each. Each turn is a random template of ``questions`` filled with the sentence (stripped,
+    lower-cased, a final full stop kept) and is answered ``"<p> {Sentence} </p> [SEG]."`` (``.capitalize()``d,
+    spec §8.4), or with ``gcg_format=False`` by a random :data:`~omg_llava.datasets.templates.SEG_ANSWERS`
+    answer, with the ref's mask (the union when it points to several annotations). The choices depend only on the
+    seed and the row, so a row always gives the same conversation (the reference fixed them once at build time).
+    Empty sentences are not used; an image left with none, a missing image or an undecodable mask makes the row
+    malformed (skipped).
 
     Args:
         data_root: folder holding the ``{dataset}`` folders.
@@ -87,21 +95,32 @@ class ReferSegDataset(OMGDatasetBase):
         split_by: ``'unc'``, ``'umd'``, ``'google'`` or ``'berkeley'`` (picks ``refs({split_by}).p``).
         split: refs of this split (``'train'``, ``'val'``, ``'testA'``, ...).
         image_folder: root of the images' ``file_name``.
-        num_turns: most turns (referred objects) per conversation (3 in the reference).
+        num_turns: most turns per conversation (3 in the reference).
+        sampling: ``'sentences'`` or ``'refs'`` (see above).
+        questions: question templates with a ``{class_name}`` field (default: the reference's 16).
+        gcg_format: answer ``"<p> {Sentence} </p> [SEG]."`` (the released mixture) instead of a plain answer.
         tokenizer, image_size, max_length, seed: see :class:`OMGDatasetBase`.
     """
 
     def __init__(self, data_root: str, image_folder: str, tokenizer: Any, dataset: str = 'refcoco',
-                 split_by: str = 'unc', split: str = 'train', num_turns: int = 3, image_size: int = 1024,
+                 split_by: str = 'unc', split: str = 'train', num_turns: int = 3, sampling: str = 'sentences',
+                 questions: Sequence[str] = REFERRING_SEG_QUESTIONS, gcg_format: bool = True, image_size: int = 1024,
                  max_length: int = 1692, seed: int = 0) -> None:
         if num_turns < 1:
             raise ValueError(f'num_turns must be ≥ 1, got {num_turns}')
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f'sampling must be one of {SAMPLING_MODES}, got {sampling!r}')
+        if not questions or any('{class_name}' not in q for q in questions):
+            raise ValueError('questions must be templates that each hold {class_name}')
         self.data_root = data_root
         self.dataset = dataset
         self.split_by = split_by
         self.split = split
         self.image_folder = image_folder
         self.num_turns = num_turns
+        self.sampling = sampling
+        self.questions = tuple(questions)
+        self.gcg_format = gcg_format
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
     @property
@@ -134,15 +153,27 @@ class ReferSegDataset(OMGDatasetBase):
         image = self._images.get(record['image_id'])
         if image is None:
             raise MalformedSample(f'image not in instances.json: id {record["image_id"]}')
-        usable = [ref for ref in record['refs'] if ref['sentences']]
-        if not usable:
+        picks = self._pick_refs(record['refs'], rng)
+        if not picks:
             raise MalformedSample(f'no referring sentence: image {image["file_name"]}')
         turns, masks = [], []
-        for ref in rng.sample(usable, min(self.num_turns, len(usable))):
-            sentence = rng.choice(ref['sentences'])
-            turns.append(Turn(rng.choice(REFERRING_SEG_QUESTIONS).format(sentence=sentence), seg_answer(sentence)))
-            masks.append(self._ref_mask(ref['ann_id'], image['height'], image['width']))
+        for sentences, ann_id in picks:
+            sentence = rng.choice(sentences)
+            answer = seg_answer(sentence) if self.gcg_format else rng.choice(SEG_ANSWERS)
+            turns.append(Turn(seg_question(rng.choice(self.questions), sentence), answer))
+            masks.append(self._ref_mask(ann_id, image['height'], image['width']))
         return GroundedConversation(os.path.join(self.image_folder, image['file_name']), turns, masks=masks)
+
+    def _pick_refs(self, refs: list[dict], rng: random.Random) -> list[tuple[list[str], Any]]:
+        """``(candidate sentences, ann_id)`` per turn, drawn as ``sampling`` says; each turn then names one random
+        candidate (``'sentences'``: the one drawn; ``'refs'``: any sentence of the ref)."""
+        if self.sampling == 'refs':
+            usable = [ref for ref in refs if ref['sentences']]
+            return [(ref['sentences'], ref['ann_id']) for ref in rng.sample(usable, min(self.num_turns, len(usable)))]
+        pool = [([sentence], ref['ann_id']) for ref in refs for sentence in ref['sentences']]
+        if len(pool) < self.num_turns:
+            return pool
+        return [pool[i] for i in rng.sample(range(len(pool)), self.num_turns)]
 
     def _ref_mask(self, ann_ids: Any, height: int, width: int) -> np.ndarray:
         ann_ids = ann_ids if isinstance(ann_ids, (list, tuple)) else [ann_ids]
@@ -156,19 +187,26 @@ class ReferSegDataset(OMGDatasetBase):
         return mask
 
     def record_length(self, record: dict) -> int:
-        refs = [ref for ref in record['refs'] if ref['sentences']][:self.num_turns]
+        per_ref = self.sampling == 'refs'  # one sentence per ref, or any sentences
+        sentences = [s for ref in record['refs'] for s in ref['sentences'][:1 if per_ref else None]][:self.num_turns]
         # per turn: template (~45 chars) + sentence in question and answer + "<p> </p> [SEG]." markup
-        chars = sum(45 + 2 * len(ref['sentences'][0]) + 20 for ref in refs)
+        chars = sum(45 + 2 * len(sentence) + 20 for sentence in sentences)
         return max(1, chars // CHARS_PER_TOKEN)
 
 
 def _sentences(sentences: Any) -> list[str]:
-    """The non-empty referring expressions of a ref (whitespace collapsed, trailing full stop dropped)."""
+    """The referring expressions of a ref as written (``sent``), less empty ones."""
     if not isinstance(sentences, list):
         return []
     texts = (s.get('sent') if isinstance(s, dict) else s for s in sentences)
-    cleaned = (' '.join(t.split()).rstrip('. ') for t in texts if isinstance(t, str))
+    return [t for t in texts if isinstance(t, str) and t.strip()]
+
+
+def normalised_sentences(sentences: Any) -> list[str]:
+    """The non-empty referring expressions of a ref, whitespace collapsed and a trailing full stop dropped (the
+    OMG-Seg pre-stage's referring lookups, :class:`~omg_llava.datasets.coco_instances.CocoInstanceDataset`)."""
+    cleaned = (' '.join(t.split()).rstrip('. ') for t in _sentences(sentences))
     return [t for t in cleaned if t]
 
 
-__all__ = ['ReferSegDataset', 'load_refs', 'REFER_SPLITS']
+__all__ = ['ReferSegDataset', 'load_refs', 'normalised_sentences', 'REFER_SPLITS', 'SAMPLING_MODES']

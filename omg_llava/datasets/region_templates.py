@@ -1,4 +1,5 @@
-"""Question templates for region-prompted data (spec §8.4, Osprey region captioning).
+"""Question templates for region-prompted data: the released code's Osprey region-caption questions, verbatim
+(``region_caption_process.py``, ``shared/spec/prompts.md``; spec §8.4).
 
 Every template holds one ``<region>`` placeholder; the dataset replaces it with ``region{i} <region>`` so the
 conversation can name the region and the model receives its prompt embedding at the ``<region>`` token.
@@ -7,18 +8,31 @@ from __future__ import annotations
 
 from omg_llava.utils.constants import REGION_TOKEN
 
-#: Requests for a detailed description of one region.
+#: Requests for a detailed description of one region (``REGION_QUESTIONS``).
 REGION_CAPTION_QUESTIONS: tuple[str, ...] = (
-    f'Can you describe {REGION_TOKEN} in detail?',
-    f'Please give a detailed description of {REGION_TOKEN}.',
-    f'What can you tell me about {REGION_TOKEN}? Describe it thoroughly.',
-    f'Describe everything you can see in {REGION_TOKEN}.',
-    f'Write a detailed description of the content of {REGION_TOKEN}.',
-    f'Look at {REGION_TOKEN} and explain in detail what it shows.',
-    f'Give me a thorough account of what is inside {REGION_TOKEN}.',
-    f'How would you describe {REGION_TOKEN} to someone who cannot see the image? Be detailed.',
-    f'Tell me in detail about the object or area marked by {REGION_TOKEN}.',
-    f'Provide an elaborate description of {REGION_TOKEN}, covering its appearance and context.',
+    'Can you provide me with a detailed description of the region in the picture marked by <region>?',
+    "I'm curious about the region represented by <region> in the picture. Could you describe it in detail?",
+    'What can you tell me about the region indicated by <region> in the image?',
+    "I'd like to know more about the area in the photo labeled <region>. Can you give me a detailed description?",
+    'Could you describe the region shown as <region> in the picture in great detail?',
+    'What details can you give me about the region outlined by <region> in the photo?',
+    'Please provide me with a comprehensive description of the region marked with <region> in the image.',
+    'Can you give me a detailed account of the region labeled as <region> in the picture?',
+    "I'm interested in learning more about the region represented by <region> in the photo. Can you describe it in "
+    'detail?',
+    'What is the region outlined by <region> in the picture like? Could you give me a detailed description?',
+    'Can you provide me with a detailed description of the region in the picture marked by <region>, please?',
+    "I'm curious about the region represented by <region> in the picture. Could you describe it in detail, please?",
+    'What can you tell me about the region indicated by <region> in the image, exactly?',
+    "I'd like to know more about the area in the photo labeled <region>, please. Can you give me a detailed "
+    'description?',
+    'Could you describe the region shown as <region> in the picture in great detail, please?',
+    'What details can you give me about the region outlined by <region> in the photo, please?',
+    'Please provide me with a comprehensive description of the region marked with <region> in the image, please.',
+    'Can you give me a detailed account of the region labeled as <region> in the picture, please?',
+    "I'm interested in learning more about the region represented by <region> in the photo. Can you describe it in "
+    'detail, please?',
+    'What is the region outlined by <region> in the picture like, please? Could you give me a detailed description?',
 )
 
 #: The question that asks for the mask of an already named region (spec §8.4); ``{name}`` is e.g. ``region2``.
@@ -30,7 +44,7 @@ def fill_region_question(template: str, index: int) -> str:
     """Put the named placeholder ``region{index} <region>`` into a template (``index`` counts from 1)."""
     if template.count(REGION_TOKEN) != 1:
         raise ValueError(f'a region question template needs exactly one {REGION_TOKEN}: {template!r}')
-    return template.replace(REGION_TOKEN, f'region{index} {REGION_TOKEN}')
+    return template.strip().replace(REGION_TOKEN, f'region{index} {REGION_TOKEN}')
 
 
 __all__ = ['REGION_CAPTION_QUESTIONS', 'REGION_SEGMENT_QUESTION', 'fill_region_question']

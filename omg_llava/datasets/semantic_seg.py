@@ -20,7 +20,7 @@ from omg_llava.utils.conversation import Turn
 
 from .base import CHARS_PER_TOKEN, OMGDatasetBase
 from .sample import GroundedConversation, MalformedSample
-from .templates import SEMANTIC_SEG_QUESTIONS, seg_answer
+from .templates import SEG_ANSWERS, SEMANTIC_SEG_QUESTIONS, seg_answer, seg_question
 
 #: Per-kind defaults: ``label_offset`` (pixel value of class index 0) and whether names with '-' are skipped.
 KIND_DEFAULTS = {
@@ -82,7 +82,8 @@ class SemanticSegDataset(OMGDatasetBase):
 
     Images and label maps are paired by file stem (one record per label PNG). Each item picks one class present in
     the label map and one question template from :data:`~omg_llava.datasets.templates.SEMANTIC_SEG_QUESTIONS`, both
-    at random but fixed per row by the seed. Pixels equal to ``ignore_label`` or below ``label_offset`` are
+    at random but fixed per row by the seed; the question names the class lower-cased, the answer
+    ``.lower().capitalize()``d, as the reference does. Pixels equal to ``ignore_label`` or below ``label_offset`` are
     ignored, as are hyphenated class names for COCO-Stuff. A label map with a value outside the class list
     (unknown class), none usable, or no image is a malformed row (skipped).
 
@@ -95,12 +96,15 @@ class SemanticSegDataset(OMGDatasetBase):
         label_offset: pixel value of class index 0 (class = pixel − offset); ``None`` takes the kind's default
             (1 for ADE20K, −1 for COCO-Stuff with the reference's class file).
         image_suffix: file extension of the images.
+        gcg_format: answer ``"<p> {Class} </p> [SEG]."`` (the released mixture) instead of a random plain
+            :data:`~omg_llava.datasets.templates.SEG_ANSWERS` answer.
         tokenizer, image_size, max_length, seed: see :class:`OMGDatasetBase`.
     """
 
     def __init__(self, image_folder: str, label_folder: str, class_names: Sequence[str] | str,
                  tokenizer: Any, kind: str = 'ade20k', ignore_label: int = 255, label_offset: int | None = None,
-                 image_suffix: str = '.jpg', image_size: int = 1024, max_length: int = 1692, seed: int = 0) -> None:
+                 image_suffix: str = '.jpg', gcg_format: bool = True, image_size: int = 1024, max_length: int = 1692,
+                 seed: int = 0) -> None:
         if kind not in KIND_DEFAULTS:
             raise ValueError(f'kind must be one of {sorted(KIND_DEFAULTS)}, got {kind!r}')
         defaults = KIND_DEFAULTS[kind]
@@ -112,6 +116,7 @@ class SemanticSegDataset(OMGDatasetBase):
         self.label_offset = defaults['label_offset'] if label_offset is None else label_offset
         self.skip_hyphenated = defaults['skip_hyphenated']
         self.image_suffix = image_suffix
+        self.gcg_format = gcg_format
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
     def load_records(self) -> list[str]:
@@ -134,9 +139,10 @@ class SemanticSegDataset(OMGDatasetBase):
             raise MalformedSample(f'no usable class: {record}.png has only the values {values}')
         value = rng.choice(usable)
         name = self._class_of(value)
-        question = rng.choice(SEMANTIC_SEG_QUESTIONS).format(class_name=name)
+        question = seg_question(rng.choice(SEMANTIC_SEG_QUESTIONS), name)
+        answer = seg_answer(name) if self.gcg_format else rng.choice(SEG_ANSWERS)
         return GroundedConversation(os.path.join(self.image_folder, record + self.image_suffix),
-                                    [Turn(question, seg_answer(name))], masks=[label == value])
+                                    [Turn(question, answer)], masks=[label == value])
 
     def _class_of(self, value: int) -> str | None:
         """Name of the class a pixel value denotes, ``None`` for ignored values.

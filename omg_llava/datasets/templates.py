@@ -1,67 +1,79 @@
-"""Question and answer templates of the segmentation datasets (spec §8.4).
+"""Question and answer templates of the segmentation datasets: the released code's lists, verbatim (spec §8.4,
+``shared/spec/prompts.md``).
 
-The answer format is the reference's: the segmented phrase between ``<p>``/``</p>`` followed by ``[SEG]``
-(``"<p> {Sentence} </p> [SEG]."``). The question lists are this project's own wording; only their role and the
-GCG questions' closing instruction follow the spec.
+The strings are data the released weights were trained on, typos ("the this image") and missing final
+punctuation included. The reference writes the GCG questions as ``<image>`` + question; the chat template then
+puts ``<image>\\n`` in front of the first question (spec §5.4), which :func:`omg_llava.utils.conversation.
+encode_conversation` does for every first question, so the lists here hold the question text only.
 """
 from __future__ import annotations
 
 from omg_llava.utils.constants import PHRASE_END, PHRASE_START, SEG_TOKEN
 
-_INTERLEAVED = 'Please respond with interleaved segmentation masks for the corresponding parts of the answer.'
-
-#: Grounded-caption (GCG) questions: a caption whose grounded phrases each carry a [SEG].
+#: Grounded-caption (GCG) questions of the training data (``gcg_process.py``): one drawn per sample.
 GCG_QUESTIONS = (
-    f'Can you describe this image in a few sentences? {_INTERLEAVED}',
-    f'What is going on in this picture? Answer briefly. {_INTERLEAVED}',
-    f'Write a short caption for the scene shown here. {_INTERLEAVED}',
-    f'Briefly tell me what you can see in the image. {_INTERLEAVED}',
-    f'Give a concise summary of what this photo shows. {_INTERLEAVED}',
-    f'Could you describe the main contents of the picture? {_INTERLEAVED}',
+    'Could you please give me a detailed description of the image? Please respond with interleaved segmentation '
+    'masks for the corresponding parts of the answer.',
+    'Can you provide a thorough description of the this image? Please output with interleaved segmentation masks '
+    'for the corresponding phrases.',
+    'Please describe in detail the contents of the image. Please respond with interleaved segmentation masks for '
+    'the corresponding parts of the answer.',
+    'Could you give a comprehensive explanation of what can be found within this picture? Please output with '
+    'interleaved segmentation masks for the corresponding phrases.',
+    'Could you give me an elaborate explanation of this picture? Please respond with interleaved segmentation '
+    'masks for the corresponding phrases.',
+    'Could you provide me with a detailed analysis of this photo? Please output with interleaved segmentation '
+    'masks for the corresponding parts of the answer.',
 )
 
-#: Semantic segmentation: ``{class_name}`` is the category, as written in the class list.
-SEMANTIC_SEG_QUESTIONS = (
+#: Segmentation questions; ``{class_name}`` is the lower-cased category (semantic segmentation) or referring
+#: sentence (referring segmentation). The reference's two lists (``semantic_seg_process.py``,
+#: ``referring_seg_process.py``) are identical.
+SEG_QUESTIONS = (
     'Can you segment the {class_name} in this image?',
-    'Please segment the {class_name} in this image.',
-    'What is the {class_name} in this image? Please respond with a segmentation mask.',
-    'Where is the {class_name} in this picture? Please output a segmentation mask.',
-    'Could you give me a mask of the {class_name} in the image?',
-    'Highlight all pixels that belong to the {class_name}.',
-    'Show me where the {class_name} appears in this photo, as a segmentation mask.',
-    'Mark the region covered by the {class_name} in this image.',
-    'Which part of the picture is {class_name}? Answer with a mask.',
-    'Find the {class_name} in the image and segment it.',
-    'I am looking for the {class_name}. Can you outline it with a mask?',
-    'Produce a segmentation mask for the category "{class_name}".',
-    'Separate the {class_name} from the rest of the image.',
-    'Please outline every area of {class_name} in this picture.',
-    'Locate the {class_name} here and give its segmentation.',
-    'Segment {class_name} in this photo, please.',
+    'Please segment {class_name} in this image.',
+    'What is {class_name} in this image? Please respond with segmentation mask.',
+    'What is {class_name} in this image? Please output segmentation mask.',
+    'Can you segment the {class_name} in this image',
+    'Please segment {class_name} in this image',
+    'What is {class_name} in this image? Please respond with segmentation mask',
+    'What is {class_name} in this image? Please output segmentation mask',
+    'Could you provide a segmentation mask for the {class_name} in this image?',
+    'Please identify and segment the {class_name} in this image.',
+    'Where is the {class_name} in this picture? Please respond with a segmentation mask.',
+    'Can you highlight the {class_name} in this image with a segmentation mask?',
+    'Could you provide a segmentation mask for the {class_name} in this image',
+    'Please identify and segment the {class_name} in this image',
+    'Where is the {class_name} in this picture? Please respond with a segmentation mask',
+    'Can you highlight the {class_name} in this image with a segmentation mask',
+)
+SEMANTIC_SEG_QUESTIONS = SEG_QUESTIONS
+REFERRING_SEG_QUESTIONS = SEG_QUESTIONS
+
+#: The plain answers (``ANSWER_LIST``): used when a dataset is built with ``gcg_format=False``.
+SEG_ANSWERS = (
+    'It is [SEG].',
+    'Sure, [SEG].',
+    'Sure, it is [SEG].',
+    'Sure, the segmentation result is [SEG].',
+    '[SEG].',
 )
 
-#: Referring segmentation: ``{sentence}`` is the referring expression.
-REFERRING_SEG_QUESTIONS = (
-    'Please segment {sentence} in this image.',
-    'Can you segment {sentence} in this image?',
-    'What is {sentence} in this picture? Please respond with a segmentation mask.',
-    'Where is {sentence}? Please output a segmentation mask.',
-    'Could you give me a mask of {sentence}?',
-    'Find {sentence} in the image and segment it.',
-    'Highlight {sentence} with a segmentation mask.',
-    'Which object is {sentence}? Answer with its mask.',
-)
+#: The GCG-format answer (``ANSWER_LIST_GCG_FORMAT``), the one the released finetune mixture uses.
+GCG_FORMAT_ANSWER = f'{PHRASE_START} {{}} {PHRASE_END} {SEG_TOKEN}.'
 
 
-def capitalise_first(text: str) -> str:
-    """Upper-case the first character only (``'the man on the left'`` → ``'The man on the left'``; unlike
-    :meth:`str.capitalize`, the rest is kept as is)."""
-    return text[:1].upper() + text[1:]
+def seg_question(template: str, phrase: str) -> str:
+    """A segmentation question about ``phrase``: the template with the stripped, lower-cased phrase."""
+    return template.format(class_name=phrase.strip().lower())
 
 
 def seg_answer(phrase: str) -> str:
-    """The answer that segments one phrase: ``"<p> {Phrase} </p> [SEG]."`` (first letter capitalised)."""
-    return f'{PHRASE_START} {capitalise_first(phrase.strip())} {PHRASE_END} {SEG_TOKEN}.'
+    """The GCG-format answer that segments one phrase, ``"<p> {Phrase} </p> [SEG]."``, the phrase written as the
+    reference writes it: stripped, ``.lower().capitalize()`` (``'The man. '`` → ``'The man.'``,
+    ``'region2'`` → ``'Region2'``)."""
+    return GCG_FORMAT_ANSWER.format(phrase.strip().lower().capitalize())
 
 
-__all__ = ['GCG_QUESTIONS', 'SEMANTIC_SEG_QUESTIONS', 'REFERRING_SEG_QUESTIONS', 'capitalise_first', 'seg_answer']
+__all__ = ['GCG_QUESTIONS', 'SEG_QUESTIONS', 'SEMANTIC_SEG_QUESTIONS', 'REFERRING_SEG_QUESTIONS', 'SEG_ANSWERS',
+           'GCG_FORMAT_ANSWER', 'seg_question', 'seg_answer']

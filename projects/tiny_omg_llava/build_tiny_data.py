@@ -414,7 +414,7 @@ def write_coco2014(w: _Writer, scenes: list[Scene], rng: random.Random) -> dict[
         # Osprey: up to MAX_REGIONS objects as regions.
         picked = sorted(rng.sample(range(len(anns)), min(MAX_REGIONS, len(anns))))
         regions = [dict(bbox=anns[j]['bbox'], segmentation=anns[j]['segmentation']) for j in picked]
-        entry = dict(id=image_id, file_name=file_name, height=H, width=W, annotations=regions)
+        entry = dict(id=image_id, file_name=file_name, height=H, width=W, annotation=regions)
         descriptions.append(dict(entry, description=[
             f'<region{r + 1}>: {region_description(scene, scene.instances[j])}' for r, j in enumerate(picked)]))
         a, b = scene.instances[picked[0]], scene.instances[picked[-1]]

@@ -521,7 +521,7 @@ def _write_train_sources(w: _Writer, scene: Scene, n: int, image_path: str, entr
     rows['grandf_gcg'].append(dict(file_name=grandf_name, caption=text, groundings={
         text[s:e]: dict(token_positives=[s, e], rle_masks=[anns[i]['segmentation']]) for s, e, i in spans}))
 
-    entry = dict(entry, annotations=[dict(bbox=a['bbox'], segmentation=a['segmentation']) for a in anns])
+    entry = dict(entry, annotation=[dict(bbox=a['bbox'], segmentation=a['segmentation']) for a in anns])
     rows['osprey_detail_description'].append(dict(entry, description=[
         f'<region{r}>: {region_description(scene, r - 1)}' for r in range(1, len(anns) + 1)]))
     rows['osprey_conversation'].append(dict(entry, conversations=_messages(region_conversation(scene, rng))))

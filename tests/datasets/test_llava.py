@@ -7,10 +7,11 @@ from PIL import Image
 from skimage import data as skdata
 
 from omg_llava.assets import TINY_TOKENIZER_DIR
-from omg_llava.datasets.llava import LLaVADataset
+from omg_llava.datasets.llava import LLaVADataset, has_turn, llava_turns, remove_image_token
 from omg_llava.inference.image_io import preprocess_image
 from omg_llava.models.llm import InternLM2Tokenizer
 from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from omg_llava.utils.conversation import Turn
 
 SIZE = 64
 
@@ -34,9 +35,9 @@ ROWS = [
     # 2: missing image file
     {'id': 'c', 'image': 'photos/absent.png', 'conversations': [
         message('human', '<image>\nDescribe.'), message('gpt', 'A cat.')]},
-    # 3: odd number of messages
+    # 3: a question without answer: no turn, left out when loading (as xtuner's empty-conversation filter)
     {'id': 'd', 'image': 'photos/cat.png', 'conversations': [message('human', '<image>\nHi')]},
-    # 4: roles out of order
+    # 4: a gpt message then a question: the gpt message is dropped, no turn is left (left out too)
     {'id': 'e', 'image': 'photos/cat.png', 'conversations': [
         message('gpt', 'A cat.'), message('human', '<image>\nDescribe.')]},
     # 5: empty answer
@@ -46,7 +47,12 @@ ROWS = [
     {'id': 'g', 'image': 'photos/cat.png', 'conversations': [
         message('human', 'Write a terse but informative summary of the picture.\n<image>'),
         message('gpt', 'a tabby cat looking at the camera')]},
+    # 7: unknown role
+    {'id': 'h', 'image': 'photos/cat.png', 'conversations': [
+        message('human', '<image>\nDescribe.'), message('system', 'Be brief.'), message('gpt', 'A cat.')]},
 ]
+#: indices of ROWS kept by the loader (rows 3 and 4 hold no human -> gpt turn)
+KEPT = [0, 1, 2, 5, 6, 7]
 
 
 @pytest.fixture(scope='module')
@@ -110,18 +116,20 @@ def test_text_only_row(dataset, tokenizer):
 
 
 def test_malformed_rows_are_skipped_and_counted(dataset, tokenizer):
+    assert [r['id'] for r in dataset.records] == [ROWS[i]['id'] for i in KEPT]
     caption = encode(tokenizer, 'a tabby cat looking at the camera<|im_end|>')
-    for index in (2, 3, 4, 5):  # each bad row, in turn, falls through to row 6
+    for index in (2, 3):  # rows 2 and 5: each falls through to row 6
         assert answer_spans(dataset[index]['labels']) == [caption]
-    assert sum(dataset.skipped.values()) == 4 + 3 + 2 + 1
-    assert dataset.skipped == {'image not found': 1, 'conversation is not human/gpt pairs': 2,
-                               'message out of order': 3, 'empty message': 4}
+    assert sum(dataset.skipped.values()) == 2 + 1
+    assert dataset.skipped == {'image not found': 1, 'empty question or answer': 2}
+    assert answer_spans(dataset[5]['labels'])[0] == encode(tokenizer, 'Coffee with latte art.<|im_end|>')  # row 7
+    assert dataset.skipped['message is not human/gpt with a text value'] == 1  # wrapped round to row 0
 
 
 def test_modality_length(dataset):
     lengths = dataset.modality_length
-    assert len(lengths) == len(dataset) == len(ROWS)
-    for row, length in zip(ROWS, lengths):
+    assert len(lengths) == len(dataset) == len(KEPT)
+    for row, length in zip([ROWS[i] for i in KEPT], lengths):
         chars = sum(len(m['value']) for m in row['conversations'])
         assert length == (chars // 4 if 'image' in row else -(chars // 4))
     assert lengths[1] < 0 < lengths[0]
@@ -129,10 +137,41 @@ def test_modality_length(dataset):
 
 def test_pretrain_caption_is_deterministic(llava_files, tokenizer):
     path, root = llava_files
-    a = LLaVADataset(str(path), str(root), tokenizer, image_size=SIZE, seed=1)[6]
-    b = LLaVADataset(str(path), str(root), tokenizer, image_size=SIZE, seed=2)[6]
+    a = LLaVADataset(str(path), str(root), tokenizer, image_size=SIZE, seed=1)[4]
+    b = LLaVADataset(str(path), str(root), tokenizer, image_size=SIZE, seed=2)[4]
     assert torch.equal(a['input_ids'], b['input_ids']) and torch.equal(a['labels'], b['labels'])
     assert torch.equal(a['pixel_values'], b['pixel_values'])
+
+
+def test_turns_as_the_reference_map_builds_them():
+    """xtuner's llava_map_fn rules on a mix665k-shaped row: a leading gpt message is dropped and the rest kept;
+    the question holding <image> is stripped, later questions and every answer are kept as written; consecutive
+    questions are joined; a final question without answer is dropped."""
+    row = {'id': '000000215677', 'image': 'coco/train2017/000000215677.jpg', 'conversations': [
+        message('gpt', 'Hello! Ask me about the picture.'),
+        message('human', '<image>\nWhat is the man holding? '),
+        message('gpt', ' He is holding an umbrella.\n'),
+        message('human', ' Why? '), message('human', 'Explain.'),
+        message('gpt', 'It is raining. '),
+        message('human', 'Anything else?')]}
+    assert llava_turns(row['conversations'], 'row') == [
+        Turn('What is the man holding?', ' He is holding an umbrella.\n'),
+        Turn(' Why? Explain.', 'It is raining. ')]
+    assert has_turn(row['conversations'])
+    assert not has_turn([message('gpt', 'A.'), message('human', 'B?')])
+    assert remove_image_token(' <image>\n Hi ') == 'Hi' and remove_image_token(' Hi ') == ' Hi '
+
+
+def test_answers_and_later_questions_keep_their_spaces(tmp_path, tokenizer, llava_files):
+    _, root = llava_files
+    rows = [{'id': 'x', 'image': 'photos/cat.png', 'conversations': [
+        message('gpt', 'Hi.'), message('human', '<image>\nDescribe.'), message('gpt', ' A cat. '),
+        message('human', ' And the colour? '), message('gpt', 'Grey.')]}]
+    path = tmp_path / 'rows.json'
+    path.write_text(json.dumps(rows))
+    item = LLaVADataset(str(path), str(root), tokenizer, image_size=SIZE)[0]
+    assert answer_spans(item['labels']) == [encode(tokenizer, ' A cat. <|im_end|>'), encode(tokenizer, 'Grey.<|im_end|>')]
+    assert contains(item['input_ids'].tolist(), encode(tokenizer, '<|im_start|>user\n And the colour? <|im_end|>'))
 
 
 def test_truncation_to_max_length(llava_files, tokenizer):

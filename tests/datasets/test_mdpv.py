@@ -85,3 +85,54 @@ def test_point_dataset_skips_malformed_rows(tmp_path, coffee_image, tokenizer):
     assert torch.equal(ds[1]['input_ids'], ds[0]['input_ids'])
     assert sum(ds.skipped.values()) == 5
     assert any('outside' in reason for reason in ds.skipped)
+
+
+# Rows as the MDPV files ship them: `image` carries the annotators' folders, marks are written `<Mark k>`.
+def real_row(image: str) -> dict:
+    return {'id': 'gpt4v_vg_QA_point_17', 'image': image, 'points': [[300.0, 120.0], [45.0, 390.0]],
+            'conversations': [{'from': 'human', 'value': '<image>\nWhat is at <Mark 1>? '},
+                              {'from': 'gpt', 'value': '<Mark 1> is a cup of coffee. '},
+                              {'from': 'human', 'value': ' And <Mark 2>?'},
+                              {'from': 'gpt', 'value': 'The <table> edge at <Mark 2>.'}]}
+
+
+def test_image_basename_and_text_rewriting(tmp_path, tokenizer):
+    folder = tmp_path / 'coco2014' / 'train2014'
+    folder.mkdir(parents=True)
+    Image.fromarray(COFFEE).save(folder / 'COCO_train2014_000000000042.jpg')
+    row = real_row('/mnt/data/cocostuff-10k/images/COCO_train2014_000000000042.jpg')
+    ds = MDPVPointDataset(dump(tmp_path / 'gpt4v_cocostuff_10k_QA_point.json', [row]), str(folder), tokenizer,
+                          image_size=S)
+    conversation = ds.build_conversation(ds.records[0], random.Random(0))
+    assert conversation.image_path == str(folder / 'COCO_train2014_000000000042.jpg')
+    # first question: marks preamble + text without brackets (stripped); later texts lose brackets only
+    assert conversation.turns == [
+        Turn('There are some marks: Mark 1 <mark>, Mark 2 <mark>.\nWhat is at Mark 1?', 'Mark 1 is a cup of coffee. '),
+        Turn(' And Mark 2?', 'The table edge at Mark 2.')]
+    assert ds[0]['points'].shape == (2, 2) and not ds.skipped
+
+
+def test_visual_genome_images_fall_back_to_vg_100k_2(tmp_path, tokenizer):
+    vg = tmp_path / 'llava_images' / 'vg'
+    (vg / 'VG_100K').mkdir(parents=True)
+    (vg / 'VG_100K_2').mkdir()
+    Image.fromarray(COFFEE).save(vg / 'VG_100K' / '1.jpg')
+    Image.fromarray(COFFEE).save(vg / 'VG_100K_2' / '2.jpg')
+    rows = [real_row('vg/VG_100K/1.jpg'), real_row('VG_100K_2/2.jpg'), real_row('vg/3.jpg')]
+    ds = MDPVPointDataset(dump(tmp_path / 'gpt4v_vg_QA_point.json', rows), str(vg / 'VG_100K'), tokenizer,
+                          image_size=S)
+    paths = [ds.build_conversation(r, random.Random(0)).image_path for r in ds.records]
+    assert paths == [str(vg / 'VG_100K' / '1.jpg'), str(vg / 'VG_100K_2' / '2.jpg'), str(vg / 'VG_100K' / '3.jpg')]
+    assert ds[1]['points'].shape == (2, 2)
+    ds[2]
+    assert ds.skipped == {'image not found': 1}  # named at its VG_100K path
+    other = MDPVPointDataset(dump(tmp_path / 'gpt4v_ade20k_QA_point.json', rows[1:2]), str(vg / 'VG_100K').replace(
+        'VG_100K', 'images'), tokenizer, image_size=S)
+    assert other.image_path('VG_100K_2/2.jpg').endswith('images/2.jpg')  # no fallback outside a VG folder
+
+
+def test_rows_without_a_turn_are_left_out(tmp_path, coffee_image, tokenizer):
+    no_answer = entry(coffee_image, conversations=[{'from': 'human', 'value': '<image>\nDescribe <Mark 1>.'}])
+    ds = MDPVPointDataset(dump(tmp_path / 'gpt4v_brief_point.json', [entry(coffee_image), no_answer]),
+                          str(tmp_path), tokenizer, image_size=S)
+    assert len(ds) == 1

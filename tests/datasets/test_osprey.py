@@ -77,7 +77,7 @@ def dump(path, data) -> str:
 
 def caption_entry(file_name: str, count: int = 5) -> dict:
     return {'id': 1, 'file_name': file_name, 'height': H, 'width': W,
-            'annotations': [{'bbox': [0, 0, 1, 1], 'segmentation': polygons(INSTANCES[i])}
+            'annotation': [{'bbox': [0, 0, 1, 1], 'segmentation': polygons(INSTANCES[i])}
                             for i in REGION_INSTANCES[:count]],
             'description': DESCRIPTIONS[:count]}
 
@@ -116,18 +116,19 @@ def test_region_caption_sample_content(tmp_path, voc_image, tokenizer):
 def test_region_caption_skips_malformed_rows(tmp_path, voc_image, tokenizer):
     good = caption_entry(voc_image, count=2)
     mismatch = dict(good, description=DESCRIPTIONS[:1])
-    bad_polygon = dict(good, annotations=[{'segmentation': [[10.0, 10.0, 20.0, 20.0]]}] * 2)
+    bad_polygon = dict(good, annotation=[{'segmentation': [[10.0, 10.0, 20.0, 20.0]]}] * 2)
     missing = dict(good, file_name='absent.jpg')
     ds = OspreyRegionCaptionDataset(dump(tmp_path / 'detail.json', [good, mismatch, bad_polygon, missing]),
                                     str(tmp_path), tokenizer, image_size=S)
+    assert len(ds) == 3  # the row with fewer descriptions than regions is left out when loading, as the reference
     assert torch.equal(ds[1]['input_ids'], ds[0]['input_ids'])
-    assert sum(ds.skipped.values()) == 3
+    assert sum(ds.skipped.values()) == 2
     assert 'bad polygon segmentation' in ds.skipped and 'image not found' in ds.skipped
 
 
 def conversation_entry(file_name: str, **changes) -> dict:
     entry = {'id': 7, 'file_name': file_name, 'height': H, 'width': W,
-             'annotations': [{'segmentation': polygons(INSTANCES[9])},
+             'annotation': [{'segmentation': polygons(INSTANCES[9])},
                              {'segmentation': rle(INSTANCES[12])},
                              {'segmentation': polygons(INSTANCES[0])}],
              'conversations': [{'from': 'gpt', 'value': 'Hello.'},
@@ -160,8 +161,74 @@ def test_region_conversation_skips_malformed_rows(tmp_path, voc_image, tokenizer
                                                            {'from': 'gpt', 'value': 'No.'}])
     out_of_order = conversation_entry(voc_image, conversations=[{'from': 'human', 'value': 'Hi <region1>'},
                                                                 {'from': 'human', 'value': 'Hi again'}])
-    no_regions = conversation_entry(voc_image, annotations=[])
+    no_regions = conversation_entry(voc_image, annotation=[])
     ds = OspreyRegionConversationDataset(dump(tmp_path / 'conv.json', [good, too_far, out_of_order, no_regions]),
                                          str(tmp_path), tokenizer, image_size=S)
+    assert len(ds) == 2  # no turn (two questions, no answer) and no regions: left out when loading
     assert torch.equal(ds[1]['input_ids'], ds[0]['input_ids'])
-    assert sum(ds.skipped.values()) == 3
+    assert sum(ds.skipped.values()) == 1
+
+
+# Rows as osprey_detail_description.json / osprey_conversation.json ship them (Osprey-724K): the regions under
+# "annotation", COCO polygons, "<regionN>" tags in the descriptions, LLaVA-style messages.
+DETAIL_ROW = {
+    'id': 319, 'file_name': 'COCO_train2014_000000000319.jpg', 'height': H, 'width': W,
+    'annotation': [{'bbox': [10.0, 20.0, 30.0, 40.0], 'segmentation': None, 'area': 1200.0, 'category_id': 44},
+                   {'bbox': [50.0, 20.0, 30.0, 40.0], 'segmentation': None, 'area': 900.0, 'category_id': 67}],
+    'description': ['<region1>: A green bottle with a white label, standing next to <region2>. ',
+                    '<region2>: A wooden table.']}
+CONVERSATION_ROW = {
+    'id': 'vg_2345', 'file_name': 'COCO_train2014_000000000319.jpg', 'height': H, 'width': W,
+    'annotation': [{'bbox': [10.0, 20.0, 30.0, 40.0], 'segmentation': None},
+                   {'bbox': [50.0, 20.0, 30.0, 40.0], 'segmentation': None}],
+    'conversations': [{'from': 'human', 'value': 'What is the object in <region1> used for?'},
+                      {'from': 'gpt', 'value': 'The bottle in <region1> holds a drink.\n'},
+                      {'from': 'human', 'value': ' Is it on <regin2>? '},
+                      {'from': 'gpt', 'value': 'Yes, it stands on the table <region2>.'}]}
+
+
+def real_rows(file_name: str) -> tuple[dict, dict]:
+    detail, conversation = json.loads(json.dumps(DETAIL_ROW)), json.loads(json.dumps(CONVERSATION_ROW))
+    for row in (detail, conversation):
+        row['file_name'] = file_name
+        for ann, instance in zip(row['annotation'], REGION_INSTANCES):
+            ann['segmentation'] = polygons(INSTANCES[instance])
+    return detail, conversation
+
+
+def test_real_osprey_rows_load(tmp_path, voc_image, tokenizer):
+    detail, conversation = real_rows(voc_image)
+    caption = OspreyRegionCaptionDataset(dump(tmp_path / 'osprey_detail_description.json', [detail]),
+                                         str(tmp_path), tokenizer, image_size=S)
+    turns = caption.build_conversation(caption.records[0], random.Random(0)).turns
+    # fewer than 3 regions: all, in file order; every tag becomes that region's name, the text is kept as written
+    assert [t.answer for t in turns[:2]] == ['region1: A green bottle with a white label, standing next to region1. ',
+                                            'region2: A wooden table.']
+    assert turns[2].answer in ('<p> Region1 </p> [SEG].', '<p> Region2 </p> [SEG].')
+    assert caption[0]['regions'].shape == (2, S, S) and not caption.skipped
+    talk = OspreyRegionConversationDataset(dump(tmp_path / 'osprey_conversation.json', [conversation]),
+                                           str(tmp_path), tokenizer, image_size=S)
+    assert talk.build_conversation(talk.records[0], random.Random(0)).turns == [
+        Turn('There are some regions: region1 <region>, region2 <region>.\nWhat is the object in region1 used for?',
+             'The bottle in region1 holds a drink.\n'),
+        Turn(' Is it on region2? ', 'Yes, it stands on the table region2.')]
+    assert talk[0]['regions'].shape == (2, S, S) and not talk.skipped
+
+
+def test_caption_draws_three_regions_of_many(tmp_path, voc_image, tokenizer):
+    ds = OspreyRegionCaptionDataset(dump(tmp_path / 'detail.json', [caption_entry(voc_image)]), str(tmp_path),
+                                    tokenizer, image_size=S)
+    orders = set()
+    for seed in range(20):
+        turns = ds.build_conversation(ds.records[0], random.Random(seed)).turns
+        assert len(turns) == 4
+        starts = [d.split(': ')[1][:12] for d in DESCRIPTIONS]
+        orders.add(tuple(starts.index(t.answer.split(': ')[1][:12]) for t in turns[:3]))
+    assert len(orders) > 5 and any(list(o) != sorted(o) for o in orders)  # random regions, random order
+
+
+def test_annotations_spelling_is_named_in_the_error(tmp_path, voc_image, tokenizer):
+    detail, conversation = real_rows(voc_image)
+    detail['annotations'] = detail.pop('annotation')
+    with pytest.raises(ValueError, match="'annotations'.*'annotation'"):
+        OspreyRegionCaptionDataset(dump(tmp_path / 'detail.json', [detail]), str(tmp_path), tokenizer, image_size=S)

@@ -15,7 +15,7 @@ from skimage import data as skdata
 
 from omg_llava.assets import TINY_TOKENIZER_DIR
 from omg_llava.datasets.refer_seg import ReferSegDataset, load_refs
-from omg_llava.datasets.templates import REFERRING_SEG_QUESTIONS
+from omg_llava.datasets.templates import REFERRING_SEG_QUESTIONS, SEG_ANSWERS
 from omg_llava.inference.image_io import SquareGeometry
 from omg_llava.models.llm import InternLM2Tokenizer
 from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, SEG_TOKEN
@@ -61,8 +61,8 @@ class Refer:
         self.refs.append(dict(ref_id=len(self.refs), ann_id=ann_id, image_id=image_id, split=split, category_id=1,
                               sentences=[dict(sent=s, raw=s, tokens=s.split(), sent_id=0) for s in sentences]))
         if split == 'train' and all(self.masks.get(a) is not None for a in ann_ids):
-            for s in sentences:  # keyed as the dataset cleans them
-                key = ' '.join(s.split()).rstrip('. ')
+            for s in sentences:  # keyed as the questions write them: stripped, lower-cased
+                key = s.strip().lower()
                 self.sentence_to_mask[key] = np.logical_or.reduce([self.masks[a] for a in ann_ids])
 
     def write(self, folder, split_by='unc'):
@@ -102,7 +102,7 @@ def refer(tmp_path_factory):
     refer.add_image(2, 'coffee.jpg', *shape)
     refer.add_ann(200, 2, [rectangle(100, 50, 300, 200)], box_mask(shape, 100, 50, 300, 200))
     refer.add_ann(201, 2, [rectangle(400, 300, 500, 380)], box_mask(shape, 400, 300, 500, 380))
-    refer.add_ref(2, 200, ['cup on the left side.'])  # trailing full stop is dropped
+    refer.add_ref(2, 200, ['Cup on the LEFT side.'])  # lower-cased in the question, .capitalize()d, '.' kept
     refer.add_ref(2, 201, ['saucer in the bottom right', '  '])  # the blank sentence is not used
 
     # image 3: chelsea, one ref pointing at two annotations (union)
@@ -167,12 +167,12 @@ def check_item(item, tokenizer, refer, original_size, turns):
     prompt = tokenizer.decode([i for i, lab in zip(item['input_ids'].tolist(), item['labels'].tolist())
                                if lab == IGNORE_INDEX and i >= 0])
     for sentence, mask in zip(sentences, item['masks']):
-        assert sentence[0].isupper()
-        source = sentence[0].lower() + sentence[1:]
-        assert source in prompt  # the question names the object as the annotation wrote it
+        assert sentence == sentence.lower().capitalize()
+        source = sentence.lower()
+        assert source in prompt  # the question names the object lower-cased
         expected = geometry.masks_to_input(torch.from_numpy(refer.sentence_to_mask[source])[None])[0]
         assert torch.equal(mask, expected.to(torch.uint8))
-    assert len(set(sentences)) == turns  # distinct objects per conversation
+    assert len(set(sentences)) == turns  # distinct sentences per conversation
     return sentences
 
 
@@ -194,7 +194,7 @@ def test_voc_image_three_turns_with_their_masks(refer, tokenizer):
 def test_polygons_and_sentence_cleaning(refer, tokenizer):
     item = make(refer, tokenizer)[1]
     sentences = check_item(item, tokenizer, refer[1], skdata.coffee().shape[:2], turns=2)
-    assert sorted(sentences) == ['Cup on the left side', 'Saucer in the bottom right']
+    assert sentences == ['Cup on the left side.', 'Saucer in the bottom right']  # fewer than 3: all, in order
 
 
 def test_ref_with_several_annotations_gets_their_union(refer, tokenizer):
@@ -229,7 +229,7 @@ def test_questions_come_from_the_templates(refer, tokenizer):
     ds = make(refer, tokenizer)
     conversation = ds.build_conversation(ds.records[0], random.Random(0))
     for turn in conversation.turns:
-        assert any(re.fullmatch(re.escape(t).replace(re.escape('{sentence}'), '.+'), turn.question)
+        assert any(re.fullmatch(re.escape(t).replace(re.escape('{class_name}'), '.+'), turn.question)
                    for t in REFERRING_SEG_QUESTIONS)
 
 
@@ -256,3 +256,57 @@ def test_missing_files_and_empty_split(refer, tokenizer):
         make(refer, tokenizer, split_by='google')
     with pytest.raises(ValueError, match="no refs of split 'testB'"):
         make(refer, tokenizer, split='testB')
+
+
+def one_image_refer(tmp_path, refs):
+    """A REFER folder (refs pickled as REFER ships them) with the coffee photo and two box annotations."""
+    shape = skdata.coffee().shape[:2]
+    (tmp_path / 'images').mkdir()
+    Image.fromarray(skdata.coffee()).save(tmp_path / 'images' / 'COCO_train2014_000000000001.jpg')
+    refer = Refer()
+    refer.add_image(1, 'COCO_train2014_000000000001.jpg', *shape)
+    refer.add_ann(10, 1, [rectangle(100, 50, 300, 200)], box_mask(shape, 100, 50, 300, 200))
+    refer.add_ann(11, 1, [rectangle(400, 300, 500, 380)], box_mask(shape, 400, 300, 500, 380))
+    for ann_id, sentences in refs:
+        refer.add_ref(1, ann_id, sentences)
+    refer.write(tmp_path / 'refcocog', split_by='umd')
+    return refer
+
+
+def test_reference_sampling_draws_three_of_all_sentences(tmp_path, tokenizer):
+    """The released sampling: 3 sentences drawn from all sentences of the image (so one object may come twice),
+    each turn answered with its ref's mask; 'refs' sampling takes one sentence of each distinct ref instead."""
+    refer = one_image_refer(tmp_path, [(10, ['the white cup.', 'A Cup On A Saucer', 'cup at the left']),
+                                       (11, ['the small saucer'])])
+    args = dict(dataset='refcocog', split_by='umd', image_size=SIZE, max_length=1024)
+    ds = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, **args)
+    seen = set()
+    for seed in range(12):
+        conversation = ds.build_conversation(ds.records[0], random.Random(seed))
+        assert len(conversation.turns) == 3
+        for turn, mask in zip(conversation.turns, conversation.masks):
+            sentence = re.fullmatch(r'<p> (.*) </p> \[SEG\]\.', turn.answer).group(1)
+            assert sentence == sentence.lower().capitalize() and sentence.lower() in turn.question
+            assert np.array_equal(mask, refer.sentence_to_mask[sentence.lower()])
+            seen.add(sentence)
+        if len({m.sum() for m in conversation.masks}) == 1:
+            seen.add('three turns on the cup')
+    assert {'The white cup.', 'A cup on a saucer', 'The small saucer', 'three turns on the cup'} <= seen
+    per_ref = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, sampling='refs', **args)
+    conversation = per_ref.build_conversation(per_ref.records[0], random.Random(0))
+    assert len(conversation.turns) == 2 and conversation.masks[0].sum() != conversation.masks[1].sum()
+
+
+def test_plain_answers_and_own_questions(tmp_path, tokenizer):
+    one_image_refer(tmp_path, [(10, ['the cup'])])
+    args = dict(dataset='refcocog', split_by='umd', image_size=SIZE, max_length=1024)
+    plain = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, gcg_format=False, **args)
+    answers = {plain.build_conversation(plain.records[0], random.Random(s)).turns[0].answer for s in range(40)}
+    assert answers == set(SEG_ANSWERS)
+    own = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, questions=['Find {class_name}!'],
+                          **args)
+    assert own.build_conversation(own.records[0], random.Random(0)).turns[0].question == 'Find the cup!'
+    with pytest.raises(ValueError, match='class_name'):
+        ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, questions=['Find {sentence}'], **args)
+    with pytest.raises(ValueError, match='sampling'):
+        ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, sampling='images', **args)

@@ -12,7 +12,7 @@ from skimage import data as skdata
 
 from omg_llava.assets import TINY_TOKENIZER_DIR
 from omg_llava.datasets.semantic_seg import SemanticSegDataset, read_class_names
-from omg_llava.datasets.templates import SEMANTIC_SEG_QUESTIONS
+from omg_llava.datasets.templates import SEG_ANSWERS, SEMANTIC_SEG_QUESTIONS
 from omg_llava.inference.image_io import SquareGeometry
 from omg_llava.models.llm import InternLM2Tokenizer
 from omg_llava.utils.constants import IGNORE_INDEX, SEG_TOKEN
@@ -173,3 +173,18 @@ def test_bad_arguments(ade, tokenizer, tmp_path):
         make((ade[0], tmp_path / 'absent', ade[2]), tokenizer)
     with pytest.raises(ValueError, match='no .png'):
         make((ade[0], tmp_path, ade[2]), tokenizer)
+
+
+def test_class_written_as_the_reference_and_plain_answers(ade, tokenizer, tmp_path):
+    """The question names the class lower-cased, the GCG-format answer `.lower().capitalize()`s it; with
+    gcg_format=False the answer is one of the released plain answers."""
+    images, labels, _ = ade
+    names = [n.upper() for n in VOC_NAMES[1:]]  # upper-case names: 'BIRD', 'CAR', ...
+    ds = SemanticSegDataset(str(images), str(labels), names, tokenizer, kind='ade20k', image_size=SIZE)
+    (turn, ) = ds.build_conversation(ds.records[1], random.Random(0)).turns
+    name = re.fullmatch(r'<p> (.*) </p> \[SEG\]\.', turn.answer).group(1)
+    assert name in ('Bird', 'Car') and name.lower() in turn.question and name.upper() not in turn.question
+    plain = SemanticSegDataset(str(images), str(labels), names, tokenizer, kind='ade20k', image_size=SIZE,
+                               gcg_format=False)
+    answers = {plain.build_conversation(plain.records[1], random.Random(s)).turns[0].answer for s in range(40)}
+    assert answers == set(SEG_ANSWERS)
