@@ -24,6 +24,8 @@ from omg_llava.assets import TINY_SYNTHETIC_LLM_DIR
 
 from omg_llava.datasets.mdpv import MDPVPointDataset
 from omg_llava.datasets.osprey import OspreyRegionConversationDataset
+from omg_llava.datasets.tiny_templates import TINY_GCG_QUESTIONS
+from omg_llava.datasets.tiny_templates import TINY_REFERRING_SEG_QUESTIONS
 
 with read_base():
     from .omg_llava_tiny_finetune import *  # noqa: F401,F403
@@ -87,15 +89,17 @@ model.llm = dict(type=InternLM2ForCausalLM.from_pretrained, pretrained_model_nam
 #                      PART 3  Dataset & Dataloader                   #
 #######################################################################
 common = dict(tokenizer=tokenizer, image_size=image_size, max_length=max_length)
+# The committed default was trained on the project's former question lists and one-sentence-per-object sampling
+# (omg_llava/datasets/tiny_templates.py); the 7B configs use the released code's lists and sampling.
 refer = dict(type=ReferSegDataset, data_root=data_root + 'ref_seg/', dataset='refcoco', split_by='unc',
-             image_folder=coco2014_train, **common)
+             image_folder=coco2014_train, sampling='refs', questions=TINY_REFERRING_SEG_QUESTIONS, **common)
 train_dataset = dict(
     type=CombinedDataset,
     datasets=[
         refer,
         dict(refer, seed=1),  # referring segmentation is the measured task: twice, other expression draws
         dict(type=GranDfGCGDataset, annotation_file=data_root + 'glamm_data/annotations/GranDf_HA_GCG_train.json',
-             image_folder=glamm_images + 'grandf/train/', **common),
+             image_folder=glamm_images + 'grandf/train/', questions=TINY_GCG_QUESTIONS, **common),
         dict(type=OspreyRegionConversationDataset,
              annotation_file=data_root + 'region_caption/osprey/osprey_conversation.json',
              image_folder=coco2014_train, **common),
