@@ -153,9 +153,10 @@ class FilePages:
 
     A mapped file's pages, once read, count in the process's resident memory until the mapping goes away;
     releasing each tensor's pages right after it was copied or merged keeps a large checkpoint from ever being
-    resident as a whole. Only pages inside the file's own private mappings are touched (a later read fetches
-    them from disk again), so this is safe for any tensor; elsewhere (no ``/proc/self/maps``, other systems)
-    it does nothing.
+    resident as a whole. Only pages inside the file's own mappings are touched, and a later access reads them
+    from the file again (for a shared mapping, from the page cache with any writes kept), so this is safe for any
+    tensor that was not modified in place through a private mapping. Elsewhere (no ``/proc/self/maps``) it does
+    nothing.
     """
 
     MADV_DONTNEED = 4
@@ -178,13 +179,13 @@ class FilePages:
 
 
 def _mapped_ranges(path: str) -> list[tuple[int, int]]:
-    """Address ranges of the private (``p``) mappings of ``path`` in this process."""
+    """Address ranges of the mappings of ``path`` in this process."""
     ranges = []
     try:
         with open('/proc/self/maps') as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
-                if len(fields) == 6 and fields[5].rstrip('\n') == path and fields[1].endswith('p'):
+                if len(fields) == 6 and fields[5].rstrip('\n') == path:
                     lo, hi = fields[0].split('-')
                     ranges.append((int(lo, 16), int(hi, 16)))
     except OSError:

@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--pth', help='released-format OMG-LLaVA checkpoint; default: the committed one for the '
                         'default config, none (random projectors) for any other')
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
-    parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
+    parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='bf16',
                         help='dtype of the LLM and projectors (the visual encoder stays fp32)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the weights the files do not cover')
     parser.add_argument('--trust-checkpoint', action='store_true',

@@ -83,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group('model')
     model.add_argument('--device', default='cpu', help='torch device: cpu, cuda, cuda:1 ... (default cpu)')
     model.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'),
-                       help='LLM and projector dtype (default fp32 on CPU, bf16 on GPU)')
+                       help='LLM and projector dtype (default bf16; fp32 needs twice the memory)')
+    model.add_argument('--keep-lora', action='store_true',
+                       help='keep the LoRA adapters instead of merging them into the LLM weights (slower, '
+                            'more memory; to compare)')
     quant = model.add_mutually_exclusive_group()
     quant.add_argument('--load-in-4bit', action='store_true',
                        help='NF4 LLM via bitsandbytes (GPU only); without this or --load-in-8bit the LLM is '
@@ -136,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
     if quantization != 'none' and device_type != 'cuda':
         raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but --device is '
                          f'{args.device}; drop the flag to run the LLM unquantized in --dtype')
-    dtype = args.dtype or ('fp32' if device_type == 'cpu' else 'bf16')
+    dtype = args.dtype or 'bf16'
     weights = args.pth or 'none: random weights'
     _log(f'[1/2] building {args.config} on {args.device} ({dtype}, LLM quantization {quantization}); '
          f'OMG-LLaVA weights: {weights} ...')
@@ -145,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
         chat, notes = OMGLLaVAChat.from_config(
             args.config, pth=args.pth, device=args.device, dtype=dtype, seed=args.seed,
             weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth, clip=args.clip_pth,
-            class_embed=args.class_embed_pth, quantization=quantization)
+            class_embed=args.class_embed_pth, quantization=quantization, merge_lora=not args.keep_lora)
     except (FileNotFoundError, ValueError, KeyError, ImportError, CheckpointError) as exc:
         raise UsageError(str(exc).strip('"')) from exc
     for note in notes:

@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('config', help='the OMG-LLaVA config the checkpoint was trained with')
     parser.add_argument('--pth', required=True, help='released-format checkpoint (pretrain, finetune or task finetune)')
     parser.add_argument('--out', required=True, help='export folder to create')
-    parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
-                        help='dtype of the saved LLM and projectors (the merge itself runs in float32)')
+    parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='bf16',
+                        help='dtype of the LLM (built directly in it), its merged LoRA and the projectors (default '
+                             'bf16, the released LLM\'s own dtype; the merge arithmetic runs in float32)')
     parser.add_argument('--device', default='cpu', help='torch device for the merge, e.g. cpu or cuda')
     parser.add_argument('--seed', type=int, default=0, help='seed of the random encoder when the config names no files')
     parser.add_argument('--trust-checkpoint', action='store_true',
@@ -36,14 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         model, _, notes = build_model(args.config, pth=args.pth, device=args.device, seed=args.seed,
-                                      weights_only=not args.trust_checkpoint)
+                                      dtype=args.dtype, weights_only=not args.trust_checkpoint)
         for note in notes:
             print(f'  {note}')
         out = export_merged_model(model, args.out, config_path=args.config, dtype=args.dtype)
     except (CheckpointError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1
-    merged = 'LoRA merged' if model.has_lora else 'no LoRA to merge'
+    merged = 'LoRA merged' if any('merged' in note for note in notes) else 'no LoRA to merge'
     print(f'exported {args.config} + {args.pth} to {out} ({merged}, {args.dtype}, '
           f'{time.perf_counter() - start:.1f}s)')
     return 0

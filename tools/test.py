@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--out-dir', help='default work_dirs/test/<task>_<dataset>_<split>/')
     parser.add_argument('--device', help='torch device (default cuda if available, else cpu)')
     parser.add_argument('--dtype', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
-                        help='LLM/projector dtype (auto: fp32 on CPU; on GPU bf16, or fp16 with --load-in-4bit/8bit, '
+                        help='LLM/projector dtype (auto: bf16, or fp16 with --load-in-4bit/8bit on GPU, '
                              'the reference\'s compute dtype); the visual encoder stays fp32')
     quant = parser.add_mutually_exclusive_group()
     quant.add_argument('--load-in-4bit', action='store_true',
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         _fail(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but the device is {device}; drop the '
               'flag to run the LLM unquantized in --dtype')
     dtype = args.dtype if args.dtype != 'auto' else \
-        'fp32' if not device.startswith('cuda') else 'fp16' if quantization != 'none' else 'bf16'
+        'fp16' if quantization != 'none' else 'bf16'
     split = load_split(args.task, args.data_root, args.dataset, args.split, args.image_folder, args.split_by)
     out_dir = args.out_dir or os.path.join('work_dirs', 'test', f'{args.task}_{args.dataset}_{args.split}')
     try:

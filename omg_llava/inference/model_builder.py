@@ -98,7 +98,7 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     notes += load_encoder_weights_or_random(model.visual_encoder, weights, seed=seed, weights_only=weights_only)
     if pth:
         report = load_released_checkpoint(model, pth, weights_only=weights_only, lora=lora if merge else None)
-        merged = sum('.lora_' in k for k in report.loaded)
+        merged = sum('.lora_' in k for k in report.loaded) if merge else 0
         notes.append(f'OMG-LLaVA weights: {pth} ({len(report.loaded)} tensors'
                      + (f'; {merged // 2} LoRA pairs merged into the LLM)' if merged else ')'))
     else:
@@ -238,8 +238,8 @@ def ensure_fits(estimate: MemoryEstimate, device: str, dtype: str, available: in
     if need <= available:
         return
     size = DTYPES[dtype].itemsize
-    parts = [f'LLM {estimate.llm * size / GB:.1f} GB in {dtype}', f'visual encoder {estimate.encoder * 4 / GB:.1f} GB',
-             f'working memory {WORKING_BYTES / GB:.1f} GB']
+    parts = [f'LLM {estimate.llm * size / GB:.1f} GB in {dtype}', f'projectors {estimate.projectors * size / GB:.1f} GB',
+             f'visual encoder {estimate.encoder * 4 / GB:.1f} GB', f'working memory {WORKING_BYTES / GB:.1f} GB']
     if estimate.lora:
         parts.insert(1, f'unmerged LoRA {estimate.lora * size / GB:.1f} GB')
     if dtype == 'fp32':

@@ -142,7 +142,6 @@ def merge_lora_(peft_llm: nn.Module) -> nn.Module:
         merge_lora_delta_(layer.weight.data, module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight, scale)
         parent_path, _, name = path.rpartition('.')
         setattr(base.get_submodule(parent_path) if parent_path else base, name, layer)
-    for attr in ('peft_config', '_hf_peft_config_loaded'):
-        if hasattr(base, attr):
-            delattr(base, attr)
+    for attr in ('peft_config', '_hf_peft_config_loaded'):  # instance flags peft may have set on the base
+        base.__dict__.pop(attr, None)
     return base
