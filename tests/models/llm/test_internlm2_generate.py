@@ -1,12 +1,16 @@
-"""InternLM2 KV cache and generate(): cached decoding equals full recomputation; padding; peft LoRA wrapping."""
+"""InternLM2 KV cache and generate() on the installed transformers (4.48 … 5.x): cached decoding equals full
+recomputation under either cache argument name; padding; peft LoRA wrapping."""
 from __future__ import annotations
 
+import copy
+
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers.cache_utils import DynamicCache
 
 from omg_llava.models.llm import InternLM2Config, InternLM2ForCausalLM
-from omg_llava.models.llm.internlm2.modeling import causal_attention_bias
+from omg_llava.models.llm.internlm2.modeling import CACHE_FIELD, causal_attention_bias
 
 NEW_TOKENS = 8
 
@@ -35,18 +39,72 @@ def greedy_without_cache(model, embeds: torch.Tensor) -> torch.Tensor:
     return torch.stack(new, dim=1)
 
 
+def cache_of(output):
+    """The cache of a model output, under the field name of the installed transformers."""
+    return getattr(output, CACHE_FIELD)
+
+
 def test_forward_with_cache_equals_forward_without():
     model, ids = tiny_model(), torch.randint(0, 128, (2, 12))
     with torch.no_grad():
-        full = model(ids, use_cache=False).logits
+        full = model(ids, use_cache=False)
         first = model(ids[:, :7], use_cache=True)
-        assert isinstance(first.past_key_values, DynamicCache)
-        rest = model(ids[:, 7:], past_key_values=first.past_key_values).logits
-        legacy = model(ids[:, :7], use_cache=True, past_key_values=None).past_key_values.to_legacy_cache()
-        rest_legacy = model(ids[:, 7:], past_key_values=legacy)
-    torch.testing.assert_close(torch.cat([first.logits, rest], dim=1), full, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(rest_legacy.logits, rest, atol=1e-6, rtol=1e-6)
-    assert isinstance(rest_legacy.past_key_values, tuple) and rest_legacy.past_key_values[0][0].shape[2] == 12
+        cache = cache_of(first)
+        assert isinstance(cache, DynamicCache) and cache.get_seq_length() == 7
+        rest = model(ids[:, 7:], cache=cache).logits  # the transformers 5.x argument name
+        assert cache_of(full) is None and cache.get_seq_length() == 12
+        again = cache_of(model(ids[:, :7], use_cache=True))
+        rest_old_name = model(ids[:, 7:], past_key_values=again).logits  # the 4.x name
+    torch.testing.assert_close(torch.cat([first.logits, rest], dim=1), full.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rest_old_name, rest, atol=0, rtol=0)
+
+
+def test_cache_position_gives_the_past_length():
+    model, ids = tiny_model(), torch.randint(0, 128, (1, 10))
+    with torch.no_grad():
+        cache = cache_of(model(ids[:, :6], use_cache=True))
+        by_cache = model(ids[:, 6:], cache=copy.deepcopy(cache)).logits
+        by_position = model(ids[:, 6:], cache=cache, cache_position=torch.arange(6, 10)).logits
+        # a cache_position that disagrees with the cache is what the model follows (the rotary positions move)
+        shifted = model(ids[:, 6:], cache=cache_of(model(ids[:, :6], use_cache=True)),
+                        cache_position=torch.arange(6, 10), position_ids=torch.arange(16, 20)[None]).logits
+    torch.testing.assert_close(by_position, by_cache, atol=0, rtol=0)
+    assert (shifted - by_cache).abs().max() > 1e-4
+
+
+def test_legacy_tuple_caches_and_two_cache_names_are_refused():
+    model, ids = tiny_model(), torch.randint(0, 128, (1, 4))
+    layer = (torch.zeros(1, 2, 3, 16), torch.zeros(1, 2, 3, 16))
+    with pytest.raises(ValueError, match='legacy tuple caches are not supported'):
+        model(ids, past_key_values=(layer, layer))
+    with pytest.raises(ValueError, match='either cache or past_key_values'):
+        model(ids, cache=DynamicCache(), past_key_values=DynamicCache())
+
+
+class PaddedCache(DynamicCache):
+    """A cache that hands back a fixed-length key/value buffer (like a static cache)."""
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        pad = torch.zeros(*key.shape[:2], 32 - key.shape[2], key.shape[3])
+        return torch.cat([key, pad], dim=2), torch.cat([value, pad], dim=2)
+
+
+def test_a_fixed_length_cache_is_named_in_a_clear_error():
+    model = tiny_model()
+    with pytest.raises(ValueError, match='caches that grow with the sequence.*PaddedCache'):
+        model(torch.randint(0, 128, (1, 4)), cache=PaddedCache())
+
+
+def test_boolean_4d_mask_equals_the_2d_padding_mask():
+    model, ids = tiny_model(), torch.randint(0, 128, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, :2] = 0
+    allowed = torch.ones(7, 7, dtype=torch.bool).tril()[None, None] & mask[:, None, None, :].bool()  # (2, 1, 7, 7)
+    with torch.no_grad():
+        from_2d = model(ids, attention_mask=mask).logits
+        from_4d = model(ids, attention_mask=allowed).logits
+    torch.testing.assert_close(from_4d[:, 2:], from_2d[:, 2:], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(from_4d[1], from_2d[1], atol=1e-6, rtol=1e-6)
 
 
 def test_greedy_generate_with_and_without_cache():
@@ -119,3 +177,13 @@ def test_left_padding_in_half_precision_stays_finite():
         with torch.no_grad():
             logits = model(ids, attention_mask=mask).logits
         assert torch.isfinite(logits).all(), implementation
+
+
+def test_left_padded_inputs_embeds_batch_equals_single_runs():
+    model = tiny_model()
+    short, long = torch.randn(1, 3, 64), torch.randn(1, 7, 64)
+    batch = torch.cat([torch.cat([torch.zeros(1, 4, 64), short], dim=1), long])  # (2, 7, 64), row 0 left-padded
+    mask = (torch.arange(7) >= torch.tensor([[4], [0]])).long()
+    batched = gen(model, inputs_embeds=batch, attention_mask=mask)
+    assert torch.equal(batched[0], gen(model, inputs_embeds=short)[0])
+    assert torch.equal(batched[1], greedy_without_cache(model, long)[0])

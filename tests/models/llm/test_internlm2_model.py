@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from omg_llava.models.llm import InternLM2Config, InternLM2ForCausalLM
+from omg_llava.models.llm.internlm2.configuration import STANDARDIZED_ROPE, RopeSettings, rope_settings
 from omg_llava.models.llm.internlm2.rope import rotary_cos_sin
 
 from conftest import fixture_paths, read_key_manifest
@@ -30,14 +31,55 @@ def test_config_defaults_are_internlm2_chat_7b_and_rope_scaling_is_validated():
     cfg = InternLM2Config()
     assert (cfg.vocab_size, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers) == (92544, 4096, 14336, 32)
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.max_position_embeddings) == (32, 8, 32768)
-    assert cfg.rope_scaling == {'type': 'dynamic', 'factor': 2.0} and cfg.rope_theta == 1e6
+    assert rope_settings(cfg) == RopeSettings(theta=1e6, type='dynamic', factor=2.0)
     assert (cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id, cfg.bias) == (2, 1, 2, False)
     assert cfg._attn_implementation == 'eager' and not cfg.tie_word_embeddings
-    assert InternLM2Config(rope_scaling=None).rope_scaling is None
-    assert InternLM2Config(rope_scaling={'type': 'linear', 'factor': 4}).rope_scaling['type'] == 'linear'
-    for bad in ({'type': 'yarn', 'factor': 2.0}, {'type': 'dynamic'}, {'type': 'linear', 'factor': 0.5}, 'dynamic'):
+    assert rope_settings(InternLM2Config(rope_scaling=None)) == RopeSettings(theta=1e6)
+    assert rope_settings(InternLM2Config(rope_scaling={'type': 'linear', 'factor': 4})).type == 'linear'
+    for bad in ({'type': 'yarn', 'factor': 2.0}, {'type': 'dynamic'}, {'type': 'linear', 'factor': 0.5}, 'dynamic',
+                {'type': 'dynamic', 'factor': 2.0, 'beta_fast': 32}):
         with pytest.raises(ValueError, match='rope_scaling'):
             InternLM2Config(rope_scaling=bad)
+    with pytest.raises(ValueError, match='rope_parameters'):
+        InternLM2Config(rope_parameters={'rope_type': 'dynamic', 'factor': 1.0})
+    with pytest.raises(ValueError, match='rope_theta'):
+        InternLM2Config(rope_theta=-1.0)
+
+
+def test_rope_settings_are_stored_the_way_the_installed_transformers_does():
+    cfg = InternLM2Config(rope_theta=5e5, rope_scaling={'type': 'linear', 'factor': 3.0})
+    saved = cfg.to_dict()
+    if STANDARDIZED_ROPE:  # transformers 5.x: one rope_parameters dict, rope_scaling is its alias
+        assert cfg.rope_parameters == {'rope_type': 'linear', 'factor': 3.0, 'rope_theta': 5e5}
+        assert cfg.rope_scaling is cfg.rope_parameters and saved['rope_parameters'] == cfg.rope_parameters
+    else:  # transformers 4.x: rope_theta plus the released rope_scaling form
+        assert (cfg.rope_theta, cfg.rope_scaling) == (5e5, {'type': 'linear', 'factor': 3.0})
+        assert (saved['rope_theta'], saved['rope_scaling']) == (5e5, {'type': 'linear', 'factor': 3.0})
+
+
+@pytest.mark.parametrize('spelling', [
+    dict(rope_theta=1e6, rope_scaling={'type': 'dynamic', 'factor': 2.0}),  # released config.json, transformers 4.x
+    dict(rope_theta=1e6, rope_scaling={'rope_type': 'dynamic', 'factor': 2.0}),
+    dict(rope_scaling={'rope_type': 'dynamic', 'factor': 2.0, 'rope_theta': 1e6}),
+    dict(rope_parameters={'rope_type': 'dynamic', 'factor': 2.0, 'rope_theta': 1e6}),  # transformers 5.x
+    dict(rope_theta=7.0, rope_scaling=None, rope_parameters={'rope_type': 'dynamic', 'factor': 2, 'rope_theta': 1e6}),
+])
+def test_old_and_new_rope_spellings_give_the_same_settings_and_tables(spelling):
+    cfg = tiny_config(max_position_embeddings=16, **spelling)
+    assert rope_settings(cfg) == RopeSettings(theta=1e6, type='dynamic', factor=2.0)
+    reference = tiny_config(max_position_embeddings=16)
+    positions = torch.arange(24)[None]  # beyond max_position_embeddings: the dynamic base is in use
+    torch.testing.assert_close(rotary_cos_sin(positions, cfg, torch.float32),
+                               rotary_cos_sin(positions, reference, torch.float32), atol=0, rtol=0)
+    assert rope_settings(InternLM2Config.from_dict(cfg.to_dict())) == rope_settings(cfg)
+
+
+def test_default_rope_in_the_new_spelling_has_no_scaling():
+    cfg = tiny_config(rope_parameters={'rope_type': 'default', 'rope_theta': 100.0})
+    assert rope_settings(cfg) == RopeSettings(theta=100.0)
+    torch.testing.assert_close(rotary_cos_sin(torch.arange(10)[None], cfg, torch.float32),
+                               rotary_cos_sin(torch.arange(10)[None], tiny_config(rope_theta=100.0, rope_scaling=None),
+                                              torch.float32), atol=0, rtol=0)
 
 
 def test_tiny_parameter_names_and_shapes():

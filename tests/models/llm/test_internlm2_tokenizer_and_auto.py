@@ -99,6 +99,17 @@ def test_added_tokens_get_consecutive_ids_and_split_the_text(sp_file, sp):
     assert tok.decode(expected[1:], spaces_between_special_tokens=False) == text
 
 
+def test_decode_sets_added_tokens_apart_on_every_transformers_version(sp_file, sp):
+    tok = InternLM2Tokenizer(str(sp_file))
+    tok.add_tokens(OMG_TOKENS, special_tokens=True)
+    ids = [121] + sp.encode('the cat') + [122, 120] + sp.encode('.')  # <p> the cat </p> [SEG] .
+    assert tok.decode(ids) == '<p> the cat </p> [SEG] .'  # the spacing transformers 4.x slow tokenizers gave
+    assert tok.decode(ids, spaces_between_special_tokens=False) == '<p>the cat</p>[SEG].'
+    # named special tokens and pieces of the sentencepiece model (the chat markers) are not set apart
+    assert tok.decode([1, 3] + sp.encode('user') + [4]) == '<s><|im_start|> user<|im_end|>'
+    assert tok.decode([1] + ids, skip_special_tokens=True) == 'the cat .'  # added special tokens dropped too
+
+
 def test_chat_markers_from_the_folder_config_split_like_the_reference(tmp_path, sp_file, sp):
     write_folder(tmp_path, sp_file, 'bin')
     tok = AutoTokenizer.from_pretrained(tmp_path)

@@ -6,10 +6,16 @@ Parameter names equal the released ``internlm2-chat-7b`` checkpoint keys (``mode
 OMG-LLaVA LoRA checkpoints load without renaming. Written from the architecture description, not from the hub's
 remote code. Numerics follow the early-2024 remote-code revision with eager attention: fp32 RMSNorm, fp32
 softmax, rotate-half RoPE with dynamic-NTK or linear scaling, logits returned in fp32.
+
+Runs on transformers 4.48 through 5.x with the Cache API only (no legacy tuple caches): the cache comes in as
+``cache`` (the 5.x name) or ``past_key_values`` (the 4.x name), the number of cached tokens is read from
+``cache_position`` when ``generate`` passes it (4.x) and from the cache object otherwise (5.x), and the outputs carry
+the cache under the field name of the installed transformers.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +27,25 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration import InternLM2Config
 from .rope import apply_rotary, rotary_cos_sin
+
+# Name of the cache field of the model outputs: ``cache`` from transformers 5.x on, ``past_key_values`` before.
+CACHE_FIELD = 'cache' if 'cache' in {f.name for f in fields(BaseModelOutputWithPast)} else 'past_key_values'
+
+
+def resolve_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The one cache passed under either name.
+
+    Raises:
+        ValueError: both names are given, or the cache is not a transformers ``Cache`` (legacy tuple caches are
+            not supported: wrap them with ``DynamicCache`` on transformers 4.x, or let ``generate`` build the cache).
+    """
+    if cache is not None and past_key_values is not None:
+        raise ValueError('pass the KV cache as either cache or past_key_values, not both')
+    cache = cache if cache is not None else past_key_values
+    if cache is not None and not isinstance(cache, Cache):
+        raise ValueError(f'the KV cache must be a transformers Cache (e.g. DynamicCache), got {type(cache).__name__}; '
+                         'legacy tuple caches are not supported')
+    return cache
 
 
 class InternLM2RMSNorm(nn.Module):
@@ -93,6 +118,10 @@ class InternLM2Attention(nn.Module):
         query, key = apply_rotary(query, cos, sin), apply_rotary(key, cos, sin)
         if past_key_value is not None:
             key, value = past_key_value.update(key, value, self.layer_idx)  # (B, nKV, S_past + S, hd)
+            if attention_bias is not None and key.shape[-2] != attention_bias.shape[-1]:
+                raise ValueError(f'the cache returned {key.shape[-2]} keys for {attention_bias.shape[-1]} past + '
+                                 f'current tokens; InternLM2 supports caches that grow with the sequence '
+                                 f'(DynamicCache), not {type(past_key_value).__name__}')
         key = key.repeat_interleave(self.q_per_kv, dim=1)  # (B, nH, S_kv, hd): head h <- group h // q_per_kv
         value = value.repeat_interleave(self.q_per_kv, dim=1)
 
@@ -135,7 +164,8 @@ def causal_attention_bias(attention_mask: Tensor | None, cache_position: Tensor,
 
     Args:
         attention_mask: (B, kv_len) with 1 for real tokens and 0 for padding, or None (no padding).
-            A 4-D float mask is taken to be additive already and returned unchanged.
+            A 4-D float mask is taken to be additive already and returned cast to ``dtype``; a 4-D boolean mask
+            (True = attend) is turned into the additive form.
         cache_position: (S,) absolute index of each query token in the key sequence.
         kv_len: number of keys (past + current).
 
@@ -144,6 +174,9 @@ def causal_attention_bias(attention_mask: Tensor | None, cache_position: Tensor,
         padding), ``finfo(dtype).min`` elsewhere. Rows with no visible key are left fully open.
     """
     if attention_mask is not None and attention_mask.dim() == 4:
+        if attention_mask.dtype == torch.bool:
+            bias = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+            return bias.masked_fill(~attention_mask, torch.finfo(dtype).min)
         return attention_mask.to(dtype)
     allowed = torch.arange(kv_len, device=cache_position.device)[None, :] <= cache_position[:, None]  # (S, kv)
     allowed = allowed[None, None].expand(batch, 1, -1, -1)
@@ -204,38 +237,41 @@ class InternLM2Model(InternLM2PreTrainedModel):
         self.tok_embeddings = value
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                position_ids: Tensor | None = None, past_key_values: Cache | tuple | None = None,
+                position_ids: Tensor | None = None, past_key_values: Cache | None = None,
                 inputs_embeds: Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, cache_position: Tensor | None = None,
+                return_dict: bool | None = None, cache_position: Tensor | None = None, cache: Cache | None = None,
                 **kwargs) -> BaseModelOutputWithPast | tuple:
         """Run the decoder on (B, S) ``input_ids`` or (B, S, D) ``inputs_embeds``.
 
         ``attention_mask`` is (B, S_past + S) with 0 on padding; ``position_ids`` (B, S) default to the cache
-        positions. ``hidden_states`` (when requested) holds L + 1 tensors (B, S, D): the embeddings, the outputs
-        of layers 0 … L−2, and the final RMSNorm of the last layer's output (= ``last_hidden_state``).
+        positions. ``cache`` (or its 4.x name ``past_key_values``) is a transformers ``Cache``, updated in place;
+        with ``use_cache`` and no cache a ``DynamicCache`` is started. ``cache_position`` (S,) gives the absolute
+        index of each token; without it the tokens follow the ``cache.get_seq_length()`` cached ones.
+        ``hidden_states`` (when requested) holds L + 1 tensors (B, S, D): the embeddings, the outputs of layers
+        0 … L−2, and the final RMSNorm of the last layer's output (= ``last_hidden_state``).
         """
         cfg = self.config
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
         use_cache = cfg.use_cache if use_cache is None else use_cache
-        return_dict = cfg.use_return_dict if return_dict is None else return_dict
+        return_dict = cfg.return_dict if return_dict is None else return_dict
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError('pass exactly one of input_ids and inputs_embeds')
+        cache = resolve_cache(cache, past_key_values)
         if self.gradient_checkpointing and self.training:
             use_cache = False  # recomputation and an incrementally filled cache do not mix
-        legacy_cache = past_key_values is not None and not isinstance(past_key_values, Cache)
-        if legacy_cache:
-            past_key_values = DynamicCache.from_legacy_cache(past_key_values)
-        elif use_cache and past_key_values is None:
-            past_key_values = DynamicCache()
+        if use_cache and cache is None:
+            cache = DynamicCache()
         if inputs_embeds is None:
             inputs_embeds = self.tok_embeddings(input_ids)  # (B, S, D)
 
         batch, seq_len = inputs_embeds.shape[:2]
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         if cache_position is None:
+            past_len = cache.get_seq_length() if cache is not None else 0
             cache_position = torch.arange(past_len, past_len + seq_len, device=inputs_embeds.device)
+        else:
+            past_len = int(cache_position[0]) if cache_position.numel() else 0
         if position_ids is None:
             position_ids = cache_position[None].expand(batch, -1)
         attention_bias = causal_attention_bias(attention_mask, cache_position, past_len + seq_len, batch,
@@ -251,19 +287,15 @@ class InternLM2Model(InternLM2PreTrainedModel):
                 hidden_states, probs = self._gradient_checkpointing_func(
                     layer.__call__, hidden_states, cos, sin, attention_bias, None, output_attentions)
             else:
-                hidden_states, probs = layer(hidden_states, cos, sin, attention_bias, past_key_values,
-                                             output_attentions)
+                hidden_states, probs = layer(hidden_states, cos, sin, attention_bias, cache, output_attentions)
             if output_attentions:
                 all_attentions += (probs,)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden += (hidden_states,)
 
-        next_cache = past_key_values if use_cache else None
-        if legacy_cache and next_cache is not None:
-            next_cache = next_cache.to_legacy_cache()
         output = BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=next_cache,
+            last_hidden_state=hidden_states, **{CACHE_FIELD: cache if use_cache else None},
             hidden_states=all_hidden if output_hidden_states else None,
             attentions=all_attentions if output_attentions else None)
         return output if return_dict else output.to_tuple()
@@ -272,7 +304,9 @@ class InternLM2Model(InternLM2PreTrainedModel):
 class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
     """:class:`InternLM2Model` plus the untied LM head ``output``; works with ``generate()`` and peft."""
 
-    _tied_weights_keys = ['output.weight']
+    # {tied parameter: its source}, used only when ``config.tie_word_embeddings`` (False for InternLM2); transformers
+    # 5.x reads this mapping, 4.x iterates its keys.
+    _tied_weights_keys = {'output.weight': 'model.tok_embeddings.weight'}
 
     def __init__(self, config: InternLM2Config) -> None:
         super().__init__(config)
@@ -300,27 +334,27 @@ class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
         self.model = decoder
 
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
-                position_ids: Tensor | None = None, past_key_values: Cache | tuple | None = None,
+                position_ids: Tensor | None = None, past_key_values: Cache | None = None,
                 inputs_embeds: Tensor | None = None, labels: Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
-                return_dict: bool | None = None, cache_position: Tensor | None = None,
+                return_dict: bool | None = None, cache_position: Tensor | None = None, cache: Cache | None = None,
                 **kwargs) -> CausalLMOutputWithPast | tuple:
         """Logits (B, S, V) in fp32; with (B, S) ``labels`` also the next-token cross-entropy.
 
         The loss is the mean over positions whose shifted label is not −100 (``labels[:, 1:]`` against
         ``logits[:, :-1]``), computed in fp32. Other arguments as in :meth:`InternLM2Model.forward`.
         """
-        return_dict = self.config.use_return_dict if return_dict is None else return_dict
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
-                             output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-                             return_dict=True, cache_position=cache_position)
+                             inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+                             output_hidden_states=output_hidden_states, return_dict=True,
+                             cache_position=cache_position, cache=resolve_cache(cache, past_key_values))
         logits = self.output(outputs.last_hidden_state).float()  # (B, S, V)
         loss = None
         if labels is not None:
             shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
             shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
             loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
-        output = CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values,
+        output = CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
                                         hidden_states=outputs.hidden_states, attentions=outputs.attentions)
         return output if return_dict else output.to_tuple()

@@ -9,20 +9,19 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .configuration import InternLM2Config
+from .configuration import InternLM2Config, RopeSettings, rope_settings
 
 
-def rope_base(theta: float, head_dim: int, rope_scaling: dict | None, max_position_embeddings: int,
-              seq_len: int) -> float:
+def rope_base(rope: RopeSettings, head_dim: int, max_position_embeddings: int, seq_len: int) -> float:
     """RoPE base for a sequence that needs ``seq_len`` positions.
 
     Dynamic NTK (beyond ``max_position_embeddings`` only):
     ``θ · (factor · seq_len / max_pos − (factor − 1)) ** (head_dim / (head_dim − 2))``; otherwise θ.
     """
-    if rope_scaling is None or rope_scaling['type'] != 'dynamic' or seq_len <= max_position_embeddings:
-        return theta
-    factor = rope_scaling['factor']
-    return theta * ((factor * seq_len / max_position_embeddings) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    if rope.type != 'dynamic' or seq_len <= max_position_embeddings:
+        return rope.theta
+    factor = rope.factor
+    return rope.theta * ((factor * seq_len / max_position_embeddings) - (factor - 1)) ** (head_dim / (head_dim - 2))
 
 
 def rope_inv_freq(base: float, head_dim: int, device: torch.device | None = None) -> Tensor:
@@ -36,17 +35,17 @@ def rotary_cos_sin(position_ids: Tensor, config: InternLM2Config, dtype: torch.d
 
     Args:
         position_ids: (B, S) integer positions.
-        config: supplies ``rope_theta``, ``rope_scaling``, ``max_position_embeddings`` and the head size.
+        config: supplies the RoPE settings (:func:`rope_settings`), ``max_position_embeddings`` and the head size.
     """
     head_dim = config.hidden_size // config.num_attention_heads
-    scaling = config.rope_scaling
-    base = config.rope_theta
-    if scaling is not None and scaling['type'] == 'dynamic':
+    rope = rope_settings(config)
+    base = rope.theta
+    if rope.type == 'dynamic':
         needed = int(position_ids.max()) + 1 if position_ids.numel() else 0  # positions 0 … max must fit
-        base = rope_base(config.rope_theta, head_dim, scaling, config.max_position_embeddings, needed)
+        base = rope_base(rope, head_dim, config.max_position_embeddings, needed)
     positions = position_ids.float()
-    if scaling is not None and scaling['type'] == 'linear':
-        positions = positions / scaling['factor']
+    if rope.type == 'linear':
+        positions = positions / rope.factor
     freqs = positions[..., None] * rope_inv_freq(base, head_dim, position_ids.device)  # (B, S, hd / 2)
     angles = torch.cat((freqs, freqs), dim=-1)  # (B, S, hd)
     return angles.cos().to(dtype), angles.sin().to(dtype)

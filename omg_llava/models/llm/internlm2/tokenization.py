@@ -4,6 +4,10 @@ Ids are the sentencepiece piece ids (``<unk>`` 0, ``<s>`` 1, ``</s>`` 2; the cha
 ``<|im_end|>`` are user-defined pieces 92543 / 92542). Added tokens (OMG-LLaVA's ``[SEG]``, ``<p>``, ``</p>``,
 ``<region>``, ``<mark>``) get consecutive ids after the sentencepiece vocabulary and are split out of the text by
 transformers' added-token trie before sentencepiece sees the rest.
+
+Decoding gives the same text on transformers 4.x and 5.x (5.x dropped the slow tokenizers' spacing of added
+tokens): added tokens are set apart by single spaces unless ``spaces_between_special_tokens=False``, so an answer
+reads ``<p> The cat </p> [SEG] .`` as the released model's tokenizer wrote it.
 """
 from __future__ import annotations
 
@@ -91,6 +95,34 @@ class InternLM2Tokenizer(PreTrainedTokenizer):
             else:
                 run.append(token)
         return text + self.sp_model.decode(run)
+
+    def _set_apart_tokens(self) -> set[str]:
+        """Added tokens beyond the sentencepiece vocabulary, other than the named special tokens."""
+        named = {str(t) for t in (self.bos_token, self.eos_token, self.unk_token, self.pad_token) if t is not None}
+        return {t for t, i in self.added_tokens_encoder.items() if i >= self.vocab_size} - named
+
+    def _decode(self, token_ids: int | list[int], skip_special_tokens: bool = False,
+                clean_up_tokenization_spaces: bool | None = None, spaces_between_special_tokens: bool = True,
+                **kwargs: Any) -> str:
+        """Ids → text: runs of pieces are sentencepiece-decoded; added tokens (``[SEG]``, ``<p>``, …) stand apart,
+        joined to their neighbours by one space when ``spaces_between_special_tokens`` (the default)."""
+        tokens = self.convert_ids_to_tokens(token_ids, skip_special_tokens=skip_special_tokens)
+        tokens = [tokens] if isinstance(tokens, str) else tokens
+        apart, pieces, run = self._set_apart_tokens(), [], []
+        for token in tokens:
+            if token in apart:
+                if run:
+                    pieces.append(self.convert_tokens_to_string(run))
+                    run = []
+                pieces.append(token)
+            else:
+                run.append(token)
+        if run:
+            pieces.append(self.convert_tokens_to_string(run))
+        text = (' ' if spaces_between_special_tokens else '').join(pieces)
+        clean_up = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None \
+            else clean_up_tokenization_spaces
+        return self.clean_up_tokenization(text) if clean_up else text
 
     # -- special tokens ------------------------------------------------------------------------------------
     def _wrap(self, ids: list[int]) -> list[int]:
