@@ -26,11 +26,14 @@ PARTS = ('visual_encoder', 'pretrain', 'finetune', 'full')
 
 def _meta_llm(llm_cfg: dict) -> dict:
     """The config's LLM as a ``from_config`` build: the folder's ``config.json`` when it exists, else the
-    InternLM2-chat-7B defaults (no weights, no quantisation)."""
+    InternLM2-chat-7B defaults (no weights, no quantisation). An LLM built from an inline ``config`` (the tiny
+    configs) is built as written."""
     from transformers import AutoModelForCausalLM
 
     from omg_llava.models.llm import InternLM2Config
     path = llm_cfg.get('pretrained_model_name_or_path')
+    if path is None and 'config' in llm_cfg:
+        return dict(llm_cfg)
     if path and os.path.isfile(os.path.join(path, 'config.json')):
         from transformers import AutoConfig
         config = AutoConfig.from_pretrained(path)
