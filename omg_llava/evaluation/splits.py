@@ -342,4 +342,5 @@ def load_split(task: str, data_root: str, dataset: str, split: str, image_folder
     return cls(data_root, dataset, split, image_folder)
 
 
-__all__ = ['RefSegSplit', 'GCGSplit', 'RegionCaptionSplit', 'RegionQASplit', 'load_split', 'rle_of', 'TASKS', 'DEFAULT_IMAGE_FOLDERS']
+__all__ = ['RefSegSplit', 'GCGSplit', 'RegionCaptionSplit', 'RegionQASplit', 'load_split', 'rle_of', 'TASKS',
+           'DEFAULT_IMAGE_FOLDERS']
