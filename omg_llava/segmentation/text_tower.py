@@ -109,7 +109,7 @@ def text_config_from_open_clip(state_dict: Mapping[str, Tensor], *, num_heads: i
         max_position_embeddings=int(state_dict['positional_embedding'].shape[0]),
         projection_dim=int(state_dict['text_projection'].shape[1]), hidden_act='gelu', layer_norm_eps=1e-5,
         bos_token_id=int(vocab) - 2, eos_token_id=int(eos_token_id if eos_token_id is not None else vocab - 1),
-        pad_token_id=0)
+        pad_token_id=0, attn_implementation='eager')  # plain softmax attention, the same on every torch build
 
 
 def load_text_tower(path: str | os.PathLike | Mapping[str, Tensor], *, num_heads: int | None = None,
@@ -131,7 +131,6 @@ def load_text_tower(path: str | os.PathLike | Mapping[str, Tensor], *, num_heads
     state_dict = dict(source) if source is not None else unwrap_state_dict(read_weights(name, weights_only=weights_only),
                                                                           name)
     config = text_config_from_open_clip(state_dict, num_heads=num_heads)
-    config._attn_implementation = 'eager'  # plain softmax attention: the same arithmetic on every torch build
     renamed, unknown = open_clip_text_to_transformers(state_dict)
     if unknown:
         raise CheckpointError(f'{name}: text keys this loader does not know: {unknown[:10]}; is this an open_clip '
