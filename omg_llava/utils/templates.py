@@ -1,10 +1,12 @@
-"""Prompt templates missing from xtuner 0.1.11, and their registration in xtuner.
+"""The ``internlm2_chat`` prompt template (spec §5.4), owned by the plugin, and its registration in xtuner.
 
-Configs can import a template directly (``from omg_llava.utils.templates import INTERNLM2_CHAT``)
-or, after ``import omg_llava.utils``, use ``xtuner.utils.PROMPT_TEMPLATE.internlm2_chat``.
-The strings follow the InternLM2 chat format (spec §5.4).
+Inference (chat, app, ``tools/test.py``, export, ``segment_image``) reads the template from here and never imports
+xtuner. xtuner is a training dependency only: when it is already loaded as this module is imported (``xtuner train``
+/ ``python -m xtuner.tools.train`` load it before the config), ``internlm2_chat`` is added to
+``xtuner.utils.PROMPT_TEMPLATE`` so xtuner-style configs can name it there; a script that imports xtuner later calls
+:func:`register_prompt_templates` itself.
 """
-from importlib.util import find_spec
+import sys
 
 from mmengine.config import ConfigDict
 
@@ -23,13 +25,14 @@ PROMPT_TEMPLATE = ConfigDict(internlm2_chat=INTERNLM2_CHAT)
 
 
 def register_prompt_templates() -> None:
-    """Add the plugin's templates to ``xtuner.utils.PROMPT_TEMPLATE``.
+    """Add the plugin's templates to ``xtuner.utils.PROMPT_TEMPLATE`` (imports xtuner).
 
-    Idempotent; entries that xtuner already has (newer xtuner versions ship ``internlm2_chat``)
-    are left as they are. Does nothing when xtuner is not installed.
+    Idempotent; entries that xtuner already has (newer xtuner versions ship ``internlm2_chat``) are left as they
+    are; each registered entry is a copy, so xtuner cannot change the plugin's template.
+
+    Raises:
+        ImportError: xtuner is not installed (it is needed for training only: ``pip install xtuner``).
     """
-    if find_spec('xtuner') is None:
-        return
     from xtuner.utils import PROMPT_TEMPLATE as XTUNER_PROMPT_TEMPLATE
 
     for name, template in PROMPT_TEMPLATE.items():
@@ -37,4 +40,5 @@ def register_prompt_templates() -> None:
             XTUNER_PROMPT_TEMPLATE[name] = ConfigDict(template)
 
 
-register_prompt_templates()  # importing this module makes 'internlm2_chat' available to xtuner
+if 'xtuner' in sys.modules:  # a training run: xtuner is loaded already, so registering costs no import
+    register_prompt_templates()
