@@ -26,6 +26,8 @@ from omg_llava.datasets.mdpv import MDPVPointDataset
 from omg_llava.datasets.osprey import OspreyRegionConversationDataset
 from omg_llava.datasets.tiny_templates import TINY_GCG_QUESTIONS
 from omg_llava.datasets.tiny_templates import TINY_REFERRING_SEG_QUESTIONS
+from omg_llava.models.auxiliary_losses import ObjectTokenHintLoss
+from omg_llava.models.auxiliary_losses import TextOnlyLMLoss
 
 with read_base():
     from .omg_llava_tiny_finetune import *  # noqa: F401,F403
@@ -69,19 +71,21 @@ tiny_llm = dict(type=InternLM2ForCausalLM,
                 config=dict(type=InternLM2Config, vocab_size=1000, hidden_size=128, intermediate_size=344,
                             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
                             max_position_embeddings=2048))
-# object_token_hint_weight: a term the 7B recipe does not have (seg_losses.object_token_hint_loss): it tells the
-# tiny LLM which object token its [SEG] should reproduce (held-out cIoU 0.254 -> 0.319 on the same stages).
+# auxiliary_losses: two terms the 7B recipe does not have (omg_llava/models/auxiliary_losses/):
+# * ObjectTokenHintLoss tells the tiny LLM which object token its [SEG] should reproduce (held-out cIoU 0.593
+#   without it, 0.648 with it, on the same stages);
+# * TextOnlyLMLoss: also the LM loss of each referring conversation without its image (an extra pass of the tiny
+#   LLM on the text; the rows CombinedDataset(text_only_lm=...) below allows). Without it, half of the held-out
+#   answers did not repeat the asked-for expression (a kind or colour word swapped for one of another visible
+#   object). Weight 1 on 4 of 8 rows of any kind: 72% repeated; weight 3 on 4 of 8: 94%, but region-shape answers
+#   fell 0.54 -> 0.37 (the pass taught guessing them without the image); weight 3 on the referring rows only: 92%,
+#   cIoU 0.657 (0.603), region answers kept (docs/tiny_model_history.md).
 # mask_loss num_points: the [SEG] masks are 32x32 = 1024 logits at 128 px; the reference's 12544 sampled points
 # cost a fifth of the step for nothing (time per iteration 0.23 -> 0.18 s)
-# text_only_lm_weight: also the LM loss of each referring conversation without its image (an extra pass of the tiny
-# LLM on the text; the rows CombinedDataset(text_only_lm=...) below allows). Without it, half of the held-out answers
-# did not repeat the asked-for expression (a kind or colour word swapped for one of another visible object). Weight 1
-# on 4 of 8 rows of any kind: 72% repeated on the current encoder; weight 3 on 4 of 8: 94%, but region-shape answers
-# fell 0.54 -> 0.37 (the pass taught guessing them without the image); weight 3 on the referring rows only: 92%,
-# cIoU 0.657 (0.603), region answers kept (docs/tiny_model.md)
 model.update(freeze_llm=False, llm_lora=None, visual_encoder=visual_encoder, max_length=max_length,
-             pretrained_pth=pretrained_pth, object_token_hint_weight=1.0, mask_loss=dict(num_points=1024),
-             text_only_lm_weight=3.0, text_only_rows=None)
+             pretrained_pth=pretrained_pth, mask_loss=dict(num_points=1024),
+             auxiliary_losses=[dict(type=ObjectTokenHintLoss, weight=1.0),
+                               dict(type=TextOnlyLMLoss, weight=3.0, rows=None)])
 # assignment, not update(): update() would merge the parent's from-scratch `config` into from_pretrained's kwargs
 model.llm = dict(type=InternLM2ForCausalLM.from_pretrained, pretrained_model_name_or_path=llm_dir)
 

@@ -22,8 +22,8 @@ max_iters = 2500
 warmup_iters = 20
 evaluation_inputs = ['Describe the image briefly.']
 
-# no text-only LM loss here: a caption is only predictable from its image
-model.update(stage='pretrain', pretrained_pth=None, freeze_llm=False, text_only_lm_weight=0.0)
+# no auxiliary losses: no [SEG] to hint, and a caption is only predictable from its image (no text-only LM loss)
+model.update(stage='pretrain', pretrained_pth=None, freeze_llm=False, auxiliary_losses=[])
 
 train_dataloader.dataset = dict(type=LLaVADataset,
                                 data_path=data_root + 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json',

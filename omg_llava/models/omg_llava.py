@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,19 +29,21 @@ from omg_llava.registry import MODELS, build_component
 from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
 from .lora import wrap_llm_with_lora
-from .multimodal_inputs import (PromptCountError, SplicedInputs, count_placeholders, drop_tokens,
-                                image_start_positions, object_token_positions, placeholder_batch_indices,
-                                splice_multimodal_inputs)
+from .multimodal_inputs import (PromptCountError, SplicedInputs, count_placeholders,
+                                placeholder_batch_indices, splice_multimodal_inputs)
 from .omg_seg_encoder import VisualEncoderOutput
 from .projectors import OMGVisualProjector, Text2VisionProjector
 from .save_filter import filter_saved_keys
 from .seg_heads.omg_seg_head import DecodeOutput, ImageFeatures
-from .seg_losses import (MaskLossConfig, matching_object_tokens, non_negative_weight, object_token_hint_loss,
-                         pretrain_alignment_loss, seg_attention_hint_loss, seg_class_loss, seg_mask_losses)
+from .seg_losses import MaskLossConfig, pretrain_alignment_loss, seg_mask_losses
 from .special_tokens import SpecialTokenIds, add_special_tokens, fit_embeddings
 from .visual_prompts import VisualPrompt, encode_visual_prompts, prompts_from_tensors
 
+if TYPE_CHECKING:
+    from .auxiliary_losses import AuxiliaryLoss
+
 STAGES = ('pretrain', 'finetune')
+OWN_LOSSES = ('loss_lm', 'loss_proj', 'loss_dice', 'loss_mask')  # the released recipe's keys
 IM_END_TOKEN = '<|im_end|>'
 
 
@@ -84,6 +86,24 @@ class GenerationOutput:
 
 
 @dataclass
+class SegQueries:
+    """The ``[SEG]`` queries of a finetune batch that the mask losses supervised (auxiliary losses
+    read them).
+
+    Attributes:
+        queries: (N, 2C) ``projector_text2vision`` outputs of the [SEG] hidden states.
+        batch_idxs: (N,) sample of each [SEG].
+        gt_masks: (N, H, W) the ground-truth mask of each [SEG] at the network input size.
+        images: the batch's encoded images (``images.encoder_output`` holds the object queries).
+    """
+
+    queries: Tensor
+    batch_idxs: Tensor
+    gt_masks: Tensor
+    images: EncodedImages
+
+
+@dataclass
 class LossInfo:
     """Per-batch bookkeeping of the count-mismatch rules of spec §6 (logged, never silent)."""
 
@@ -110,29 +130,9 @@ class OMGLLaVA(BaseModel):
         projector_depth: depth of both projector MLPs.
         mask_loss: :class:`~omg_llava.models.seg_losses.MaskLossConfig` or its fields.
         pretrain_loss_weight: weight of the pretrain alignment MSE.
-        object_token_hint_weight: weight of :func:`~omg_llava.models.seg_losses.object_token_hint_loss` in the
-            finetune (``loss_hint``); 0, the reference recipe, leaves it out. The tiny synthetic model uses it.
-        seg_attention_hint_weight: weight of :func:`~omg_llava.models.seg_losses.seg_attention_hint_loss` in the
-            finetune (``loss_attn``): in each layer of ``seg_attention_hint_layers``, head
-            ``seg_attention_hint_head`` (``None``: the heads' mean) learns to attend from every [SEG] to the visual
-            token of its ground-truth object. 0 (the reference recipe) leaves it out and runs the LLM without
-            attention outputs.
-        seg_attention_hint_layers: LLM layer indices (negative from the last) supervised by ``loss_attn``.
-        seg_attention_hint_head: the supervised head of those layers, or ``None`` for their mean.
-        text_only_lm_weight: weight of ``loss_lm_text``, the LM loss of the same conversations with the image and the
-            visual prompts left out (an extra LLM pass on the text alone). 0 (the reference recipe) leaves it out.
-            The tiny synthetic model uses it: without it, the image offers its from-scratch LLM a shortcut (name a
-            visible object) that wins over repeating the asked-for expression.
-        text_only_rows: how many rows of each batch get that text-only pass (the first ones; the training batches
-            are shuffled), ``None`` for all. The pass costs about as much LLM arithmetic as the main one; fewer
-            rows buy back time. Only rows the batch's ``text_only_lm`` flags allow count
-            (``CombinedDataset(text_only_lm=...)``: the conversations whose answers the text alone can give).
-        seg_class_weight: weight of :func:`~omg_llava.models.seg_losses.seg_class_loss` in the finetune
-            (``loss_seg_cls``): the decoder's class head read on each decoded [SEG] query must give the class of the
-            visual-token query that segments its ground truth. 0 (the reference recipe) leaves it out.
-        seg_class_count: the classes that term compares, the first ones of the class embeddings (the data's
-            classes; a tiny encoder keeps untrained random ones after them, whose logits can be the largest);
-            ``None``: all of them.
+        auxiliary_losses: extra training terms outside the released recipe (which has none), each an
+            :class:`~omg_llava.models.auxiliary_losses.AuxiliaryLoss` or its config, e.g.
+            ``[dict(type=ObjectTokenHintLoss, weight=1.0)]``; each adds its ``loss_*`` key.
         use_activation_checkpointing: gradient checkpointing in the LLM.
         max_length: longest spliced sequence (text + visual tokens) accepted by :meth:`generate`; default
             the LLM's ``max_position_embeddings``.
@@ -142,13 +142,11 @@ class OMGLLaVA(BaseModel):
     """
 
     def __init__(self, llm: nn.Module | dict, visual_encoder: nn.Module | dict, tokenizer: Any = None,
-                 stage: str = 'finetune', llm_lora: Any = None, freeze_llm: bool = True, projector_depth: int = 2,
-                 mask_loss: MaskLossConfig | dict | None = None, pretrain_loss_weight: float = 10.0,
-                 object_token_hint_weight: float = 0.0, seg_attention_hint_weight: float = 0.0,
-                 seg_attention_hint_layers: Sequence[int] = (-1, ), seg_attention_hint_head: int | None = 0,
-                 text_only_lm_weight: float = 0.0, text_only_rows: int | None = None, seg_class_weight: float = 0.0,
-                 seg_class_count: int | None = None, use_activation_checkpointing: bool = True,
-                 max_length: int | None = None,
+                 stage: str = 'finetune', llm_lora: Any = None, freeze_llm: bool = True,
+                 projector_depth: int = 2, mask_loss: MaskLossConfig | dict | None = None,
+                 pretrain_loss_weight: float = 10.0,
+                 auxiliary_losses: Sequence[AuxiliaryLoss | dict] = (),
+                 use_activation_checkpointing: bool = True, max_length: int | None = None,
                  pretrained_pth: str | None = None, special_token_ids: dict | None = None,
                  data_preprocessor: dict | None = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor)
@@ -186,18 +184,7 @@ class OMGLLaVA(BaseModel):
                                                           depth=projector_depth)
         self.mask_loss = mask_loss if isinstance(mask_loss, MaskLossConfig) else MaskLossConfig(**(mask_loss or {}))
         self.pretrain_loss_weight = pretrain_loss_weight
-        self.object_token_hint_weight = non_negative_weight('object_token_hint_weight', object_token_hint_weight)
-        self.seg_attention_hint_weight = non_negative_weight('seg_attention_hint_weight', seg_attention_hint_weight)
-        self.seg_attention_hint_layers = tuple(seg_attention_hint_layers)
-        self.seg_attention_hint_head = seg_attention_hint_head
-        self.text_only_lm_weight = non_negative_weight('text_only_lm_weight', text_only_lm_weight)
-        if text_only_rows is not None and text_only_rows < 1:
-            raise ValueError(f'text_only_rows must be >= 1 or None (every row), got {text_only_rows}')
-        self.text_only_rows = text_only_rows
-        self.seg_class_weight = non_negative_weight('seg_class_weight', seg_class_weight)
-        if seg_class_count is not None and seg_class_count < 2:
-            raise ValueError(f'seg_class_count must be >= 2 or None (all classes), got {seg_class_count}')
-        self.seg_class_count = seg_class_count
+        self.auxiliary_losses = build_auxiliary_losses(auxiliary_losses)
         self.max_length = max_length or llm.config.max_position_embeddings
         self.pretrained_pth = pretrained_pth
         self.stop_token_ids = self._stop_token_ids()
@@ -274,21 +261,21 @@ class OMGLLaVA(BaseModel):
                                         region_embeds=self.prompt_embeddings(region_prompts, images),
                                         mark_embeds=self.prompt_embeddings(mark_prompts, images))
 
-    def run_llm(self, spliced: SplicedInputs, output_attentions: bool = False):
+    def run_llm(self, spliced: SplicedInputs):
         """LLM forward with every hidden state; the last one is post-norm (the [SEG] source)."""
         return self.llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                         position_ids=spliced.position_ids, output_hidden_states=True, use_cache=False,
-                        output_attentions=output_attentions, return_dict=True)
+                        return_dict=True)
 
     def decode_seg_masks(self, seg_hidden_states: Tensor, batch_idxs: Tensor, images: EncodedImages) -> list[Tensor]:
         """[SEG] hidden states (N, D) → per decoder step (N, 1, H/4, W/4) mask logits (spec §6.1)."""
         return self.decode_seg_queries(self.projector_text2vision(seg_hidden_states), batch_idxs, images).mask_logits
 
-    def decode_seg_queries(self, queries: Tensor, batch_idxs: Tensor, images: EncodedImages,
-                           with_classes: bool = False) -> DecodeOutput:
+    def decode_seg_queries(self, queries: Tensor, batch_idxs: Tensor,
+                           images: EncodedImages) -> DecodeOutput:
         """[SEG] queries (N, 2C) (``projector_text2vision`` outputs) → every decoder step: ``.mask_logits[j]``
-        (N, 1, H/4, W/4), and with ``with_classes`` ``.class_logits[j]`` (N, 1, K+2) (a training term only)."""
-        return self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features, with_classes=with_classes)
+        (N, 1, H/4, W/4)."""
+        return self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features)
 
     # ------------------------------------------------------------------ mmengine entry point
     def forward(self, data: dict, data_samples: Any = None, mode: str = 'loss', **generation_kwargs):
@@ -339,29 +326,28 @@ class OMGLLaVA(BaseModel):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, data: dict) -> dict[str, Tensor]:
-        """``loss_lm`` (LM cross-entropy) + (finetune) ``loss_dice`` / ``loss_mask`` of the [SEG] masks or (pretrain)
-        ``loss_proj``; mmengine sums every ``loss*`` entry and logs the sum as ``loss``."""
+        """``loss_lm`` (LM cross-entropy) + (finetune) ``loss_dice`` / ``loss_mask`` of the [SEG]
+        masks or (pretrain) ``loss_proj``, then one key per auxiliary loss; mmengine sums every
+        ``loss*`` entry and logs the sum as ``loss``."""
         images = self._encode_batch_images(data)
         region_prompts, mark_prompts, prompts_matched = self._batch_prompts(data, strict=False)
         ids, mask = data['input_ids'], data.get('attention_mask')
         region_embeds = self._fitted_prompt_rows(region_prompts, images, ids, mask, self.token_ids.region)
         mark_embeds = self._fitted_prompt_rows(mark_prompts, images, ids, mask, self.token_ids.mark)
-        spliced = splice_multimodal_inputs(ids, self.llm.get_input_embeddings(), self.token_ids, attention_mask=mask,
-                                           labels=data['labels'],
-                                           visual_sequences=None if images is None else images.visual_sequences,
-                                           region_embeds=region_embeds, mark_embeds=mark_embeds)
-        wants_attention = self.stage == 'finetune' and self.seg_attention_hint_weight > 0
-        out = self.run_llm(spliced, output_attentions=wants_attention)
+        spliced = splice_multimodal_inputs(
+            ids, self.llm.get_input_embeddings(), self.token_ids, attention_mask=mask,
+            labels=data['labels'], region_embeds=region_embeds, mark_embeds=mark_embeds,
+            visual_sequences=None if images is None else images.visual_sequences)
+        out = self.run_llm(spliced)
         losses = {'loss_lm': shifted_cross_entropy(out.logits, spliced.labels)}
         if not prompts_matched:
             self.loss_info.prompt_mismatch_batches += 1
-            print_log('visual-prompt count differs from the <region>/<mark> placeholders (truncation?): the LM loss '
-                      f'of this batch is zeroed ({self.loss_info.prompt_mismatch_batches} batches so far)',
+            print_log('visual-prompt count differs from the <region>/<mark> placeholders '
+                      '(truncation?): the LM loss of this batch is zeroed '
+                      f'({self.loss_info.prompt_mismatch_batches} batches so far)',
                       logger='current', level=30)
             losses['loss_lm'] = losses['loss_lm'] * 0.0
-        if self.text_only_lm_weight:
-            losses['loss_lm_text'] = self.text_only_lm_weight * self._text_only_lm_loss(
-                ids, data['labels'], mask, data.get('text_only_lm'))
+        seg = None
         if self.stage == 'pretrain':
             if images is not None:
                 enc = images.encoder_output
@@ -369,29 +355,12 @@ class OMGLLaVA(BaseModel):
                     enc.query_tokens.to(self.projector.model.query_proj.weight.dtype), enc.query_blocked,
                     self.projector.project_queries, self.projector_text2vision, self.pretrain_loss_weight)
         else:
-            supervised, image_starts = None, None
-            if wants_attention:  # the image positions only matter to the attention hint
-                supervised = [out.attentions[i] for i in self.seg_attention_hint_layers]
-                image_starts = image_start_positions(ids, mask)
-            losses.update(self._seg_losses(out.hidden_states[-1], spliced.labels, data.get('masks'), images,
-                                           supervised, image_starts))
+            seg_losses, seg = self._seg_losses(out.hidden_states[-1], spliced.labels,
+                                               data.get('masks'), images)
+            losses.update(seg_losses)
+        for term in self.auxiliary_losses:
+            losses[term.name] = term(self, data, out, seg)
         return losses
-
-    def _text_only_lm_loss(self, ids: Tensor, labels: Tensor, mask: Tensor | None,
-                           allowed: Tensor | None = None) -> Tensor:
-        """LM loss of the same conversations (the first ``text_only_rows`` of those ``allowed``) with the image and
-        visual prompts left out; 0 (in the graph) when no row is allowed. Shapes: (B, L) ids / labels / mask,
-        (B,) bool ``allowed`` (``None``: every row)."""
-        mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
-        rows = torch.arange(len(ids), device=ids.device)
-        if allowed is not None:
-            rows = rows[allowed.to(ids.device)]
-        rows = rows[:self.text_only_rows]  # [:None]: every allowed row
-        if len(rows) == 0:
-            return self.llm.get_input_embeddings().weight.sum() * 0.0
-        ids, labels, mask = drop_tokens(ids[rows], labels[rows], mask[rows], self.token_ids.placeholder_ids)
-        out = self.llm(input_ids=ids, attention_mask=mask, use_cache=False, return_dict=True)
-        return shifted_cross_entropy(out.logits, labels)
 
     def _fitted_prompt_rows(self, prompts: list[VisualPrompt], images: EncodedImages | None, ids: Tensor,
                             mask: Tensor | None, token_id: int) -> Tensor | None:
@@ -406,13 +375,16 @@ class OMGLLaVA(BaseModel):
         return rows
 
     def _seg_losses(self, hidden: Tensor, labels: Tensor, masks: Sequence[Tensor] | None,
-                    images: EncodedImages | None, layer_attentions: list[Tensor] | None = None,
-                    image_starts: Tensor | None = None) -> dict[str, Tensor]:
-        """Mask losses over samples whose [SEG] count equals their mask count; a zero-weighted pass otherwise.
+                    images: EncodedImages | None) -> tuple[dict[str, Tensor], SegQueries | None]:
+        """Mask losses over samples whose [SEG] count equals their mask count (a zero-weighted pass
+        when there are none), and the supervised [SEG] queries (``None`` then).
 
-        ``layer_attentions``: the (B, nH, T, T) probabilities of the layers supervised by ``loss_attn``
-        (:func:`~omg_llava.models.seg_losses.seg_attention_hint_loss`); ``image_starts``: (B,) from
-        :func:`~omg_llava.models.multimodal_inputs.image_start_positions`."""
+        Args:
+            hidden: (B, T, D) last (post-norm) LLM hidden states of the spliced batch.
+            labels: (B, T) spliced labels; ``[SEG]`` marks the positions whose state is decoded.
+            masks: per sample, (n_b, H, W) ground truths, one per ``[SEG]`` (or ``None``).
+            images: the batch's encoded images.
+        """
         seg_positions = labels == self.token_ids.seg  # (B, T) — [SEG] as input token, no shift
         seg_counts = seg_positions.sum(dim=1).tolist()
         mask_counts = [0 if m is None else len(m) for m in (masks or [None] * len(labels))]
@@ -420,49 +392,20 @@ class OMGLLaVA(BaseModel):
         mismatched = sum(1 for s, m in zip(seg_counts, mask_counts) if s != m)
         if mismatched:
             self.loss_info.seg_mismatch_samples += mismatched
-            print_log(f'{mismatched} sample(s) have a [SEG] count different from their mask count (truncation?); '
-                      f'their mask losses are skipped ({self.loss_info.seg_mismatch_samples} so far)',
-                      logger='current', level=30)
+            print_log(f'{mismatched} sample(s) have a [SEG] count different from their mask count '
+                      '(truncation?); their mask losses are skipped '
+                      f'({self.loss_info.seg_mismatch_samples} so far)', logger='current', level=30)
         if not matched or images is None:
             dummy = self.projector_text2vision(hidden[:, 0]).sum() * 0.0  # keeps every trainable in the graph
-            losses = {'loss_dice': dummy, 'loss_mask': dummy}
-            if self.object_token_hint_weight:
-                losses['loss_hint'] = dummy
-            if self.seg_class_weight:
-                losses['loss_seg_cls'] = dummy
-            if layer_attentions is not None:
-                losses['loss_attn'] = dummy + sum(a.sum() for a in layer_attentions) * 0.0
-            return losses
+            return {'loss_dice': dummy, 'loss_mask': dummy}, None
         keep = torch.zeros_like(seg_positions)
         keep[matched] = seg_positions[matched]
         batch_idxs = keep.nonzero()[:, 0]
         queries = self.projector_text2vision(hidden[keep])  # (N, 2C)
-        decoded = self.decode_seg_queries(queries, batch_idxs, images, with_classes=bool(self.seg_class_weight))
-        gt = torch.cat([masks[b] for b in matched]).to(decoded.mask_logits[0].device)
+        decoded = self.decode_seg_queries(queries, batch_idxs, images)
+        gt = torch.cat([masks[b] for b in matched]).to(decoded.mask_logits[0].device)  # (N, H, W)
         losses = seg_mask_losses(decoded.mask_logits, gt, self.mask_loss)
-        if self.object_token_hint_weight or self.seg_class_weight or layer_attentions is not None:
-            enc = images.encoder_output
-            image_valid = (~enc.query_blocked).any(-1)  # (B, Q)
-            valid = image_valid[batch_idxs]  # (N, Q)
-            query_idxs, found = matching_object_tokens(gt, enc.mask_logits, image_valid, batch_idxs)
-        if self.object_token_hint_weight:
-            losses['loss_hint'] = self.object_token_hint_weight * object_token_hint_loss(
-                queries, enc.query_tokens[batch_idxs].to(queries.dtype), valid, query_idxs, found)
-        if self.seg_class_weight:
-            num_classes = self.seg_class_count or enc.class_logits.shape[-1] - 1  # the no-object column is last
-            token_logits = enc.class_logits[batch_idxs, query_idxs, :num_classes]  # (N, K)
-            seg_logits = decoded.class_logits[-1][:, 0, :num_classes]  # (N, K), no-object and IoU dropped
-            losses['loss_seg_cls'] = self.seg_class_weight * seg_class_loss(seg_logits, token_logits, found)
-        if layer_attentions is not None:
-            target_cols = object_token_positions(image_starts[batch_idxs], enc.pixel_tokens.shape[1], valid,
-                                                 query_idxs)
-            seg_cols = keep.nonzero()[:, 1]
-            found = found & (image_starts[batch_idxs] >= 0)
-            losses['loss_attn'] = self.seg_attention_hint_weight * sum(
-                seg_attention_hint_loss(p, batch_idxs, seg_cols, target_cols, found, self.seg_attention_hint_head)
-                for p in layer_attentions
-            ) / len(layer_attentions)
-        return losses
+        return losses, SegQueries(queries, batch_idxs, gt, images)
 
     # ------------------------------------------------------------------ generation
     def predict(self, data: dict, **generation_kwargs) -> list[GenerationOutput]:
@@ -521,6 +464,22 @@ class OMGLLaVA(BaseModel):
             mask_logits = list(steps[-1][:, 0].float().split(seg.sum(dim=1).tolist()))  # (n_b, H/4, W/4) each
         return [GenerationOutput(generated[b][keep[b]], seg[b][keep[b]].nonzero().flatten(), mask_logits[b])
                 for b in range(B)]
+
+
+def build_auxiliary_losses(configs: Sequence[AuxiliaryLoss | dict]) -> list[AuxiliaryLoss]:
+    """Build each auxiliary loss (an instance passes as is); their ``loss_*`` names must differ from
+    each other and from the model's own losses."""
+    terms = [build_component(c) for c in configs]
+    names = [getattr(t, 'name', None) for t in terms]
+    for term, name in zip(terms, names):
+        if not callable(term) or not isinstance(name, str) or not name.startswith('loss_'):
+            raise TypeError(f'auxiliary_losses holds {term!r}, not an AuxiliaryLoss with a '
+                            'loss_* name; give instances or configs of the classes of '
+                            'omg_llava.models.auxiliary_losses')
+        if name in OWN_LOSSES or names.count(name) > 1:
+            raise ValueError(f'auxiliary loss name {name!r} is taken (own losses {OWN_LOSSES}, '
+                             f'auxiliary {names}); give each term its own name')
+    return terms
 
 
 def shifted_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

@@ -87,7 +87,10 @@ def spliced_llm_output(model, data: dict, sequences, output_attentions: bool = F
     spliced = splice_multimodal_inputs(data['input_ids'], model.llm.get_input_embeddings(), model.token_ids,
                                        attention_mask=data.get('attention_mask'), labels=data['labels'],
                                        visual_sequences=sequences)
-    return spliced, model.run_llm(spliced, output_attentions=output_attentions)
+    out = model.llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
+                    position_ids=spliced.position_ids, output_hidden_states=True, use_cache=False,
+                    output_attentions=output_attentions, return_dict=True)  # attentions: the eager path
+    return spliced, out
 
 
 def points_at_object(data: dict, images, seg: torch.Tensor, gt: torch.Tensor, attention: torch.Tensor
@@ -98,7 +101,7 @@ def points_at_object(data: dict, images, seg: torch.Tensor, gt: torch.Tensor, at
         seg: (B, T) [SEG] input positions; gt: (N, H, W) their masks; attention: (B, nH, T, T) of one layer.
     """
     from omg_llava.models.multimodal_inputs import image_start_positions, object_token_positions
-    from omg_llava.models.seg_losses import matching_object_tokens
+    from omg_llava.models.auxiliary_losses.object_token_hint import matching_object_tokens
     enc = images.encoder_output
     rows, cols = seg.nonzero().unbind(-1)
     image_valid = (~enc.query_blocked).any(-1)  # (B, Q)

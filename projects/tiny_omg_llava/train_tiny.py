@@ -98,8 +98,9 @@ def per_process_batch(config: str, processes: int) -> list[str]:
     cfg = Config.fromfile(config)
     loader = cfg.train_dataloader
     per_batch = {'train_dataloader.batch_size': loader.batch_size,
-                 'train_dataloader.sampler.per_device_batch_size': loader.sampler.get('per_device_batch_size'),
-                 'model.text_only_rows': cfg.model.get('text_only_rows')}
+                 'train_dataloader.sampler.per_device_batch_size': loader.sampler.get('per_device_batch_size')}
+    for i, term in enumerate(cfg.model.get('auxiliary_losses', ())):  # TextOnlyLMLoss(rows=k): k per batch
+        per_batch[f'model.auxiliary_losses.{i}.rows'] = term.get('rows')
     options = []
     for key, value in per_batch.items():
         if not value or processes == 1:

@@ -105,54 +105,6 @@ def test_pretrain_stage_adds_the_alignment_loss_and_trains_only_projectors():
     assert sorted(model.state_dict()) == sorted(trainable | {'llm.model.tok_embeddings.weight', 'llm.output.weight'})
 
 
-def losses_with_own_object_masks(model, counts=(1, 2)):
-    """``seg_batch`` whose ground truth = the own masks of visual-token queries (so every [SEG] has a matching
-    object token), and its losses."""
-    data_batch = seg_batch(model)
-    with torch.no_grad():
-        enc = model.encode_images(data_batch['pixel_values']).encoder_output
-    own = torch.nn.functional.interpolate(enc.mask_logits, size=(IMAGE_SIZE, IMAGE_SIZE), mode='bilinear') > 0
-    valid = (~enc.query_blocked).any(-1)
-    picks = [valid[b].nonzero()[:, 0] for b in range(len(counts))]
-    data_batch['masks'] = [own[b, picks[b][:n]].float() for b, n in enumerate(counts)]
-    assert all(len(m) == n and (m.flatten(1).sum(-1) > 0).all() for m, n in zip(data_batch['masks'], counts))
-    return data_batch, model(data_batch, mode='loss')
-
-
-def test_object_token_hint_targets_the_query_that_segments_the_ground_truth():
-    model = build_tiny(object_token_hint_weight=1.0)
-    with pytest.raises(ValueError, match='object_token_hint_weight'):
-        build_tiny(object_token_hint_weight=-1.0)
-    data_batch, losses = losses_with_own_object_masks(model)
-    assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask', 'loss_hint'} and losses['loss_hint'] > 0
-    model.zero_grad()
-    losses['loss_hint'].backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector_text2vision.parameters())
-    data_batch['masks'] = [None, None]  # no [SEG] with a mask: the term stays in the graph at zero
-    assert model(data_batch, mode='loss')['loss_hint'] == 0
-
-
-def test_seg_class_term_reads_the_class_head_on_the_decoded_seg_queries():
-    model = build_tiny(seg_class_weight=1.0)
-    with pytest.raises(ValueError, match='seg_class_weight'):
-        build_tiny(seg_class_weight=-1.0)
-    with pytest.raises(ValueError, match='seg_class_count'):
-        build_tiny(seg_class_weight=1.0, seg_class_count=1)
-    data_batch, losses = losses_with_own_object_masks(model)
-    assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask', 'loss_seg_cls'} and losses['loss_seg_cls'] > 0
-    model.zero_grad()
-    losses['loss_seg_cls'].backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.projector_text2vision.parameters())
-    # the frozen encoder (its class head included) does not train
-    assert all(p.grad is None for p in model.visual_encoder.parameters())
-    data_batch['masks'] = [None, None]
-    assert model(data_batch, mode='loss')['loss_seg_cls'] == 0
-    # restricted to the first classes: another value (the term compares fewer logits)
-    model.seg_class_count = 3
-    _, fewer = losses_with_own_object_masks(model)
-    assert fewer['loss_seg_cls'] != losses['loss_seg_cls']
-
-
 def test_object_token_positions_point_at_the_projected_queries_in_the_spliced_sequence(model):
     data_batch = seg_batch(model)
     ids, mask = data_batch['input_ids'], data_batch['attention_mask']
@@ -172,80 +124,6 @@ def test_object_token_positions_point_at_the_projected_queries_in_the_spliced_se
             expected = model.projector.project_queries(enc.query_tokens[b, queries])
         torch.testing.assert_close(spliced.inputs_embeds[b, cols], expected)
         assert torch.equal(spliced.inputs_embeds[b, starts[b]], images.visual_sequences[b][0])
-
-
-def test_seg_attention_hint_teaches_the_last_layer_to_look_at_the_asked_for_object():
-    with pytest.raises(ValueError, match='seg_attention_hint_weight'):
-        build_tiny(seg_attention_hint_weight=-1.0)
-    model = build_tiny(seg_attention_hint_weight=1.0, seg_attention_hint_layers=(-1, ), freeze_llm=False,
-                       llm_lora=None)  # as the tiny synthetic recipe that uses it
-    data_batch, losses = losses_with_own_object_masks(model)
-    assert set(losses) == {'loss_lm', 'loss_dice', 'loss_mask', 'loss_attn'} and losses['loss_attn'] > 1.0
-    model.zero_grad()
-    losses['loss_attn'].backward()
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.projector_text2vision.parameters())
-    attention = model.llm.model.layers[-1].attention.wqkv.weight
-    assert attention.grad.abs().sum() > 0
-    optimizer = torch.optim.Adam([p for p in model.llm.parameters() if p.requires_grad], lr=1e-2)
-    start = float(losses['loss_attn'].detach())
-    for _ in range(15):
-        optimizer.zero_grad()
-        loss = model(data_batch, mode='loss')['loss_attn']
-        loss.backward()
-        optimizer.step()
-    assert float(loss) < start / 2
-    data_batch['masks'] = [None, None]  # no [SEG] with a mask: the term stays in the graph at zero
-    assert model(data_batch, mode='loss')['loss_attn'] == 0
-
-
-def test_text_only_lm_loss_is_the_lm_loss_of_the_conversation_without_its_image():
-    with pytest.raises(ValueError, match='text_only_lm_weight'):
-        build_tiny(text_only_lm_weight=-1.0)
-    model = build_tiny(text_only_lm_weight=0.5, freeze_llm=False, llm_lora=None)
-    data_batch = batch(model, [[Turn('Please segment the cat in this image.', 'It is <p> cat </p> [SEG].')]],
-                       [box_mask(40, 200, 30, 220)[None]])
-    losses = model(data_batch, mode='loss')
-    assert set(losses) == {'loss_lm', 'loss_lm_text', 'loss_dice', 'loss_mask'}
-    keep = data_batch['input_ids'][0] != IMAGE_TOKEN_INDEX
-    ids, labels = data_batch['input_ids'][0][keep][None], data_batch['labels'][0][keep][None]
-    assert len(ids[0]) == len(data_batch['input_ids'][0]) - 1
-    with torch.no_grad():
-        logits = model.llm(input_ids=ids).logits
-    expected = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=IGNORE_INDEX)
-    torch.testing.assert_close(losses['loss_lm_text'].detach(), 0.5 * expected)
-    assert not torch.isclose(losses['loss_lm_text'], 0.5 * losses['loss_lm'])  # the image changes the LM loss
-    model.zero_grad()
-    losses['loss_lm_text'].backward()
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.projector.parameters())
-    assert model.llm.get_input_embeddings().weight.grad.abs().sum() > 0
-
-
-def test_text_only_rows_limits_the_text_only_pass_to_the_first_allowed_rows():
-    with pytest.raises(ValueError, match='text_only_rows'):
-        build_tiny(text_only_lm_weight=1.0, text_only_rows=0)
-    model = build_tiny(text_only_lm_weight=1.0, text_only_rows=1, freeze_llm=False, llm_lora=None)
-    data_batch = seg_batch(model)  # two rows: a referring answer, then a region / point conversation
-    with torch.no_grad():
-        first_row_only = model(data_batch, mode='loss')['loss_lm_text']
-        model.text_only_rows = None
-        every_row = model(data_batch, mode='loss')['loss_lm_text']
-        keep = data_batch['attention_mask'][0] & (data_batch['input_ids'][0] != IMAGE_TOKEN_INDEX)
-        logits = model.llm(input_ids=data_batch['input_ids'][0][keep][None]).logits
-    labels = data_batch['labels'][0][keep]
-    expected = torch.nn.functional.cross_entropy(logits[0, :-1], labels[1:], ignore_index=IGNORE_INDEX)
-    torch.testing.assert_close(first_row_only, expected)
-    assert not torch.isclose(every_row, first_row_only)
-    # rows the data flags out (CombinedDataset(text_only_lm=...)) do not count: the second row alone is the first
-    # allowed one, and with none allowed the term is zero but stays in the graph
-    model.text_only_rows = 1
-    with torch.no_grad():
-        second_row_only = model(dict(data_batch, text_only_lm=torch.tensor([False, True])), mode='loss')['loss_lm_text']
-        model.text_only_rows = None
-        assert torch.isclose(model(dict(data_batch, text_only_lm=torch.tensor([True, True])), mode='loss')[
-            'loss_lm_text'], every_row)
-    assert not torch.isclose(second_row_only, first_row_only) and not torch.isclose(second_row_only, every_row)
-    none_allowed = model(dict(data_batch, text_only_lm=torch.tensor([False, False])), mode='loss')['loss_lm_text']
-    assert none_allowed.item() == 0 and none_allowed.requires_grad
 
 
 def test_seg_count_mismatch_drops_only_the_mask_losses(model):

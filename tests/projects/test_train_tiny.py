@@ -42,10 +42,11 @@ def test_two_processes_share_each_step_of_the_same_size(stage):
     assert train_tiny.per_process_batch(path, 1) == []
     halved = dict(option.split('=') for option in train_tiny.per_process_batch(path, 2))
     assert int(halved['train_dataloader.batch_size']) * 2 == cfg.train_dataloader.batch_size
-    if cfg.model.get('text_only_rows'):
-        assert int(halved['model.text_only_rows']) * 2 == cfg.model.text_only_rows
-    else:  # None: every allowed row of each process's batch, nothing to split
-        assert 'model.text_only_rows' not in halved
+    for i, term in enumerate(cfg.model.get('auxiliary_losses', ())):
+        if term.get('rows'):
+            assert int(halved[f'model.auxiliary_losses.{i}.rows']) * 2 == term['rows']
+        else:  # None (TextOnlyLMLoss: every allowed row of each process's batch) or no such argument
+            assert f'model.auxiliary_losses.{i}.rows' not in halved
     with pytest.raises(SystemExit, match='does not split over 3 processes'):
         train_tiny.per_process_batch(path, 3)
 
