@@ -60,7 +60,8 @@ class _OspreyDataset(OMGDatasetBase):
                              f'region list{hint}')
         if len(kept) < len(rows):
             print_log(f'{type(self).__name__}: left out {len(rows) - len(kept)} of {len(rows)} rows of '
-                      f'{self.annotation_file} (no region list, no turn, or not one description per region)', logger='current')
+                      f'{self.annotation_file} (no region list, no turn, or not one description per region)',
+                      logger='current')
         return kept
 
     def keep_row(self, row: Any) -> bool:

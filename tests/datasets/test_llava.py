@@ -170,7 +170,8 @@ def test_answers_and_later_questions_keep_their_spaces(tmp_path, tokenizer, llav
     path = tmp_path / 'rows.json'
     path.write_text(json.dumps(rows))
     item = LLaVADataset(str(path), str(root), tokenizer, image_size=SIZE)[0]
-    assert answer_spans(item['labels']) == [encode(tokenizer, ' A cat. <|im_end|>'), encode(tokenizer, 'Grey.<|im_end|>')]
+    assert answer_spans(item['labels']) == [encode(tokenizer, ' A cat. <|im_end|>'),
+                                            encode(tokenizer, 'Grey.<|im_end|>')]
     assert contains(item['input_ids'].tolist(), encode(tokenizer, '<|im_start|>user\n And the colour? <|im_end|>'))
 
 

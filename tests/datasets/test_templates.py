@@ -37,7 +37,8 @@ def test_lists_are_the_released_ones_verbatim():
 
 
 def test_phrase_writing_as_the_reference():
-    assert seg_question(SEMANTIC_SEG_QUESTIONS[1], ' The Man In RED. ') == 'Please segment the man in red. in this image.'
+    assert seg_question(SEMANTIC_SEG_QUESTIONS[1], ' The Man In RED. ') == \
+        'Please segment the man in red. in this image.'
     assert seg_answer(' The Man In RED. ') == '<p> The man in red. </p> [SEG].'  # .lower().capitalize(), '.' kept
     assert seg_answer('region2') == '<p> Region2 </p> [SEG].'
     assert fill_region_question(REGION_CAPTION_QUESTIONS[2], 2) == \
