@@ -3,6 +3,7 @@ read (REFER train / val / testA on held-out images, GranD-f GCG, Osprey, MDPV, L
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import re
 from collections import Counter
@@ -24,6 +25,12 @@ from omg_llava.models.llm import InternLM2Tokenizer
 
 S = 128
 NUM_TRAIN, NUM_VAL, NUM_TEST = 12, 6, 4
+
+
+def part(name: str):
+    """A module that synthetic_shapes.py is built from (``shapes_scene``, ``shapes_expressions``), as it
+    imported it."""
+    return importlib.import_module(name)
 
 
 @pytest.fixture(scope='module')
@@ -49,6 +56,7 @@ def interpret(gen, sentence: str, objects: list, side: int) -> tuple[set[int], s
     Returns the objects it is clearly true of, and those for which it is borderline (neither clearly true nor
     clearly false); an unambiguous sentence has exactly one of the first kind and none of the second.
     """
+    rules = part('shapes_expressions')
     colours, kinds = '|'.join(gen.COLOURS), '|'.join(gen.KINDS)
     m = re.fullmatch(rf'the (?:(largest|smallest) )?(?:(small|large) )?(?:({colours}) )?({kinds}|shape)'
                      r'(?: (on the left|on the right|at the top|at the bottom)| (left of|right of|above|below) (.+))?',
@@ -68,14 +76,14 @@ def interpret(gen, sentence: str, objects: list, side: int) -> tuple[set[int], s
 
         def beats(t: int, o: int) -> bool:
             big, small = (t, o) if superlative == 'largest' else (o, t)
-            return objects[big].area >= gen.AREA_RATIO * objects[small].area
+            return objects[big].area >= rules.AREA_RATIO * objects[small].area
 
         return {t for t in found if all(beats(t, o) for o in found if o != t)}, set()
     if position:
         assert len(found) >= 2
         v = vector[position]
         return {t for t in found if along(t, v) > side / 2 * sum(v)
-                and all(along(t, v) - along(o, v) >= gen.POSITION_MARGIN * side for o in found if o != t)}, set()
+                and all(along(t, v) - along(o, v) >= rules.POSITION_MARGIN * side for o in found if o != t)}, set()
     if relation:
         anchors, unclear = interpret(gen, anchor_text, objects, side)
         assert re.fullmatch(rf'the (small |large )?(({colours}) )?({kinds}|shape)', anchor_text)  # attributes only
@@ -88,15 +96,16 @@ def interpret(gen, sentence: str, objects: list, side: int) -> tuple[set[int], s
                 continue
             lead = along(t, v) - along(a, v)
             across = abs(along(t, v[::-1]) - along(a, v[::-1]))
-            if lead >= gen.RELATION_TRUE * side and lead >= across:
+            if lead >= rules.RELATION_TRUE * side and lead >= across:
                 true.add(t)
-            elif lead > gen.RELATION_FALSE * side and lead > across / 2:
+            elif lead > rules.RELATION_FALSE * side and lead > across / 2:
                 borderline.add(t)
         return true, borderline
     return set(found), set()
 
 
 def test_every_expression_picks_exactly_one_object(gen, scenes):
+    drawing = part('shapes_scene')
     families, counts = Counter(), Counter()
     for scene in scenes:
         objects = scene.objects
@@ -113,7 +122,7 @@ def test_every_expression_picks_exactly_one_object(gen, scenes):
             firsts.setdefault(index, sentence)
         assert all(len(s.split()) <= 4 and not re.search(r'largest|smallest| on | at | of |above|below', s)
                    for s in firsts.values())
-    assert set(counts) == set(gen.OBJECT_COUNTS)
+    assert set(counts) == set(drawing.OBJECT_COUNTS)
     assert families['relation'] > 100 and families['other'] > 500  # relations and the rest both occur
     all_sentences = [s for scene in scenes[:40] for _, s in gen.referring_expressions(scene)]
     for pattern in (r'^the largest shape$', r' on the (left|right)$', r' at the (top|bottom)$', r' left of the ',
@@ -122,11 +131,12 @@ def test_every_expression_picks_exactly_one_object(gen, scenes):
 
 
 def test_expression_kind_names_the_rule_that_made_each_sentence(gen, scenes):
+    rules = part('shapes_expressions')
     seen = Counter()
     for scene in scenes[:60]:
         for _, query in gen.expression_queries(scene):
             made_by = ('relation' if query.relation else 'attribute' if query.extreme is None
-                       else 'superlative' if query.extreme in gen.SUPERLATIVES else 'position')
+                       else 'superlative' if query.extreme in rules.SUPERLATIVES else 'position')
             assert gen.expression_kind(query.sentence()) == made_by, query.sentence()
             assert gen.expression_kind(query.sentence().capitalize() + ' ') == made_by  # as an answer repeats it
             seen[made_by] += 1
@@ -135,6 +145,7 @@ def test_expression_kind_names_the_rule_that_made_each_sentence(gen, scenes):
 
 
 def test_masks_match_the_drawn_pixels(gen, scenes):
+    drawing = part('shapes_scene')
     palette = {name: np.array(rgb, float) for name, rgb in gen.COLOURS.items()}
     for scene in scenes[:60]:
         assert scene.image.shape == (S, S, 3) and scene.image.dtype == np.uint8
@@ -142,13 +153,13 @@ def test_masks_match_the_drawn_pixels(gen, scenes):
         assert (masks.sum(0) <= 1).all()  # visible masks are disjoint
         for obj in scene.objects:
             x, y, w, h = obj.bbox
-            assert obj.area > 0 and max(w, h) >= 0.8 * gen.SIZE_CLASSES['small'][0] * S, obj.name
+            assert obj.area > 0 and max(w, h) >= 0.8 * drawing.SIZE_CLASSES['small'][0] * S, obj.name
             assert obj.mask[y:y + h, x:x + w].sum() == obj.area and x <= obj.centre[0] <= x + w
             close = np.linalg.norm(scene.image - palette[obj.colour], axis=-1) < 60  # the object's colour
             same_colour = np.any([o.mask for o in scene.objects if o.colour == obj.colour], axis=0)
             assert (close & obj.mask).sum() >= 0.99 * obj.area, obj.name
             assert (close & ~same_colour).sum() <= 0.01 * obj.area, obj.name  # nothing else has its colour
-        lo, hi = (gen.SIZE_CLASSES['small'][0] * S) ** 2 * 0.3, (gen.SIZE_CLASSES['large'][1] * S) ** 2
+        lo, hi = (drawing.SIZE_CLASSES['small'][0] * S) ** 2 * 0.3, (drawing.SIZE_CLASSES['large'][1] * S) ** 2
         assert all(lo <= o.area <= hi for o in scene.objects)
 
 
@@ -254,6 +265,7 @@ def test_deterministic_by_seed(gen, built, tmp_path):
 
 
 def test_coco_instance_splits_feed_the_omg_seg_pre_stage(built, gen):
+    drawing = part('shapes_scene')
     root, counts = built
     from omg_llava.datasets.coco_instances import CocoInstanceDataset
     for folder, count in (('train2017', NUM_TRAIN), ('val2017', NUM_VAL)):
@@ -262,7 +274,7 @@ def test_coco_instance_splits_feed_the_omg_seg_pre_stage(built, gen):
         assert len(ds) == count == counts[f'coco_{folder}'] and ds.category_names == list(gen.CATEGORIES)
         assert len(gen.CATEGORIES) == 24 and gen.CATEGORIES[:2] == ('red circle', 'yellow circle')
         sample = ds[0]
-        assert 2 <= len(sample['gt_labels']) <= max(gen.OBJECT_COUNTS) and sample['gt_masks'].shape[1:] == (S, S)
+        assert 2 <= len(sample['gt_labels']) <= max(drawing.OBJECT_COUNTS) and sample['gt_masks'].shape[1:] == (S, S)
         assert not ds.skipped
     # the pre-stage config names the same classes: its dataset labels by them, its class embeddings are built from them
     pre_stage = Config.fromfile(str(REPO_ROOT / 'configs/tiny/omg_seg_tiny_synthetic.py'))
