@@ -8,7 +8,7 @@
 # right for 19% with the image's own visual tokens and 16% with another image's (chance 17%).
 # Trained, it learns to read after ~1000 iterations (a sudden drop of the LM loss): caption colour / kind words
 # 94% / 89% right with the own tokens, 16% / 25% with another image's (projects/tiny_omg_llava/image_use.py,
-# docs/tiny_model.md).
+# docs/tiny_model_history.md).
 #   python -m xtuner.tools.train configs/tiny/omg_llava_tiny_synthetic_pretrain.py
 #   python tools/convert_to_pth.py configs/tiny/omg_llava_tiny_synthetic_pretrain.py \
 #       work_dirs/omg_llava_tiny_synthetic_pretrain/iter_2500.pth --save-path PRETRAIN.pth --trust-checkpoint

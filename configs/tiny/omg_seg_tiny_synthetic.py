@@ -53,7 +53,7 @@ region_class_stage = 2
 box_weight = 5.0
 # Referring expressions decoded as queries (OMGSegTrainer docstring): which expressions a [SEG] query can select is
 # the decoder's doing, and without this term a pre-stage learns those lookups by chance (two runs of the same
-# recipe: attribute expressions 49 % / 76 % right object, positions 81 % / 57 %; docs/tiny_model.md). The REFER
+# recipe: attribute expressions 49 % / 76 % right object, positions 81 % / 57 %; docs/tiny_model_history.md). The REFER
 # train refs are the instances' own expressions (same annotation ids). Weight 2 and 4 gave the same lookups (the
 # pre-stage's own queries on the held-out expressions: cIoU 0.674 / 0.678, right object 77 %; referring_figures.py);
 # 8 expressions per image instead of 4 did move them: cIoU 0.868, right object 94 % (positions 67 -> 96 %,
@@ -63,7 +63,7 @@ referring_per_image = 8
 refs_file = data_root + 'ref_seg/refcoco/refs(unc).p'
 
 batch_size = 8
-max_iters = 3000  # 2000 left the encoder visibly weaker in one of two runs (docs/tiny_model.md, "Run-to-run spread")
+max_iters = 3000  # 2000 left the encoder visibly weaker in one of two runs (docs/tiny_model_history.md, "Run-to-run spread")
 lr = 1e-3
 warmup_iters = 20
 max_norm = 1

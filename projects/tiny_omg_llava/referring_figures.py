@@ -6,7 +6,7 @@
   (the ``[SEG]`` follows the words the answer says, so a swapped word usually selects another object).
 * :func:`evaluate_pre_stage`: the same figures for the OMG-Seg pre-stage's own referring lookups: each held-out
   expression made a query by the pre-stage's bag-of-words encoder and decoded alone through its decoder. Which
-  lookups the decoder can do bounds what a ``[SEG]`` can select (docs/tiny_model.md, "Which cues a run learns").
+  lookups the decoder can do bounds what a ``[SEG]`` can select (docs/tiny_model_history.md, "Which cues a run learns").
 
     python projects/tiny_omg_llava/referring_figures.py --stage-dir WORK/omg_seg --data-root WORK/data/synthetic_shapes
 """

@@ -78,7 +78,7 @@ def run_stage(name: str, command: list[str], timings: dict, log_dir: str, cwd: s
 
 def default_processes() -> int:
     """Training processes per stage: 2 where there are at least 2 cores (one thread each: faster than one process
-    with two threads, docs/tiny_model.md "Compute"), else 1."""
+    with two threads, docs/tiny_model_history.md "Compute"), else 1."""
     return 2 if (os.cpu_count() or 1) >= 2 else 1
 
 
