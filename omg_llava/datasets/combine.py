@@ -20,7 +20,7 @@ class CombinedDataset(Dataset):
         shuffle_seed: seed of the one-off permutation of the concatenation (42 in the reference); ``None``
             keeps the concatenation order.
         text_only_lm: per dataset, whether its samples may get the model's text-only LM pass
-            (``OMGLLaVA.text_only_lm_weight``): True where the answers can be read from the conversation's text
+            (``auxiliary_losses.TextOnlyLMLoss``): True where the answers can be read from the conversation's text
             (a referring answer repeats the question's expression), False where they describe the image (a region
             description, a caption). Each sample then carries a ``text_only_lm`` flag. ``None`` (default): no
             flags, every sample may.
