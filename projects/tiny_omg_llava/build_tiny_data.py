@@ -59,7 +59,8 @@ def write_llava(w: DataWriter, scenes: list[Scene], rng: random.Random) -> tuple
         turns = [('<image>\nWhat objects can you see in this picture?', f'I can see {inventory(scene)}.'),
                  (f'How many {plural(name)} are there?',
                   f'There {"is" if len(insts) == 1 else "are"} {count_phrase(name, len(insts))}.'),
-                 ('Where is the largest object?', f'The largest object is {count_phrase(big.name, 1)}, {where(big.mask)}.')]
+                 ('Where is the largest object?',
+                  f'The largest object is {count_phrase(big.name, 1)}, {where(big.mask)}.')]
         instruct.append(dict(id=f'{k + 1:012d}', image=image, conversations=messages(turns)))
     for k, turns in enumerate(TEXT_ONLY_ROWS):
         instruct.append(dict(id=f'text_only_{k}', conversations=messages(turns)))
@@ -82,8 +83,8 @@ def write_grandf(w: DataWriter, scenes: list[Scene]) -> int:
             groundings[phrase] = dict(token_positives=[len(text), len(text) + len(phrase)],
                                       rle_masks=[rle(i.mask) for i in insts])
             position = where(np.any([i.mask for i in insts], axis=0))
-            text += phrase + ' ' + position + (', ' if j < len(parts) - 2 else ' and ' if j == len(parts) - 2
-                                               else '.')
+            last = j == len(parts) - 1
+            text += phrase + ' ' + position + ('.' if last else ' and ' if j == len(parts) - 2 else ', ')
         rows.append(dict(file_name=file_name, caption=text, groundings=groundings))
     w.json(rows, 'glamm_data', 'annotations', 'GranDf_HA_GCG_train.json')
     return len(rows)
@@ -119,7 +120,8 @@ def write_coco2014(w: DataWriter, scenes: list[Scene], rng: random.Random) -> di
         for ann, sentences in zip(anns, expressions):
             firsts.setdefault(ann['category_id'], (ann, sentences[0]))
         chosen = list(firsts.values())[:3]
-        text = join_words([s for _, s in chosen]) + (' are in the picture.' if len(chosen) > 1 else ' is in the picture.')
+        verb = ' are' if len(chosen) > 1 else ' is'
+        text = join_words([s for _, s in chosen]) + verb + ' in the picture.'
         gcg.append({str(image_id): dict(img_file_name=file_name, caption=text.capitalize(), refs=[
             dict(sentence=s, bbox=a['bbox'], segmentation=a['segmentation']) for a, s in chosen])})
         # Osprey: up to MAX_REGIONS objects as regions.

@@ -28,8 +28,10 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from shapes_expressions import (EXPRESSION_KINDS, Query, expression_kind, expression_queries,  # noqa: F401
-                                pick_sentences, referring_expressions)
+# EXPRESSION_KINDS, CATEGORIES, expression_kind, referring_expressions, sample_scene: re-exported, the
+# generator's public face for image_use.py, referring_figures.py and the tests
+from shapes_expressions import (EXPRESSION_KINDS, Query, expression_kind,  # noqa: F401
+                                expression_queries, pick_sentences, referring_expressions)
 from shapes_scene import CATEGORIES, COLOURS, KINDS, Scene, sample_scene  # noqa: F401
 from shapes_texts import (caption, instruct_conversation, point_conversation, region_conversation,
                           region_description)
@@ -68,25 +70,28 @@ def _refs(queries: list[tuple[int, Query]], anns: list[dict], split: str, ref_id
     return refs
 
 
-def _grandf_row(w: DataWriter, n: int, image_path: str, text: str, spans: list[tuple[int, int, int]],
-                anns: list[dict]) -> dict:
+def _grandf_row(w: DataWriter, n: int, image_path: str, text: str,
+                spans: list[tuple[int, int, int]], anns: list[dict]) -> dict:
     """GranD-f GCG: the caption, each object phrase grounded by its RLE."""
     name = f'sa_{n:06d}.jpg'
     w.link(image_path, 'glamm_data', 'images', 'grandf', 'train', name)
     return dict(file_name=name, caption=text, groundings={
-        text[s:e]: dict(token_positives=[s, e], rle_masks=[anns[i]['segmentation']]) for s, e, i in spans})
+        text[s:e]: dict(token_positives=[s, e], rle_masks=[anns[i]['segmentation']])
+        for s, e, i in spans})
 
 
 def _osprey_rows(scene: Scene, entry: dict, anns: list[dict], rng: np.random.Generator
                  ) -> tuple[dict, dict]:
     """Osprey: every object as a region; the description row and the conversation row."""
-    entry = dict(entry, annotation=[dict(bbox=a['bbox'], segmentation=a['segmentation']) for a in anns])
+    entry = dict(entry, annotation=[dict(bbox=a['bbox'], segmentation=a['segmentation'])
+                                    for a in anns])
     description = dict(entry, description=[f'<region{r}>: {region_description(scene, r - 1)}'
                                            for r in range(1, len(anns) + 1)])
     return description, dict(entry, conversations=messages(region_conversation(scene, rng)))
 
 
-def _mdpv_row(w: DataWriter, scene: Scene, n: int, image_path: str, rng: np.random.Generator) -> dict:
+def _mdpv_row(w: DataWriter, scene: Scene, n: int, image_path: str,
+              rng: np.random.Generator) -> dict:
     """MDPV point QA: marks at interior points of up to MAX_MARKS random objects."""
     marked = [int(i) for i in rng.permutation(len(scene.objects))[:MAX_MARKS]]
     name = f'synthetic_{n:06d}.jpg'
@@ -101,7 +106,8 @@ def _llava_rows(w: DataWriter, scene: Scene, n: int, image_path: str, text: str,
     """LLaVA-Pretrain (one caption turn) and LLaVA-Instruct (three turns) rows."""
     pretrain_name = f'{n // 10000:05d}/{n:09d}.jpg'  # LLaVA-Pretrain's '00453/004539375.jpg' naming
     w.link(image_path, 'llava_data', 'LLaVA-Pretrain', 'images', pretrain_name)
-    question = ('Describe the image briefly.', 'Give a short caption of this picture.')[int(rng.integers(2))]
+    questions = ('Describe the image briefly.', 'Give a short caption of this picture.')
+    question = questions[int(rng.integers(2))]
     pretrain = dict(id=f'{n:09d}', image=pretrain_name,
                     conversations=messages([(f'{question}\n<image>', text)]))
     instruct_name = f'coco/train2017/{n:012d}.jpg'
@@ -121,8 +127,8 @@ def _write_ade20k(w: DataWriter, scene: Scene, n: int, image_path: str) -> None:
 
 
 def _write_train_sources(w: DataWriter, scene: Scene, n: int, image_path: str, entry: dict,
-                         anns: list[dict], expressions: list[tuple[int, str]], rng: np.random.Generator,
-                         rows: dict[str, list]) -> None:
+                         anns: list[dict], expressions: list[tuple[int, str]],
+                         rng: np.random.Generator, rows: dict[str, list]) -> None:
     """GranD-f GCG, Osprey, MDPV, LLaVA and ADE20K rows of the ``n``-th training image (images
     hard-linked), in a fixed order: the random draws of each format follow the previous ones."""
     text, spans = caption(scene)
@@ -138,7 +144,7 @@ def _write_train_sources(w: DataWriter, scene: Scene, n: int, image_path: str, e
 
 
 def _region_question_row(scene: Scene, image: str, anns: list[dict]) -> dict:
-    """One row of the held-out region-question manifest: every object's mask with its colour and kind."""
+    """One row of the held-out region-question manifest: every object's mask, colour and kind."""
     H, W = scene.image.shape[:2]
     return dict(image=image, height=H, width=W, regions=[
         dict(segmentation=a['segmentation'], bbox=a['bbox'], colour=o.colour, kind=o.kind, size=o.size_class,
