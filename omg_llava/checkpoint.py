@@ -148,6 +148,10 @@ def read_weights(path: str | os.PathLike, *, weights_only: bool = True,
                               'truncated or corrupt (an interrupted download?): download it again.') from exc
 
 
+#: Source bytes per step of :func:`load_into`'s copy (a memory-mapped file is then resident a chunk at a time).
+COPY_CHUNK_BYTES = 64 * 2 ** 20
+
+
 class FilePages:
     """Drop the resident pages of tensors memory-mapped from ``path`` (:func:`read_weights` with ``mmap=True``).
 
@@ -167,11 +171,15 @@ class FilePages:
         self._madvise = ctypes.CDLL(None, use_errno=True).madvise if self.ranges else None
 
     def release(self, tensor: torch.Tensor) -> None:
-        """Drop the resident pages of ``tensor``'s storage that lie in the file's mappings."""
+        """Drop the resident pages of ``tensor`` (its storage, when not contiguous) that lie in the file's
+        mappings."""
         if self._madvise is None or tensor.device.type != 'cpu':
             return
-        storage = tensor.untyped_storage()
-        start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        if tensor.is_contiguous():
+            start, end = tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size()
+        else:
+            storage = tensor.untyped_storage()
+            start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
         for lo, hi in self.ranges:
             first, last = max(start, lo) // self._page * self._page, min(end, hi)
             if first < last:
@@ -247,7 +255,8 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
         strict: raise :class:`CheckpointMismatchError` on any missing, unexpected or mis-shaped key.
         file_keys: every key of the file, for guessing which file it is in the error message (default: the
             keys of ``state_dict``; pass them when the caller has already set aside keys the model lacks).
-        after_copy: called with each source tensor once it is copied (e.g. :meth:`FilePages.release`).
+        after_copy: called with each copied piece of a source tensor (large tensors are copied
+            ``COPY_CHUNK_BYTES`` of rows at a time), e.g. :meth:`FilePages.release`.
 
     Returns:
         The report. Nothing is copied when ``strict`` and the report is not clean.
@@ -274,8 +283,21 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
                 if target.is_meta:
                     raise CheckpointError(f'{source}: cannot copy {key} into a meta-device model; build the '
                                           'model on a real device (cpu) before loading weights.')
-                target.copy_(value)  # casts to the target's dtype on the fly, no converted copy
+                _copy_in_chunks(target, value, after_copy)
                 report.loaded.append(key)
-                if after_copy is not None:
-                    after_copy(value)
     return report
+
+
+def _copy_in_chunks(target: torch.Tensor, value: torch.Tensor,
+                    after_copy: Callable[[torch.Tensor], None] | None) -> None:
+    """``target.copy_(value)`` (casting on the fly), ``COPY_CHUNK_BYTES`` of leading rows at a time."""
+    row_bytes = value[0].numel() * value.element_size() if value.dim() and len(value) else 0
+    if not row_bytes or value.numel() * value.element_size() <= COPY_CHUNK_BYTES:
+        pieces = [(target, value)]
+    else:
+        step = max(1, COPY_CHUNK_BYTES // row_bytes)
+        pieces = [(target[i:i + step], value[i:i + step]) for i in range(0, len(value), step)]
+    for destination, source in pieces:
+        destination.copy_(source)
+        if after_copy is not None:
+            after_copy(source)

@@ -69,7 +69,8 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
     own = nn.Module.state_dict(model, keep_vars=True)
     with_copy = model.visual_encoder.panoptic_head.with_llm_decoder_copy
     with_full_llm = not getattr(model, 'freeze_llm', True)
-    required = [k for k in own if is_saved_key(k, with_copy, with_full_llm)]
+    merged_bases = {'llm.' + k[len(PEFT_PREFIX):].replace('.base_layer.', '.') for k in merged if '.lora_' not in k}
+    required = [k for k in own if is_saved_key(k, with_copy, with_full_llm) and k not in merged_bases]
     ignored = []
     lora_model = getattr(model, 'has_lora', False) or (lora is not None and not merged)
     if lora_model and any(k in state_dict for k in PRETRAIN_VOCAB_KEYS):
@@ -122,9 +123,10 @@ def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora:
 
     Every ``nn.Linear`` the LoRA config targets must have its ``lora_A`` / ``lora_B`` pair (adapter ``default``)
     with the config's rank; each is merged as ``W += (alpha / r) · B @ A`` by
-    :func:`~omg_llava.models.lora.merge_lora_delta_`. The other ``llm.base_model.model.X`` keys are renamed to
-    the plain ``llm.X`` (``.base_layer`` dropped). A file without any finetune-layout key (a pretrain-stage
-    file) is returned unchanged: the LoRA stays a no-op, as an untrained adapter is.
+    :func:`~omg_llava.models.lora.merge_lora_delta_`; a base weight the file holds too (the LM head
+    ``output.base_layer.weight``) is copied in first, in place. The other ``llm.base_model.model.X`` keys are
+    renamed to the plain ``llm.X`` (``.base_layer`` dropped). A file without any finetune-layout key (a
+    pretrain-stage file) is returned unchanged: the LoRA stays a no-op, as an untrained adapter is.
 
     Args:
         llm: the plain LLM (``model.llm``).
@@ -143,14 +145,15 @@ def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora:
     if not any(k.startswith(PEFT_PREFIX) for k in state_dict):
         return dict(state_dict), []
     config = build_lora_config(lora, llm)
-    rest, pairs = {}, {}
+    rest, pairs, file_keys = {}, {}, {}
     for key, value in state_dict.items():
         name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else None
         match = LORA_KEY.fullmatch(name) if name is not None else None
         if match and match['adapter'] == ADAPTER:
             pairs.setdefault(match['module'], {})[match['side']] = (key, value)
         elif name is not None and match is None:
-            rest['llm.' + name.replace('.base_layer.', '.')] = value
+            plain = 'llm.' + name.replace('.base_layer.', '.')
+            rest[plain], file_keys[plain] = value, key
         else:
             rest[key] = value  # another adapter or outside the LLM: reported as unexpected by the caller
     modules = dict(llm.named_modules())
@@ -182,7 +185,17 @@ def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora:
     merged = []
     for path in targets:
         (key_a, a), (key_b, b) = pairs[path]['A'], pairs[path]['B']
-        merge_lora_delta_(modules[path].weight.data, a, b, scale)
+        weight = modules[path].weight
+        base = rest.pop(f'llm.{path}.weight', None)
+        if base is not None:  # the file's own base weight first (the LM head): the merge goes on top of it
+            if base.shape != weight.shape:
+                raise CheckpointMismatchError(f'{source}: {file_keys[f"llm.{path}.weight"]} has shape '
+                                              f'{list(base.shape)}, the model {list(weight.shape)}')
+            weight.data.copy_(base)
+            merged.append(file_keys[f'llm.{path}.weight'])
+            if after_merge is not None:
+                after_merge(base)
+        merge_lora_delta_(weight.data, a, b, scale)
         merged += [key_a, key_b]
         if after_merge is not None:
             after_merge(a)
