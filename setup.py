@@ -1,9 +1,11 @@
 """Packaging for the omg_llava plugin.
 
-Runtime dependencies are ranges; the tested pins live in requirements/constraints.txt and the
-set-up path (scripts/setup_env.sh) installs mmcv with compiled ops, xtuner with --no-deps and
-deepspeed without prebuilt ops, which a plain dependency list cannot express.
-xtuner is deliberately not listed: its metadata drags in 100+ packages (see docs/installation.md).
+Runtime dependencies are ranges covering the two tested stacks: requirements/constraints.txt (newest, the
+default: transformers 5.x) and requirements/constraints-oldest.txt (oldest supported: transformers 4.48). The
+set-up path (scripts/setup_env.sh [VENV] [newest|oldest]) installs mmcv with compiled ops, xtuner with --no-deps
+and deepspeed without prebuilt ops, which a plain dependency list cannot express.
+xtuner is deliberately not listed: it is needed for training only, and its metadata drags in 100+ packages
+(see docs/installation.md).
 """
 from setuptools import find_packages, setup
 
@@ -20,7 +22,9 @@ setup(
         'mmengine>=0.10.3,<0.11',
         'mmcv>=2.0.0,<2.2.0',
         'mmdet>=3.3.0,<3.4',
-        'transformers>=4.46,<4.54',
+        'transformers>=4.48,<6',  # tested: 4.48.0 (oldest) and 5.25.0 (newest); 4.57.6 for the LLM tests
+        'huggingface_hub>=0.24,<3',  # transformers 4.x needs <1.0, 5.25 needs >=2.4; each pins its own range
+        'tokenizers>=0.21',
         'peft>=0.13',
         'accelerate',
         'datasets',
@@ -37,7 +41,7 @@ setup(
         'train': ['deepspeed>=0.12.3,<0.19.7'],
         'gpu': ['bitsandbytes'],
         'test': ['pytest', 'scikit-image', 'imgviz'],
-        'app': ['gradio'],
+        'app': ['gradio>=6.17,<7'],  # 6.17.3 with huggingface_hub<1.0 (transformers 4.x), 6.31.0 with 5.x
         'eval': ['pycocoevalcap'],  # METEOR / SPICE also need Java
     },
 )
