@@ -1,23 +1,38 @@
-"""Gradio demo of OMG-LLaVA (spec §9.2): ask about an image with point and box prompts; see docs/app.md.
+"""Gradio demo of OMG-LLaVA (spec §9.2): ask about an image with point and box prompts, or segment what you
+click; see docs/app.md.
 
     python tools/app.py                  # built-in default: the trained tiny synthetic-shapes model, CPU
     python tools/app.py configs/omg_llava_7b_finetune_8gpus.py --pth omg_llava_7b_finetune_8gpus.pth \\
         --device cuda --dtype fp16
 
-Then open http://127.0.0.1:7860. Click on the image to add a point (write <mark> in the question) or, in box
-mode, click two opposite corners to add a box (write <region>).
+Then open http://127.0.0.1:7860. Click on the image to add a point (write <mark> in the question), drag a
+rectangle to add a box (write <region>), or choose "Segment" to see the mask of what you click at once.
+The files, the port and the device are checked before the model is built.
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import os
+import socket
 import sys
+import zipfile
 
 from omg_llava.inference.defaults import (DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT, checkpoint_for,
                                          is_default_config)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+class UsageError(Exception):
+    """A bad command-line input: printed as one ``error:`` line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of the whole usage block
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, help=f'model config (default {DEFAULT_CONFIG})')
     parser.add_argument('--pth', help='released-format OMG-LLaVA checkpoint; default: the committed one for the '
                         'default config, none (random projectors) for any other')
@@ -31,24 +46,86 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--host', default='127.0.0.1', help='address to serve on (0.0.0.0: every interface)')
     parser.add_argument('--port', type=int, default=7860, help='port to serve on')
     parser.add_argument('--share', action='store_true', help='also open a public gradio.live link (needs internet)')
-    args = parser.parse_args(argv)
-    args.pth = checkpoint_for(args.config, args.pth)
-    return args
+    return parser
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`UsageError` when ``host:port`` cannot be bound (busy, or not an address of this machine)."""
+    if not 0 < port < 65536:
+        raise UsageError(f'--port must be in 1..65535, got {port}')
+    with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is not busy
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(f'port {port} on {host} is already in use (address already in use): pass another '
+                                 f'--port, e.g. --port {port + 1}, or stop the server using it') from exc
+            raise UsageError(f'cannot serve on {host}:{port} ({exc.strerror}): use --host 127.0.0.1 or '
+                             '0.0.0.0') from exc
+
+
+def check_weight_file(path: str) -> None:
+    """Raise :class:`UsageError` unless ``path`` looks like a weight file: a torch zip checkpoint, a legacy torch
+    pickle or safetensors (a cheap look at its first bytes; the loader checks the content)."""
+    with open(path, 'rb') as f:
+        head = f.read(9)
+    legacy_pickle = head[:1] == b'\x80'  # pickle protocol marker
+    safetensors = len(head) == 9 and head[8:9] == b'{'  # 8-byte header length, then the JSON header
+    if not (zipfile.is_zipfile(path) or legacy_pickle or safetensors):
+        raise UsageError(f'--pth {path} is not a weight file (neither a torch checkpoint nor safetensors; a '
+                         'truncated download?): pass the released-format .pth, see docs/model_zoo.md')
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Everything that can be wrong with the command line, checked before the (slow) model build."""
+    for flag, path in (('config', args.config), ('--pth', args.pth)):
+        if path and not os.path.isfile(path):
+            raise UsageError(f'{flag} file not found: {path}' + (' (pass the released-format .pth file; see '
+                                                                  'docs/model_zoo.md)' if flag == '--pth' else ''))
+    if args.pth:
+        check_weight_file(args.pth)
+    if args.max_new_tokens < 1:
+        raise UsageError(f'--max-new-tokens must be at least 1, got {args.max_new_tokens}')
+    check_port_free(args.host, args.port)
+    import torch
+    try:
+        torch.device(args.device)
+    except RuntimeError as exc:
+        raise UsageError(f'--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N') from exc
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
+    args.pth = checkpoint_for(args.config, args.pth)
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_args(args)
+    from omg_llava.checkpoint import CheckpointError
     from omg_llava.inference.app_ui import build_demo, launch_demo
     from omg_llava.inference.chat import OMGLLaVAChat
 
-    chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=args.device, dtype=args.dtype,
-                                           seed=args.seed, weights_only=not args.trust_checkpoint)
-    print(f'config: {args.config}')
+    print(f'building {args.config} on {args.device} ({args.dtype}); OMG-LLaVA weights: {args.pth or "none"} ...',
+          flush=True)
+    try:
+        chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=args.device, dtype=args.dtype,
+                                               seed=args.seed, weights_only=not args.trust_checkpoint)
+    except (FileNotFoundError, ValueError, KeyError, ImportError, CheckpointError) as exc:
+        raise UsageError(str(exc).strip('"')) from exc
     for note in notes:
         print(f'  {note}')
     examples = [(DEFAULT_IMAGE, DEFAULT_PROMPT)] if is_default_config(args.config) else None
     demo = build_demo(chat, max_new_tokens=args.max_new_tokens, examples=examples)
-    launch_demo(demo, host=args.host, port=args.port, share=args.share)
+    try:
+        launch_demo(demo, host=args.host, port=args.port, share=args.share)
+    except OSError as exc:  # the port was taken while the model loaded
+        raise UsageError(f'cannot serve on {args.host}:{args.port}: {exc}; pass another --port') from exc
     return 0
 
 

@@ -1,10 +1,14 @@
-"""The Gradio demo served for real on localhost with the tiny model, driven through gradio_client, and its
-rendering helpers (answer colouring, mask overlay, prompt parsing)."""
+"""The Gradio demo served for real on localhost with the tiny model and driven through gradio_client, its
+callbacks called directly (prompt life cycle, drag, interactive segmentation), its rendering helpers (mask
+colours, answer colouring, overlays, escaped prompt syntax) and the command line's checks before the model
+build. The in-browser walk-through (Enter, drag, screenshots) is tools/app_screenshots.py."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -13,10 +17,15 @@ from PIL import Image
 from skimage import data
 from transformers import LogitsProcessorList
 
+from omg_llava.checkpoint import CheckpointError
 from omg_llava.inference import app_ui
-from omg_llava.inference.app_ui import (ChatApp, answer_to_html, build_demo, highlight_colour, launch_demo,
-                                        mask_colour, overlay_masks, parse_prompts)
+from omg_llava.inference.app_callbacks import (BOX_MODE, NO_IMAGE, POINT_MODE, SEGMENT_MODE, ChatApp,
+                                               parse_prompts)
+from omg_llava.inference.app_render import (PALETTE, answer_to_html, mask_contrast, mask_outline, overlay_masks,
+                                            pick_mask_colours, text_colour)
+from omg_llava.inference.app_ui import build_demo, launch_demo
 from omg_llava.inference.chat import OMGLLaVAChat
+from omg_llava.segmentation.segmenter import UniversalSegmenter
 
 from conftest import TINY_CONFIG, load_tool
 
@@ -43,16 +52,17 @@ def forced_phrase(chat) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope='module')
+def app(chat, forced_phrase) -> ChatApp:
+    return ChatApp(chat, max_new_tokens=forced_phrase[0], generation_kwargs=forced_phrase[1])
+
+
+@pytest.fixture(scope='module')
 def client(chat, forced_phrase, tmp_path_factory):
     max_new_tokens, generation_kwargs = forced_phrase
     demo = build_demo(chat, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    launch_demo(demo, port=port, prevent_thread_lock=True)
+    launch_demo(demo, port=_free_port(), prevent_thread_lock=True)
     try:
-        yield Client(f'http://127.0.0.1:{port}/', verbose=False,
-                     download_files=str(tmp_path_factory.mktemp('downloads')))
+        yield Client(demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp('downloads')))
     finally:
         demo.close()
 
@@ -64,27 +74,42 @@ def cat_file(tmp_path_factory) -> str:
     return str(path)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def _read(path: str) -> np.ndarray:
     return np.asarray(Image.open(path).convert('RGB'))
 
 
+def _chip_colours(answer_html: str) -> list[tuple[int, ...]]:
+    return [tuple(map(int, c)) for c in re.findall(r'background-color: rgb\((\d+), (\d+), (\d+)\)', answer_html)]
+
+
+def _skipped(value) -> bool:
+    return value == gr.skip()  # an update that changes nothing
+
+
 # ------------------------------------------------------------------------------- the served app
-def test_ask_returns_coloured_answer_and_overlay(client, cat_file):
+def test_ask_colours_the_phrase_and_its_mask_alike(client, cat_file):
     answer, overlay = client.predict(handle_file(cat_file), 'Please segment the cat in this image.', '[]', '[]',
                                      False, api_name='/ask')
-    assert 'data-mask="0"' in answer and f'rgb{highlight_colour(0)}' in answer and '>cat</span>' in answer
-    assert '[SEG]' not in answer and '&lt;p&gt;' not in answer
+    assert 'data-mask="0"' in answer and '>cat</span>' in answer and '[SEG]' not in answer
     overlay = _read(overlay)
     assert overlay.shape == CAT.shape  # cropped to the original image, not the padded square
-    changed = (overlay != CAT).any(-1)
-    blended = np.round(0.5 * CAT.astype(float) + 0.5 * np.array(mask_colour(0))).astype(np.uint8)
-    assert changed.any() and (overlay[changed] == blended[changed]).all()  # only mask 0's colour was painted
+    mask = (overlay != CAT).any(-1)
+    assert mask.any()
+    (colour,) = _chip_colours(answer)
+    assert colour in PALETTE and (overlay[mask_outline(mask, 2)] == colour).all()  # outline in the chip's colour
+    assert mask_contrast(CAT, mask, colour) == max(mask_contrast(CAT, mask, c) for c in PALETTE)
 
 
 def test_click_then_ask_with_a_point(client, cat_file):
     points, boxes, view, hint = client.predict(handle_file(cat_file), '[]', '[]', 'point', 200, 120,
                                                api_name='/click')
-    assert json.loads(points) == [[200, 120]] and boxes == '[]' and 'Point 1' in hint
+    assert json.loads(points) == [[200, 120]] and boxes == '[]' and 'Point 1' in hint and '`<mark>`' in hint
     view = _read(view)
     assert view.shape == CAT.shape and (view[120, 200] != CAT[120, 200]).any()  # the point is drawn
     answer, overlay = client.predict(handle_file(cat_file), 'What is <mark> doing?', points, boxes, False,
@@ -104,7 +129,14 @@ def test_two_clicks_make_a_box_then_ask_with_it(client, cat_file):
     assert 'omg-error' not in answer and 'cat' in answer
 
 
-def test_prompt_count_mismatch_is_shown_not_raised(client, cat_file):
+def test_segment_endpoint_needs_no_question(client, cat_file):
+    answer, overlay = client.predict(handle_file(cat_file), '[[200, 120]]', '[[100, 40, 300, 250]]',
+                                     api_name='/segment')
+    assert 'OMG-Seg masks' in answer and '>point 1</span>' in answer and '>box 1</span>' in answer
+    assert len(set(_chip_colours(answer))) == 2 and _read(overlay).shape == CAT.shape
+
+
+def test_errors_are_shown_not_raised(client, cat_file):
     answer, overlay = client.predict(handle_file(cat_file), 'What is <region>?', '[]', '[]', False,
                                      api_name='/ask')
     assert 'omg-error' in answer and 'holds 1 &lt;region&gt; but 0 regions' in answer and overlay is None
@@ -114,16 +146,41 @@ def test_prompt_count_mismatch_is_shown_not_raised(client, cat_file):
     assert 'points must be JSON' in answer
     answer, _ = client.predict(handle_file(cat_file), 'What is <mark>?', '[[999, 2]]', '[]', False, api_name='/ask')
     assert 'outside the 451x300 image' in answer
-
-
-def test_text_only_question(client):
     answer, overlay = client.predict(None, 'Hello, who are you?', '[]', '[]', False, api_name='/ask')
-    assert 'cat' in answer and overlay is None
+    assert 'upload an image first' in answer and 'cat' not in answer and overlay is None
 
 
-# ------------------------------------------------------------------------------- callbacks and helpers
-def test_follow_up_keeps_the_history_and_a_new_image_restarts(chat, forced_phrase):
-    app = ChatApp(chat, max_new_tokens=forced_phrase[0], generation_kwargs=forced_phrase[1])
+def test_api_descriptions_are_plain_text(client):
+    endpoints = client.view_api(print_info=False, return_format='dict')['named_endpoints']
+    assert set(endpoints) == {'/ask', '/click', '/segment'}
+    for info in endpoints.values():
+        assert info['description'] and '``' not in info['description'] and ':meth:' not in info['description']
+
+
+# ------------------------------------------------------------------------------- callbacks
+def test_prompts_go_with_the_question_that_used_them(app):
+    session, answer, _ = app.ask(None, CAT, 'What is <mark> doing?', '[[200, 120]]', '[]', False)
+    assert 'omg-error' not in answer and session.used_prompts
+    points, boxes, view, hint, pending = app.after_ask(session, CAT)
+    assert (points, boxes, pending) == ('[]', '[]', None) and (view == CAT).all() and 'went with' in hint
+    session, answer, _ = app.ask(session, CAT, 'What is this?', points, boxes, False)  # the next plain question
+    assert 'omg-error' not in answer and not session.used_prompts
+    assert all(_skipped(v) for v in app.after_ask(session, CAT))  # nothing to clear
+    session, answer, _ = app.ask(session, CAT, 'What is this?', '[[1, 2]]', '[]', False)  # an error keeps them
+    assert 'omg-error' in answer and all(_skipped(v) for v in app.after_ask(session, CAT))
+
+
+def test_no_image_and_a_new_image(app):
+    _, answer, overlay = app.ask(None, None, 'What is this?', '[]', '[]', False)
+    assert NO_IMAGE in answer and overlay is None
+    answer, overlay = app.segment(None, '[[1, 2]]', '[]')
+    assert NO_IMAGE in answer and overlay is None
+    points, boxes, view, hint, pending, answer, overlay = app.new_image(CAT)
+    assert (points, boxes, pending, answer, overlay) == ('[]', '[]', None, '', None) and view is CAT
+    assert 'drag a box' in hint
+
+
+def test_follow_up_keeps_the_history_and_a_new_image_restarts(chat, app):
     session, _, _ = app.ask(None, CAT, 'Please segment the cat.', '[]', '[]', False)
     session, _, _ = app.ask(session, CAT, 'And again?', '[]', '[]', True)
     assert len(session.chat.history) == 2
@@ -134,27 +191,67 @@ def test_follow_up_keeps_the_history_and_a_new_image_restarts(chat, forced_phras
     assert session.chat.model is chat.model and session.chat is not chat  # per-session conversation
 
 
-def test_answer_to_html_colours_each_phrase_like_its_mask():
+def test_drag_adds_a_box_in_any_mode(app):
+    for mode in (POINT_MODE, BOX_MODE, SEGMENT_MODE):
+        points, boxes, view, hint, pending = app.drag(CAT, '[[5, 6]]', '[]', mode, '[300, 250, 100, 40]', [1, 2])
+        assert json.loads(boxes) == [[100, 40, 300, 250]] and json.loads(points) == [[5, 6]]
+        assert pending is None and 'Box 1' in hint and view.shape == CAT.shape  # a half-drawn box is dropped
+    *_, hint, pending = app.drag(CAT, '[]', '[]', BOX_MODE, '[10, 10, 10, 50]', None)
+    assert 'no area' in hint
+    assert app.drag(None, '[]', '[]', BOX_MODE, '[1, 2, 3, 4]')[3] == 'Upload an image first.'
+
+
+def test_segment_gives_the_segmenter_masks_in_contrasting_colours(app, chat):
+    points, boxes = [[200, 120], [30, 250]], [[100, 40, 300, 250]]
+    answer, overlay = app.segment(CAT, json.dumps(points), json.dumps(boxes))
+    reference = UniversalSegmenter(chat.model.visual_encoder, input_side=chat.image_size)
+    masks = list(reference.interactive(CAT, points=points, boxes=boxes).numpy())
+    colours = pick_mask_colours(CAT, masks)
+    assert _chip_colours(answer) == colours and (overlay == overlay_masks(CAT, masks, colours)).all()
+    for label, mask in zip(['point 1', 'point 2', 'box 1'], masks):
+        assert f'>{label}</span> {int(mask.sum())} pixels' in answer
+    assert 'lies outside the 451x300 image' in app.segment(CAT, '[[500, 10]]', '[]')[0]  # inside the padding
+    assert 'click on the image' in app.segment(CAT, '[]', '[]')[0]
+    assert all(_skipped(v) for v in app.segment_in_mode(CAT, '[[1, 2]]', '[]', POINT_MODE))
+    assert app.segment_in_mode(CAT, '[[200, 120]]', '[]', SEGMENT_MODE)[0].count('omg-phrase') == 1
+
+
+# ------------------------------------------------------------------------------- rendering
+def test_mask_colours_contrast_with_the_pixels_under_them():
+    image = np.zeros((20, 20, 3), np.uint8)
+    image[:10], image[10:] = (255, 140, 0), (128, 128, 128)  # orange above grey
+    orange, grey = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    orange[:10], grey[10:] = True, True
+    first, second = pick_mask_colours(image, [orange, grey])
+    assert first != second
+    red, blue = (242, 24, 24), (24, 24, 242)
+    assert mask_contrast(image, orange, first) > mask_contrast(image, orange, red)  # not the old fixed red
+    assert first == max(PALETTE, key=lambda c: mask_contrast(image, orange, c)) and first[2] > first[0]
+    assert len(set(pick_mask_colours(image, [orange] * len(PALETTE)))) == len(PALETTE)  # one round, no repeats
+    assert text_colour(blue) == (255, 255, 255) and text_colour((242, 242, 24)) == (0, 0, 0)
+
+
+def test_overlay_blends_and_outlines_each_mask():
+    image = np.full((12, 12, 3), 100, dtype=np.uint8)
+    mask = np.zeros((12, 12), bool)
+    mask[2:10, 2:10] = True
+    out = overlay_masks(image, [mask], [(200, 0, 50)])
+    assert (out[2, 2:10] == (200, 0, 50)).all() and (out[3, 3] == (200, 0, 50)).all()  # 2-pixel outline
+    assert (out[5, 5] == np.round(0.4 * 100 + 0.6 * np.array([200, 0, 50]))).all()  # blended inside
+    assert (out[~mask] == 100).all()
+
+
+def test_answer_html_uses_the_mask_colours():
+    colours = [(24, 24, 242), (242, 242, 24), (24, 242, 24)]
     html = answer_to_html('The <p> cat </p> [SEG] sits on <p>a sofa</p> [SEG].\nAlso <p>a wall</p>, and '
-                          '<p>a <b>tag</b></p> [SEG]<|im_end|>')
+                          '<p>a <b>tag</b></p> [SEG]<|im_end|>', colours)
     spans = html.split('<span')[1:]
-    assert len(spans) == 3
+    assert len(spans) == 3 and _chip_colours(html) == colours
     for index, (span, phrase) in enumerate(zip(spans, ['cat', 'a sofa', 'a &lt;b&gt;tag&lt;/b&gt;'])):
-        assert f'data-mask="{index}"' in span and f'rgb{highlight_colour(index)}' in span
-        assert f'>{phrase}</span>' in span
+        assert f'data-mask="{index}"' in span and f'>{phrase}</span>' in span
+    assert 'color: rgb(255, 255, 255)' in spans[0] and 'color: rgb(0, 0, 0)' in spans[1]
     assert '<b class="omg-phrase">a wall</b>' in html  # a phrase without its own [SEG] is not coloured
     assert '[SEG]' not in html and 'im_end' not in html and 'sofa</span>.<br>Also' in html
-    assert highlight_colour(19) == highlight_colour(0) != highlight_colour(1)
-
-
-def test_overlay_paints_each_mask_in_its_colour():
-    image = np.full((4, 5, 3), 100, dtype=np.uint8)
-    first, second = np.zeros((4, 5), bool), np.zeros((4, 5), bool)
-    first[0, :2], second[3, 4] = True, True
-    out = overlay_masks(image, [first, second])
-    assert (out[0, 0] == np.round((100 + np.array(mask_colour(0))) / 2)).all()
-    assert (out[3, 4] == np.round((100 + np.array(mask_colour(1))) / 2)).all()
-    assert (out[1:3] == 100).all()
 
 
 def test_parse_prompts():
@@ -165,20 +262,93 @@ def test_parse_prompts():
             parse_prompts(bad, 2, 'points')
 
 
+def test_prompt_syntax_is_shown_as_text(chat):
+    """Markdown passes <mark> through as an HTML tag: every prompt token of the intro is in a code span."""
+    outside_code = re.sub(r'`[^`]*`', '', app_ui.INTRO)
+    assert '<' not in outside_code and '`<mark>`' in app_ui.INTRO and '`<region>`' in app_ui.INTRO
+    demo = build_demo(chat)
+    markdown = [b for b in demo.blocks.values() if type(b).__name__ == 'Markdown']
+    assert markdown[0].value == app_ui.INTRO
+    question = next(b for b in demo.blocks.values() if type(b).__name__ == 'Textbox' and b.label.startswith('Q'))
+    assert question.lines == 1 and question.max_lines > 1  # Gradio: Enter submits, Shift+Enter a new line
+    ids = {b.elem_id for b in demo.blocks.values()}
+    assert {'omg-prompt-view', 'omg-drag-box', 'omg-drag-button'} <= ids
+    assert all(f'#{i}' in app_ui.DRAG_JS for i in ('omg-prompt-view', 'omg-drag-box', 'omg-drag-button'))
+    assert app_ui.DRAG_JS.strip().startswith('(() =>') and app_ui.DRAG_JS.strip().endswith('})();')  # runs
+
+
+def test_default_example_is_offered(chat):
+    from omg_llava.inference.defaults import DEFAULT_IMAGE, DEFAULT_PROMPT
+    demo = build_demo(chat, examples=[(DEFAULT_IMAGE, DEFAULT_PROMPT)])
+    datasets = [b for b in demo.blocks.values() if type(b).__name__ == 'Dataset']  # what gr.Examples shows
+    assert len(datasets) == 1 and DEFAULT_PROMPT in str(datasets[0].samples)
+    assert not [b for b in build_demo(chat).blocks.values() if type(b).__name__ == 'Dataset']
+
+
+# ------------------------------------------------------------------------------- the command line
 def test_cli_builds_the_chat_and_serves_locally(chat, monkeypatch):
     calls = {}
     monkeypatch.setattr(OMGLLaVAChat, 'from_config',
                         classmethod(lambda cls, path, **kw: calls.update(config=path, **kw) or (chat, ['random'])))
     monkeypatch.setattr(app_ui, 'launch_demo', lambda demo, **kw: calls.update(launch=kw))
-    assert load_tool('app').main(['--port', '7999', '--max-new-tokens', '8']) == 0
+    port = _free_port()
+    assert load_tool('app').main(['--port', str(port), '--max-new-tokens', '8']) == 0
     assert calls['config'] == 'configs/tiny/omg_llava_tiny_synthetic_finetune.py' and calls['weights_only']
     assert calls['pth'].endswith('omg_llava/assets/tiny_synthetic/omg_llava_tiny_synthetic.pth')  # the trained default
-    assert calls['launch'] == dict(host='127.0.0.1', port=7999, share=False)
+    assert calls['launch'] == dict(host='127.0.0.1', port=port, share=False)
 
 
-def test_default_example_is_offered(chat):
-    from omg_llava.inference.defaults import DEFAULT_IMAGE, DEFAULT_PROMPT
-    demo = app_ui.build_demo(chat, examples=[(DEFAULT_IMAGE, DEFAULT_PROMPT)])
-    datasets = [b for b in demo.blocks.values() if type(b).__name__ == 'Dataset']  # what gr.Examples shows
-    assert len(datasets) == 1 and DEFAULT_PROMPT in str(datasets[0].samples)
-    assert not [b for b in app_ui.build_demo(chat).blocks.values() if type(b).__name__ == 'Dataset']
+def _refuse_to_build(monkeypatch):
+    def build(cls, *args, **kwargs):
+        raise AssertionError('the model was built before the command line was checked')
+    monkeypatch.setattr(OMGLLaVAChat, 'from_config', classmethod(build))
+
+
+def test_cli_busy_port_is_one_error_line_before_the_model(monkeypatch, capsys):
+    _refuse_to_build(monkeypatch)
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert load_tool('app').main(['--port', str(port)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and err.startswith('error: ') and 'address already in use' in err
+    assert f'--port {port + 1}' in err
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--pth', 'no/such/file.pth'], '--pth file not found: no/such/file.pth'),
+    (['configs/no_such_config.py'], 'config file not found'),
+    (['--device', 'gpu0'], "--device 'gpu0' is not a torch device"),
+    (['--max-new-tokens', '0'], '--max-new-tokens must be at least 1'),
+])
+def test_cli_bad_arguments_are_one_error_line_before_the_model(argv, message, monkeypatch, capsys):
+    _refuse_to_build(monkeypatch)
+    assert load_tool('app').main(argv + ['--port', str(_free_port())]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and err.startswith('error: ') and message in err
+
+
+def test_cli_bad_checkpoint_is_one_error_line(tmp_path, monkeypatch, capsys):
+    _refuse_to_build(monkeypatch)
+    bad = tmp_path / 'notes.pth'
+    bad.write_text('not a checkpoint')
+    truncated = tmp_path / 'truncated.pth'
+    torch.save({'w': torch.zeros(64)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    for path in (bad, truncated):
+        assert load_tool('app').main(['--pth', str(path), '--port', str(_free_port())]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f'error: --pth {path} is not a weight file (neither a torch checkpoint nor safetensors; a ' \
+                      'truncated download?): pass the released-format .pth, see docs/model_zoo.md'
+
+
+def test_cli_checkpoint_the_loader_refuses_is_one_error_line(tmp_path, monkeypatch, capsys):
+    wrong = tmp_path / 'wrong.pth'
+    torch.save({'w': torch.zeros(4)}, wrong)
+
+    def build(cls, path, pth=None, **kwargs):
+        raise CheckpointError(f'{pth}: 0 of 46 keys loaded, e.g. missing projector.model.0.weight')
+    monkeypatch.setattr(OMGLLaVAChat, 'from_config', classmethod(build))
+    assert load_tool('app').main(['--pth', str(wrong), '--port', str(_free_port())]) == 2
+    assert capsys.readouterr().err == f'error: {wrong}: 0 of 46 keys loaded, e.g. missing projector.model.0.weight\n'
