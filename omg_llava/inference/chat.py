@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from omg_llava.models.generation import KVCache
 from omg_llava.models.multimodal_inputs import PromptCountError
 from omg_llava.models.omg_llava import EncodedImages, OMGLLaVA
 from omg_llava.models.visual_prompts import VisualPrompt
@@ -64,6 +65,7 @@ class _Conversation:
     answer_ids: list[list[int]] = field(default_factory=list)  # the generated ids of each answer in turns
     region_prompts: list[VisualPrompt] = field(default_factory=list)
     mark_prompts: list[VisualPrompt] = field(default_factory=list)
+    kv_cache: KVCache = field(default_factory=KVCache)  # a follow-up prefills only its new tokens
 
 
 class OMGLLaVAChat:
@@ -136,7 +138,8 @@ class OMGLLaVAChat:
             max_new_tokens / temperature / top_p / top_k / repetition_penalty: decoding (sampling iff
                 temperature > 0; the reference chat samples with T=0.1, top-p 0.75, top-k 40).
             streamer: a transformers streamer (e.g. ``TextStreamer``) for live output.
-            generation_kwargs: any other ``generate`` argument (e.g. ``num_beams``, ``sequence_bias``).
+            generation_kwargs: ``sequence_bias`` or ``logits_processor`` (see
+                :class:`~omg_llava.models.generation.DecodingOptions`).
 
         Raises:
             PromptCountError: the numbers of ``<mark>`` / ``<region>`` and of prompts differ, or prompts are
@@ -154,7 +157,7 @@ class OMGLLaVAChat:
                                      region_prompts=conv.region_prompts + region_prompts,
                                      mark_prompts=conv.mark_prompts + marks, max_new_tokens=max_new_tokens,
                                      repetition_penalty=repetition_penalty, streamer=streamer,
-                                     **sampling, **generation_kwargs)[0]
+                                     kv_cache=conv.kv_cache, **sampling, **generation_kwargs)[0]
         ids = output.token_ids.tolist()
         text = self.tokenizer.decode([i for i in ids if i not in self.model.stop_token_ids],
                                      skip_special_tokens=False).strip()

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from omg_llava.registry import MODELS, build_component
 from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 
+from .generation import Decoded, DecodingOptions, KVCache, decode
 from .lora import wrap_llm_with_lora
 from .multimodal_inputs import (PromptCountError, SplicedInputs, count_placeholders,
                                 placeholder_batch_indices, splice_multimodal_inputs)
@@ -418,8 +419,12 @@ class OMGLLaVA(BaseModel):
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, images: EncodedImages | None = None,
                  region_prompts: Sequence[VisualPrompt] = (), mark_prompts: Sequence[VisualPrompt] = (),
-                 max_new_tokens: int = 100, **generation_kwargs) -> list[GenerationOutput]:
+                 max_new_tokens: int = 100, kv_cache: KVCache | None = None,
+                 **generation_kwargs) -> list[GenerationOutput]:
         """Answer prompts and decode one mask per generated ``[SEG]``.
+
+        One prefill (LM head on the last position only), then one token per step; the ``[SEG]`` hidden states are
+        collected while decoding (:func:`~omg_llava.models.generation.decode`), with no second pass.
 
         Args:
             input_ids: (B, L) right-padded prompt ids with placeholders (see :meth:`forward`).
@@ -427,12 +432,22 @@ class OMGLLaVA(BaseModel):
             images: from :meth:`encode_images` (required when a prompt holds ``<image>``).
             region_prompts / mark_prompts: one prompt per ``<region>`` / ``<mark>``, in order.
             max_new_tokens: generation budget.
-            generation_kwargs: passed to ``generate`` (``do_sample``, ``temperature``, ``top_p``, ...).
+            kv_cache: a conversation's cache (batch 1): when ``input_ids`` begin with the ids it holds, only the
+                new positions are prefilled; it is updated to hold the prompt and the fed answer.
+            generation_kwargs: decoding options (``do_sample``, ``temperature``, ``top_p``, ``top_k``,
+                ``repetition_penalty``, ``sequence_bias``, ``logits_processor``, ``streamer``; see
+                :class:`~omg_llava.models.generation.DecodingOptions`).
 
         Raises:
             PromptCountError: placeholders and prompts/images disagree.
             PromptTooLongError: the spliced prompt exceeds ``max_length``.
+            ValueError: an unsupported generation argument, or ``kv_cache`` with a batch of several prompts.
         """
+        options = DecodingOptions.from_kwargs(**{
+            'max_new_tokens': max_new_tokens, 'eos_token_id': self.stop_token_ids,
+            'pad_token_id': self.stop_token_ids[0] if self.stop_token_ids else 0, **generation_kwargs})
+        if kv_cache is not None and len(input_ids) != 1:
+            raise ValueError(f'a kv_cache holds one conversation; got a batch of {len(input_ids)} prompts')
         spliced = self.splice(input_ids, attention_mask, None, images, region_prompts, mark_prompts)
         lengths = spliced.attention_mask.sum(dim=1)
         if int(lengths.max()) >= self.max_length:
@@ -440,27 +455,30 @@ class OMGLLaVA(BaseModel):
                                      f'model limit of {self.max_length}; shorten the question or reset the '
                                      'conversation history')
         embeds, mask = left_pad(spliced.inputs_embeds, spliced.attention_mask)
-        kwargs = dict(max_new_tokens=max_new_tokens, eos_token_id=self.stop_token_ids,
-                      pad_token_id=self.stop_token_ids[0] if self.stop_token_ids else 0, do_sample=False)
-        kwargs.update(generation_kwargs)
-        generated = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)  # (B, N) new ids only
-        keep = valid_generated_mask(generated, self.stop_token_ids)  # (B, N)
-        return self._outputs_with_masks(embeds, mask, generated, keep, images)
+        cached = 0 if kv_cache is None else kv_cache.reusable(input_ids[0].tolist())
+        try:
+            decoded = decode(self.llm, embeds[:, cached:], mask[:, cached:], options,
+                             cache=kv_cache.cache if cached else None,
+                             needs_state=self.token_ids.seg if images is not None else None)
+        except BaseException:
+            if kv_cache is not None:
+                kv_cache.clear()  # the cache may hold part of this turn
+            raise
+        if kv_cache is not None:
+            kv_cache.cache, kv_cache.length = decoded.cache, embeds.shape[1] + decoded.fed
+            kv_cache.ids = input_ids[0].tolist() + decoded.token_ids[0, :decoded.fed].tolist()
+        keep = valid_generated_mask(decoded.token_ids, self.stop_token_ids)  # (B, N)
+        return self._outputs_with_masks(decoded, keep, images)
 
-    def _outputs_with_masks(self, embeds: Tensor, mask: Tensor, generated: Tensor, keep: Tensor,
+    def _outputs_with_masks(self, decoded: Decoded, keep: Tensor,
                             images: EncodedImages | None) -> list[GenerationOutput]:
-        """Re-run the prompt + answer once to read the post-norm state at every generated [SEG] input position."""
+        """Decode a mask from the post-norm state collected at every generated [SEG] input position."""
+        generated = decoded.token_ids
         seg = (generated == self.token_ids.seg) & keep
         B = len(generated)
-        mask_logits: list[Tensor] = [embeds.new_zeros((0, 0, 0)) for _ in range(B)]
+        mask_logits: list[Tensor] = [decoded.hidden_states.new_zeros((0, 0, 0)) for _ in range(B)]
         if seg.any() and images is not None:
-            full_embeds = torch.cat([embeds, self.llm.get_input_embeddings()(generated.masked_fill(~keep, 0))], dim=1)
-            full_mask = torch.cat([mask, keep], dim=1)
-            position_ids = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
-            out = self.llm(inputs_embeds=full_embeds, attention_mask=full_mask, position_ids=position_ids,
-                           output_hidden_states=True, use_cache=False, return_dict=True)
-            hidden = out.hidden_states[-1][:, embeds.shape[1]:]  # (B, N, D)
-            steps = self.decode_seg_masks(hidden[seg], seg.nonzero()[:, 0], images)
+            steps = self.decode_seg_masks(decoded.hidden_states[seg], seg.nonzero()[:, 0], images)
             mask_logits = list(steps[-1][:, 0].float().split(seg.sum(dim=1).tolist()))  # (n_b, H/4, W/4) each
         return [GenerationOutput(generated[b][keep[b]], seg[b][keep[b]].nonzero().flatten(), mask_logits[b])
                 for b in range(B)]

@@ -122,13 +122,14 @@ class InternLM2Attention(nn.Module):
                 raise ValueError(f'the cache returned {key.shape[-2]} keys for {attention_bias.shape[-1]} past + '
                                  f'current tokens; InternLM2 supports caches that grow with the sequence '
                                  f'(DynamicCache), not {type(past_key_value).__name__}')
-        key = key.repeat_interleave(self.q_per_kv, dim=1)  # (B, nH, S_kv, hd): head h <- group h // q_per_kv
-        value = value.repeat_interleave(self.q_per_kv, dim=1)
-
         probs = None
         if self.config._attn_implementation == 'sdpa' and not output_attentions:
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias)
+            # Fused kernel; query head h reads KV group h // q_per_kv without copying the cache per head.
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_bias,
+                                                 enable_gqa=self.q_per_kv > 1)
         else:
+            key = key.repeat_interleave(self.q_per_kv, dim=1)  # (B, nH, S_kv, hd): head h <- group h // q_per_kv
+            value = value.repeat_interleave(self.q_per_kv, dim=1)
             scores = query @ key.transpose(2, 3) / math.sqrt(self.head_dim)  # (B, nH, S, S_kv)
             if attention_bias is not None:
                 scores = scores + attention_bias
@@ -338,18 +339,27 @@ class InternLM2ForCausalLM(InternLM2PreTrainedModel, GenerationMixin):
                 inputs_embeds: Tensor | None = None, labels: Tensor | None = None, use_cache: bool | None = None,
                 output_attentions: bool | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, cache_position: Tensor | None = None, cache: Cache | None = None,
+                logits_to_keep: int | Tensor = 0, num_logits_to_keep: int = 0,
                 **kwargs) -> CausalLMOutputWithPast | tuple:
         """Logits (B, S, V) in fp32; with (B, S) ``labels`` also the next-token cross-entropy.
 
         The loss is the mean over positions whose shifted label is not −100 (``labels[:, 1:]`` against
-        ``logits[:, :-1]``), computed in fp32. Other arguments as in :meth:`InternLM2Model.forward`.
+        ``logits[:, :-1]``), computed in fp32. ``logits_to_keep`` (the 5.x name; ``num_logits_to_keep`` in 4.x,
+        which ``generate`` passes as 1) > 0 applies the LM head to the last that many positions only (logits
+        (B, k, V)); a 1-D tensor selects positions. 0 keeps all. Other arguments as in
+        :meth:`InternLM2Model.forward`.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        keep = logits_to_keep if isinstance(logits_to_keep, Tensor) or logits_to_keep else num_logits_to_keep
+        if labels is not None and (isinstance(keep, Tensor) or keep):
+            raise ValueError('labels need the logits of every position: leave logits_to_keep at 0 with labels')
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
                              output_hidden_states=output_hidden_states, return_dict=True,
                              cache_position=cache_position, cache=resolve_cache(cache, past_key_values))
-        logits = self.output(outputs.last_hidden_state).float()  # (B, S, V)
+        hidden = outputs.last_hidden_state  # (B, S, D)
+        hidden = hidden[:, keep] if isinstance(keep, Tensor) else hidden[:, -keep:] if keep else hidden
+        logits = self.output(hidden).float()  # (B, S or k, V)
         loss = None
         if labels is not None:
             shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1])
