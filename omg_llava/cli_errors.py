@@ -1,0 +1,188 @@
+"""One error style for every tool: a bad input is answered with one ``error: …`` line on stderr and exit status 2.
+
+    from omg_llava.cli_errors import OneLineParser, UsageError, check_weight_file, one_line_errors
+
+    @one_line_errors
+    def main(argv: list[str] | None = None) -> int:
+        args = OneLineParser(description=__doc__).parse_args(argv)
+        check_weight_file(args.pth, '--pth')   # says what the file is when it is not a weight file
+        ...
+        raise UsageError('--max-new-tokens must be at least 1, got 0')
+
+:func:`one_line_errors` turns the exceptions that mean "the input is wrong" (:class:`UsageError`, the loaders'
+``CheckpointError``, ``OSError``, ``ValueError``, ``ImportError``, ``KeyError``, PIL's decompression-bomb error)
+into that line; anything else is a bug and keeps its traceback. ``OMG_LLAVA_TRACEBACK=1`` shows the traceback of
+input errors too. This module imports only the standard library (``--help`` stays fast); torch is imported by
+:func:`check_device` when it runs.
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import functools
+import os
+import sys
+from typing import Callable
+
+__all__ = ['UsageError', 'OneLineParser', 'one_line_errors', 'error_message', 'is_input_error', 'describe_file',
+           'check_file', 'check_weight_file', 'check_device', 'check_out_dir', 'EXIT_USAGE', 'TRACEBACK_ENV']
+
+EXIT_USAGE = 2
+TRACEBACK_ENV = 'OMG_LLAVA_TRACEBACK'
+
+
+class UsageError(Exception):
+    """A bad command-line input: printed as one ``error:`` line, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (not the whole usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def is_input_error(exc: BaseException) -> bool:
+    """Whether ``exc`` reports a bad input (file, argument, environment) rather than a bug."""
+    kinds = [UsageError, OSError, ValueError, ImportError, KeyError]
+    checkpoint = sys.modules.get('omg_llava.checkpoint')  # loaded by whoever could raise its errors
+    if checkpoint is not None:
+        kinds.append(checkpoint.CheckpointError)
+    image = sys.modules.get('PIL.Image')
+    if image is not None:
+        kinds.append(image.DecompressionBombError)
+    return isinstance(exc, tuple(kinds))
+
+
+def error_message(exc: BaseException) -> str:
+    """The text of ``exc`` for the ``error:`` line (a ``KeyError``'s without its quotes; never empty)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) else str(exc)
+    text = text.strip()
+    return text or f'{type(exc).__name__} (no message)'
+
+
+def one_line_errors(main: Callable[..., int]) -> Callable[..., int]:
+    """Wrap a tool's ``main(argv=None) -> int``: an input error (:func:`is_input_error`) prints
+    ``error: <message>`` on stderr and returns 2; other exceptions propagate with their traceback."""
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except Exception as exc:
+            if not is_input_error(exc) or os.environ.get(TRACEBACK_ENV):
+                raise
+            print(f'error: {error_message(exc)}', file=sys.stderr, flush=True)
+            return EXIT_USAGE
+
+    return wrapper
+
+
+# ----------------------------------------------------------------------------------------------- what a file is
+_MAGIC = ((b'\x89PNG\r\n\x1a\n', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'), (b'GIF8', 'a GIF image'),
+          (b'%PDF', 'a PDF document'), (b'\x1f\x8b', 'a gzip archive'), (b'RIFF', 'a RIFF file (WebP, WAV)'),
+          (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'))
+_WEIGHT_KINDS = ('a torch zip checkpoint', 'a torch pickle', 'a safetensors file')
+
+
+def describe_file(path: str | os.PathLike) -> str:
+    """What ``path`` is, from its type and first bytes: ``'missing'``, ``'a directory'``, ``'an empty file (0
+    bytes)'``, ``'a PNG image'``, ``'an HTML page'``, ``'a text file'``, ``'a torch zip checkpoint'``, ``'a torch
+    pickle'``, ``'a safetensors file'``, ... or ``'a binary file'``."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return 'missing'
+    if os.path.isdir(path):
+        return 'a directory'
+    try:
+        size = os.path.getsize(path)
+        with open(path, 'rb') as f:
+            head = f.read(1024)
+    except OSError as exc:
+        return f'unreadable ({exc.strerror})'
+    if size == 0:
+        return 'an empty file (0 bytes)'
+    if head.startswith(b'PK\x03\x04'):
+        return 'a torch zip checkpoint'
+    if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05'):
+        return 'a torch pickle'
+    if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], 'little') < size:
+        return 'a safetensors file'
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if b'\x00' not in head:
+        try:  # incremental: a character cut by the 1024-byte read is not an error
+            text = codecs.getincrementaldecoder('utf-8')().decode(head, final=size <= len(head))
+        except UnicodeDecodeError:
+            return 'a binary file'
+        if text.lstrip().lower().startswith(('<!doctype html', '<html')):
+            return 'an HTML page'
+        return 'a text file'
+    return 'a binary file'
+
+
+def check_file(path: str | os.PathLike, flag: str) -> None:
+    """Raise :class:`UsageError` unless ``path`` is a non-empty file, saying what it is otherwise."""
+    kind = describe_file(path)
+    if kind == 'missing':
+        raise UsageError(f'{flag} file not found: {path}')
+    if kind == 'a directory':
+        raise UsageError(f'{flag} {path} is a directory, not a file: give the file inside it')
+    if kind == 'an empty file (0 bytes)':
+        raise UsageError(f'{flag} {path} is an empty file (0 bytes): an interrupted download or copy? Fetch it again')
+    if kind.startswith('unreadable'):
+        raise UsageError(f'{flag} {path} is {kind}: check its permissions')
+
+
+def check_weight_file(path: str | os.PathLike, flag: str, allow_directory: bool = False) -> None:
+    """Raise :class:`UsageError` unless ``path`` can be a weight file (torch zip or pickle, safetensors, or a binary
+    file of unknown kind); the message says what it is instead (an image, an HTML page, a text file ...).
+    ``allow_directory`` accepts a folder (a DeepSpeed checkpoint)."""
+    if allow_directory and os.path.isdir(path):
+        return
+    check_file(path, flag)
+    kind = describe_file(path)
+    if kind in _WEIGHT_KINDS or kind == 'a binary file':
+        return
+    hint = {'an HTML page': ' (a download that returned an error page?)',
+            'a text file': ' (a config or a list given in place of the weights?)'}.get(kind, '')
+    raise UsageError(f'{flag} {path} is {kind}{hint}, not a weight file: give the .pth / .bin / .safetensors file')
+
+
+def check_device(device: str, flag: str = '--device') -> str:
+    """Raise :class:`UsageError` unless ``device`` is a torch device this machine has (checked before any model is
+    built); returns it."""
+    import torch
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as exc:
+        raise UsageError(f'{flag} {device!r} is not a torch device ({exc}); use cpu, cuda or cuda:N') from exc
+    if parsed.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise UsageError(f'{flag} {device}: torch sees no CUDA GPU here (torch.cuda.is_available() is False; '
+                             f'torch {torch.__version__}); use {flag} cpu, or a CUDA build of torch on a GPU machine')
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise UsageError(f'{flag} {device}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})')
+    elif parsed.type not in ('cpu', 'meta'):
+        available = getattr(getattr(torch, parsed.type, None), 'is_available', None)
+        if available is None or not available():
+            raise UsageError(f'{flag} {device}: no {parsed.type} device is available here; use cpu or cuda')
+    return device
+
+
+def check_out_dir(path: str | os.PathLike, flag: str = '--out-dir') -> str:
+    """Raise :class:`UsageError` unless ``path`` is a folder, or can be created as one, that files can be written
+    in (nothing is created here). Returns it."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f'{flag} {path} is a file, not a folder: give a folder path (it is created if needed)')
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f'{flag} {path} cannot be created: {existing} is a file, not a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f'{flag} {path}: {existing} is not writable; give a folder you can write to')
+    return path
