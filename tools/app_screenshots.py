@@ -6,10 +6,12 @@
 
 The script serves the app (tools/app.py's model, built in this process) on a free localhost port and, in the
 browser: checks that the intro shows the prompt syntax (<mark>, <region>) as text; uploads the built-in image;
-checks that Shift+Enter adds a line and Enter asks; waits for the answer with its highlighted phrase and
+checks that asking without an image says "upload an image first", that Shift+Enter adds a line and Enter
+asks; waits for the answer with its highlighted phrase and
 mask (screenshot app_answer.png); checks that the prompts were cleared after the question; in Segment mode
 clicks on one shape and drags a box around another and waits for their masks (screenshot app_segment.png);
-drags a box in Box mode; uploads a new image and checks that the answer and masks are gone. Each check
+drags a box in Box mode; uploads a new image and checks that the answer and masks are gone; opens the API
+page and checks its descriptions. Each check
 prints one line; the first failure stops with exit status 1. Screenshots are saved as 256-colour PNGs.
 """
 from __future__ import annotations
@@ -143,8 +145,12 @@ def walk_through(walk: Walk, image: str, out_dir: str) -> None:
                'the intro shows <mark> and <region> as text')
     walk.check('Point → <mark>' in body, 'the mode labels show <mark> as text')
 
-    walk.upload(image)
     question = walk.textbox('Question')
+    question.send_keys('What is this?', Keys.ENTER)
+    walk.wait(lambda: 'upload an image first' in walk.answer_html(), 'asking without an image says so')
+    question.send_keys(Keys.CONTROL, 'a', Keys.CONTROL, Keys.DELETE)
+    walk.upload(image)
+    walk.wait(lambda: not walk.answer_html(), 'the upload cleared the answer')
     question.send_keys('first line', Keys.SHIFT, Keys.ENTER, Keys.SHIFT, 'second line')
     walk.check(question.get_attribute('value') == 'first line\nsecond line', 'Shift+Enter adds a line')
     question.send_keys(Keys.CONTROL, 'a', Keys.CONTROL, Keys.DELETE)
@@ -187,6 +193,13 @@ def walk_through(walk: Walk, image: str, out_dir: str) -> None:
     # a new image clears the answer and the masks
     walk.upload(image if image.endswith('.png') else _flipped_copy(image, out_dir))
     walk.wait(lambda: not walk.answer_html() and not walk.masks_src(), 'a new image clears the answer and masks')
+
+    # the API page: descriptions in plain words, prompt tokens as text
+    walk.js("""for (const b of document.querySelectorAll('footer button, footer a')) {
+        if (b.innerText.includes('API')) { b.click(); return; } }""")
+    api = walk.wait(lambda: walk.js("const t = document.body.innerText; return t.includes('/segment') && t;"),
+                    'the API page lists /ask, /click and /segment')
+    walk.check('k-th <mark>' in api and '``' not in api, 'the API page shows <mark> as text, no RST backticks')
 
 
 def _flipped_copy(path: str, out_dir: str) -> str:

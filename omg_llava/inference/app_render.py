@@ -1,10 +1,10 @@
 """What the Gradio demo draws: mask colours chosen against the pixels under them, overlays with outlines,
 answers as HTML whose phrases share their mask's colour, and the numbered prompt view.
 
-Colours. Mask k takes the palette colour that differs most (CIE76 ΔE in Lab) from the pixels it covers,
-among the colours not taken by masks 0 … k-1, so a mask on an orange object is not painted orange. The
-mask is blended at 60 % opacity and outlined in the solid colour; the phrase before its ``[SEG]`` is
-highlighted with exactly that colour (black or white text, whichever reads better on it).
+Colours. Mask k takes the palette colour that differs most (CIE76 ΔE in Lab) from the pixels it covers and
+is rare in the image, among the colours not taken by masks 0 … k-1, so a mask on an orange object is not
+painted orange. The mask is blended at 60 % opacity and outlined in the solid colour; the phrase before its
+``[SEG]`` is highlighted with exactly that colour (black or white text, whichever reads better on it).
 """
 from __future__ import annotations
 
@@ -47,26 +47,38 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
 
 
+def _sample_lab(pixels: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 pixels → Lab of at most :data:`_MAX_SAMPLES` of them, evenly spaced."""
+    if len(pixels) > _MAX_SAMPLES:
+        pixels = pixels[np.linspace(0, len(pixels) - 1, _MAX_SAMPLES).astype(int)]
+    return rgb_to_lab(pixels)
+
+
+def _delta(lab: np.ndarray, colour: Sequence[int], percentile: float) -> float:
+    if not len(lab):
+        return 0.0
+    return float(np.percentile(np.linalg.norm(lab - rgb_to_lab(np.asarray(colour)), axis=-1), percentile))
+
+
 def mask_contrast(image: np.ndarray, mask: np.ndarray, colour: Sequence[int]) -> float:
     """How well ``colour`` stands out on the masked pixels: the 10th percentile of ΔE (CIE76) between the
     colour and the pixels of the (H, W) bool ``mask`` on the (H, W, 3) uint8 ``image``; 0 for an empty mask."""
-    pixels = image[mask]  # (N, 3)
-    if not len(pixels):
-        return 0.0
-    if len(pixels) > _MAX_SAMPLES:
-        pixels = pixels[np.linspace(0, len(pixels) - 1, _MAX_SAMPLES).astype(int)]
-    delta = np.linalg.norm(rgb_to_lab(pixels) - rgb_to_lab(np.asarray(colour)), axis=-1)
-    return float(np.percentile(delta, 10))
+    return _delta(_sample_lab(image[mask]), colour, 10)
 
 
 def pick_mask_colours(image: np.ndarray, masks: Sequence[np.ndarray]) -> list[RGB]:
     """One colour per mask (see the module docstring): the unused :data:`PALETTE` colour of highest
-    :func:`mask_contrast`; ties go to the earlier palette entry."""
+    :func:`mask_contrast` plus the 2nd percentile of its ΔE to the whole image (so that among colours
+    that stand out on the mask, one that is rare in the image wins: a mask is not mistaken for another
+    object of its colour); ties go to the earlier palette entry."""
+    image_lab = _sample_lab(image.reshape(-1, 3))
+    rarity = {c: _delta(image_lab, c, 2) for c in PALETTE}
     colours: list[RGB] = []
     for mask in masks:
         taken = set(colours[len(colours) - len(colours) % len(PALETTE):])  # this round through the palette
         free = [c for c in PALETTE if c not in taken]
-        scores = [mask_contrast(image, np.asarray(mask, bool), c) for c in free]
+        mask_lab = _sample_lab(image[np.asarray(mask, bool)])
+        scores = [_delta(mask_lab, c, 10) + rarity[c] for c in free]
         colours.append(free[int(np.argmax(scores))])
     return colours
 

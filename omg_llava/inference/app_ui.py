@@ -41,8 +41,7 @@ Wordings in the form the models were trained with: `Please segment the cat in th
 `There are some marks: Mark 1 <mark>. What is at Mark 1?`,
 `There are some regions: region1 <region>. What is region1?`"""
 
-QUESTION_PLACEHOLDER = 'Please segment the largest shape in this image. / There are some marks: Mark 1 <mark>. ' \
-                       'What is at Mark 1?'
+QUESTION_PLACEHOLDER = 'e.g. Please segment the largest shape in this image.'
 
 MODES = [('Point → <mark>', POINT_MODE), ('Box → <region> (drag, or click two corners)', BOX_MODE),
          ('Segment: click or drag → mask, no question', SEGMENT_MODE)]
