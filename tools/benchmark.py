@@ -6,28 +6,15 @@
 ``write-bundle`` writes random weights in the released files' layout, names, shapes and dtypes (the
 internlm2-chat-7b folder, omg_seg_convl.pth, the class embeddings, the open_clip trunk, the finetune .pth) plus a
 config naming them; ``small`` and ``tiny`` keep the layout with smaller dimensions. ``run`` goes through the user
-path (``OMGLLaVAChat.from_config``) stage by stage: build + load, image encode, a first question, a follow-up, and
-prints wall time, peak RSS and RSS after each stage (JSON with --json).
+path (``OMGLLaVAChat.from_config``) stage by stage: build + load, image encode, per turn prefill, decode (tokens/s
+and its fraction of the machine's memory-bandwidth limit), [SEG] masks, then a follow-up turn on the kept KV cache;
+it prints wall time, peak RSS and RSS after each stage (JSON with --json; omg_llava/benchmark/runner.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
-
-PROMPTS = ('Please segment the cat in this image.', 'What is it doing?')
-
-
-def _peak_rss_gb() -> float:
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
-
-
-def _rss_gb() -> float:
-    import psutil
-    return psutil.Process().memory_info().rss / 1e9
 
 
 def write_bundle_command(args: argparse.Namespace) -> int:
@@ -37,42 +24,26 @@ def write_bundle_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
     from omg_llava.benchmark.bundle import BundlePaths
-    from omg_llava.inference.chat import OMGLLaVAChat
+    from omg_llava.benchmark.runner import format_report, run_benchmark, write_record
     paths = BundlePaths.under(args.bundle)
     if not os.path.isfile(paths.config):
         print(f'error: {args.bundle} is not a bundle ({paths.config} is missing); write one with '
               '`tools/benchmark.py write-bundle`', file=sys.stderr)
         return 2
-    stages = []
-
-    def stage(name: str, work, **extra):
-        start = time.perf_counter()
-        result = work()
-        stages.append(dict(stage=name, seconds=round(time.perf_counter() - start, 2),
-                           peak_rss_gb=round(_peak_rss_gb(), 2), rss_gb=round(_rss_gb(), 2), **extra))
-        row = stages[-1]
-        print(f'{name:<10} {row["seconds"]:>8.1f}s  peak RSS {row["peak_rss_gb"]:6.2f} GB  '
-              f'RSS {row["rss_gb"]:6.2f} GB', flush=True)
-        return result
-
-    chat, _ = stage('build', lambda: OMGLLaVAChat.from_config(
-        paths.config, pth=paths.finetune, device=args.device, dtype=args.dtype, merge_lora=not args.keep_lora))
-    image = (np.random.default_rng(args.seed).random((480, 640, 3)) * 255).astype(np.uint8)
-    stage('encode', lambda: chat.set_image(image))
-    for turn, prompt in enumerate(PROMPTS[:args.turns], start=1):
-        torch.manual_seed(args.seed)
-        answer = stage(f'turn {turn}', lambda: chat.ask(prompt, max_new_tokens=args.max_new_tokens))
-        stages[-1].update(new_tokens=len(answer.token_ids), masks=len(answer.masks))
-    record = dict(bundle=os.path.abspath(args.bundle), device=args.device, dtype=args.dtype,
-                  merged_lora=not args.keep_lora, threads=torch.get_num_threads(), stages=stages)
+    if args.quantize == 'int8' and (args.device != 'cpu' or args.keep_lora):
+        print('error: --quantize int8 is for CPU inference with the LoRA merged; drop --keep-lora, and on CUDA use '
+              'bitsandbytes (tools/chat.py --quantization 8bit)', file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    record = run_benchmark(args.bundle, device=args.device, dtype=args.dtype, merge_lora=not args.keep_lora,
+                           attn=args.attn, quantize=args.quantize, max_new_tokens=args.max_new_tokens,
+                           turns=args.turns, seed=args.seed, bandwidth_gb=args.bandwidth_gb)
+    print(format_report(record))
     if args.json:
-        with open(args.json, 'w') as file:
-            json.dump(record, file, indent=2)
-            file.write('\n')
+        write_record(record, args.json)
     return 0
 
 
@@ -89,8 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--device', default='cpu')
     run.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='bf16')
     run.add_argument('--keep-lora', action='store_true', help='keep the LoRA adapters unmerged')
-    run.add_argument('--max-new-tokens', type=int, default=8)
+    run.add_argument('--attn', choices=('sdpa', 'eager'), default='sdpa', help='LLM attention implementation')
+    run.add_argument('--quantize', choices=('none', 'int8'), default='none',
+                     help='int8: weight-only int8 LLM on CPU (omg_llava/inference/quantize.py)')
+    run.add_argument('--max-new-tokens', type=int, default=16,
+                     help='tokens per answer (stop ids are suppressed and the last token is [SEG])')
     run.add_argument('--turns', type=int, choices=(1, 2), default=2)
+    run.add_argument('--threads', type=int, help='torch threads (default: torch\'s choice)')
+    run.add_argument('--bandwidth-gb', type=float, default=2.0, help='size of the bandwidth probe array')
     run.add_argument('--seed', type=int, default=0)
     run.add_argument('--json', help='also write the stages to this JSON file')
     run.set_defaults(func=run_command)
