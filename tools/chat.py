@@ -26,22 +26,18 @@ See docs/chat.md.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
+import traceback
 import warnings
 
+from omg_llava.cli_errors import (TRACEBACK_ENV, OneLineParser, UsageError, check_device, check_file,
+                                  check_out_dir, check_weight_file, error_message, one_line_errors)
 from omg_llava.inference.defaults import DEFAULT_CONFIG, DEFAULT_IMAGE, checkpoint_for
+
 MARK, REGION = '<mark>', '<region>'
-
-
-class UsageError(Exception):
-    """A bad command-line input: printed as one line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of the whole usage block
-        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
 def _numbers(count: int, flag: str, example: str):
@@ -50,8 +46,8 @@ def _numbers(count: int, flag: str, example: str):
             values = tuple(float(v) for v in text.replace(' ', '').split(','))
         except ValueError:
             values = ()
-        if len(values) != count:
-            raise argparse.ArgumentTypeError(f'{flag} takes {count} comma-separated numbers, e.g. {example}; '
+        if len(values) != count or not all(map(math.isfinite, values)):
+            raise argparse.ArgumentTypeError(f'{flag} takes {count} comma-separated finite numbers, e.g. {example}; '
                                              f'got {text!r}')
         return values
     return parse
@@ -65,7 +61,7 @@ def _box(text: str) -> tuple[str, tuple[float, ...]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, help=f'model config (default {DEFAULT_CONFIG})')
     parser.add_argument('--pth', help='OMG-LLaVA checkpoint (released format); default: the committed one for the '
                         'default config, none (random weights) for any other')
@@ -109,32 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.pth = checkpoint_for(args.config, args.pth)
-    try:
-        return _run(args)
-    except UsageError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
     import numpy as np
     image, points, regions = _load_inputs(args)
     if args.prompt is not None:
+        _check_question(args.prompt, '--prompt')
         _check_counts(args.prompt, points, regions)
 
     import torch
 
     warnings.filterwarnings('ignore', message='torch.meshgrid')  # raised inside the visual encoder's deps
-    from omg_llava.checkpoint import CheckpointError
     from omg_llava.inference.chat import OMGLLaVAChat
 
-    try:
-        device_type = torch.device(args.device).type
-    except RuntimeError as exc:
-        raise UsageError(f'--device {args.device!r} is not a torch device ({exc}); use cpu, cuda or cuda:N') from exc
+    device_type = torch.device(check_device(args.device)).type
     quantization = '4bit' if args.load_in_4bit else '8bit' if args.load_in_8bit else 'none'
     if quantization != 'none' and device_type != 'cuda':
         raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but --device is '
@@ -144,13 +130,10 @@ def _run(args: argparse.Namespace) -> int:
     _log(f'[1/2] building {args.config} on {args.device} ({dtype}, LLM quantization {quantization}); '
          f'OMG-LLaVA weights: {weights} ...')
     start = time.perf_counter()
-    try:
-        chat, notes = OMGLLaVAChat.from_config(
-            args.config, pth=args.pth, device=args.device, dtype=dtype, seed=args.seed,
-            weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth, clip=args.clip_pth,
-            class_embed=args.class_embed_pth, quantization=quantization, merge_lora=not args.keep_lora)
-    except (FileNotFoundError, ValueError, KeyError, ImportError, CheckpointError) as exc:
-        raise UsageError(str(exc).strip('"')) from exc
+    chat, notes = OMGLLaVAChat.from_config(
+        args.config, pth=args.pth, device=args.device, dtype=dtype, seed=args.seed,
+        weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth, clip=args.clip_pth,
+        class_embed=args.class_embed_pth, quantization=quantization, merge_lora=not args.keep_lora)
     for note in notes:
         _log(f'      {note}')
     if not args.pth:
@@ -162,10 +145,7 @@ def _run(args: argparse.Namespace) -> int:
 
     session = _Session(chat, args, np.asarray(image), points, regions)
     if args.prompt is not None:
-        try:
-            session.ask(args.prompt, args.out_dir)
-        except ValueError as exc:  # PromptCountError / PromptTooLongError / outside the image
-            raise UsageError(str(exc)) from exc
+        session.ask(args.prompt, args.out_dir)  # a ValueError (prompt count, too long) is the error line
         return 0
     return session.interact()
 
@@ -205,6 +185,7 @@ class _Session:
                                                                  if paths['masks'] else ''))
 
     def interact(self) -> int:
+        _undecodable_input_as_surrogates()
         if self.pending_points or self.pending_regions:
             print(f'visual prompts for the first question: {len(self.pending_points)} point(s) for <mark>, '
                   f'{len(self.pending_regions)} box/mask(s) for <region>')
@@ -226,28 +207,30 @@ class _Session:
                 continue
             try:
                 self.ask(line, os.path.join(self.args.out_dir, f'turn_{self.turn + 1}'))
-            except ValueError as exc:  # the question is not recorded; the visual prompts stay pending
-                print(f'error: {exc}')
             except KeyboardInterrupt:  # Ctrl-C stops this answer (not recorded), not the session
                 print('\n(interrupted)')
+            except Exception as exc:  # noqa: BLE001 - no question ends the session
+                # a bad question is not recorded and its visual prompts stay pending; the chat goes on
+                print(f'error: {error_message(exc)}', flush=True)
+                if os.environ.get(TRACEBACK_ENV):
+                    traceback.print_exc()
 
 
 def _load_inputs(args: argparse.Namespace):
     """Read and validate everything given on the command line before the (slow) model build."""
-    import numpy as np
-    from PIL import Image
+    from omg_llava.inference.image_io import load_image, load_mask
 
-    from omg_llava.inference.image_io import load_image
-
-    for flag, path in (('config', args.config), ('--pth', args.pth), ('--omg-seg-pth', args.omg_seg_pth),
-                       ('--clip-pth', args.clip_pth), ('--class-embed-pth', args.class_embed_pth)):
-        if path and not os.path.isfile(path):
-            raise UsageError(f'{flag} file not found: {path}')
+    check_file(args.config, 'config')
+    for flag, path in (('--pth', args.pth), ('--omg-seg-pth', args.omg_seg_pth), ('--clip-pth', args.clip_pth),
+                       ('--class-embed-pth', args.class_embed_pth)):
+        if path:
+            check_weight_file(path, flag)
     if args.max_new_tokens < 1:
         raise UsageError(f'--max-new-tokens must be at least 1, got {args.max_new_tokens}')
+    check_out_dir(args.out_dir)
     try:
         image = load_image(args.image)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise UsageError(f'--image: {exc}') from exc
     W, H = image.size
     for x, y in args.point:
@@ -261,14 +244,29 @@ def _load_inputs(args: argparse.Namespace):
             regions.append((kind, value, None))
             continue
         try:
-            with Image.open(value) as mask_image:
-                mask = np.asarray(mask_image.convert('L')) > 0
-        except (FileNotFoundError, OSError) as exc:
-            raise UsageError(f'--mask {value}: cannot read it as an image ({exc})') from exc
+            mask = load_mask(value, 'mask')
+        except (OSError, ValueError) as exc:
+            raise UsageError(f'--mask: {exc}') from exc
         if mask.shape != (H, W):
             raise UsageError(f'--mask {value} is {mask.shape[1]}x{mask.shape[0]} but the image is {W}x{H}')
         regions.append((kind, mask, os.path.abspath(value)))
     return image, [tuple(p) for p in args.point], regions
+
+
+def _check_question(question: str, flag: str) -> None:
+    from omg_llava.inference.chat import check_question
+    try:
+        check_question(question)
+    except ValueError as exc:
+        raise UsageError(f'{flag}: {exc}') from exc
+
+
+def _undecodable_input_as_surrogates() -> None:
+    """Read stdin bytes that are not valid in its encoding as lone surrogates instead of failing in ``input()``:
+    the question holding them is then refused like any bad question, and the chat goes on."""
+    reconfigure = getattr(sys.stdin, 'reconfigure', None)
+    if reconfigure is not None:
+        reconfigure(errors='surrogateescape')
 
 
 def _check_counts(question: str, points, regions) -> None:

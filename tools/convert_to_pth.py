@@ -16,9 +16,12 @@ import sys
 
 from mmengine.config import DictAction
 
+from omg_llava.cli_errors import OneLineParser, check_file, check_weight_file, one_line_errors
 
+
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='the config the checkpoint was trained with')
     parser.add_argument('checkpoint', help='DeepSpeed ZeRO folder, mmengine checkpoint or flat state dict')
     parser.add_argument('--save-path', required=True, help='output .pth')
@@ -31,16 +34,14 @@ def main(argv: list[str] | None = None) -> int:
                         help='the --cfg-options the training ran with (key=value), e.g. another LLM folder')
     args = parser.parse_args(argv)
 
-    from omg_llava.checkpoint import CheckpointError
+    check_file(args.config, 'config')
+    check_weight_file(args.checkpoint, 'checkpoint', allow_directory=True)  # a DeepSpeed folder is one
+
     from omg_llava.engine.convert import convert_checkpoint
 
-    try:
-        summary = convert_checkpoint(args.config, args.checkpoint, args.save_path,
-                                     trust_checkpoint=args.trust_checkpoint, seed=args.seed,
-                                     cfg_options=args.cfg_options)
-    except (CheckpointError, FileNotFoundError, KeyError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
+    summary = convert_checkpoint(args.config, args.checkpoint, args.save_path,
+                                 trust_checkpoint=args.trust_checkpoint, seed=args.seed,
+                                 cfg_options=args.cfg_options)  # bad input: one error line, exit 2
     print(summary.format())
     return 0
 

@@ -15,9 +15,12 @@ import argparse
 import sys
 import time
 
+from omg_llava.cli_errors import OneLineParser, check_device, check_file, check_weight_file, one_line_errors
 
+
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='the OMG-LLaVA config the checkpoint was trained with')
     parser.add_argument('--pth', required=True, help='released-format checkpoint (pretrain, finetune or task finetune)')
     parser.add_argument('--out', required=True, help='export folder to create')
@@ -30,20 +33,19 @@ def main(argv: list[str] | None = None) -> int:
                         help='load weight files with the full unpickler (only for files you trust)')
     args = parser.parse_args(argv)
 
-    from omg_llava.checkpoint import CheckpointError
+    check_file(args.config, 'config')
+    check_weight_file(args.pth, '--pth')
+    check_device(args.device)
+
     from omg_llava.export import export_merged_model
     from omg_llava.inference.model_builder import build_model
 
-    start = time.perf_counter()
-    try:
-        model, _, notes = build_model(args.config, pth=args.pth, device=args.device, seed=args.seed,
-                                      dtype=args.dtype, weights_only=not args.trust_checkpoint)
-        for note in notes:
-            print(f'  {note}')
-        out = export_merged_model(model, args.out, config_path=args.config, dtype=args.dtype)
-    except (CheckpointError, FileNotFoundError, KeyError, ValueError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
+    start = time.perf_counter()  # bad input below: one error line, exit 2
+    model, _, notes = build_model(args.config, pth=args.pth, device=args.device, seed=args.seed,
+                                  dtype=args.dtype, weights_only=not args.trust_checkpoint)
+    for note in notes:
+        print(f'  {note}')
+    out = export_merged_model(model, args.out, config_path=args.config, dtype=args.dtype)
     merged = 'LoRA merged' if any('merged' in note for note in notes) else 'no LoRA to merge'
     print(f'exported {args.config} + {args.pth} to {out} ({merged}, {args.dtype}, '
           f'{time.perf_counter() - start:.1f}s)')

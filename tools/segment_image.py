@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+
+from omg_llava.cli_errors import (OneLineParser, check_device, check_file, check_out_dir, check_weight_file,
+                                  one_line_errors)
 
 DEFAULT_CONFIG = 'configs/tiny/omg_llava_tiny_finetune.py'
 TASKS = ('panoptic', 'instance', 'semantic', 'interactive')
@@ -42,13 +46,15 @@ def _numbers(text: str, count: int, what: str) -> list[float]:
         values = [float(v) for v in text.split(',')]
     except ValueError:
         values = []
-    if len(values) != count:
-        raise argparse.ArgumentTypeError(f'{what} {text!r}: give {count} comma-separated numbers in image pixels')
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f'{what} {text!r}: give {count} comma-separated finite numbers in image '
+                                         'pixels')
     return values
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config', default=DEFAULT_CONFIG, help=f'config with a visual encoder (default {DEFAULT_CONFIG})')
     parser.add_argument('--image', help='input image (default: skimage.data.chelsea)')
     parser.add_argument('--task', choices=TASKS, default='panoptic', help='what to segment (default panoptic)')
@@ -82,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.task != 'interactive' and (points or boxes):
         parser.error('--point / --box are prompts of --task interactive')
 
+    check_file(args.config, '--config')
+    for flag, path in (('--omg-seg-pth', args.omg_seg_pth), ('--clip-pth', args.clip_pth),
+                       ('--class-embed-pth', args.class_embed_pth), ('--text-weights', args.text_weights)):
+        if path:
+            check_weight_file(path, flag)
+    check_out_dir(args.out_dir)
+    check_device(args.device)
+
     import numpy as np
     from PIL import Image
 
@@ -91,60 +105,52 @@ def main(argv: list[str] | None = None) -> int:
 
     os.makedirs(args.out_dir, exist_ok=True)
     image_path = args.image or _default_image(args.out_dir)
-    image = load_image(image_path)
+    image = load_image(image_path)  # before the model: a bad image fails fast
     start = time.perf_counter()
-    try:
-        segmenter, notes = build_segmenter(
-            args.config, omg_seg=args.omg_seg_pth, clip=args.clip_pth, class_embed=args.class_embed_pth,
-            classes=args.classes, tokenizer=args.tokenizer, text_weights=args.text_weights,
-            input_side=args.input_side, device=args.device, seed=args.seed, weights_only=not args.trust_checkpoint)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
+    segmenter, notes = build_segmenter(
+        args.config, omg_seg=args.omg_seg_pth, clip=args.clip_pth, class_embed=args.class_embed_pth,
+        classes=args.classes, tokenizer=args.tokenizer, text_weights=args.text_weights,
+        input_side=args.input_side, device=args.device, seed=args.seed, weights_only=not args.trust_checkpoint)
     print(f'config: {args.config}')
     for note in notes:
         print(f'  {note}')
     built = time.perf_counter()
     vocabulary = segmenter.vocabulary
     rgb = np.asarray(image)
-    try:
-        encoded = segmenter.encode(image)
-        if args.task == 'interactive':
-            masks = segmenter.interactive(encoded, points=points or None, boxes=boxes or None).cpu().numpy()
-            prompts = [dict(point=p) for p in points] + [dict(box=b) for b in boxes]
-            records = outputs.prompt_masks_json(masks, prompts)
-            _write_json(os.path.join(args.out_dir, 'prompts.json'), dict(image=image_path, prompts=records))
-            overlay = outputs.overlay_masks(rgb, masks)
-            lines = [f'  {json.dumps(p)}: mask {r["area"]} px, box {r["bbox"]}' for p, r in zip(prompts, records)]
-        elif args.task == 'instance':
-            thr = 0.3 if args.score_thr is None else args.score_thr
-            result = segmenter.instance(encoded, score_thr=thr)
-            records = outputs.instances_json(result, vocabulary)
-            _write_json(os.path.join(args.out_dir, 'instances.json'), dict(image=image_path, instances=records))
-            overlay = outputs.overlay_masks(rgb, result.masks.cpu().numpy()[::-1], [r['id'] for r in records][::-1])
-            lines = [f'  {r["name"]:<24} score {r["score"]:.2f}  area {100 * r["area"] / rgb[..., 0].size:5.1f}%'
-                     for r in records]
+    encoded = segmenter.encode(image)
+    if args.task == 'interactive':
+        masks = segmenter.interactive(encoded, points=points or None, boxes=boxes or None).cpu().numpy()
+        prompts = [dict(point=p) for p in points] + [dict(box=b) for b in boxes]
+        records = outputs.prompt_masks_json(masks, prompts)
+        _write_json(os.path.join(args.out_dir, 'prompts.json'), dict(image=image_path, prompts=records))
+        overlay = outputs.overlay_masks(rgb, masks)
+        lines = [f'  {json.dumps(p)}: mask {r["area"]} px, box {r["bbox"]}' for p, r in zip(prompts, records)]
+    elif args.task == 'instance':
+        thr = 0.3 if args.score_thr is None else args.score_thr
+        result = segmenter.instance(encoded, score_thr=thr)
+        records = outputs.instances_json(result, vocabulary)
+        _write_json(os.path.join(args.out_dir, 'instances.json'), dict(image=image_path, instances=records))
+        overlay = outputs.overlay_masks(rgb, result.masks.cpu().numpy()[::-1], [r['id'] for r in records][::-1])
+        lines = [f'  {r["name"]:<24} score {r["score"]:.2f}  area {100 * r["area"] / rgb[..., 0].size:5.1f}%'
+                 for r in records]
+    else:
+        thr = 0.0 if args.score_thr is None else args.score_thr
+        panoptic = segmenter.panoptic(encoded, score_thr=thr)
+        ids, info = outputs.panoptic_ids(panoptic, vocabulary)
+        if args.task == 'panoptic':
+            Image.fromarray(outputs.ids_to_rgb(ids)).save(os.path.join(args.out_dir, 'panoptic.png'))
+            _write_json(os.path.join(args.out_dir, 'panoptic.json'),
+                        dict(file_name='panoptic.png', image=image_path, segments_info=info,
+                             categories=[dict(id=i, name=n, isthing=vocabulary.is_thing(i))
+                                         for i, n in enumerate(vocabulary.names)]))
+            overlay = outputs.overlay_ids(rgb, ids)
         else:
-            thr = 0.0 if args.score_thr is None else args.score_thr
-            panoptic = segmenter.panoptic(encoded, score_thr=thr)
-            ids, info = outputs.panoptic_ids(panoptic, vocabulary)
-            if args.task == 'panoptic':
-                Image.fromarray(outputs.ids_to_rgb(ids)).save(os.path.join(args.out_dir, 'panoptic.png'))
-                _write_json(os.path.join(args.out_dir, 'panoptic.json'),
-                            dict(file_name='panoptic.png', image=image_path, segments_info=info,
-                                 categories=[dict(id=i, name=n, isthing=vocabulary.is_thing(i))
-                                             for i, n in enumerate(vocabulary.names)]))
-                overlay = outputs.overlay_ids(rgb, ids)
-            else:
-                labels = panoptic.labels.cpu().numpy()
-                Image.fromarray(outputs.semantic_png(labels, len(vocabulary))).save(
-                    os.path.join(args.out_dir, 'semantic.png'))
-                overlay = outputs.overlay_ids(rgb, np.where(labels < len(vocabulary), labels + 1, 0))
-            lines = [f'  {s["name"]:<24} {"thing" if s["isthing"] else "stuff"}  score {s["score"]:.2f}  '
-                     f'area {100 * s["area"] / ids.size:5.1f}%' for s in sorted(info, key=lambda s: -s['area'])]
-    except ValueError as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
+            labels = panoptic.labels.cpu().numpy()
+            Image.fromarray(outputs.semantic_png(labels, len(vocabulary))).save(
+                os.path.join(args.out_dir, 'semantic.png'))
+            overlay = outputs.overlay_ids(rgb, np.where(labels < len(vocabulary), labels + 1, 0))
+        lines = [f'  {s["name"]:<24} {"thing" if s["isthing"] else "stuff"}  score {s["score"]:.2f}  '
+                 f'area {100 * s["area"] / ids.size:5.1f}%' for s in sorted(info, key=lambda s: -s['area'])]
     print(f'image: {image_path} ({image.width}x{image.height}), network input {segmenter.input_side}px, '
           f'model {built - start:.1f}s, {args.task} {time.perf_counter() - built:.1f}s')
     print(f'{args.task}: {len(lines)} {"masks" if args.task == "interactive" else "segments"}'

@@ -10,7 +10,9 @@ closed region questions (the synthetic shapes' held-out manifest).
     torchrun --nproc-per-node 8 tools/test.py CONFIG --pth FILE ... --launcher pytorch --device cuda
 
 Writes predictions.jsonl and metrics.json to --out-dir (default work_dirs/test/<task>_<dataset>_<split>/) and
-prints the metrics. --protocol reference gives the released scripts' numbers, corrected (default) the project's
+prints the metrics. Each prediction is appended to predictions.jsonl as it is made; run the same command again
+after an interruption and only the missing samples are predicted (--no-resume starts over). A sample that fails
+(missing image, bad annotation) is listed under "failures" in metrics.json; the scores are over the others. --protocol reference gives the released scripts' numbers, corrected (default) the project's
 definitions. Data layouts, metric definitions and both protocols: docs/evaluation.md.
 """
 from __future__ import annotations
@@ -20,12 +22,15 @@ import json
 import os
 import sys
 
+from omg_llava.cli_errors import (OneLineParser, UsageError, check_device, check_file, check_out_dir,
+                                  check_weight_file, one_line_errors)
+
 TASKS = ('refseg', 'gcg', 'region_caption', 'region_qa')
 PROTOCOLS = ('corrected', 'reference')  # omg_llava.evaluation.runner.PROTOCOLS (imported late: the CLI stays light)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='model config (e.g. configs/omg_llava_7b_finetune_8gpus.py)')
     parser.add_argument('--pth', help='OMG-LLaVA checkpoint (.pth); without one the projectors/LoRA are random')
     parser.add_argument('--task', required=True, choices=TASKS, help='evaluation task')
@@ -44,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--clip-pth', help='CLIP trunk file (overrides the config)')
     parser.add_argument('--class-embed-pth', help='class-embedding file (overrides the config)')
     parser.add_argument('--out-dir', help='default work_dirs/test/<task>_<dataset>_<split>/')
+    parser.add_argument('--no-resume', action='store_true',
+                        help='start over instead of keeping the predictions already in --out-dir')
     parser.add_argument('--device', help='torch device (default cuda if available, else cpu)')
     parser.add_argument('--dtype', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
                         help='LLM/projector dtype (auto: bf16, or fp16 with --load-in-4bit/8bit on GPU, '
@@ -96,35 +103,42 @@ def _setup_distributed(launcher: str, device: str | None) -> tuple[int, int, str
     return rank, world_size, device
 
 
-def _fail(message: str) -> None:
-    """A bad input: one line on stderr, exit status 2."""
-    print(f'error: {message}', file=sys.stderr)
-    raise SystemExit(2)
-
-
-def main(argv: list[str] | None = None) -> dict | None:
+@one_line_errors
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate; 0 when the metrics were written (see metrics.json), 2 for a bad input."""
     args = parse_args(argv)
+    quantization = '4bit' if args.load_in_4bit else '8bit' if args.load_in_8bit else 'none'
+    if quantization != 'none' and args.device is not None and not args.device.startswith('cuda'):
+        raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but the device is '
+                         f'{args.device}; drop the flag to run the LLM unquantized in --dtype')
+    check_file(args.config, 'config')
+    for flag, path in (('--pth', args.pth), ('--omg-seg-pth', args.omg_seg_pth), ('--clip-pth', args.clip_pth),
+                       ('--class-embed-pth', args.class_embed_pth)):
+        if path:
+            check_weight_file(path, flag)
+    if args.device is not None:
+        check_device(args.device)
+    out_dir = args.out_dir or os.path.join('work_dirs', 'test', f'{args.task}_{args.dataset}_{args.split}')
+    check_out_dir(out_dir)
+
     from omg_llava.evaluation.gcg import TransformerPhraseSimilarity, bag_of_words_cosine
-    from omg_llava.evaluation.runner import MAX_NEW_TOKENS, ModelPredictor, evaluate
+    from omg_llava.evaluation.runner import MAX_NEW_TOKENS, ModelPredictor, evaluate, read_predictions
     from omg_llava.evaluation.splits import load_split
     from omg_llava.inference.chat import OMGLLaVAChat
 
+    split = load_split(args.task, args.data_root, args.dataset, args.split, args.image_folder, args.split_by)
+    if not args.no_resume:
+        read_predictions(out_dir, split, args.protocol)  # predictions of another split or protocol: refused now
     rank, world_size, device = _setup_distributed(args.launcher, args.device)
-    quantization = '4bit' if args.load_in_4bit else '8bit' if args.load_in_8bit else 'none'
     if quantization != 'none' and not device.startswith('cuda'):
-        _fail(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but the device is {device}; drop the '
-              'flag to run the LLM unquantized in --dtype')
+        raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but the device is {device}; '
+                         'drop the flag to run the LLM unquantized in --dtype')
     dtype = args.dtype if args.dtype != 'auto' else \
         'fp16' if quantization != 'none' else 'bf16'
-    split = load_split(args.task, args.data_root, args.dataset, args.split, args.image_folder, args.split_by)
-    out_dir = args.out_dir or os.path.join('work_dirs', 'test', f'{args.task}_{args.dataset}_{args.split}')
-    try:
-        chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=device, dtype=dtype, seed=args.seed,
-                                               weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth,
-                                               clip=args.clip_pth, class_embed=args.class_embed_pth,
-                                               quantization=quantization)
-    except (ValueError, ImportError) as exc:  # e.g. bitsandbytes missing, a config the LLM cannot be quantized in
-        _fail(str(exc))
+    chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=device, dtype=dtype, seed=args.seed,
+                                           weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth,
+                                           clip=args.clip_pth, class_embed=args.class_embed_pth,
+                                           quantization=quantization)
     predictor = ModelPredictor(chat, args.max_new_tokens or MAX_NEW_TOKENS[args.task])
     similarity = bag_of_words_cosine
     if args.phrase_model and args.task == 'gcg':
@@ -140,12 +154,18 @@ def main(argv: list[str] | None = None) -> dict | None:
                'region_qa': predictor.answer_with_regions}.get(args.task, predictor)
     metrics = evaluate(split, predict, out_dir, max_samples=args.max_samples, rank=rank, world_size=world_size,
                        progress=not args.no_progress, similarity=similarity, meteor=not args.no_meteor,
-                       protocol=args.protocol)
+                       protocol=args.protocol, resume=not args.no_resume)
     if metrics is not None:
-        print(json.dumps(metrics, indent=2))
+        print(json.dumps({k: v for k, v in metrics.items() if k != 'failures'}, indent=2))
+        for failure in metrics['failures'][:5]:
+            print(f'failed: sample {failure["index"]} ({failure["image"]}): {failure["error"]}', file=sys.stderr)
+        if metrics['num_failed']:
+            print(f'warning: {metrics["num_failed"]} sample(s) failed and are not scored (all listed in '
+                  f'{os.path.join(out_dir, "metrics.json")}); fix them and run again: only they are predicted',
+                  file=sys.stderr)
         print(f'predictions and metrics written to {out_dir}')
-    return metrics
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

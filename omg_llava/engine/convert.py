@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from omg_llava.checkpoint import CheckpointError, CheckpointMismatchError, load_into, read_weights, unwrap_state_dict
+from omg_llava.checkpoint import (CheckpointError, CheckpointMismatchError, describe_checkpoint, load_into, read_weights,
+                                  unwrap_state_dict)
 from omg_llava.inference.encoder_builder import visual_encoder_config
 from omg_llava.registry import build_component
 
@@ -132,6 +133,15 @@ def build_model_for_conversion(config_path: str, seed: int = 0, cfg_options: dic
     return build_component(model_cfg)
 
 
+def _file_kind(state: Mapping[str, Tensor]) -> str:
+    """``a <stage> checkpoint`` for an OMG-LLaVA key set, else which released file the keys look like."""
+    stage = checkpoint_stage(state)
+    if stage != 'unrecognised':
+        return f'a {stage} checkpoint'
+    kind = describe_checkpoint(state)
+    return kind if kind.startswith('an ') else f'the {kind}'  # e.g. the OMG-Seg checkpoint (omg_seg_convl.pth)
+
+
 def checkpoint_stage(keys) -> str:
     """Which kind of OMG-LLaVA checkpoint a key set belongs to (by key signature)."""
     keys = list(keys)
@@ -191,6 +201,6 @@ def released_state_dict(model: nn.Module, state: Mapping[str, Tensor], *,
     if report.missing or report.mismatched:
         raise CheckpointMismatchError(
             f'{source} does not hold the tensors the model saves:\n{report.format()}\n'
-            f'The checkpoint looks like a {checkpoint_stage(state)} checkpoint ({len(state)} tensors) and the '
-            f'config builds a {checkpoint_stage(released)} model: pass the config this checkpoint was trained with.')
+            f'The checkpoint looks like {_file_kind(state)} ({len(state)} tensors) and the config builds a '
+            f'{checkpoint_stage(released)} model: pass the config this checkpoint was trained with.')
     return model.state_dict(), [k for k in released if k in frozen and k not in state]

@@ -12,7 +12,7 @@ Manifest layout (``DATA_ROOT/region_questions_{split}.json``)::
 Each image gives one sample per (region, question): all of its regions are shown as ``region{i} <region>`` in the
 first line, as the Osprey conversation data do, followed by one of :data:`QUESTIONS`. An answer is right when the
 first colour (and/or shape) word it names is the region's. The split is
-:class:`~omg_llava.evaluation.splits.RegionQASplit`, the loop :func:`~omg_llava.evaluation.runner.run_region_qa`.
+:class:`~omg_llava.evaluation.splits.RegionQASplit`, each record :func:`~omg_llava.evaluation.runner.region_qa_record`.
 """
 from __future__ import annotations
 

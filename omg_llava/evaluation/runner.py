@@ -14,17 +14,24 @@ array per generated ``[SEG]`` at the original image size), like :class:`~omg_lla
 Every task is scored under one of :data:`PROTOCOLS` (docs/evaluation.md): ``reference`` gives the released
 scripts' numbers (their quirks included, their crashes not), ``corrected`` the project's definitions (default).
 
+Nothing is lost (:func:`evaluate`): each record is appended to ``predictions.jsonl`` (flushed and synced) as soon
+as it is made; a sample that fails (a missing image, a bad annotation, an error in the model) is listed in
+``metrics.json`` under ``failures`` instead of stopping the run; and a run started again on the same ``out_dir``
+predicts only the samples its predictions files lack, so its metrics equal those of an uninterrupted run. Failed
+samples are tried again on resume.
+
 Distributed runs (``torchrun``) give every rank a contiguous block of samples (:func:`shard_range`, so that the
-consecutive expressions of one image stay on one rank and its encoding is reused); rank 0 gathers the records
-with mmengine's ``collect_results``, restores the split order and writes ``predictions.jsonl`` and
-``metrics.json``.
+consecutive expressions of one image stay on one rank and its encoding is reused); each rank appends to its own
+``predictions.rank{r}.jsonl``, rank 0 gathers every rank's records, restores the split order and writes
+``predictions.jsonl`` and ``metrics.json``.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -90,13 +97,15 @@ def shard_range(num_samples: int, rank: int, world_size: int) -> range:
     return range(rank * num_samples // world_size, (rank + 1) * num_samples // world_size)
 
 
-def gather_records(records: list[dict], num_samples: int, world_size: int) -> list[dict] | None:
-    """All ranks' records on rank 0 in split order (``None`` on the other ranks)."""
+def gather_records(records: list[dict], world_size: int) -> list[dict] | None:
+    """All ranks' records on rank 0 in split order (``None`` on the other ranks). Ranks may hold different numbers
+    of records (resumed and failed samples)."""
     if world_size > 1:
-        from mmengine.dist import collect_results
-        records = collect_results(records, num_samples, device='cpu')
-        if records is None:
+        from mmengine.dist import all_gather_object, get_rank
+        parts = all_gather_object(records)
+        if get_rank() != 0:
             return None
+        records = [record for part in parts for record in part]
     return sorted(records, key=lambda r: r['index'])
 
 
@@ -149,25 +158,16 @@ def phrases_per_mask(text: str, num_masks: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- the loops
-def _progress(indices: Sequence[int], desc: str, enabled: bool):
-    return tqdm(indices, desc=desc, disable=not enabled, dynamic_ncols=True)
-
-
-def run_refseg(split: RefSegSplit, predict: Predict, indices: Sequence[int], progress: bool = True,
-               protocol: str = DEFAULT_PROTOCOL) -> list[dict]:
-    """One record per expression: the answer, its first mask (RLE) and the overlap with the protocol's ground
+def refseg_record(split: RefSegSplit, predict: Predict, sample: dict, protocol: str = DEFAULT_PROTOCOL) -> dict:
+    """The record of one expression: the answer, its first mask (RLE) and the overlap with the protocol's ground
     truth (:meth:`~omg_llava.evaluation.splits.RefSegSplit.gt_mask`)."""
-    records = []
-    for i in _progress(indices, 'refseg', progress):
-        sample = split.samples[i]
-        answer = predict(split.image_path(sample), REFSEG_PROMPT.format(sentence=sample['sentence']))
-        gt = split.gt_mask(sample, protocol)
-        pred = answer.masks[0] if len(answer.masks) else None
-        overlap = mask_overlap(pred, gt)
-        records.append(dict(sample, answer=answer.text, has_seg=pred is not None,
-                            pred_mask=rle_of(pred) if pred is not None else None,
-                            intersection=overlap.intersection, union=overlap.union, iou=overlap.iou))
-    return records
+    answer = predict(split.image_path(sample), REFSEG_PROMPT.format(sentence=sample['sentence']))
+    gt = split.gt_mask(sample, protocol)
+    pred = answer.masks[0] if len(answer.masks) else None
+    overlap = mask_overlap(pred, gt)
+    return dict(sample, answer=answer.text, has_seg=pred is not None,
+                pred_mask=rle_of(pred) if pred is not None else None,
+                intersection=overlap.intersection, union=overlap.union, iou=overlap.iou)
 
 
 def refseg_summary(records: Sequence[dict], protocol: str = DEFAULT_PROTOCOL) -> dict:
@@ -183,30 +183,28 @@ def refseg_summary(records: Sequence[dict], protocol: str = DEFAULT_PROTOCOL) ->
     return metrics
 
 
-def run_gcg(split: GCGSplit, predict: Predict, indices: Sequence[int], progress: bool = True,
-            questions: Sequence[str] = GCG_QUESTIONS, protocol: str = DEFAULT_PROTOCOL) -> list[dict]:
-    """One record per image: the first answer (over ``questions`` in order) holding a ``[SEG]``, else the last.
+def gcg_record(split: GCGSplit, predict: Predict, sample: dict, protocol: str = DEFAULT_PROTOCOL,
+               questions: Sequence[str] = GCG_QUESTIONS) -> dict:
+    """The record of one image: the first answer (over ``questions`` in order) holding a ``[SEG]``, else the last.
 
     The record's ``caption`` and ``phrases`` are cleaned as the protocol does it (``corrected``:
     :func:`clean_caption` and the ``<p>…</p>`` texts; ``reference``: :func:`reference_gcg_answer`);
-    ``mask_phrases`` is the phrase of each ``[SEG]`` (:func:`phrases_per_mask`).
+    ``mask_phrases`` is the phrase of each ``[SEG]`` (:func:`phrases_per_mask`). An image whose ground truth could
+    not be decoded fails (:meth:`~omg_llava.evaluation.splits.GCGSplit.check_ground_truth`) before any answer.
     """
-    records = []
-    for i in _progress(indices, 'gcg', progress):
-        sample = split.samples[i]
-        for k, question in enumerate(questions):
-            answer = predict(split.image_path(sample), question)
-            if len(answer.masks):
-                break
-        masks = list(answer.masks)
-        if protocol == 'reference':
-            caption, phrases = reference_gcg_answer(answer.text)
-        else:
-            caption, phrases = clean_caption(answer.text), [p.strip() for p in PHRASE_PATTERN.findall(answer.text)]
-        records.append(dict(sample, question_index=k, answer=answer.text, caption=caption, phrases=phrases,
-                            mask_phrases=phrases_per_mask(answer.text, len(masks)), has_seg=bool(masks),
-                            pred_masks=[rle_of(m) for m in masks]))
-    return records
+    split.check_ground_truth(sample)
+    for k, question in enumerate(questions):
+        answer = predict(split.image_path(sample), question)
+        if len(answer.masks):
+            break
+    masks = list(answer.masks)
+    if protocol == 'reference':
+        caption, phrases = reference_gcg_answer(answer.text)
+    else:
+        caption, phrases = clean_caption(answer.text), [p.strip() for p in PHRASE_PATTERN.findall(answer.text)]
+    return dict(sample, question_index=k, answer=answer.text, caption=caption, phrases=phrases,
+                mask_phrases=phrases_per_mask(answer.text, len(masks)), has_seg=bool(masks),
+                pred_masks=[rle_of(m) for m in masks])
 
 
 def gcg_summary(split: GCGSplit, records: Sequence[dict], similarity: PhraseSimilarity = bag_of_words_cosine,
@@ -224,17 +222,13 @@ def gcg_summary(split: GCGSplit, records: Sequence[dict], similarity: PhraseSimi
     return metrics
 
 
-def run_region_caption(split: RegionCaptionSplit, predict: RegionPredict, indices: Sequence[int],
-                       progress: bool = True, protocol: str = DEFAULT_PROTOCOL) -> list[dict]:
-    """One record per region: the answer and its description cleaned as the protocol does it
+def region_caption_record(split: RegionCaptionSplit, predict: RegionPredict, sample: dict,
+                          protocol: str = DEFAULT_PROTOCOL) -> dict:
+    """The record of one region: the answer and its description cleaned as the protocol does it
     (:func:`clean_region_caption` or :func:`reference_region_caption`)."""
     clean = reference_region_caption if protocol == 'reference' else clean_region_caption
-    records = []
-    for i in _progress(indices, 'region_caption', progress):
-        sample = split.samples[i]
-        answer = predict(split.image_path(sample), REGION_CAPTION_PROMPT, split.region_mask(sample))
-        records.append(dict(sample, answer=answer.text, caption=clean(answer.text)))
-    return records
+    answer = predict(split.image_path(sample), REGION_CAPTION_PROMPT, split.region_mask(sample))
+    return dict(sample, answer=answer.text, caption=clean(answer.text))
 
 
 def region_caption_summary(split: RegionCaptionSplit, records: Sequence[dict], java: str | bool | None = True,
@@ -245,61 +239,107 @@ def region_caption_summary(split: RegionCaptionSplit, records: Sequence[dict], j
     return metrics
 
 
-def run_region_qa(split: RegionQASplit, predict: RegionQAPredict, indices: Sequence[int],
-                  progress: bool = True) -> list[dict]:
-    """One record per sample: the answer, the attribute words read from it and whether they are right."""
-    records = []
-    for i in _progress(indices, 'region_qa', progress):
-        sample = split.samples[i]
-        answer = predict(split.image_path(sample), sample['question'], split.region_masks(sample))
-        said = {attr: first_word(answer.text, split.vocabulary[attr]) for attr in split.vocabulary}
-        needed = QUESTIONS[sample['question_kind']][1]
-        records.append(dict(sample, answer=answer.text, said_colour=said['colour'], said_kind=said['kind'],
-                            correct=all(said[attr] == sample[attr] for attr in needed)))
-    return records
+def region_qa_record(split: RegionQASplit, predict: RegionQAPredict, sample: dict,
+                     protocol: str = DEFAULT_PROTOCOL) -> dict:
+    """The record of one question: the answer, the attribute words read from it and whether they are right."""
+    answer = predict(split.image_path(sample), sample['question'], split.region_masks(sample))
+    said = {attr: first_word(answer.text, split.vocabulary[attr]) for attr in split.vocabulary}
+    needed = QUESTIONS[sample['question_kind']][1]
+    return dict(sample, answer=answer.text, said_colour=said['colour'], said_kind=said['kind'],
+                correct=all(said[attr] == sample[attr] for attr in needed))
+
+
+#: The record function of each task: ``(split, predict, sample, protocol=...) -> record``.
+RECORDS = {'refseg': refseg_record, 'gcg': gcg_record, 'region_caption': region_caption_record,
+           'region_qa': region_qa_record}
+
+
+def run_samples(split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit, predict: Callable,
+                indices: Sequence[int], protocol: str = DEFAULT_PROTOCOL, progress: bool = True) -> Iterator[dict]:
+    """The record of each sample of ``indices``, in order, made by the task's :data:`RECORDS` function.
+
+    A sample that raises becomes ``{'index', 'error'}`` (exception type and message) and the loop goes on;
+    ``KeyboardInterrupt`` and other non-``Exception`` errors stop it. Records carry the ``protocol`` and are
+    JSON-normalised (what a predictions file gives back), so resumed and uninterrupted runs score the same records.
+    """
+    make = RECORDS[split.task]
+    for i in tqdm(indices, desc=split.task, disable=not progress, dynamic_ncols=True):
+        try:
+            record = dict(make(split, predict, split.samples[i], protocol=protocol), protocol=protocol)
+            yield json.loads(json.dumps(record))
+        except Exception as exc:  # noqa: BLE001 - one sample never stops the run; the failure is reported
+            yield {'index': i, 'error': f'{type(exc).__name__}: {exc}'.strip()}
 
 
 def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit, predict: Callable,
              out_dir: str | None = None, *,
              max_samples: int | None = None, rank: int = 0, world_size: int = 1, progress: bool = True,
              similarity: PhraseSimilarity = bag_of_words_cosine, java: str | bool | None = True,
-             meteor: bool = True, protocol: str = DEFAULT_PROTOCOL) -> dict | None:
+             meteor: bool = True, protocol: str = DEFAULT_PROTOCOL, resume: bool = True) -> dict | None:
     """Run the split's task on this rank's shard, gather on rank 0, write the files and return the metrics.
 
     Args:
         split: a split from :func:`~omg_llava.evaluation.splits.load_split`.
         predict: the prediction function of the split's task (see the module docstring).
-        out_dir: where rank 0 writes ``predictions.jsonl`` and ``metrics.json`` (nothing written when ``None``).
+        out_dir: where each record is appended as it is made and rank 0 writes the final ``predictions.jsonl``
+            and ``metrics.json`` (nothing written when ``None``).
         max_samples: evaluate only the first N samples of the split.
         rank / world_size: this process in a distributed run.
         progress: show a progress bar (rank 0 only).
         similarity: the GCG phrase similarity.
         java / meteor: passed to :func:`~omg_llava.evaluation.captions.caption_metrics`.
         protocol: one of :data:`PROTOCOLS` (``region_qa`` has no released script: both give the same numbers);
-            recorded in the metrics.
+            recorded in the metrics and in every record.
+        resume: keep the records already in ``out_dir``'s predictions files (:func:`read_predictions`) and
+            predict only the other samples; ``False`` starts over (the files are replaced).
 
     Returns:
-        The metrics on rank 0, ``None`` on the other ranks.
+        The metrics on rank 0, ``None`` on the other ranks. The scores are over the samples that did not fail;
+        ``num_failed`` and ``failures`` (index, image, error) list the others, ``num_resumed`` the samples read
+        back from the predictions files.
 
     Raises:
-        ValueError: an unknown protocol.
+        ValueError: an unknown protocol; predictions in ``out_dir`` of another split or protocol.
+        OSError: ``out_dir`` cannot be created or written (before any prediction).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f'protocol must be one of {PROTOCOLS}, got {protocol!r}')
     num = len(split.samples) if max_samples is None else min(max_samples, len(split.samples))
-    indices = shard_range(num, rank, world_size)
-    show = progress and rank == 0
-    if split.task == 'refseg':
-        records = run_refseg(split, predict, indices, show, protocol)
-    elif split.task == 'gcg':
-        records = run_gcg(split, predict, indices, show, protocol=protocol)
-    elif split.task == 'region_qa':
-        records = run_region_qa(split, predict, indices, show)
-    else:
-        records = run_region_caption(split, predict, indices, show, protocol)
-    records = gather_records(records, num, world_size)
+    shard = shard_range(num, rank, world_size)
+    done: dict[int, dict] = {}
+    sink = None
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+        part = os.path.join(out_dir, PREDICTIONS_FILE if world_size == 1 else f'predictions.rank{rank}.jsonl')
+        if resume:
+            done = {i: r for i, r in read_predictions(out_dir, split, protocol).items() if i in shard}
+            _drop_torn_line(part)
+        else:  # each rank its own file; rank 0 the merged one and those of ranks beyond this world
+            stale = [part] if rank else [p for p in _prediction_files(out_dir)
+                                         if not re.search(r'\.rank([1-9]\d*)\.jsonl$', p)
+                                         or int(re.search(r'(\d+)\.jsonl$', p).group(1)) >= world_size]
+            for path in stale:
+                if os.path.exists(path):
+                    os.remove(path)
+        sink = open(part, 'a', encoding='utf-8')
+    records = list(done.values())
+    try:
+        for record in run_samples(split, predict, [i for i in shard if i not in done], protocol,
+                                  progress and rank == 0):
+            records.append(record)
+            if sink is not None and 'error' not in record:
+                sink.write(json.dumps(record) + '\n')
+                sink.flush()
+                os.fsync(sink.fileno())
+    finally:
+        if sink is not None:
+            sink.close()
+    num_resumed = len(done)
+    records = gather_records(records, world_size)
     if records is None:
         return None
+    failures = [r for r in records if 'error' in r]
+    records = [r for r in records if 'error' not in r]
     if split.task == 'refseg':
         metrics = refseg_summary(records, protocol)
     elif split.task == 'gcg':
@@ -308,15 +348,80 @@ def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit,
         metrics = region_qa_summary(split.chance, records)
     else:
         metrics = region_caption_summary(split, records, java, meteor)
-    metrics = dict(task=split.task, protocol=protocol, num_samples=num, **metrics)
+    failed = [dict(index=f['index'], image=split.image_path(split.samples[f['index']]), error=f['error'])
+              for f in failures]
+    metrics = dict(task=split.task, protocol=protocol, num_samples=num, num_scored=len(records),
+                   num_failed=len(failed), **metrics, failures=failed)
     if out_dir is not None:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, PREDICTIONS_FILE), 'w', encoding='utf-8') as f:
-            for record in records:
-                f.write(json.dumps(record) + '\n')
-        with open(os.path.join(out_dir, METRICS_FILE), 'w', encoding='utf-8') as f:
-            json.dump(metrics, f, indent=2)
+        _write_atomically(os.path.join(out_dir, PREDICTIONS_FILE), ''.join(json.dumps(r) + '\n' for r in records))
+        for path in _prediction_files(out_dir):
+            if os.path.basename(path) != PREDICTIONS_FILE:
+                os.remove(path)
+        _write_atomically(os.path.join(out_dir, METRICS_FILE), json.dumps(dict(metrics, num_resumed=num_resumed),
+                                                                          indent=2))
     return metrics
+
+
+def _prediction_files(out_dir: str) -> list[str]:
+    """``predictions.jsonl`` and the ranks' ``predictions.rank{r}.jsonl`` present in ``out_dir``."""
+    ranks = sorted(glob.glob(os.path.join(glob.escape(out_dir), 'predictions.rank*.jsonl')))
+    main = os.path.join(out_dir, PREDICTIONS_FILE)
+    return ([main] if os.path.isfile(main) else []) + ranks
+
+
+def read_predictions(out_dir: str, split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit,
+                     protocol: str) -> dict[int, dict]:
+    """The records already in ``out_dir``'s predictions files, by sample index. A torn last line (a kill during
+    a write) is dropped: that sample is predicted again.
+
+    Raises:
+        ValueError: a line that is not a record, a record of another protocol, or one whose sample fields differ
+            from the split's (the files belong to another split or dataset).
+    """
+    records: dict[int, dict] = {}
+    for path in _prediction_files(out_dir):
+        with open(path, encoding='utf-8', errors='replace') as f:
+            lines = f.read().split('\n')
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                index = record['index']
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if number == len(lines):  # no newline after it: the line a kill cut short
+                    continue
+                raise ValueError(f'{path}, line {number}: not a prediction record; give another --out-dir or '
+                                 'start over (--no-resume)') from None
+            sample = split.samples[index] if isinstance(index, int) and 0 <= index < len(split.samples) else None
+            if sample is None or any(record.get(k) != v for k, v in json.loads(json.dumps(sample)).items()):
+                raise ValueError(f'{path} holds predictions of another split (its record {index} is not sample '
+                                 f'{index} of this one): give another --out-dir or start over (--no-resume)')
+            if record.get('protocol') != protocol:
+                raise ValueError(f'{path} holds predictions of protocol {record.get("protocol")!r}, not '
+                                 f'{protocol!r}: give another --out-dir or start over (--no-resume)')
+            records[index] = record
+    return records
+
+
+def _drop_torn_line(path: str) -> None:
+    """Cut a last line without newline (a kill during a write) off ``path``, so that appending starts a line."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return
+    with open(path, 'rb+') as f:
+        data = f.read()
+        if not data.endswith(b'\n'):
+            f.truncate(data.rfind(b'\n') + 1)
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a synced temporary file and a rename (a kill leaves the old file)."""
+    temporary = f'{path}.tmp'
+    with open(temporary, 'w', encoding='utf-8') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
 
 
 # ----------------------------------------------------------------------------------------------- the model side
@@ -382,7 +487,8 @@ class ModelPredictor:
                           [p.strip() for p in PHRASE_PATTERN.findall(text)], masks, token_ids)
 
 
-__all__ = ['evaluate', 'shard_range', 'gather_records', 'run_refseg', 'run_gcg', 'run_region_caption',
-           'refseg_summary', 'gcg_summary', 'region_caption_summary', 'clean_caption', 'clean_region_caption',
-           'reference_gcg_answer', 'reference_region_caption', 'phrases_per_mask', 'ModelPredictor', 'PROTOCOLS',
-           'DEFAULT_PROTOCOL', 'REFSEG_PROMPT', 'GCG_QUESTIONS', 'REGION_CAPTION_PROMPT', 'MAX_NEW_TOKENS']
+__all__ = ['evaluate', 'read_predictions', 'run_samples', 'shard_range', 'gather_records', 'refseg_record',
+           'gcg_record', 'region_caption_record', 'region_qa_record', 'RECORDS', 'refseg_summary', 'gcg_summary',
+           'region_caption_summary', 'clean_caption', 'clean_region_caption', 'reference_gcg_answer',
+           'reference_region_caption', 'phrases_per_mask', 'ModelPredictor', 'PROTOCOLS', 'DEFAULT_PROTOCOL',
+           'REFSEG_PROMPT', 'GCG_QUESTIONS', 'REGION_CAPTION_PROMPT', 'MAX_NEW_TOKENS']

@@ -162,6 +162,7 @@ class GCGSplit:
         samples: ``index``, ``image_id``, ``file_name`` (the image entry's, else ``{id}.jpg``), ``height``,
             ``width``.
         ground_truth: image id → the image's masks (RLE, mask-file order) and its ``labels`` (the phrases).
+        ground_truth_errors: image id → why its masks could not be decoded (:meth:`check_ground_truth`).
         captions: image id → its reference captions.
     """
 
@@ -186,6 +187,7 @@ class GCGSplit:
         for ann in captions['annotations']:
             captions_by_image[ann['image_id']].append(ann)
         self.samples, self.ground_truth, self.captions = [], {}, {}
+        self.ground_truth_errors: dict[Any, str] = {}
         for img in captions['images']:
             image_id = img['id']
             entries = captions_by_image.get(image_id)
@@ -199,8 +201,9 @@ class GCGSplit:
             H, W = _gcg_image_size(image_id, mask_images.get(image_id, {}), img, anns, mask_path)
             try:
                 rles = [_as_rle(a['segmentation'], H, W) for a in anns]
-            except MalformedSample as exc:
-                raise ValueError(f'{mask_path}: image {image_id!r}: {exc}') from exc
+            except Exception as exc:  # noqa: BLE001 - one bad annotation fails its image, not the split
+                self.ground_truth_errors[image_id] = f'{mask_path}: image {image_id!r}: {exc}'
+                rles = []
             # the reference reads the labels of the image's first caption annotation
             self.ground_truth[image_id] = GroundedImage(rles, [str(p) for p in entries[0]['labels']])
             self.captions[image_id] = [e['caption'] for e in entries]
@@ -212,6 +215,13 @@ class GCGSplit:
 
     def image_path(self, sample: dict) -> str:
         return _image_path(self.image_folder, sample['file_name'])
+
+    def check_ground_truth(self, sample: dict) -> None:
+        """Raise ``ValueError`` if the sample's ground-truth masks could not be decoded (the image is then a
+        failed sample of the evaluation, not a reason to stop it)."""
+        error = self.ground_truth_errors.get(sample['image_id'])
+        if error is not None:
+            raise ValueError(error)
 
 
 def _gcg_image_size(image_id: Any, mask_image: dict, caption_image: dict, anns: list[dict],

@@ -28,7 +28,7 @@ from omg_llava.models.visual_prompts import VisualPrompt
 from omg_llava.utils.constants import IGNORE_INDEX, MARK_TOKEN, REGION_TOKEN
 from omg_llava.utils.conversation import Turn, encode_conversation
 
-from .image_io import SquareGeometry, load_image, preprocess_image
+from .image_io import SquareGeometry, load_image, preprocess_image, to_rgb_image
 
 PHRASE_PATTERN = re.compile(r'<p>(.*?)</p>', re.S)
 TAG_PATTERN = re.compile(r'<\|im_end\|>|</?p>|\[SEG\]|</s>')
@@ -98,18 +98,22 @@ class OMGLLaVAChat:
 
     # ------------------------------------------------------------------ conversation state
     def set_image(self, image: str | os.PathLike | Image.Image | np.ndarray | None) -> None:
-        """Start a new conversation about ``image`` (a path, PIL image or HxWx3 uint8 array; ``None`` for a
-        text-only conversation). The image is encoded once here."""
+        """Start a new conversation about ``image`` (``None`` for a text-only conversation). The image is encoded
+        once here.
+
+        Args:
+            image: a path (read upright, :func:`~omg_llava.inference.image_io.load_image`), a PIL image or an
+                array: ``uint8`` or float in [0, 1], (H, W) or (H, W, 3) (see
+                :func:`~omg_llava.inference.image_io.to_rgb_image`).
+
+        Raises:
+            ValueError: an unreadable file, another array type or range, an image over the size limits.
+        """
         self._conversation = _Conversation()
         if image is None:
             return
-        if isinstance(image, (str, os.PathLike)):
-            image = load_image(image)
-        elif isinstance(image, np.ndarray):
-            if image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f'an image array must be H x W x 3 (RGB), got shape {image.shape}')
-            image = Image.fromarray(image.astype(np.uint8))
-        pixels, geometry = preprocess_image(image.convert('RGB'), self.image_size)
+        image = load_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb_image(image)
+        pixels, geometry = preprocess_image(image, self.image_size)
         with torch.no_grad():
             encoded = self.model.encode_images(pixels[None].to(self.device))
         self._conversation = _Conversation(image=image, geometry=geometry, encoded=encoded)
@@ -146,7 +150,9 @@ class OMGLLaVAChat:
                 given without an image.
             ValueError: a point or box lies outside the image, a mask has the wrong size.
             PromptTooLongError: the conversation no longer fits; call :meth:`reset`.
+            ValueError: an empty question or one holding text that is not valid Unicode.
         """
+        check_question(question)
         conv = self._conversation
         marks = self._point_prompts(question, points)
         region_prompts = self._region_prompts(question, regions)
@@ -208,9 +214,9 @@ class OMGLLaVAChat:
         if not points:
             return []
         geometry = self._require_image('point prompts')
-        xy = torch.tensor([list(map(float, p)) for p in points])
-        if xy.shape[-1] != 2:
+        if any(len(p) != 2 for p in points):
             raise ValueError(f'points are (x, y) pairs, got {points}')
+        xy = torch.tensor([list(map(float, p)) for p in points])
         _check_inside(xy, geometry, 'point')
         return [VisualPrompt('point', p) for p in geometry.points_to_input(xy).to(self.device)]
 
@@ -256,7 +262,23 @@ def _check_count(question: str, token: str, given: int, what: str) -> None:
                                f'in the text for each of the {what}, in the same order')
 
 
+def check_question(question: str) -> None:
+    """Raise ``ValueError`` for a question that is not text, is empty or whitespace only, or holds lone
+    surrogates (undecodable bytes that Python kept as ``\\udcXX``; the tokenizer cannot encode them)."""
+    if not isinstance(question, str):
+        raise ValueError(f'the question must be text, got {type(question).__name__}')
+    if not question.strip():
+        raise ValueError('the question is empty: ask something, e.g. "Please segment the cat in this image."')
+    bad = next((i for i, c in enumerate(question) if '\ud800' <= c <= '\udfff'), None)
+    if bad is not None:
+        raise ValueError(f'the question holds an invalid character at position {bad} ({question[bad]!r}: a byte '
+                         'that was not UTF-8?): give the text as UTF-8')
+
+
 def _check_inside(xy: torch.Tensor, geometry: SquareGeometry, what: str, inclusive_end: bool = False) -> None:
+    if not torch.isfinite(xy).all():
+        raise ValueError(f'{what} {xy.tolist()} is not a finite number: give pixel coordinates (x from the left, '
+                         'y from the top)')
     H, W = geometry.original_size
     x, y = xy[:, 0], xy[:, 1]
     beyond = (x > W) | (y > H) if inclusive_end else (x >= W) | (y >= H)

@@ -57,7 +57,7 @@ def test_mmengine_checkpoint_needs_trust_then_converts(tiny_cfg, trained_state, 
                 'message_hub': {'log_scalars': {'train/loss': history}}}, path)
     out = tmp_path / 'released.pth'
     convert = load_tool('convert_to_pth').main
-    assert convert([str(TINY_CONFIG), str(path), '--save-path', str(out)]) == 1
+    assert convert([str(TINY_CONFIG), str(path), '--save-path', str(out)]) == 2
     error = capsys.readouterr().err
     assert 'untrusted input' in error and '--trust-checkpoint' in error and not out.exists()
 
@@ -116,7 +116,7 @@ def test_missing_released_key_is_an_error_naming_it(trained_state, released_keys
     torch.save(flat, path)
     with pytest.raises(CheckpointMismatchError, match=r'missing from the file \(1\):\n\s+projector\.model\.query_proj'):
         convert_checkpoint(str(TINY_CONFIG), path, tmp_path / 'out.pth')
-    assert load_tool('convert_to_pth').main([str(TINY_CONFIG), str(path), '--save-path', str(tmp_path / 'o.pth')]) == 1
+    assert load_tool('convert_to_pth').main([str(TINY_CONFIG), str(path), '--save-path', str(tmp_path / 'o.pth')]) == 2
     assert 'projector.model.query_proj.weight' in capsys.readouterr().err
 
     pretrain_like = {k: v for k, v in flat.items() if k.startswith('projector')}
@@ -158,7 +158,7 @@ def test_cfg_options_rebuild_the_model_the_training_overrode(tiny_cfg, tmp_path,
     flat = tmp_path / 'flat.pth'
     torch.save(nn.Module.state_dict(narrow), flat)
     convert = load_tool('convert_to_pth').main
-    assert convert([str(TINY_CONFIG), str(flat), '--save-path', str(tmp_path / 'a.pth')]) == 1
+    assert convert([str(TINY_CONFIG), str(flat), '--save-path', str(tmp_path / 'a.pth')]) == 2
     assert 'vs' in capsys.readouterr().err  # mis-shaped tensors named
     out = tmp_path / 'b.pth'
     assert convert([str(TINY_CONFIG), str(flat), '--save-path', str(out), '--cfg-options',

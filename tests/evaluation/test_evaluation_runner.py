@@ -27,7 +27,7 @@ def test_shard_arguments_and_single_process_gather():
     with pytest.raises(ValueError, match='outside'):
         shard_range(10, 2, 2)
     records = [dict(index=2), dict(index=0), dict(index=1)]
-    assert [r['index'] for r in gather_records(records, 3, world_size=1)] == [0, 1, 2]
+    assert [r['index'] for r in gather_records(records, world_size=1)] == [0, 1, 2]
 
 
 def test_answer_clean_up():

@@ -35,13 +35,14 @@ def chat():
 def test_tool_on_tiny_refcoco_val(tiny_data, tmp_path, capsys):
     tool = load_tool('test')
     out_dir = tmp_path / 'out'
-    metrics = tool.main([str(TINY_CONFIG), '--task', 'refseg', '--data-root', str(tiny_data / 'ref_seg'),
-                         '--dataset', 'refcoco', '--split', 'val', '--max-samples', '3', '--device', 'cpu',
-                         '--out-dir', str(out_dir), '--no-progress'])
+    assert tool.main([str(TINY_CONFIG), '--task', 'refseg', '--data-root', str(tiny_data / 'ref_seg'),
+                      '--dataset', 'refcoco', '--split', 'val', '--max-samples', '3', '--device', 'cpu',
+                      '--out-dir', str(out_dir), '--no-progress']) == 0
+    metrics = json.loads((out_dir / 'metrics.json').read_text())
     assert {'cIoU', 'gIoU', 'num_expressions', 'num_without_seg'} <= metrics.keys()
     assert metrics['protocol'] == 'corrected'  # the default
     assert metrics['num_expressions'] == 3 and 0 <= metrics['cIoU'] <= 1
-    assert json.loads((out_dir / 'metrics.json').read_text()) == metrics
+    assert metrics['num_failed'] == 0 and metrics['failures'] == []
     records = [json.loads(line) for line in (out_dir / 'predictions.jsonl').read_text().splitlines()]
     assert len(records) == 3
     assert {'sentence', 'answer', 'has_seg', 'pred_mask', 'intersection', 'union', 'iou'} <= records[0].keys()
@@ -103,9 +104,9 @@ def install_fake_model(monkeypatch, answer) -> list[dict]:
 
 def run_tool(tmp_path, *args):
     out_dir = tmp_path / f'out_{len(list(tmp_path.glob("out_*")))}'
-    metrics = load_tool('test').main([str(TINY_CONFIG), *args, '--device', 'cpu', '--out-dir', str(out_dir),
-                                      '--no-progress', '--no-meteor'])
-    assert json.loads((out_dir / 'metrics.json').read_text()) == metrics
+    assert load_tool('test').main([str(TINY_CONFIG), *args, '--device', 'cpu', '--out-dir', str(out_dir),
+                                   '--no-progress', '--no-meteor']) == 0
+    metrics = json.loads((out_dir / 'metrics.json').read_text())
     records = [json.loads(line) for line in (out_dir / 'predictions.jsonl').read_text().splitlines()]
     return metrics, records
 
@@ -271,10 +272,10 @@ def test_region_caption_protocols_by_hand(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------- quantization
 def test_quantized_llm_needs_cuda_and_fails_before_any_build(tmp_path, monkeypatch, capsys):
     built = install_fake_model(monkeypatch, refseg_answer)
-    with pytest.raises(SystemExit) as exc:
-        load_tool('test').main([str(TINY_CONFIG), '--task', 'refseg', '--data-root', str(tmp_path / 'absent'),
-                                '--dataset', 'refcoco', '--split', 'val', '--device', 'cpu', '--load-in-4bit'])
-    assert exc.value.code == 2 and built == []  # before the split and the model
+    assert load_tool('test').main([str(TINY_CONFIG), '--task', 'refseg', '--data-root', str(tmp_path / 'absent'),
+                                   '--dataset', 'refcoco', '--split', 'val', '--device', 'cpu',
+                                   '--load-in-4bit']) == 2
+    assert built == []  # before the split and the model
     err = capsys.readouterr().err.strip()
     assert err.count('\n') == 0 and '--load-in-4bit needs a CUDA GPU with bitsandbytes' in err
     with pytest.raises(SystemExit):
@@ -285,9 +286,10 @@ def test_quantized_llm_needs_cuda_and_fails_before_any_build(tmp_path, monkeypat
 
 def test_quantization_reaches_the_builder_and_its_errors_are_one_line(polygon_refer, tmp_path, monkeypatch, capsys):
     built = install_fake_model(monkeypatch, refseg_answer)
+    monkeypatch.setattr('torch.cuda.is_available', lambda: True)  # --device cuda is checked before the build
     args = [str(TINY_CONFIG), '--task', 'refseg', '--data-root', str(polygon_refer), '--dataset', 'refcoco',
             '--split', 'val', '--image-folder', str(tmp_path / 'images'), '--device', 'cuda', '--out-dir',
-            str(tmp_path / 'out'), '--no-progress']
+            str(tmp_path / 'out'), '--no-progress', '--no-resume']
     load_tool('test').main(args + ['--load-in-8bit'])
     assert built[-1]['quantization'] == '8bit' and built[-1]['dtype'] == 'fp16'  # the reference's compute dtype
     load_tool('test').main(args)
@@ -298,11 +300,130 @@ def test_quantization_reaches_the_builder_and_its_errors_are_one_line(polygon_re
 
     monkeypatch.setattr(OMGLLaVAChat, 'from_config', missing_bitsandbytes)
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exc:
-        load_tool('test').main(args + ['--load-in-4bit'])
+    assert load_tool('test').main(args + ['--load-in-4bit']) == 2
     err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and err == 'error: 4bit loading needs bitsandbytes: pip install bitsandbytes'
+    assert err == 'error: 4bit loading needs bitsandbytes: pip install bitsandbytes'
 
 
 def test_tool_protocols_are_the_runner_ones():
     assert set(load_tool('test').PROTOCOLS) == set(runner.PROTOCOLS)
+
+
+# ----------------------------------------------------------------------------------------------- nothing lost
+def _refseg_args(polygon_refer, tmp_path, out_dir, *extra):
+    return [str(TINY_CONFIG), '--task', 'refseg', '--data-root', str(polygon_refer), '--dataset', 'refcoco',
+            '--split', 'val', '--image-folder', str(tmp_path / 'images'), '--device', 'cpu', '--out-dir',
+            str(out_dir), '--no-progress', *extra]
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def test_an_interrupted_evaluation_keeps_its_predictions_and_resumes(polygon_refer, tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(image_path, prompt, region_mask):
+        calls.append(prompt)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C (or a kill) during the third expression
+        return refseg_answer(image_path, prompt, region_mask)
+
+    install_fake_model(monkeypatch, interrupted)
+    out = tmp_path / 'resumed'
+    with pytest.raises(KeyboardInterrupt):
+        load_tool('test').main(_refseg_args(polygon_refer, tmp_path, out))
+    kept = [json.loads(line) for line in _lines(out / 'predictions.jsonl')]
+    assert [r['index'] for r in kept] == [0, 1]  # written as they were made
+    with open(out / 'predictions.jsonl', 'a') as f:
+        f.write('{"index": 2, "sentence": "the bott')  # a kill in the middle of a write
+
+    calls.clear()
+    install_fake_model(monkeypatch, lambda *a: (calls.append(a[1]), refseg_answer(*a))[1])
+    assert load_tool('test').main(_refseg_args(polygon_refer, tmp_path, out)) == 0
+    assert len(calls) == 2  # only the expressions without a prediction
+    resumed = json.loads((out / 'metrics.json').read_text())
+    assert resumed['num_resumed'] == 2 and resumed['num_failed'] == 0
+
+    fresh_out = tmp_path / 'fresh'
+    assert load_tool('test').main(_refseg_args(polygon_refer, tmp_path, fresh_out)) == 0
+    fresh = json.loads((fresh_out / 'metrics.json').read_text())
+    assert fresh['num_resumed'] == 0
+    assert {k: v for k, v in resumed.items() if k != 'num_resumed'} == {k: v for k, v in fresh.items()
+                                                                      if k != 'num_resumed'}
+    assert _lines(out / 'predictions.jsonl') == _lines(fresh_out / 'predictions.jsonl')
+
+    calls.clear()  # a finished run is not predicted again; --no-resume starts over
+    assert load_tool('test').main(_refseg_args(polygon_refer, tmp_path, out)) == 0 and calls == []
+    assert load_tool('test').main(_refseg_args(polygon_refer, tmp_path, out, '--no-resume')) == 0
+    assert len(calls) == 4
+
+
+def test_failing_samples_are_listed_and_the_others_scored(polygon_refer, tmp_path, monkeypatch, capsys):
+    instances = json.loads((polygon_refer / 'refcoco' / 'instances.json').read_text())
+    instances['annotations'][2]['segmentation'] = 'not a polygon'  # the corner's annotation
+    (polygon_refer / 'refcoco' / 'instances.json').write_text(json.dumps(instances))
+
+    def missing_image_for_the_bar(image_path, prompt, region_mask):
+        if prompt == 'Please segment the bar in this image.':
+            raise FileNotFoundError(f'image not found: {image_path!r}')
+        return refseg_answer(image_path, prompt, region_mask)
+
+    install_fake_model(monkeypatch, missing_image_for_the_bar)
+    out = tmp_path / 'out'
+    assert load_tool('test').main(_refseg_args(polygon_refer, tmp_path, out)) == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['num_failed'] == 2 and metrics['num_scored'] == 2 and metrics['num_samples'] == 4
+    assert [f['index'] for f in metrics['failures']] == [1, 3]
+    assert metrics['failures'][0]['error'].startswith('FileNotFoundError: image not found')
+    assert 'annotation 3' in metrics['failures'][1]['error'] and metrics['failures'][1]['image'].endswith('img.jpg')
+    # scored over the two others: the two boxes (24, 24) and the bottom bar without [SEG] (0, 30)
+    assert metrics['cIoU'] == pytest.approx(24 / 54)
+    assert [json.loads(line)['index'] for line in _lines(out / 'predictions.jsonl')] == [0, 2]
+    err = capsys.readouterr().err
+    assert 'warning: 2 sample(s) failed' in err and 'failed: sample 1' in err
+
+
+def test_one_bad_gcg_annotation_fails_its_image_only(grandf, tmp_path, monkeypatch):
+    path = grandf / 'gcg_val_test' / 'val_gcg_coco_mask_gt.json'
+    masks = json.loads(path.read_text())
+    masks['annotations'][-1]['segmentation'] = {'size': [6, 10], 'counts': 12}  # sa_2's only mask
+    path.write_text(json.dumps(masks))
+    install_fake_model(monkeypatch, gcg_answer)
+    metrics, records = run_tool(tmp_path, '--task', 'gcg', '--data-root', str(grandf), '--dataset',
+                                'gcg_val_test', '--split', 'val', '--image-folder', str(tmp_path / 'images'))
+    assert [r['image_id'] for r in records] == ['sa_1'] and metrics['num_failed'] == 1
+    assert "image 'sa_2'" in metrics['failures'][0]['error'] and metrics['num_images'] == 1
+
+
+@pytest.mark.parametrize('case', ['out_dir_is_a_file', 'unknown_split', 'missing_data_root', 'other_protocol',
+                                  'cuda_without_gpu', 'png_as_pth'])
+def test_bad_inputs_fail_before_the_model_with_one_line(case, polygon_refer, tmp_path, monkeypatch, capsys):
+    built = install_fake_model(monkeypatch, refseg_answer)
+    out = tmp_path / 'out'
+    args = _refseg_args(polygon_refer, tmp_path, out)
+    expected = {'out_dir_is_a_file': 'is a file, not a folder', 'unknown_split': "has no refs of split 'testC'",
+                'missing_data_root': 'not found', 'other_protocol': "holds predictions of protocol 'corrected'",
+                'cuda_without_gpu': '--device cuda: torch sees no CUDA GPU', 'png_as_pth': 'is a PNG image'}[case]
+    if case == 'out_dir_is_a_file':
+        out.write_text('notes')
+    elif case == 'unknown_split':
+        args[args.index('val')] = 'testC'
+    elif case == 'missing_data_root':
+        args[args.index(str(polygon_refer))] = str(tmp_path / 'absent')
+    elif case == 'other_protocol':
+        assert load_tool('test').main(args) == 0
+        built.clear()
+        capsys.readouterr()
+        args.append('--protocol=reference')
+    elif case == 'cuda_without_gpu':
+        monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+        args[args.index('cpu')] = 'cuda'
+    else:
+        from PIL import Image
+        Image.new('RGB', (4, 4)).save(tmp_path / 'photo.png')
+        args += ['--pth', str(tmp_path / 'photo.png')]
+    assert load_tool('test').main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and expected in err and '\n' not in err
+    assert built == []  # the model is built only after every input is checked

@@ -140,3 +140,35 @@ def test_unreadable_image(tmp_path, chat):
         chat.set_image(bad)
     with pytest.raises(FileNotFoundError):
         chat.set_image(tmp_path / 'missing.png')
+
+
+@pytest.mark.parametrize('points, regions', [([(float('nan'), 10.0)], []), ([(5.0, float('inf'))], []),
+                                             ([], [(10.0, 10.0, float('nan'), 50.0)])])
+def test_non_finite_coordinates_are_refused(chat, points, regions):
+    chat.set_image(CAT)
+    question = '<mark>?' if points else '<region>?'
+    with pytest.raises(ValueError, match='is not a finite number'):
+        chat.ask(question, points=points, regions=regions, max_new_tokens=1)
+    assert chat.history == []
+
+
+@pytest.mark.parametrize('question, message', [('', 'the question is empty'), (' \n\t', 'the question is empty'),
+                                               ('caf\udce9?', 'invalid character at position 3')])
+def test_empty_and_undecodable_questions_are_refused(chat, question, message):
+    chat.set_image(CAT)
+    with pytest.raises(ValueError, match=message):
+        chat.ask(question, max_new_tokens=1)
+    assert chat.history == []
+
+
+def test_float_image_arrays_read_like_their_uint8_and_bad_arrays_are_refused(chat):
+    chat.set_image(CAT)
+    as_bytes = chat._conversation.encoded
+    chat.set_image(CAT / 255.0)
+    as_floats = chat._conversation.encoded
+    assert all(torch.equal(a, b) for a, b in zip(as_bytes.visual_sequences, as_floats.visual_sequences))
+    assert chat._conversation.geometry.original_size == CAT.shape[:2]
+    with pytest.raises(ValueError, match='must be uint8'):
+        chat.set_image(CAT.astype(np.int64))
+    with pytest.raises(ValueError, match=r'values in \[0, 1\]'):
+        chat.set_image(CAT.astype(np.float32))

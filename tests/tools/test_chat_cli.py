@@ -177,11 +177,16 @@ def test_unreadable_image_and_mask(tmp_path, capsys):
     assert code == 2 and 'is 10x10 but the image is 451x300' in err
 
 
-def test_malformed_flags_are_argparse_errors(capsys):
+@pytest.mark.parametrize('argv, message', [(['--point', '1,2,3'], '--point takes 2 comma-separated finite numbers'),
+                                           (['--point', 'nan,5'], "--point takes 2 comma-separated finite numbers"),
+                                           (['--box', '1,1,nan,5'], '--box takes 4 comma-separated finite numbers'),
+                                           (['--box', '1,1,inf,5'], '--box takes 4 comma-separated finite numbers')])
+def test_malformed_flags_are_argparse_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
-        chat_tool.main(['--point', '1,2,3'])
+        chat_tool.main(argv)
     assert exit_info.value.code == 2
-    assert '--point takes 2 comma-separated numbers' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count('\n') == 1
 
 
 def test_build_model_quantization_needs_a_gpu_and_bitsandbytes():
@@ -192,3 +197,88 @@ def test_build_model_quantization_needs_a_gpu_and_bitsandbytes():
             build_model(str(TINY_CONFIG), quantization='8bit', device='cuda')
     model, _, _ = build_model(str(TINY_CONFIG), quantization='none')  # no quantization_config: unchanged
     assert next(model.llm.parameters()).dtype.is_floating_point
+
+
+# ----------------------------------------------------------------------------------------------- nothing crashes
+@pytest.fixture
+def no_build(monkeypatch):
+    """Fail the test if the model is built (bad inputs must be answered before)."""
+    monkeypatch.setattr(OMGLLaVAChat, 'from_config', lambda *a, **k: pytest.fail('the model was built'))
+
+
+def _weight_file(tmp_path, kind):
+    if kind == 'png':
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / 'photo.png')
+        return tmp_path / 'photo.png', 'is a PNG image'
+    if kind == 'empty':
+        (tmp_path / 'empty.pth').write_bytes(b'')
+        return tmp_path / 'empty.pth', 'is an empty file (0 bytes)'
+    if kind == 'html':
+        (tmp_path / 'page.pth').write_text('<!DOCTYPE html><html>Access denied</html>')
+        return tmp_path / 'page.pth', 'is an HTML page (a download that returned an error page?)'
+    return tmp_path, 'is a directory, not a file'
+
+
+@pytest.mark.parametrize('kind', ['png', 'empty', 'html', 'directory'])
+def test_a_weight_file_that_is_something_else_is_named(tmp_path, capsys, no_build, kind):
+    path, message = _weight_file(tmp_path, kind)
+    code, _, err = _run(capsys, '--prompt', 'hi', '--pth', str(path))
+    assert code == 2 and err.strip() == f'error: --pth {path} {message}' + (
+        ', not a weight file: give the .pth / .bin / .safetensors file' if kind in ('png', 'html') else
+        ': an interrupted download or copy? Fetch it again' if kind == 'empty' else ': give the file inside it')
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--prompt', ''], '--prompt: the question is empty'),
+    (['--prompt', ' \t '], '--prompt: the question is empty'),
+    (['--prompt', 'caf\udce9?'], '--prompt: the question holds an invalid character at position 3'),
+    (['--prompt', 'hi', '--device', 'cuda'], '--device cuda: torch sees no CUDA GPU here'),
+    (['--prompt', 'hi', '--device', 'cuda:0'], '--device cuda:0: torch sees no CUDA GPU here'),
+])
+def test_bad_text_and_device_are_refused_before_the_build(capsys, monkeypatch, no_build, argv, message):
+    monkeypatch.setattr('torch.cuda.is_available', lambda: False)
+    code, _, err = _run(capsys, *argv)
+    assert code == 2 and err.strip().startswith(f'error: {message}') and err.count('\n') == 1
+
+
+def test_out_dir_that_is_a_file_is_refused_before_the_build(tmp_path, capsys, no_build):
+    (tmp_path / 'out').write_text('my notes')
+    code, _, err = _run(capsys, '--prompt', 'hi', '--out-dir', str(tmp_path / 'out'))
+    assert code == 2 and 'is a file, not a folder' in err
+    assert (tmp_path / 'out').read_text() == 'my notes'
+
+
+def test_interactive_chat_survives_bad_bytes_and_failing_questions(tmp_path, capsys, monkeypatch):
+    ask = OMGLLaVAChat.ask
+
+    def ask_or_fail(self, question, **kwargs):
+        if question == 'crash':
+            raise RuntimeError('CUDA error: device-side assert triggered')
+        return ask(self, question, **kwargs)
+
+    monkeypatch.setattr(OMGLLaVAChat, 'ask', ask_or_fail)
+    stdin = io.TextIOWrapper(io.BytesIO(b'caf\xe9?\n   \ncrash\nWhat is this?\n'), encoding='utf-8')
+    monkeypatch.setattr('sys.stdin', stdin)
+    code, out, _ = _run(capsys, '--out-dir', str(tmp_path))
+    assert code == 0
+    assert 'error: the question holds an invalid character at position 3' in out
+    assert 'error: CUDA error: device-side assert triggered' in out
+    assert out.count('answer: ') == 1 and os.listdir(tmp_path) == ['turn_1']  # the last question was answered
+
+
+def test_mask_prompts_are_read_upright_and_from_alpha(tmp_path, capsys, monkeypatch):
+    seen = []
+    ask = OMGLLaVAChat.ask
+    monkeypatch.setattr(OMGLLaVAChat, 'ask', lambda self, q, **kw: seen.append(kw['regions']) or ask(self, q, **kw))
+    region = _masks(1)[0]
+    alpha = np.zeros((H, W, 4), np.uint8)
+    alpha[..., 3] = region * 255  # drawn only in the alpha channel
+    Image.fromarray(alpha).save(tmp_path / 'alpha.png')
+    rotated = Image.fromarray(np.rot90(region).astype(np.uint8) * 255)  # stored turned left, EXIF turns it back
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(tmp_path / 'rotated.png', exif=exif.tobytes())
+    code, out, err = _run(capsys, '--prompt', 'Compare <region> and <region>.', '--mask', str(tmp_path / 'alpha.png'),
+                          '--mask', str(tmp_path / 'rotated.png'), '--out-dir', str(tmp_path / 'out'))
+    assert code == 0, err
+    assert [np.array_equal(m, region) for m in seen[0]] == [True, True]
