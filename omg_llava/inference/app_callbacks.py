@@ -8,6 +8,7 @@ corner. Prompts belong to one question: after a question that was answered they 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import threading
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ class ChatApp:
             points = parse_prompts(points_json, 2, 'points')
             boxes = parse_prompts(boxes_json, 4, 'boxes')
         except ValueError as exc:
-            return points_json, boxes_json, gr.skip(), f'Fix the prompt JSON first: {exc}', pending
+            return points_json, boxes_json, gr.skip(), f'Fix the prompt JSON first: {html.escape(str(exc))}', pending
         if mode == BOX_MODE and pending is None:
             pending = [x, y]
             hint = f'Box corner at ({x:g}, {y:g}): click the opposite corner (or drag a box instead).'
@@ -187,7 +188,7 @@ class ChatApp:
             boxes = parse_prompts(boxes_json, 4, 'boxes')
             box = parse_prompts(f'[{drag_json}]', 4, 'the dragged box')[0]
         except ValueError as exc:
-            return points_json, boxes_json, gr.skip(), f'Fix the prompt JSON first: {exc}', pending
+            return points_json, boxes_json, gr.skip(), f'Fix the prompt JSON first: {html.escape(str(exc))}', pending
         if box[2] <= box[0] or box[3] <= box[1]:
             return points_json, boxes_json, gr.skip(), 'That box has no area: drag further.', pending
         boxes.append(box)
@@ -203,7 +204,7 @@ class ChatApp:
             points = parse_prompts(points_json, 2, 'points')
             boxes = parse_prompts(boxes_json, 4, 'boxes')
         except ValueError as exc:
-            return gr.skip(), str(exc)
+            return gr.skip(), html.escape(str(exc))  # the hint is Markdown
         return draw_prompts(image, points, boxes, pending), ''
 
     def clear(self, image: np.ndarray | None) -> tuple[str, str, np.ndarray | None, str, None]:
@@ -253,8 +254,10 @@ class ChatApp:
         return masks_html(labels, colours, masks), overlay_masks(image, masks, colours)
 
     def segment_in_mode(self, image: np.ndarray | None, points_json: str, boxes_json: str, mode: str):
-        """:meth:`segment` in segment mode (after a click, a drag or switching to it); nothing otherwise."""
-        if mode != SEGMENT_MODE:
+        """:meth:`segment` in segment mode (after a click, a drag or switching to it) when there are an image and
+        prompts; nothing otherwise."""
+        if mode != SEGMENT_MODE or image is None or points_json.strip() in ('', EMPTY_PROMPTS) and \
+                boxes_json.strip() in ('', EMPTY_PROMPTS):
             return gr.skip(), gr.skip()
         return self.segment(image, points_json, boxes_json)
 

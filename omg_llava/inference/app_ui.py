@@ -65,10 +65,11 @@ CSS = """
             pointer-events: none; z-index: 1000; }
 """
 
-# Drag a rectangle on the prompt view → a box. Gradio 6 runs it once on page load as a <script>; listens on the document (capture
-# phase) because Gradio re-renders the <img>. A press-move-release of at least MIN_DRAG screen pixels is a
-# drag: the click the browser fires after it is swallowed so it adds no point. Image coordinates follow
-# Gradio's own click mapping (object-fit: contain), clamped to the image.
+# Drag a rectangle on the prompt view → a box. Gradio 6 runs this once on page load as a <script> (hence the
+# immediately called function). It listens on the document (capture phase) because Gradio re-renders the
+# <img>. A press-move-release of at least MIN_DRAG screen pixels is a drag: the click the browser fires after
+# it is swallowed so it adds no point. Image coordinates follow Gradio's own click mapping (object-fit:
+# contain), clamped to the image.
 DRAG_JS = """
 (() => {
   const MIN_DRAG = 6;

@@ -199,6 +199,8 @@ def test_drag_adds_a_box_in_any_mode(app):
     *_, hint, pending = app.drag(CAT, '[]', '[]', BOX_MODE, '[10, 10, 10, 50]', None)
     assert 'no area' in hint
     assert app.drag(None, '[]', '[]', BOX_MODE, '[1, 2, 3, 4]')[3] == 'Upload an image first.'
+    *_, hint, _ = app.click(CAT, '[["<mark>", 2]]', '[]', POINT_MODE, 1, 2)
+    assert 'Fix the prompt JSON first' in hint and '&lt;mark&gt;' in hint  # the Markdown hint shows it as text
 
 
 def test_segment_gives_the_segmenter_masks_in_contrasting_colours(app, chat):
@@ -213,6 +215,7 @@ def test_segment_gives_the_segmenter_masks_in_contrasting_colours(app, chat):
     assert 'lies outside the 451x300 image' in app.segment(CAT, '[[500, 10]]', '[]')[0]  # inside the padding
     assert 'click on the image' in app.segment(CAT, '[]', '[]')[0]
     assert all(_skipped(v) for v in app.segment_in_mode(CAT, '[[1, 2]]', '[]', POINT_MODE))
+    assert all(_skipped(v) for v in app.segment_in_mode(CAT, '[]', '[]', SEGMENT_MODE))  # switching to it
     assert app.segment_in_mode(CAT, '[[200, 120]]', '[]', SEGMENT_MODE)[0].count('omg-phrase') == 1
 
 
