@@ -12,8 +12,9 @@ closed region questions (the synthetic shapes' held-out manifest).
 Writes predictions.jsonl and metrics.json to --out-dir (default work_dirs/test/<task>_<dataset>_<split>/) and
 prints the metrics. Each prediction is appended to predictions.jsonl as it is made; run the same command again
 after an interruption and only the missing samples are predicted (--no-resume starts over). A sample that fails
-(missing image, bad annotation) is listed under "failures" in metrics.json; the scores are over the others. --protocol reference gives the released scripts' numbers, corrected (default) the project's
-definitions. Data layouts, metric definitions and both protocols: docs/evaluation.md.
+(missing image, bad annotation) is listed under "failures" in metrics.json; the scores are over the others.
+--protocol reference gives the released scripts' numbers, corrected (default) the project's definitions. Data
+layouts, metric definitions and both protocols: docs/evaluation.md.
 """
 from __future__ import annotations
 

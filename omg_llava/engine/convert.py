@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from omg_llava.checkpoint import (CheckpointError, CheckpointMismatchError, describe_checkpoint, load_into, read_weights,
-                                  unwrap_state_dict)
+from omg_llava.checkpoint import (CheckpointError, CheckpointMismatchError, describe_checkpoint, load_into,
+                                  read_weights, unwrap_state_dict)
 from omg_llava.inference.encoder_builder import visual_encoder_config
 from omg_llava.registry import build_component
 

@@ -12,7 +12,8 @@ def test_names_every_non_finite_float_tensor_in_order(monkeypatch):
     late_nan = torch.zeros(5, 6)
     late_nan[4, 5] = float('nan')
     state = {'fine': torch.randn(3, 3), 'late_nan': late_nan, 'ints': torch.arange(4),
-             'half_inf': torch.tensor([1.0, -float('inf')], dtype=torch.float16), 'flags': torch.ones(2, dtype=torch.bool),
+             'half_inf': torch.tensor([1.0, -float('inf')], dtype=torch.float16),
+             'flags': torch.ones(2, dtype=torch.bool),
              'bf16_nan': torch.full((2,), float('nan'), dtype=torch.bfloat16), 'empty': torch.zeros(0),
              'meta': torch.empty(3, device='meta')}
     assert non_finite_keys(state) == ['late_nan', 'half_inf', 'bf16_nan']
