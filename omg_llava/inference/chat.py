@@ -87,9 +87,13 @@ class OMGLLaVAChat:
     @classmethod
     def from_config(cls, config_path: str, **build_kwargs) -> tuple['OMGLLaVAChat', list[str]]:
         """Build the model of a config (see :func:`omg_llava.inference.model_builder.build_model` for the
-        keyword arguments: ``pth``, ``device``, ``dtype``, ``seed``, ``weights_only``, encoder files)."""
+        keyword arguments: ``pth``, ``device``, ``dtype``, ``seed``, ``weights_only``, encoder files).
+        ``config_path`` is a path or a built-in config's name (``'omg_llava_7b_finetune_8gpus'``,
+        ``'configs/tiny/...'``), found from any working directory (:func:`omg_llava.config_paths.find_config`)."""
+        from omg_llava.config_paths import find_config
+
         from .model_builder import build_model
-        model, cfg, notes = build_model(config_path, **build_kwargs)
+        model, cfg, notes = build_model(find_config(config_path), **build_kwargs)
         return cls(model, int(cfg.get('image_size', 1024))), notes
 
     @property

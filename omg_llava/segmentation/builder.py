@@ -1,6 +1,7 @@
 """Build a :class:`~.segmenter.UniversalSegmenter` from a config, weight files and a vocabulary."""
 from __future__ import annotations
 
+from omg_llava.config_paths import find_config
 from omg_llava.inference.encoder_builder import build_visual_encoder, visual_encoder_config
 from omg_llava.models.weights import read_class_embeddings
 
@@ -27,6 +28,7 @@ def build_segmenter(config: str, *, omg_seg: str | None = None, clip: str | None
     Returns:
         ``(segmenter, notes)``: notes say what was loaded, randomised or embedded.
     """
+    config = find_config(config)  # a path or a built-in config's name, from any working directory
     vocabulary = parse_vocabulary(classes) if classes is not None else None
     encoder, notes = build_visual_encoder(config, omg_seg=omg_seg, clip=clip,
                                           class_embed=None if vocabulary else class_embed, device=device, seed=seed,
