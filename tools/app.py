@@ -18,6 +18,7 @@ import socket
 import sys
 import zipfile
 
+from omg_llava.config_paths import config_argument
 from omg_llava.inference.defaults import (DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT, checkpoint_for,
                                          is_default_config)
 
@@ -33,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, help=f'model config (default {DEFAULT_CONFIG})')
+    parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, type=config_argument,
+                        help=f'model config: a path or a built-in name (default {DEFAULT_CONFIG})')
     parser.add_argument('--pth', help='released-format OMG-LLaVA checkpoint; default: the committed one for the '
                         'default config, none (random projectors) for any other')
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')

@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 
+from omg_llava.config_paths import config_argument
 from omg_llava.inference.defaults import DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT, checkpoint_for
 
 # Image pixels (x, y) of the built-in demo image's shapes: the cyan square's centre and a box around the
@@ -37,7 +38,8 @@ class CheckFailed(Exception):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--config', default=DEFAULT_CONFIG, help=f'model config (default {DEFAULT_CONFIG})')
+    parser.add_argument('--config', default=DEFAULT_CONFIG, type=config_argument,
+                        help=f'model config: a path or a built-in name (default {DEFAULT_CONFIG})')
     parser.add_argument('--pth', help='checkpoint (default: the committed one for the default config)')
     parser.add_argument('--image', default=DEFAULT_IMAGE, help='image to upload (default: the built-in one)')
     parser.add_argument('--out-dir', default='docs/images', help='where app_answer.png and app_segment.png go')

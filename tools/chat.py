@@ -35,6 +35,7 @@ import warnings
 
 from omg_llava.cli_errors import (TRACEBACK_ENV, OneLineParser, UsageError, check_device, check_file,
                                   check_out_dir, check_weight_file, error_message, one_line_errors)
+from omg_llava.config_paths import config_argument
 from omg_llava.inference.defaults import DEFAULT_CONFIG, DEFAULT_IMAGE, checkpoint_for
 
 MARK, REGION = '<mark>', '<region>'
@@ -62,7 +63,8 @@ def _box(text: str) -> tuple[str, tuple[float, ...]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, help=f'model config (default {DEFAULT_CONFIG})')
+    parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, type=config_argument,
+                        help=f'model config: a path or a built-in name (default {DEFAULT_CONFIG})')
     parser.add_argument('--pth', help='OMG-LLaVA checkpoint (released format); default: the committed one for the '
                         'default config, none (random weights) for any other')
     parser.add_argument('--image', default=DEFAULT_IMAGE, help='the image (default: a held-out synthetic image)')

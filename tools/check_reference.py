@@ -10,14 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('fixture', help='path to the fixture .pt (its .json sidecar must sit next to it)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     args = parser.parse_args(argv)
+    import torch  # after the arguments: --help stays fast
     if args.threads:
         torch.set_num_threads(args.threads)
     from omg_llava.verification.reference_fixture import run_fixture

@@ -17,12 +17,14 @@ import sys
 from mmengine.config import DictAction
 
 from omg_llava.cli_errors import OneLineParser, check_file, check_weight_file, one_line_errors
+from omg_llava.config_paths import config_argument
 
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', help='the config the checkpoint was trained with')
+    parser.add_argument('config', type=config_argument,
+                        help='the config the checkpoint was trained with (a path or a built-in name)')
     parser.add_argument('checkpoint', help='DeepSpeed ZeRO folder, mmengine checkpoint or flat state dict')
     parser.add_argument('--save-path', required=True, help='output .pth')
     parser.add_argument('--trust-checkpoint', action='store_true',

@@ -16,12 +16,14 @@ import sys
 import time
 
 from omg_llava.cli_errors import OneLineParser, check_device, check_file, check_weight_file, one_line_errors
+from omg_llava.config_paths import config_argument
 
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', help='the OMG-LLaVA config the checkpoint was trained with')
+    parser.add_argument('config', type=config_argument,
+                        help='the OMG-LLaVA config the checkpoint was trained with (a path or a built-in name)')
     parser.add_argument('--pth', required=True, help='released-format checkpoint (pretrain, finetune or task finetune)')
     parser.add_argument('--out', required=True, help='export folder to create')
     parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='bf16',

@@ -14,8 +14,9 @@ Outputs in --out-dir: <task>_overlay.png always; panoptic: panoptic.png (COCO-pa
 (segments_info); semantic: semantic.png (class ids, void 255); instance: instances.json (COCO RLE);
 interactive: prompts.json (RLE per prompt). docs/universal_segmentation.md describes each task.
 
-Built-in default: the tiny configuration (configs/tiny/omg_llava_tiny_finetune.py) with seeded random weights
-on skimage's "chelsea" photo. Random weights segment nothing meaningful; the run shows the whole path works.
+Built-in default: the trained tiny encoder of the built-in model (configs/tiny/omg_llava_tiny_synthetic_finetune.py,
+weights in omg_llava/assets/tiny_synthetic/) on its held-out synthetic image, classifying into the 24 shape
+classes it was trained on ("red circle" ... "purple star"). It knows coloured shapes only.
 """
 from __future__ import annotations
 
@@ -28,17 +29,11 @@ import time
 
 from omg_llava.cli_errors import (OneLineParser, check_device, check_file, check_out_dir, check_weight_file,
                                   one_line_errors)
+from omg_llava.config_paths import config_argument, same_config
+from omg_llava.inference.defaults import DEFAULT_IMAGE, SEGMENT_CONFIG
 
-DEFAULT_CONFIG = 'configs/tiny/omg_llava_tiny_finetune.py'
+DEFAULT_CONFIG = SEGMENT_CONFIG
 TASKS = ('panoptic', 'instance', 'semantic', 'interactive')
-
-
-def _default_image(out_dir: str) -> str:
-    from PIL import Image
-    from skimage import data
-    path = os.path.join(out_dir, 'chelsea.png')
-    Image.fromarray(data.chelsea()).save(path)
-    return path
 
 
 def _numbers(text: str, count: int, what: str) -> list[float]:
@@ -55,8 +50,10 @@ def _numbers(text: str, count: int, what: str) -> list[float]:
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--config', default=DEFAULT_CONFIG, help=f'config with a visual encoder (default {DEFAULT_CONFIG})')
-    parser.add_argument('--image', help='input image (default: skimage.data.chelsea)')
+    parser.add_argument('--config', default=DEFAULT_CONFIG, type=config_argument,
+                        help=f'config with a visual encoder: a path or a built-in name (default {DEFAULT_CONFIG})')
+    parser.add_argument('--image', default=DEFAULT_IMAGE, help='input image (default: the built-in model\'s held-out '
+                        'synthetic image)')
     parser.add_argument('--task', choices=TASKS, default='panoptic', help='what to segment (default panoptic)')
     parser.add_argument('--omg-seg-pth', help='omg_seg_convl.pth (overrides the config)')
     parser.add_argument('--clip-pth', help='open_clip ConvNeXt-L weights .bin/.safetensors (overrides the config)')
@@ -104,13 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     from omg_llava.segmentation.builder import build_segmenter
 
     os.makedirs(args.out_dir, exist_ok=True)
-    image_path = args.image or _default_image(args.out_dir)
+    image_path = args.image
     image = load_image(image_path)  # before the model: a bad image fails fast
     start = time.perf_counter()
     segmenter, notes = build_segmenter(
         args.config, omg_seg=args.omg_seg_pth, clip=args.clip_pth, class_embed=args.class_embed_pth,
         classes=args.classes, tokenizer=args.tokenizer, text_weights=args.text_weights,
         input_side=args.input_side, device=args.device, seed=args.seed, weights_only=not args.trust_checkpoint)
+    if same_config(args.config, SEGMENT_CONFIG) and not (args.classes or args.class_embed_pth):
+        from omg_llava.inference.defaults import synthetic_vocabulary
+        vocabulary, embeddings = synthetic_vocabulary()  # the classes the built-in encoder was trained on
+        segmenter.set_vocabulary(vocabulary, embeddings.to(segmenter.device))
+        notes.append(f'classes: the {len(vocabulary)} shape classes the built-in encoder was trained on')
     print(f'config: {args.config}')
     for note in notes:
         print(f'  {note}')
@@ -153,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                  f'area {100 * s["area"] / ids.size:5.1f}%' for s in sorted(info, key=lambda s: -s['area'])]
     print(f'image: {image_path} ({image.width}x{image.height}), network input {segmenter.input_side}px, '
           f'model {built - start:.1f}s, {args.task} {time.perf_counter() - built:.1f}s')
-    print(f'{args.task}: {len(lines)} {"masks" if args.task == "interactive" else "segments"}'
+    kept = '' if args.task == 'interactive' else f' with score > {thr:g}'  # the filter the listed ones passed
+    print(f'{args.task}: {len(lines)} {"masks" if args.task == "interactive" else "segments"}{kept}'
           f' ({len(vocabulary)} classes: {", ".join(vocabulary.names[:5])}{", ..." if len(vocabulary) > 5 else ""})')
     for line in lines:
         print(line)

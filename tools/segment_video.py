@@ -20,13 +20,16 @@ import os
 import sys
 import time
 
+from omg_llava.config_paths import config_argument
+
 DEFAULT_CONFIG = 'configs/tiny/omg_llava_tiny_finetune.py'
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--video', required=True, help='folder of frames or a video file')
-    parser.add_argument('--config', default=DEFAULT_CONFIG, help=f'config with a visual encoder (default {DEFAULT_CONFIG})')
+    parser.add_argument('--config', default=DEFAULT_CONFIG, type=config_argument,
+                        help=f'config with a visual encoder: a path or a built-in name (default {DEFAULT_CONFIG})')
     parser.add_argument('--task', choices=('panoptic', 'instance'), default='panoptic', help='per-frame output')
     parser.add_argument('--clip-size', type=int, default=3, help='frames per clip (OMG-Seg video demo: 3)')
     parser.add_argument('--max-frames', type=int, help='read at most this many frames')

@@ -7,6 +7,7 @@ closed region questions (the synthetic shapes' held-out manifest).
     python tools/test.py CONFIG --pth FILE --task region_caption --data-root data/region_caption \\
         --dataset refcocog --split val
     python tools/test.py CONFIG --pth FILE --task region_qa --data-root data/synthetic_shapes --split val
+    python tools/test.py --task region_qa --data-root data/synthetic_shapes --split val   # the built-in tiny model
     torchrun --nproc-per-node 8 tools/test.py CONFIG --pth FILE ... --launcher pytorch --device cuda
 
 Writes predictions.jsonl and metrics.json to --out-dir (default work_dirs/test/<task>_<dataset>_<split>/) and
@@ -25,6 +26,8 @@ import sys
 
 from omg_llava.cli_errors import (OneLineParser, UsageError, check_device, check_file, check_out_dir,
                                   check_weight_file, one_line_errors)
+from omg_llava.config_paths import config_argument
+from omg_llava.inference.defaults import DEFAULT_CONFIG, checkpoint_for
 
 TASKS = ('refseg', 'gcg', 'region_caption', 'region_qa')
 PROTOCOLS = ('corrected', 'reference')  # omg_llava.evaluation.runner.PROTOCOLS (imported late: the CLI stays light)
@@ -32,8 +35,11 @@ PROTOCOLS = ('corrected', 'reference')  # omg_llava.evaluation.runner.PROTOCOLS 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('config', help='model config (e.g. configs/omg_llava_7b_finetune_8gpus.py)')
-    parser.add_argument('--pth', help='OMG-LLaVA checkpoint (.pth); without one the projectors/LoRA are random')
+    parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, type=config_argument,
+                        help='model config: a path or a built-in name, e.g. omg_llava_7b_finetune_8gpus '
+                             f'(default {DEFAULT_CONFIG}, the built-in tiny model)')
+    parser.add_argument('--pth', help='OMG-LLaVA checkpoint (.pth); default: the committed one for the default '
+                        'config, as chat and app; for any other config none (the projectors/LoRA are random)')
     parser.add_argument('--task', required=True, choices=TASKS, help='evaluation task')
     parser.add_argument('--protocol', choices=PROTOCOLS, default='corrected',
                         help='corrected (default): the project\'s metric definitions; reference: the released '
@@ -75,6 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='pytorch: distributed under torchrun (samples sharded by rank)')
     parser.add_argument('--no-progress', action='store_true', help='no progress bar')
     args = parser.parse_args(argv)
+    args.pth = checkpoint_for(args.config, args.pth)
     if args.task == 'region_qa':
         if args.dataset:
             parser.error('--dataset does not apply to --task region_qa (it reads <data-root>/region_questions_'
