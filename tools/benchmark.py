@@ -40,10 +40,23 @@ def run_command(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     record = run_benchmark(args.bundle, device=args.device, dtype=args.dtype, merge_lora=not args.keep_lora,
                            attn=args.attn, quantize=args.quantize, max_new_tokens=args.max_new_tokens,
-                           turns=args.turns, seed=args.seed, bandwidth_gb=args.bandwidth_gb)
+                           turns=args.turns, seed=args.seed, bandwidth_gb=args.bandwidth_gb,
+                           masks_out=args.masks)
     print(format_report(record))
     if args.json:
         write_record(record, args.json)
+    return 0
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    import json
+
+    from omg_llava.benchmark.runner import compare_runs
+    records = []
+    for path in args.runs:
+        with open(path) as file:
+            records.append(json.load(file))
+    print(json.dumps(compare_runs(*records, *(args.masks or ())), indent=2))
     return 0
 
 
@@ -70,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--bandwidth-gb', type=float, default=2.0, help='size of the bandwidth probe array')
     run.add_argument('--seed', type=int, default=0)
     run.add_argument('--json', help='also write the stages to this JSON file')
+    run.add_argument('--masks', help='also save the answers\' masks to this .npz (for compare)')
     run.set_defaults(func=run_command)
+    compare = commands.add_parser('compare', help='token agreement and mask IoU of two runs (e.g. bf16, int8)')
+    compare.add_argument('runs', nargs=2, help='the two --json files')
+    compare.add_argument('--masks', nargs=2, help='the two --masks files')
+    compare.set_defaults(func=compare_command)
     return parser
 
 

@@ -143,8 +143,11 @@ def steering(seg_id: int, stop_ids: list[int], new_tokens: int) -> Callable:
 
 def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_lora: bool = True,
                   attn: str = 'sdpa', quantize: str = 'none', max_new_tokens: int = 16, turns: int = 2,
-                  seed: int = 0, bandwidth_gb: float = 2.0, log: Callable[[str], None] = print) -> dict:
-    """Measure the stages of the module docstring on the bundle under ``bundle``; returns the JSON record."""
+                  seed: int = 0, bandwidth_gb: float = 2.0, masks_out: str | None = None,
+                  log: Callable[[str], None] = print) -> dict:
+    """Measure the stages of the module docstring on the bundle under ``bundle``; returns the JSON record.
+    ``masks_out``: also save each turn's masks there (``.npz``, ``turn{t}`` → (n, H, W) bool) for
+    :func:`compare_runs`."""
     from transformers import LogitsProcessorList
 
     from omg_llava.inference.chat import OMGLLaVAChat
@@ -178,7 +181,7 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
     causal_lm = model.llm.get_base_model() if hasattr(model.llm, 'get_base_model') else model.llm
     timer = LLMCallTimer(causal_lm.get_decoder(), model.projector_text2vision, device)
     steer = LogitsProcessorList([steering(model.token_ids.seg, model.stop_token_ids, max_new_tokens)])
-    answers = []
+    answers, masks = [], {}
     try:
         for turn, question in enumerate(QUESTIONS[:turns], start=1):
             timer.reset()
@@ -188,6 +191,7 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
             _sync(device)
             end = time.perf_counter()
             answers.append(answer.token_ids)
+            masks[f'turn{turn}'] = np.stack(answer.masks) if answer.masks else np.zeros((0, 1, 1), bool)
             calls = timer.calls
             # a final [SEG] is fed once more for its state: that call belongs to the masks, not to decoding
             extra_fed = answer.token_ids[-1] == model.token_ids.seg and len(calls) > len(answer.token_ids)
@@ -203,6 +207,8 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
             stage(f'turn {turn}', end - start, new_tokens=len(answer.token_ids))
     finally:
         timer.remove()
+    if masks_out:
+        np.savez_compressed(masks_out, **masks)
     return dict(bundle=paths.root, device=device, dtype=dtype, merged_lora=merge_lora, attention=attn,
                 quantize=quantize, threads=threads, read_bandwidth_gb_s=round(bandwidth, 2),
                 llm_bytes_per_token=llm_bytes,
@@ -230,3 +236,19 @@ def write_record(record: dict, path: str) -> None:
     with open(path, 'w') as file:
         json.dump(record, file, indent=2)
         file.write('\n')
+
+
+def compare_runs(record_a: dict, record_b: dict, masks_a: str | None = None, masks_b: str | None = None) -> dict:
+    """Agreement of two runs on the same bundle (e.g. bf16 and int8): the fraction of answer positions with the
+    same token, and the IoU of each pair of masks (both saved with ``masks_out``)."""
+    pairs = [(x, y) for a, b in zip(record_a['answers'], record_b['answers']) for x, y in zip(a, b)]
+    out = dict(tokens=len(pairs), token_agreement=round(sum(x == y for x, y in pairs) / max(len(pairs), 1), 4))
+    if masks_a and masks_b:
+        with np.load(masks_a) as a, np.load(masks_b) as b:
+            ious = []
+            for key in sorted(set(a.files) & set(b.files)):
+                for x, y in zip(a[key], b[key]):
+                    union = np.logical_or(x, y).sum()
+                    ious.append(float(np.logical_and(x, y).sum() / union) if union else 1.0)
+        out['mask_iou'] = [round(v, 4) for v in ious]
+    return out

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from omg_llava.benchmark import write_bundle
-from omg_llava.benchmark.runner import decode_bytes_per_token, measure_read_bandwidth, run_benchmark
+from omg_llava.benchmark.runner import compare_runs, decode_bytes_per_token, measure_read_bandwidth, run_benchmark
 from omg_llava.inference.quantize import Int8WeightOnlyLinear
 
 from conftest import load_tool
@@ -62,10 +62,16 @@ def test_int8_layer_matches_its_float_weight_and_uses_the_fused_kernel_for_few_r
         torch.testing.assert_close(q(x).float(), expected, atol=0.1, rtol=0.02)
 
 
-def test_int8_run_agrees_with_bf16(tiny_bundle):
+def test_int8_run_agrees_with_bf16(tiny_bundle, tmp_path):
     records = {quantize: run_benchmark(tiny_bundle.root, dtype='bf16', quantize=quantize, max_new_tokens=4,
-                                       turns=1, bandwidth_gb=0.02, log=lambda line: None)
+                                       turns=1, bandwidth_gb=0.02, masks_out=str(tmp_path / f'{quantize}.npz'),
+                                       log=lambda line: None)
                for quantize in ('none', 'int8')}
     bf16, int8 = records['none'], records['int8']
     assert int8['llm_bytes_per_token'] < 0.6 * bf16['llm_bytes_per_token']  # int8 weights + bf16 scales and norms
     assert len(int8['answers'][0]) == len(bf16['answers'][0]) == 4
+    same = compare_runs(bf16, bf16, str(tmp_path / 'none.npz'), str(tmp_path / 'none.npz'))
+    assert same == dict(tokens=4, token_agreement=1.0, mask_iou=[1.0])
+    versus = compare_runs(bf16, int8, str(tmp_path / 'none.npz'), str(tmp_path / 'int8.npz'))
+    assert versus['tokens'] == 4 and 0 <= versus['token_agreement'] <= 1 and len(versus['mask_iou']) == 1
+    assert versus['token_agreement'] >= 0.5 and versus['mask_iou'][0] > 0.5  # int8 stays close to bf16
