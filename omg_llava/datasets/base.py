@@ -1,10 +1,13 @@
 """Base class of every OMG-LLaVA training dataset: lazy records, shared encoding, skipping of bad rows.
 
 A subclass reads its annotation files into a list of light records (:meth:`load_records`) and turns one
-record into a :class:`~omg_llava.datasets.sample.GroundedConversation` (:meth:`build_conversation`). Rows
-that cannot be used raise :class:`MalformedSample` there (or in the shared encoding) and are skipped: the
-next row is served instead, the skip is counted per reason and logged, and a run never crashes on one
-bad annotation.
+record into a :class:`~omg_llava.datasets.sample.GroundedConversation` (:meth:`build_conversation`). A row that
+cannot be used, for whatever reason (a :class:`MalformedSample` the dataset raises, or any other error: a number
+where a string belongs, a missing key, a text the tokenizer rejects, an image PIL refuses), is skipped: the next
+row is served instead, the skip is counted per reason in a run-wide :class:`~.skip_counter.SkipCounter` (all
+DataLoader workers add to one total) and logged with the file and row, and a run never stops on one bad
+annotation. The length estimate used for length grouping (:attr:`OMGDatasetBase.modality_length`) is guarded the
+same way.
 """
 from __future__ import annotations
 
@@ -12,14 +15,19 @@ import random
 from collections import Counter
 from typing import Any
 
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
 from torch.utils.data import Dataset
 
 from .encoding import encode_sample
 from .sample import GroundedConversation, MalformedSample
+from .skip_counter import SkipCounter, skip_reason
 
-MAX_CONSECUTIVE_SKIPS = 100
+MAX_CONSECUTIVE_SKIPS = 100  # rows one draw may walk past before the dataset is declared unusable
+LOGGED_SKIPS = 10  # every skip is logged up to this run total, then every LOG_EVERY-th
+LOG_EVERY = 100
+DEFAULT_LENGTH = 100  # length estimate of a row whose own estimate fails
 CHARS_PER_TOKEN = 4  # rough text-length estimate for length grouping
+_LABEL_KEYS = ('id', 'image_id', 'file_name', 'img_file_name', 'image')  # fields that name a row in messages
 
 
 def read_json_list(path: str) -> list:
@@ -32,12 +40,33 @@ def read_json_list(path: str) -> list:
     return records
 
 
+def describe_error(exc: BaseException, limit: int = 300) -> str:
+    """One line about a row's failure: a :class:`MalformedSample`'s message, else ``Type: message``."""
+    text = str(exc) if isinstance(exc, MalformedSample) else f'{type(exc).__name__}: {exc}'
+    text = ' '.join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
 class SkippingDataset(Dataset):
-    """Serves ``load_record(i)``; a row raising :class:`MalformedSample` is counted per reason, logged, and the
-    next row is served instead. Subclasses set ``records`` and ``skipped`` (a ``Counter``)."""
+    """Serves ``load_record(i)``; a row raising any ``Exception`` is counted per reason (run-wide, in
+    ``skipped``), logged with its file and row, and the next row is served instead. A draw that walks past
+    :data:`MAX_CONSECUTIVE_SKIPS` unusable rows in a row (or every row of a smaller dataset) stops the run: the
+    data, not single rows, is broken then.
+
+    Subclasses call ``super().__init__()`` (it creates the shared counter, before any DataLoader worker starts),
+    set ``records`` and may name their annotation file in :attr:`source`.
+    """
 
     records: list
-    skipped: Counter
+    skipped: SkipCounter
+
+    def __init__(self) -> None:
+        self.skipped = SkipCounter()
+
+    @property
+    def source(self) -> str:
+        """The annotation file the records come from (for messages); empty when there is no single one."""
+        return ''
 
     def load_record(self, index: int) -> Any:
         raise NotImplementedError
@@ -46,22 +75,48 @@ class SkippingDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Any:
-        for attempt in range(MAX_CONSECUTIVE_SKIPS):
+        attempts = min(MAX_CONSECUTIVE_SKIPS, len(self.records))
+        last_error: Exception | None = None
+        for attempt in range(attempts):
             i = (index + attempt) % len(self.records)
             try:
-                return self.load_record(i)
-            except MalformedSample as exc:
+                item = self.load_record(i)
+            except Exception as exc:  # any per-row failure: a bad row never stops a run
                 self._count_skip(i, exc)
-        raise RuntimeError(f'{type(self).__name__}: {MAX_CONSECUTIVE_SKIPS} consecutive rows from index {index} '
-                           f'are malformed ({dict(self.skipped)}); check the annotation files')
+                last_error = exc
+                continue
+            self.skipped.add_served()
+            return item
+        rows = f'all {attempts} rows' if attempts == len(self.records) else \
+            f'{attempts} consecutive rows from {self.describe_row(index)}'
+        where = f' ({self.source})' if self.source else ''
+        raise RuntimeError(
+            f'{type(self).__name__}: {rows} could not be used (run total: {self.skipped.total} skipped, '
+            f'{self.skipped.served} served; {dict(self.skipped)}; last: {describe_error(last_error)}); the data '
+            f'or the paths in the config{where} are wrong: check them') from last_error
+
+    def describe_row(self, index: int) -> str:
+        """``row 12 (id '000000033471') of /data/llava.json``: the index, a field naming the record, the file."""
+        record = self.records[index] if 0 <= index < len(self.records) else None
+        if isinstance(record, tuple) and record:  # (entry, its annotations), e.g. COCO instances
+            record = record[0]
+        label = ''
+        if isinstance(record, dict):
+            key = next((k for k in _LABEL_KEYS if k in record), None)
+            label = f' ({key} {str(record[key])[:80]!r})' if key else ''
+        elif isinstance(record, (str, int)):
+            label = f' ({str(record)[:80]!r})'
+        return f'row {index}{label}' + (f' of {self.source}' if self.source else '')
 
     def _count_skip(self, index: int, exc: Exception) -> None:
-        reason = str(exc).split(':')[0][:80]
-        self.skipped[reason] += 1
-        total = sum(self.skipped.values())
-        if total <= 10 or total % 100 == 0:
-            print_log(f'{type(self).__name__}: skipped malformed row {index} ({exc}); {total} skipped so far: '
-                      f'{dict(self.skipped)}', logger='current', level=30)
+        reason = skip_reason(exc)
+        count, total = self.skipped.add(reason)
+        if total > LOGGED_SKIPS and total % LOG_EVERY:
+            return
+        message = (f'{type(self).__name__}: skipped {self.describe_row(index)}: {describe_error(exc)}; '
+                   f'run total {total} skipped: {dict(self.skipped)}')
+        unexpected = not isinstance(exc, MalformedSample) and count == 1  # first of its kind: show where
+        MMLogger.get_current_instance().warning(message, exc_info=exc if unexpected else None)
 
 
 class OMGDatasetBase(SkippingDataset):
@@ -81,8 +136,10 @@ class OMGDatasetBase(SkippingDataset):
         self.image_size = image_size
         self.max_length = max_length
         self.seed = seed
+        super().__init__()
         self.records = self.load_records()
-        self.skipped: Counter[str] = Counter()
+        self.length_errors: Counter[str] = Counter()
+        self._modality_length: list[int] | None = None
 
     # ------------------------------------------------------------------ subclass API
     def load_records(self) -> list[Any]:
@@ -103,8 +160,29 @@ class OMGDatasetBase(SkippingDataset):
     # ------------------------------------------------------------------ Dataset API
     @property
     def modality_length(self) -> list[int]:
-        """Per index: approximate length, negative for text-only samples (xtuner's length-grouping convention)."""
-        return [self.record_length(r) if self.record_has_image(r) else -self.record_length(r) for r in self.records]
+        """Per index: approximate length, negative for text-only samples (xtuner's length-grouping convention).
+
+        Computed once. A record whose estimate raises gets :data:`DEFAULT_LENGTH` (with an image), is counted per
+        exception type in ``length_errors`` and logged with its file and row; it is skipped when drawn if it is
+        unusable.
+        """
+        if self._modality_length is None:
+            self._modality_length = [self._signed_length(i, record) for i, record in enumerate(self.records)]
+        return self._modality_length
+
+    def _signed_length(self, index: int, record: Any) -> int:
+        try:
+            length = int(self.record_length(record))
+            return length if self.record_has_image(record) else -length
+        except Exception as exc:  # a malformed row must not stop the run before it starts
+            reason = type(exc).__name__
+            self.length_errors[reason] += 1
+            total = sum(self.length_errors.values())
+            if total <= LOGGED_SKIPS or total % LOG_EVERY == 0:
+                print_log(f'{type(self).__name__}: no length estimate for {self.describe_row(index)} '
+                          f'({describe_error(exc)}); grouped as {DEFAULT_LENGTH} tokens. {total} such rows so far: '
+                          f'{dict(self.length_errors)}', logger='current', level=30)
+            return DEFAULT_LENGTH
 
     def load_record(self, index: int) -> dict:
         conversation = self.build_conversation(self.records[index], random.Random(self.seed * 1_000_003 + index))

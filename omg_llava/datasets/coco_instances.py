@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter, defaultdict
+from collections import defaultdict
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,7 +20,6 @@ from torch import Tensor
 from .base import SkippingDataset
 from .mask_decoding import decode_segmentation
 from .sample import MalformedSample
-
 
 
 class CocoInstanceDataset(SkippingDataset):
@@ -45,6 +44,8 @@ class CocoInstanceDataset(SkippingDataset):
     def __init__(self, annotation_file: str, image_folder: str, image_size: int,
                  category_names: Sequence[str] | None = None, skip_crowd: bool = True,
                  refs_file: str | None = None, refs_split: str = 'train') -> None:
+        super().__init__()
+        self.annotation_file = annotation_file
         with open(annotation_file, encoding='utf-8') as f:
             coco = json.load(f)
         if not isinstance(coco, dict) or not {'images', 'annotations', 'categories'} <= set(coco):
@@ -65,7 +66,6 @@ class CocoInstanceDataset(SkippingDataset):
             if ann.get('category_id') in self.category_to_label and not (skip_crowd and ann.get('iscrowd', 0)):
                 anns[ann.get('image_id')].append(ann)
         self.records = [(image, anns.get(image.get('id'), [])) for image in coco['images']]
-        self.skipped: Counter[str] = Counter()
         self.sentences_by_ann = None if refs_file is None else self._sentences_by_annotation(
             refs_file, refs_split, {ann.get('id') for image_anns in anns.values() for ann in image_anns})
 
@@ -81,6 +81,10 @@ class CocoInstanceDataset(SkippingDataset):
             raise ValueError(f'{refs_file}: no {split!r} ref names an instance of the annotation file; the refs '
                              'and the instances must come from the same annotations (same ann ids)')
         return dict(by_ann)
+
+    @property
+    def source(self) -> str:
+        return self.annotation_file
 
     def load_record(self, index: int) -> dict[str, Tensor]:
         return self.load_sample(*self.records[index])

@@ -40,8 +40,10 @@ def encode_sample(conversation: GroundedConversation, tokenizer, image_size: int
         return item
     try:
         image = load_image(conversation.image_path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise MalformedSample(str(exc)) from exc
+    except FileNotFoundError as exc:
+        raise MalformedSample(f'image not found: {conversation.image_path!r}') from exc
+    except (OSError, ValueError) as exc:  # unreadable, a folder, over the size limits
+        raise MalformedSample(f'unreadable image: {exc}') from exc
     pixels, geometry = preprocess_image(image, image_size)
     item.update(pixel_values=pixels, image_size=geometry.original_size,
                 masks=_masks_to_input(conversation.masks, geometry),
@@ -50,7 +52,7 @@ def encode_sample(conversation: GroundedConversation, tokenizer, image_size: int
         points = torch.tensor(conversation.points, dtype=torch.float)
         H, W = geometry.original_size
         if ((points < 0) | (points[:, 0:1] >= W) | (points[:, 1:2] >= H)).any():
-            raise MalformedSample(f'points {conversation.points} outside the {W}x{H} image')
+            raise MalformedSample(f'point outside the image: {conversation.points} in a {W}x{H} image')
         item['points'] = geometry.points_to_input(points)
     return item
 
@@ -61,7 +63,8 @@ def _masks_to_input(masks: list[np.ndarray], geometry: SquareGeometry) -> torch.
         return torch.zeros((0, S, S), dtype=torch.uint8)
     for mask in masks:
         if tuple(mask.shape) != geometry.original_size:
-            raise MalformedSample(f'mask of shape {mask.shape} for an image of size {geometry.original_size}')
+            raise MalformedSample(f'mask size mismatch: a mask of shape {mask.shape} for an image of size '
+                                  f'{geometry.original_size}')
     stacked = torch.from_numpy(np.stack([m > 0 for m in masks]))
     return geometry.masks_to_input(stacked).to(torch.uint8)
 

@@ -8,6 +8,7 @@ masks from their annotation files.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from collections import defaultdict
@@ -51,7 +52,7 @@ def ground_caption(caption: str, phrases: Sequence[tuple[int, int, np.ndarray]],
     merged: dict[tuple[int, int], np.ndarray] = {}
     for start, end, mask in phrases:
         if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(caption)):
-            raise MalformedSample(f'phrase span [{start}, {end}) outside the caption of {len(caption)} characters')
+            raise MalformedSample(f'phrase span outside the caption: [{start}, {end}) in {len(caption)} characters')
         mask = mask > 0
         merged[start, end] = merged[start, end] | mask if (start, end) in merged else mask
     spans = sorted(merged)
@@ -59,7 +60,7 @@ def ground_caption(caption: str, phrases: Sequence[tuple[int, int, np.ndarray]],
     for i, (start, end) in enumerate(spans):
         if i + 1 < len(spans) and end > spans[i + 1][0]:
             if not trim_overlaps:
-                raise MalformedSample(f'overlapping phrase spans [{start}, {end}) and {list(spans[i + 1])}')
+                raise MalformedSample(f'overlapping phrase spans: [{start}, {end}) and {list(spans[i + 1])}')
             end = start + len(caption[start:spans[i + 1][0]].rstrip())
             if end <= start:
                 continue
@@ -93,10 +94,10 @@ def _load_json(path: str) -> Any:
 
 def _require(entry: dict, key: str, kind: type | tuple[type, ...], what: str) -> Any:
     if not isinstance(entry, dict) or key not in entry:
-        raise MalformedSample(f'{what} lacks the {key!r} key')
+        raise MalformedSample(f'missing key: {what} lacks {key!r}')
     value = entry[key]
     if not isinstance(value, kind):
-        raise MalformedSample(f'{what} has a {type(value).__name__} under {key!r}')
+        raise MalformedSample(f'wrong type: {what} has a {type(value).__name__} under {key!r}')
     return value
 
 
@@ -120,6 +121,10 @@ class _GCGDataset(OMGDatasetBase):
         self.image_folder = image_folder
         self.questions = tuple(questions)
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
+
+    @property
+    def source(self) -> str:
+        return self.annotation_file
 
     def parse_record(self, record: Any) -> tuple[str, str, list[tuple[int, int, np.ndarray]]]:
         """One record → (image path, caption, ``(start, end, mask)`` per phrase)."""
@@ -168,7 +173,7 @@ class GranDfGCGDataset(_GCGDataset):
         caption = _require(record, 'caption', str, f'GCG entry {file_name!r}')
         groundings = _require(record, 'groundings', dict, f'GCG entry {file_name!r}')
         if not caption.strip():
-            raise MalformedSample(f'empty caption for {file_name!r}')
+            raise MalformedSample(f'empty caption: {file_name!r}')
         image_path = os.path.join(self.image_folder, file_name)
         H, W = read_image_size(image_path)
         phrases = []
@@ -177,7 +182,7 @@ class GranDfGCGDataset(_GCGDataset):
             span = _require(grounding, 'token_positives', list, what)
             rles = _require(grounding, 'rle_masks', list, what)
             if len(span) != 2 or not rles:
-                raise MalformedSample(f'{what}: need a [start, end] span and at least one RLE')
+                raise MalformedSample(f'bad grounding: {what} needs a [start, end] span and at least one RLE')
             phrases.append((span[0], span[1], decode_segmentation(rles, H, W)))
         return image_path, caption, phrases
 
@@ -227,7 +232,7 @@ class RefCOCOgGCGDataset(_GCGDataset):
         caption = _require(record, 'caption', str, f'RefCOCOg GCG entry {file_name!r}').strip().strip('"').strip()
         refs = _require(record, 'refs', list, f'RefCOCOg GCG entry {file_name!r}')
         if not caption:
-            raise MalformedSample(f'empty caption for {file_name!r}')
+            raise MalformedSample(f'empty caption: {file_name!r}')
         caption = caption.lower()
         image_path = os.path.join(self.image_folder, file_name)
         H, W = read_image_size(image_path)
@@ -271,10 +276,13 @@ class FlickrGCGDataset(_GCGDataset):
             per_image[ann.get('image_id')].append(ann)
         records = []
         for info in data['images']:
+            if not isinstance(info, dict):
+                records.append(info)  # skipped with its reason when drawn
+                continue
             caption = info.get('caption')
             if not isinstance(caption, str) or len(caption.split()) < MIN_CAPTION_WORDS:
                 continue
-            if min(int(info.get('height', 0)), int(info.get('width', 0))) < MIN_IMAGE_SIDE:
+            if _short_side(info) < MIN_IMAGE_SIDE:
                 continue
             records.append(dict(info, annotations=per_image.get(info.get('id'), [])))
         return records
@@ -282,6 +290,8 @@ class FlickrGCGDataset(_GCGDataset):
     def parse_record(self, record: Any) -> tuple[str, str, list[tuple[int, int, np.ndarray]]]:
         file_name = _require(record, 'file_name', str, 'Flickr GCG image')
         caption = record['caption']
+        if _short_side(record) == math.inf:
+            raise MalformedSample(f'bad height/width: Flickr GCG image {file_name!r} lacks valid ones')
         H, W = int(record['height']), int(record['width'])
         phrases = []
         for ann in record['annotations']:
@@ -289,7 +299,7 @@ class FlickrGCGDataset(_GCGDataset):
                 continue
             spans = _require(ann, 'tokens_positive', list, f'annotation of {file_name!r}')
             if not spans or not isinstance(spans[0], list) or len(spans[0]) != 2:
-                raise MalformedSample(f'annotation of {file_name!r}: tokens_positive {spans!r} is not '
+                raise MalformedSample(f'bad tokens_positive: {spans!r} in an annotation of {file_name!r} is not '
                                       '[[start, end], ...]')
             sam_mask = _require(ann, 'sam_mask', dict, f'annotation of {file_name!r}')
             phrases.append((spans[0][0], spans[0][1], decode_segmentation(sam_mask, H, W)))
@@ -299,13 +309,22 @@ class FlickrGCGDataset(_GCGDataset):
         return len(record.get('annotations') or []) if isinstance(record, dict) else 0
 
 
+def _short_side(info: dict) -> float:
+    """The shorter of an image entry's ``height`` and ``width``; infinite when they are missing or not numbers
+    (the row is kept at load time and skipped with its reason when drawn)."""
+    try:
+        return min(int(info['height']), int(info['width']))
+    except (KeyError, TypeError, ValueError):
+        return math.inf
+
+
 def _has_area(ann: dict) -> bool:
     """GLaMM's box filter: annotations with a degenerate box or a non-positive area carry no phrase."""
     if 'bbox' not in ann:
         return True
     bbox = ann['bbox']
     if not (isinstance(bbox, list) and len(bbox) == 4):
-        raise MalformedSample(f'bbox {bbox!r} is not [x, y, w, h]')
+        raise MalformedSample(f'bad bbox: {bbox!r} is not [x, y, w, h]')
     return bbox[2] >= 1 and bbox[3] >= 1 and ann.get('area', 1) > 0
 
 

@@ -105,6 +105,10 @@ class LLaVADataset(OMGDatasetBase):
         self.image_folder = image_folder
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
+    @property
+    def source(self) -> str:
+        return self.data_path
+
     def load_records(self) -> list[dict]:
         rows = read_json_list(self.data_path)
         return [row for row in rows if not isinstance(row, dict) or has_turn(row.get('conversations'))]

@@ -62,6 +62,10 @@ class MDPVPointDataset(OMGDatasetBase):
         self.image_folder = image_folder
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
+    @property
+    def source(self) -> str:
+        return self.annotation_file
+
     def load_records(self) -> list[dict]:
         """The file's rows, less those without a human → gpt turn (the reference leaves them out too)."""
         return [row for row in read_json_list(self.annotation_file)
@@ -98,12 +102,12 @@ class MDPVPointDataset(OMGDatasetBase):
 
 def _parse_points(points: Any, what: str) -> list[tuple[float, float]]:
     if not isinstance(points, list) or not points:
-        raise MalformedSample(f'{what}: no points')
+        raise MalformedSample(f'no points: {what}')
     parsed = []
     for point in points:
         if not (isinstance(point, (list, tuple)) and len(point) == 2
                 and all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in point)):
-            raise MalformedSample(f'{what}: point {point!r} is not [x, y]')
+            raise MalformedSample(f'bad point: {point!r} is not [x, y] ({what})')
         parsed.append((float(point[0]), float(point[1])))
     return parsed
 

@@ -34,7 +34,7 @@ def check_mentions(turns: list[Turn], pattern: re.Pattern, count: int, what: str
     with three regions)."""
     numbers = [int(n) for t in turns for n in pattern.findall(t.question + ' ' + t.answer)]
     if numbers and not 1 <= min(numbers) <= max(numbers) <= count:
-        raise MalformedSample(f'{what}: the text refers to prompt {max(numbers)} but there are {count}')
+        raise MalformedSample(f'prompt number out of range: {what} refers to prompt {max(numbers)} of {count}')
 
 
 class _OspreyDataset(OMGDatasetBase):
@@ -49,6 +49,10 @@ class _OspreyDataset(OMGDatasetBase):
         self.annotation_file = annotation_file
         self.image_folder = image_folder
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
+
+    @property
+    def source(self) -> str:
+        return self.annotation_file
 
     def load_records(self) -> list[dict]:
         rows = read_json_list(self.annotation_file)
@@ -75,10 +79,10 @@ class _OspreyDataset(OMGDatasetBase):
         try:
             H, W = int(record['height']), int(record['width'])
         except (KeyError, TypeError, ValueError) as exc:
-            raise MalformedSample(f'Osprey entry {file_name!r} lacks a valid height/width') from exc
+            raise MalformedSample(f'bad height/width: Osprey entry {file_name!r} lacks valid ones') from exc
         annotations = record.get('annotation')
         if not isinstance(annotations, list) or not annotations:
-            raise MalformedSample(f'Osprey entry {file_name!r} has no regions')
+            raise MalformedSample(f'no regions: Osprey entry {file_name!r}')
         return os.path.join(self.image_folder, file_name), annotations, H, W
 
     @staticmethod
@@ -125,7 +129,7 @@ class OspreyRegionCaptionDataset(_OspreyDataset):
         for i, index in enumerate(chosen, start=1):
             description = descriptions[index]
             if not isinstance(description, str) or not _TAG.sub('', description).strip(' :\n'):
-                raise MalformedSample(f'{image_path}: empty description of region {index + 1}')
+                raise MalformedSample(f'empty region description: region {index + 1} of {image_path}')
             question = fill_region_question(rng.choice(REGION_CAPTION_QUESTIONS), i)
             turns.append(Turn(question, _TAG.sub(f'region{i}', description)))
             regions.append(self._region_mask(annotations[index], H, W))

@@ -124,6 +124,10 @@ class ReferSegDataset(OMGDatasetBase):
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
     @property
+    def source(self) -> str:
+        return self.refs_path
+
+    @property
     def refs_path(self) -> str:
         return os.path.join(self.data_root, self.dataset, f'refs({self.split_by}).p')
 

@@ -119,6 +119,10 @@ class SemanticSegDataset(OMGDatasetBase):
         self.gcg_format = gcg_format
         super().__init__(tokenizer, image_size=image_size, max_length=max_length, seed=seed)
 
+    @property
+    def source(self) -> str:
+        return self.label_folder
+
     def load_records(self) -> list[str]:
         if not os.path.isdir(self.label_folder):
             raise FileNotFoundError(f'label folder {self.label_folder!r} not found')

@@ -9,6 +9,7 @@ from skimage import data as skdata
 from omg_llava.assets import TINY_TOKENIZER_DIR
 from omg_llava.datasets import (CombinedDataset, GroundedConversation, LengthGroupedSampler, MalformedSample,
                                 OMGDatasetBase, encode_sample, omg_llava_collate_fn)
+from omg_llava.datasets.base import MAX_CONSECUTIVE_SKIPS
 from omg_llava.models.llm import InternLM2Tokenizer
 from omg_llava.models.special_tokens import add_special_tokens
 from omg_llava.utils.constants import DEFAULT_PAD_TOKEN_ID, IGNORE_INDEX
@@ -184,8 +185,17 @@ def test_malformed_row_is_skipped_and_counted(tokenizer):
 
 def test_all_rows_malformed_is_an_error(tokenizer):
     ds = EchoDataset(['one', 'two'], tokenizer, bad={0, 1})
-    with pytest.raises(RuntimeError, match='consecutive rows'):
+    with pytest.raises(RuntimeError, match=r"all 2 rows could not be used \(run total: 2 skipped, 0 served; "
+                                           r"\{'bad row': 2\}.*paths in the config are wrong: check them"):
         ds[0]
+
+
+def test_a_long_run_of_malformed_rows_is_an_error(tokenizer):
+    texts = [f'text {i}' for i in range(MAX_CONSECUTIVE_SKIPS + 20)]
+    ds = EchoDataset(texts, tokenizer, bad=set(range(5, 5 + MAX_CONSECUTIVE_SKIPS)))
+    with pytest.raises(RuntimeError, match=f'{MAX_CONSECUTIVE_SKIPS} consecutive rows from row 5'):
+        ds[5]
+    assert supervised(ds[4]) == supervised(EchoDataset(texts, tokenizer)[4])  # a good row is still served
 
 
 def test_placeholder_count_mismatch_is_malformed(tokenizer, photo):

@@ -4,6 +4,7 @@ from .atomic_checkpoint_hook import AtomicCheckpointHook
 from .dataset_info_hook import DatasetInfoHook, decode_input_ids
 from .evaluate_chat_hook import EvaluateChatHook
 from .export_stage_output_hook import ExportStageOutputHook
+from .skipped_rows_hook import SkippedRowsHook
 
 __all__ = ['AtomicCheckpointHook', 'DatasetInfoHook', 'EvaluateChatHook', 'ExportStageOutputHook',
-           'decode_input_ids']
+           'SkippedRowsHook', 'decode_input_ids']
