@@ -56,13 +56,15 @@ def _relative_name(name: str) -> str:
     return rel if rel.endswith('.py') else rel + '.py'
 
 
-def find_config(name: str | os.PathLike) -> str:
+def find_config(name: str | os.PathLike, search_cwd: bool = True) -> str:
     """The config file ``name`` refers to.
 
     Args:
         name: a path that exists (relative to the working directory or absolute), or a built-in config named
             relative to the repository (``configs/tiny/x.py``), relative to ``configs/`` (``tiny/x.py``) or by its
             file name alone (``omg_llava_7b_finetune_8gpus``); the ``.py`` suffix is optional.
+        search_cwd: ``False`` looks at the built-in configs only (the built-in default, whatever the working
+            directory holds).
 
     Returns:
         The path itself when it exists, else the built-in config's absolute path.
@@ -72,7 +74,7 @@ def find_config(name: str | os.PathLike) -> str:
             bare file name matching several built-in configs.
     """
     name = os.fspath(name)
-    if os.path.isfile(name):
+    if search_cwd and os.path.isfile(name):
         return name
     rel = _relative_name(name)
     for root in config_roots():
@@ -82,11 +84,11 @@ def find_config(name: str | os.PathLike) -> str:
     if '/' not in rel:
         matches = [n for n in builtin_configs() if n.rsplit('/', 1)[-1] == rel]
         if len(matches) == 1:
-            return find_config(matches[0])
+            return find_config(matches[0], search_cwd=False)
         if len(matches) > 1:
             raise FileNotFoundError(f'config name {name!r} matches several built-in configs ({", ".join(matches)}): '
                                     'give one of these paths')
-    if os.path.isdir(name):
+    if search_cwd and os.path.isdir(name):
         raise FileNotFoundError(f'config {name} is a directory: give a .py config file')
     known = builtin_configs()
     listing = ', '.join(n[:-3] for n in known) if known else 'none found (is the package installed completely?)'

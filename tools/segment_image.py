@@ -29,8 +29,8 @@ import time
 
 from omg_llava.cli_errors import (OneLineParser, check_device, check_file, check_out_dir, check_weight_file,
                                   one_line_errors)
-from omg_llava.config_paths import config_argument, same_config
-from omg_llava.inference.defaults import DEFAULT_IMAGE, SEGMENT_CONFIG
+from omg_llava.config_paths import config_argument
+from omg_llava.inference.defaults import DEFAULT_IMAGE, SEGMENT_CONFIG, is_builtin_config
 
 DEFAULT_CONFIG = SEGMENT_CONFIG
 TASKS = ('panoptic', 'instance', 'semantic', 'interactive')
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config, omg_seg=args.omg_seg_pth, clip=args.clip_pth, class_embed=args.class_embed_pth,
         classes=args.classes, tokenizer=args.tokenizer, text_weights=args.text_weights,
         input_side=args.input_side, device=args.device, seed=args.seed, weights_only=not args.trust_checkpoint)
-    if same_config(args.config, SEGMENT_CONFIG) and not (args.classes or args.class_embed_pth):
+    if is_builtin_config(args.config, SEGMENT_CONFIG) and not (args.classes or args.class_embed_pth):
         from omg_llava.inference.defaults import synthetic_vocabulary
         vocabulary, embeddings = synthetic_vocabulary()  # the classes the built-in encoder was trained on
         segmenter.set_vocabulary(vocabulary, embeddings.to(segmenter.device))

@@ -6,7 +6,7 @@ directory (:func:`omg_llava.config_paths.find_config`). Only the standard librar
 from __future__ import annotations
 
 from omg_llava.assets import TINY_SYNTHETIC_DEMO_IMAGE, TINY_SYNTHETIC_ENCODER, TINY_SYNTHETIC_PTH
-from omg_llava.config_paths import same_config
+from omg_llava.config_paths import find_config, same_config
 
 DEFAULT_CONFIG = 'configs/tiny/omg_llava_tiny_synthetic_finetune.py'
 DEFAULT_IMAGE = TINY_SYNTHETIC_DEMO_IMAGE
@@ -23,9 +23,19 @@ SYNTHETIC_CLASS_NAMES = tuple(f'{colour} {kind}' for kind in ('circle', 'square'
 SYNTHETIC_CLASS_EMBED = TINY_SYNTHETIC_ENCODER['class_embed']
 
 
+def is_builtin_config(config: str, name: str) -> bool:
+    """Whether ``config`` (a path or a built-in name) is the built-in config ``name`` (not a file of the same name
+    in the working directory), from any working directory."""
+    try:
+        builtin = find_config(name, search_cwd=False)
+    except FileNotFoundError:
+        return False
+    return same_config(config, builtin)
+
+
 def is_default_config(config: str) -> bool:
-    """Whether ``config`` (a path or a built-in name) is :data:`DEFAULT_CONFIG`, from any working directory."""
-    return same_config(config, DEFAULT_CONFIG)
+    """Whether ``config`` is the built-in :data:`DEFAULT_CONFIG` (:func:`is_builtin_config`)."""
+    return is_builtin_config(config, DEFAULT_CONFIG)
 
 
 def checkpoint_for(config: str, pth: str | None) -> str | None:

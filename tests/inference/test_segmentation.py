@@ -74,8 +74,10 @@ def test_panoptic_segments_on_the_original_image():
 
 
 def test_readme_demo_writes_an_overlay(tmp_path, capsys):
-    assert load_tool('segment_image').main(['--out-dir', str(tmp_path), '--config',
-                      str(REPO_ROOT / 'configs' / 'tiny' / 'omg_llava_tiny_finetune.py')]) == 0
+    from skimage import data
+    Image.fromarray(data.chelsea()).save(tmp_path / 'chelsea.png')
+    assert load_tool('segment_image').main(['--out-dir', str(tmp_path), '--image', str(tmp_path / 'chelsea.png'),
+                      '--config', str(REPO_ROOT / 'configs' / 'tiny' / 'omg_llava_tiny_finetune.py')]) == 0
     out = capsys.readouterr().out
     assert 'random weights' in out and 'network input 256px' in out
     overlay = np.asarray(Image.open(tmp_path / 'panoptic_overlay.png'))
