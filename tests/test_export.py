@@ -153,7 +153,7 @@ def test_export_requires_the_encoder_config(lora_model, tmp_path):
 
 def tiny_finetune_pth(path, seed: int = 1):
     """A finetune file for the tiny config (random LoRA, vocabulary and projectors)."""
-    model, _, _ = build_from_config(str(TINY_CONFIG))
+    model, _, _ = build_from_config(str(TINY_CONFIG), merge_lora=False)  # with its adapters: the finetune keys
     gen = torch.Generator().manual_seed(seed)
     torch.save({k: 0.1 * torch.randn(v.shape, generator=gen) for k, v in model.state_dict().items()}, path)
 
@@ -165,8 +165,9 @@ def test_export_tool_on_the_tiny_config(tmp_path, capsys):
                       '--out', str(tmp_path / 'export')]) == 0
     assert 'LoRA merged' in capsys.readouterr().out
 
-    original, _, _ = build_from_config(str(TINY_CONFIG), pth=str(tmp_path / 'tiny_finetune.pth'))
+    original, _, _ = build_from_config(str(TINY_CONFIG), pth=str(tmp_path / 'tiny_finetune.pth'), dtype='bf16')
     reloaded = load_exported_model(tmp_path / 'export')
+    assert next(reloaded.llm.parameters()).dtype == torch.bfloat16  # the tool's default dtype
     assert reloaded.tokenizer is not None and reloaded.token_ids == original.token_ids
     tok = reloaded.tokenizer
     assert tok.convert_tokens_to_ids('[SEG]') == original.token_ids.seg
@@ -191,6 +192,6 @@ def test_export_tool_names_missing_encoder_files(tmp_path, capsys):
     tiny_finetune_pth(tmp_path / 'tiny_finetune.pth')
     tool = load_tool('export_hf')
     assert tool.main([str(tmp_path / 'tiny_with_files.py'), '--pth', str(tmp_path / 'tiny_finetune.pth'),
-                      '--out', str(tmp_path / 'export')]) == 1
+                      '--out', str(tmp_path / 'export')]) == 2
     assert '/nonexistent/omg_seg_convl.pth' in capsys.readouterr().err
     assert not (tmp_path / 'export').exists()

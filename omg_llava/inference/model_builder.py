@@ -49,8 +49,8 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     Args:
         config_path: a config with ``model`` (e.g. configs/omg_llava_7b_finetune_8gpus.py).
         pth: a released-format checkpoint (pretrain, finetune or task finetune). Without one the projectors
-            keep their seeded random init and a LoRA is left out (an untrained adapter is a no-op); the config's
-            ``pretrained_pth`` is not read.
+            keep their seeded random init and a LoRA is left out unless ``merge_lora=False`` (an untrained adapter
+            is a no-op); the config's ``pretrained_pth`` is not read.
         device: torch device.
         dtype: ``fp32`` / ``fp16`` / ``bf16`` for the LLM and projectors; the visual encoder stays fp32.
         seed: seed of every random init.
@@ -91,8 +91,8 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     lora = model_cfg.get('llm_lora')
     merge = lora is not None and not quantized and merge_lora
     if lora is not None and not quantized:
-        model_cfg.update(_inference_llm(model_cfg, lora if pth and not merge_lora else None))
-        if not pth:
+        model_cfg.update(_inference_llm(model_cfg, None if merge_lora else lora))
+        if not pth and merge_lora:
             notes.append('LoRA: left out (no checkpoint: an untrained adapter changes nothing)')
     model: OMGLLaVA = build_component(model_cfg)
     notes += load_encoder_weights_or_random(model.visual_encoder, weights, seed=seed, weights_only=weights_only)
