@@ -25,7 +25,8 @@ import sys
 from typing import Callable
 
 __all__ = ['UsageError', 'OneLineParser', 'one_line_errors', 'error_message', 'is_input_error', 'describe_file',
-           'check_file', 'check_weight_file', 'check_device', 'check_out_dir', 'EXIT_USAGE', 'TRACEBACK_ENV']
+           'check_file', 'check_weight_file', 'check_device', 'check_out_dir', 'same_file', 'check_output_spares_inputs',
+           'check_new_out_dir', 'EXIT_USAGE', 'TRACEBACK_ENV']
 
 EXIT_USAGE = 2
 TRACEBACK_ENV = 'OMG_LLAVA_TRACEBACK'
@@ -185,4 +186,40 @@ def check_out_dir(path: str | os.PathLike, flag: str = '--out-dir') -> str:
         raise UsageError(f'{flag} {path} cannot be created: {existing} is a file, not a folder')
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f'{flag} {path}: {existing} is not writable; give a folder you can write to')
+    return path
+
+
+# ----------------------------------------------------------------------------------------- outputs spare inputs
+def _identity(path: str | os.PathLike):
+    """What names one file: (device, inode) when it exists (hard links, symlinks), else the resolved path."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return stat.st_dev, stat.st_ino
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether writing ``a`` would write ``b``: the same path after symlinks and ``..`` are resolved, or the same
+    inode (a hard link)."""
+    return _identity(a) == _identity(b) or os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_spares_inputs(output: str | os.PathLike, inputs, flag: str) -> None:
+    """Raise :class:`UsageError` when writing (or replacing) ``output`` would destroy one of ``inputs`` (paths;
+    ``None`` entries are skipped), or when an input folder would be overwritten by an output inside it."""
+    for given in inputs:
+        if given is None:
+            continue
+        if same_file(output, given) or (os.path.isdir(given) and
+                                        os.path.realpath(output).startswith(os.path.realpath(given) + os.sep)):
+            raise UsageError(f'{flag} {output} would overwrite the input {given}: write the output somewhere else')
+
+
+def check_new_out_dir(path: str | os.PathLike, flag: str, overwrite: bool) -> str:
+    """:func:`check_out_dir`, and refuse a folder that already holds files unless ``overwrite``. Returns it."""
+    path = check_out_dir(path, flag)
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise UsageError(f'{flag} {path} is not empty: give a new or empty folder, or add --overwrite to replace '
+                         'its content')
     return path

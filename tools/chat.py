@@ -33,8 +33,8 @@ import time
 import traceback
 import warnings
 
-from omg_llava.cli_errors import (TRACEBACK_ENV, OneLineParser, UsageError, check_device, check_file,
-                                  check_out_dir, check_weight_file, error_message, one_line_errors)
+from omg_llava.cli_errors import (TRACEBACK_ENV, OneLineParser, UsageError, check_device, check_file, check_out_dir,
+                                  check_output_spares_inputs, check_weight_file, error_message, one_line_errors)
 from omg_llava.config_paths import config_argument
 from omg_llava.inference.defaults import DEFAULT_CONFIG, DEFAULT_IMAGE, checkpoint_for
 
@@ -174,8 +174,8 @@ class _Session:
         self.turn += 1
         prompts = dict(points=[list(p) for p in points],
                        regions=[{kind: list(v) if kind == 'box' else path} for kind, v, path in regions])
-        paths = write_answer(out_dir, answer, self.image, image=os.path.abspath(args.image), question=question,
-                             prompts=prompts, conversation=self.conversation, turn=self.turn, config=args.config,
+        paths = write_answer(out_dir, answer, self.image, inputs=_input_files(args),
+                             image=os.path.abspath(args.image), question=question, prompts=prompts, conversation=self.conversation, turn=self.turn, config=args.config,
                              pth=args.pth, history=[[t.question, t.answer] for t in self.chat.history[:-1]])
         if answer.masks:
             print(f'{len(answer.masks)} mask(s):')
@@ -252,7 +252,25 @@ def _load_inputs(args: argparse.Namespace):
         if mask.shape != (H, W):
             raise UsageError(f'--mask {value} is {mask.shape[1]}x{mask.shape[0]} but the image is {W}x{H}')
         regions.append((kind, mask, os.path.abspath(value)))
+    _check_outputs_spare_inputs(args)
     return image, [tuple(p) for p in args.point], regions
+
+
+def _input_files(args: argparse.Namespace) -> list[str]:
+    """The files a question reads: the image and the --mask prompts (outputs must never replace them)."""
+    return [args.image] + [value for kind, value in args.regions or [] if kind == 'mask']
+
+
+def _check_outputs_spare_inputs(args: argparse.Namespace) -> None:
+    """Refuse, before the model build, an --out-dir whose answer files (overlay.png, answer.json, mask_I.png, also
+    in turn_N/) are, or link to, an input; write_answer checks each answer's exact files again."""
+    import glob
+    import re
+    names = re.compile(r'(overlay\.png|answer\.json|mask_\d+\.png)')
+    folder = glob.escape(args.out_dir)
+    for path in glob.glob(os.path.join(folder, '*')) + glob.glob(os.path.join(folder, 'turn_*', '*')):
+        if names.fullmatch(os.path.basename(path)):
+            check_output_spares_inputs(path, _input_files(args), '--out-dir: output')
 
 
 def _check_question(question: str, flag: str) -> None:

@@ -10,7 +10,6 @@ image size (the reference chat blended over the padded square).
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
@@ -23,9 +22,11 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..cli_errors import check_output_spares_inputs, same_file
 from .chat import ChatAnswer
 
 SEG_TAG = '[SEG]'
+MASK_FILE = re.compile(r'mask_\d+\.png')
 _TAGS = re.compile(r'(<p>|</p>|\[SEG\])')
 ANSI_RESET = '\x1b[0m'
 
@@ -120,41 +121,64 @@ def describe_masks(answer: ChatAnswer, ansi: bool = False) -> list[str]:
     return lines
 
 
-def write_answer(out_dir: str | os.PathLike, answer: ChatAnswer, rgb: np.ndarray, **metadata: Any) -> dict[str, Any]:
+def write_answer(out_dir: str | os.PathLike, answer: ChatAnswer, rgb: np.ndarray,
+                 inputs: Sequence[str | os.PathLike] = (), **metadata: Any) -> dict[str, Any]:
     """Write ``overlay.png``, ``mask_{i}.png`` (i from 0, one per ``[SEG]``) and ``answer.json`` into ``out_dir``.
 
+    Nothing but these files is written or removed: an earlier answer's extra ``mask_*.png`` are deleted only when
+    that answer's ``answer.json`` lists them, and never a file that is one of ``inputs``.
+
     Args:
-        out_dir: created if needed; ``mask_*.png`` left there by an earlier answer are removed.
+        out_dir: created if needed.
         answer: from :meth:`OMGLLaVAChat.ask`; masks at the image size.
         rgb: the (H, W, 3) uint8 original image.
+        inputs: files the question read (image, mask prompts): an output that would overwrite one of them
+            (same path after symlinks, or a hard link) raises ``UsageError`` before anything is written.
         metadata: JSON-serialisable fields stored in ``answer.json`` too (image path, question, prompts, ...).
 
     Returns:
         ``{"overlay": path, "json": path, "masks": [path of mask_0.png, ...]}``.
     """
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    for stale in glob.glob(os.path.join(out_dir, 'mask_*.png')):
-        os.remove(stale)
     H, W = rgb.shape[:2]
     for mask in answer.masks:
         if mask.shape != (H, W):
             raise ValueError(f'a mask of shape {mask.shape} does not fit the {W}x{H} image')
     overlay_path = os.path.join(out_dir, 'overlay.png')
+    json_path = os.path.join(out_dir, 'answer.json')
+    mask_paths = [os.path.join(out_dir, f'mask_{i}.png') for i in range(len(answer.masks))]
+    for path in (overlay_path, json_path, *mask_paths):
+        check_output_spares_inputs(path, inputs, '--out-dir: output')
+    stale = [path for path in previous_mask_files(out_dir) if path not in mask_paths
+             and not any(same_file(path, given) for given in inputs)]
+    os.makedirs(out_dir, exist_ok=True)
+    for path in stale:
+        os.remove(path)
     Image.fromarray(overlay_masks(rgb, answer.masks)).save(overlay_path)
-    mask_paths = []
-    for i, mask in enumerate(answer.masks):
-        mask_paths.append(os.path.join(out_dir, f'mask_{i}.png'))
-        Image.fromarray(mask.astype(np.uint8) * 255).save(mask_paths[-1])
+    for path, mask in zip(mask_paths, answer.masks):
+        Image.fromarray(mask.astype(np.uint8) * 255).save(path)
     record = dict(metadata)
     record.update(text=answer.text, clean_text=answer.clean_text, phrases=answer.phrases, image_size=[H, W],
                   masks=[encode_rle(m) for m in answer.masks],
                   mask_files=[os.path.basename(p) for p in mask_paths],
                   mask_colours=[mask_colour(i).name for i in range(len(answer.masks))])
-    json_path = os.path.join(out_dir, 'answer.json')
     with open(json_path, 'w', encoding='utf-8') as f:
         json.dump(record, f, indent=2, ensure_ascii=False)
     return {'overlay': overlay_path, 'json': json_path, 'masks': mask_paths}
+
+
+def previous_mask_files(out_dir: str | os.PathLike) -> list[str]:
+    """The ``mask_{i}.png`` files an earlier :func:`write_answer` wrote in ``out_dir``, as its ``answer.json``
+    lists them (existing files only; none without a readable ``answer.json``)."""
+    try:
+        with open(os.path.join(out_dir, 'answer.json'), encoding='utf-8') as f:
+            names = json.load(f).get('mask_files', [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(names, list):
+        return []
+    return [os.path.join(out_dir, name) for name in names
+            if isinstance(name, str) and MASK_FILE.fullmatch(name) and os.path.isfile(os.path.join(out_dir, name))]
 
 
 class PhraseStreamer:

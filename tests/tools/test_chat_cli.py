@@ -12,6 +12,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from omg_llava.assets import ASSET_DIR
+from omg_llava.cli_errors import UsageError
 from omg_llava.inference.chat import ChatAnswer, OMGLLaVAChat
 from omg_llava.inference.chat_outputs import (PALETTE, PhraseStreamer, decode_rle, encode_rle, render_answer,
                                               write_answer)
@@ -39,11 +40,14 @@ def test_bundled_photo_is_small_and_real():
 
 
 def test_writer_outputs_overlay_mask_pngs_and_rle(tmp_path):
-    (tmp_path / 'mask_7.png').write_bytes(b'stale')  # from an earlier, longer answer
+    longer = ChatAnswer('[SEG] [SEG] [SEG]', '', [], _masks(3), [1])
+    write_answer(tmp_path, longer, PHOTO)  # an earlier, longer answer: its mask_2.png goes
+    (tmp_path / 'mask_7.png').write_bytes(b'mine')  # not written by the chat: kept
     answer = ChatAnswer('<p> cat </p> [SEG] on <p> a mat </p> [SEG].', 'cat on a mat .', ['cat', 'a mat'],
                         _masks(2), [1, 2, 3])
     paths = write_answer(tmp_path, answer, PHOTO, question='Segment the cat.', image='demo.jpg')
-    assert sorted(os.listdir(tmp_path)) == ['answer.json', 'mask_0.png', 'mask_1.png', 'overlay.png']
+    assert sorted(os.listdir(tmp_path)) == ['answer.json', 'mask_0.png', 'mask_1.png', 'mask_7.png', 'overlay.png']
+    assert (tmp_path / 'mask_7.png').read_bytes() == b'mine'
     overlay = np.asarray(Image.open(paths['overlay']))
     assert overlay.shape == PHOTO.shape
     outside = ~answer.masks[0] & ~answer.masks[1]
@@ -59,6 +63,25 @@ def test_writer_outputs_overlay_mask_pngs_and_rle(tmp_path):
         decoded = mask_utils.decode({'size': rle['size'], 'counts': rle['counts'].encode()})
         assert decoded.shape == (H, W) and (decoded.astype(bool) == mask).all()
         assert (decode_rle(encode_rle(mask)) == mask).all()
+
+
+@pytest.mark.parametrize('link', ['same', 'symlink', 'hardlink', 'stale'])
+def test_writer_never_replaces_or_deletes_an_input(tmp_path, link):
+    out = tmp_path / 'out'
+    write_answer(out, ChatAnswer('[SEG] [SEG]', '', [], _masks(2), [1]), PHOTO)  # mask_0.png, mask_1.png
+    given = out / 'mask_1.png'
+    if link != 'same' and link != 'stale':
+        given = tmp_path / 'my_mask.png'
+        given.write_bytes(b'input')
+        (out / 'mask_1.png').unlink()
+        (os.symlink if link == 'symlink' else os.link)(given, out / 'mask_1.png')
+    before = given.read_bytes()
+    if link == 'stale':  # a one-mask answer would delete the earlier mask_1.png: not when it is an input
+        write_answer(out, ChatAnswer('[SEG]', '', [], _masks(1), [1]), PHOTO, inputs=[str(given)])
+    else:
+        with pytest.raises(UsageError, match=r'--out-dir: output .*mask_1.png would overwrite the input'):
+            write_answer(out, ChatAnswer('[SEG] [SEG]', '', [], _masks(2), [1]), PHOTO, inputs=[str(given)])
+    assert given.read_bytes() == before
 
 
 def test_phrases_take_the_colour_of_their_mask():
@@ -239,6 +262,21 @@ def test_bad_text_and_device_are_refused_before_the_build(capsys, monkeypatch, n
     monkeypatch.setattr('torch.cuda.is_available', lambda: False)
     code, _, err = _run(capsys, *argv)
     assert code == 2 and err.strip().startswith(f'error: {message}') and err.count('\n') == 1
+
+
+@pytest.mark.parametrize('interactive', [False, True])
+def test_an_input_mask_in_out_dir_is_refused_before_the_build(tmp_path, capsys, monkeypatch, no_build, interactive):
+    out = tmp_path / 'out'
+    folder = out / 'turn_1' if interactive else out
+    folder.mkdir(parents=True)
+    Image.fromarray(_masks(1)[0].astype(np.uint8) * 255).save(folder / 'mask_0.png')
+    before = (folder / 'mask_0.png').read_bytes()
+    monkeypatch.chdir(tmp_path)
+    prompt = [] if interactive else ['--prompt', 'Describe <region>.']
+    code, _, err = _run(capsys, *prompt, '--mask', os.path.join('out', 'turn_1' if interactive else '', 'mask_0.png'),
+                        '--out-dir', os.path.join('.', 'out', '..', 'out'))
+    assert code == 2 and err.count('\n') == 1 and 'would overwrite the input' in err and 'mask_0.png' in err
+    assert (folder / 'mask_0.png').read_bytes() == before
 
 
 def test_out_dir_that_is_a_file_is_refused_before_the_build(tmp_path, capsys, no_build):
