@@ -3,7 +3,6 @@
 #                --deepspeed deepspeed_zero2
 # LoRA (r=512) on the 4-bit LLM + both projectors + the vocabulary, on the 42-entry data mixture of spec §8.3.
 from mmengine.config import read_base
-from mmengine.hooks import CheckpointHook
 from mmengine.hooks import DistSamplerSeedHook
 from mmengine.hooks import IterTimerHook
 from mmengine.hooks import LoggerHook
@@ -27,8 +26,10 @@ from omg_llava.datasets.osprey import OspreyRegionConversationDataset
 from omg_llava.datasets.refer_seg import ReferSegDataset
 from omg_llava.datasets.semantic_seg import SemanticSegDataset
 from omg_llava.engine import TrainLoop
+from omg_llava.engine.hooks import AtomicCheckpointHook
 from omg_llava.engine.hooks import DatasetInfoHook
 from omg_llava.engine.hooks import EvaluateChatHook
+from omg_llava.engine.hooks import SkippedRowsHook
 
 with read_base():
     from ._base_.omg_llava_7b_model import *  # noqa: F401,F403
@@ -218,6 +219,7 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 #######################################################################
 custom_hooks = [
     dict(type=DatasetInfoHook, tokenizer=tokenizer),
+    dict(type=SkippedRowsHook),
     dict(
         type=EvaluateChatHook,
         every_n_iters=evaluation_freq,
@@ -230,7 +232,7 @@ default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 

@@ -5,7 +5,6 @@
 # the 4-bit LLM and the visual encoder stay frozen.
 from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
-from mmengine.hooks import CheckpointHook
 from mmengine.hooks import DistSamplerSeedHook
 from mmengine.hooks import IterTimerHook
 from mmengine.hooks import LoggerHook
@@ -18,8 +17,10 @@ from torch.optim import AdamW
 from omg_llava.datasets import omg_llava_collate_fn
 from omg_llava.datasets.llava import LLaVADataset
 from omg_llava.engine import TrainLoop
+from omg_llava.engine.hooks import AtomicCheckpointHook
 from omg_llava.engine.hooks import DatasetInfoHook
 from omg_llava.engine.hooks import EvaluateChatHook
+from omg_llava.engine.hooks import SkippedRowsHook
 
 with read_base():
     from ._base_.omg_llava_7b_model import *  # noqa: F401,F403
@@ -114,6 +115,7 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 #######################################################################
 custom_hooks = [
     dict(type=DatasetInfoHook, tokenizer=tokenizer),
+    dict(type=SkippedRowsHook),
     dict(
         type=EvaluateChatHook,
         every_n_iters=evaluation_freq,
@@ -126,7 +128,7 @@ default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 

@@ -24,5 +24,6 @@ param_scheduler = [
     dict(type=CosineAnnealingLR, eta_min=0.0, by_epoch=False, begin=warmup_iters, end=max_iters),
 ]
 train_cfg = dict(type=TrainLoop, max_iters=max_iters)
-custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer), dict(type=ExportStageOutputHook)]
+custom_hooks = [dict(type=DatasetInfoHook, tokenizer=tokenizer), dict(type=SkippedRowsHook),
+                dict(type=ExportStageOutputHook)]
 default_hooks.checkpoint.interval = max_iters

@@ -4,7 +4,6 @@
 # small real data set of projects/tiny_omg_llava/build_tiny_data.py (same formats and layout as ./data/):
 #   python projects/tiny_omg_llava/build_tiny_data.py --root data/tiny_omg_llava
 #   python -m xtuner.tools.train configs/tiny/omg_llava_tiny_finetune.py
-from mmengine.hooks import CheckpointHook
 from mmengine.hooks import DistSamplerSeedHook
 from mmengine.hooks import IterTimerHook
 from mmengine.hooks import LoggerHook
@@ -26,8 +25,10 @@ from omg_llava.datasets.refer_seg import ReferSegDataset
 from omg_llava.datasets.semantic_seg import SemanticSegDataset
 from omg_llava.engine import CPUDataParallelRunner
 from omg_llava.engine import TrainLoop
+from omg_llava.engine.hooks import AtomicCheckpointHook
 from omg_llava.engine.hooks import DatasetInfoHook
 from omg_llava.engine.hooks import EvaluateChatHook
+from omg_llava.engine.hooks import SkippedRowsHook
 
 from omg_llava.assets import TINY_TOKENIZER_DIR
 from omg_llava.models import ConvNeXtCLIPBackbone
@@ -179,6 +180,7 @@ train_cfg = dict(type=TrainLoop, max_iters=max_iters)
 #######################################################################
 custom_hooks = [
     dict(type=DatasetInfoHook, tokenizer=tokenizer),
+    dict(type=SkippedRowsHook),
     dict(
         type=EvaluateChatHook,
         every_n_iters=evaluation_freq,
@@ -192,7 +194,7 @@ default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=5),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=CheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 

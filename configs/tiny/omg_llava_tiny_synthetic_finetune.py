@@ -132,6 +132,7 @@ train_cfg = dict(type=TrainLoop, max_iters=max_iters)
 #######################################################################
 custom_hooks = [
     dict(type=DatasetInfoHook, tokenizer=tokenizer),
+    dict(type=SkippedRowsHook),
     dict(type=EvaluateChatHook, every_n_iters=evaluation_freq, evaluation_inputs=evaluation_inputs,
          evaluation_images=evaluation_images, image_size=image_size, max_new_tokens=48),
 ]

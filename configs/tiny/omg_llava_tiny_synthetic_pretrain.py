@@ -37,6 +37,7 @@ param_scheduler = [
 train_cfg = dict(type=TrainLoop, max_iters=max_iters)
 custom_hooks = [
     dict(type=DatasetInfoHook, tokenizer=tokenizer),
+    dict(type=SkippedRowsHook),
     dict(type=EvaluateChatHook, every_n_iters=max_iters, evaluation_inputs=evaluation_inputs,
          evaluation_images=evaluation_images, image_size=image_size, max_new_tokens=48),
 ]

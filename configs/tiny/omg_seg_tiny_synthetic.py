@@ -17,6 +17,7 @@ from omg_llava.datasets.coco_instances import CocoInstanceDataset
 from omg_llava.datasets.coco_instances import instance_collate_fn
 from omg_llava.engine import TrainLoop
 from omg_llava.engine.hooks import ExportStageOutputHook
+from omg_llava.engine.hooks import SkippedRowsHook
 from omg_llava.models.omg_seg_trainer import OMGSegTrainer
 
 with read_base():
@@ -108,7 +109,7 @@ train_cfg = dict(type=TrainLoop, max_iters=max_iters)
 #######################################################################
 #                           PART 4  Runtime                           #
 #######################################################################
-custom_hooks = [dict(type=ExportStageOutputHook)]
+custom_hooks = [dict(type=SkippedRowsHook), dict(type=ExportStageOutputHook)]
 default_hooks.logger.interval = 20
 default_hooks.checkpoint.interval = max_iters
 default_hooks.checkpoint.max_keep_ckpts = 1

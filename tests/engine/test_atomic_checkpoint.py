@@ -17,6 +17,8 @@ from omg_llava.engine.hooks import AtomicCheckpointHook
 from omg_llava.utils.atomic import (atomic_path, atomic_save, atomic_write_text, remove_stale_temporaries,
                                     temporary_path)
 
+from conftest import REPO_ROOT
+
 HERE = Path(__file__).parent
 
 #: A run of the toy regression that saves every 2 iterations keeping 1 checkpoint, and dies (os._exit, as a
@@ -175,3 +177,17 @@ def test_stale_temporaries_of_dead_writers_only_are_removed(tmp_path):
     keep.write_bytes(b'z')
     assert remove_stale_temporaries(tmp_path) == [str(stale)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, keep.name])
+
+
+CONFIGS = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / 'configs').rglob('*.py')
+                 if '_base_' not in p.parts)
+
+
+@pytest.mark.parametrize('config', CONFIGS)
+def test_every_config_saves_atomically_and_reports_skipped_rows(config):
+    from mmengine.config import Config
+
+    from omg_llava.engine.hooks import SkippedRowsHook
+    cfg = Config.fromfile(REPO_ROOT / config)
+    assert cfg.default_hooks.checkpoint['type'] is AtomicCheckpointHook
+    assert any(hook['type'] is SkippedRowsHook for hook in cfg.custom_hooks)
