@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -195,3 +196,47 @@ def test_export_tool_names_missing_encoder_files(tmp_path, capsys):
                       '--out', str(tmp_path / 'export')]) == 2
     assert '/nonexistent/omg_seg_convl.pth' in capsys.readouterr().err
     assert not (tmp_path / 'export').exists()
+
+
+def test_export_tool_keeps_a_non_empty_folder_without_overwrite(tmp_path, capsys):
+    tiny_finetune_pth(tmp_path / 'tiny_finetune.pth')
+    (tmp_path / 'export').mkdir()
+    (tmp_path / 'export' / 'notes.txt').write_text('mine')
+    tool = load_tool('export_hf')
+    argv = [str(TINY_CONFIG), '--pth', str(tmp_path / 'tiny_finetune.pth'), '--out', str(tmp_path / 'export')]
+    assert tool.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'is not empty' in err and '--overwrite' in err
+    assert os.listdir(tmp_path / 'export') == ['notes.txt']
+    inside = [str(TINY_CONFIG), '--pth', str(tmp_path / 'export' / 'w.pth'), '--out', str(tmp_path / 'export'),
+              '--overwrite']
+    (tmp_path / 'export' / 'w.pth').write_bytes((tmp_path / 'tiny_finetune.pth').read_bytes())
+    assert tool.main(inside) == 2 and 'holds the input --pth' in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / 'export')) == ['notes.txt', 'w.pth']
+
+
+def test_export_tool_writes_into_a_temporary_folder_then_renames(tmp_path, capsys, monkeypatch):
+    tiny_finetune_pth(tmp_path / 'tiny_finetune.pth')
+    (tmp_path / 'export').mkdir()
+    (tmp_path / 'export' / 'old.txt').write_text('old export')
+    import omg_llava.export as export
+    real = export.export_merged_model
+    seen = []
+
+    def failing(model, out_dir, **kwargs):
+        seen.append(out_dir)
+        real(model, out_dir, **kwargs)
+        raise OSError('No space left on device')
+
+    monkeypatch.setattr(export, 'export_merged_model', failing)
+    tool = load_tool('export_hf')
+    argv = [str(TINY_CONFIG), '--pth', str(tmp_path / 'tiny_finetune.pth'), '--out', str(tmp_path / 'export'),
+            '--overwrite']
+    assert tool.main(argv) == 2 and 'No space left' in capsys.readouterr().err
+    assert os.path.dirname(seen[0]) == str(tmp_path) and seen[0] != str(tmp_path / 'export')
+    assert os.listdir(tmp_path / 'export') == ['old.txt'] and sorted(os.listdir(tmp_path)) == ['export',
+                                                                                             'tiny_finetune.pth']
+    monkeypatch.setattr(export, 'export_merged_model', real)
+    assert tool.main(argv) == 0
+    assert 'old.txt' not in os.listdir(tmp_path / 'export') and (tmp_path / 'export' / 'omg_llava_export.json').exists()
+    assert sorted(os.listdir(tmp_path)) == ['export', 'tiny_finetune.pth']

@@ -16,7 +16,8 @@ import sys
 
 from mmengine.config import DictAction
 
-from omg_llava.cli_errors import OneLineParser, check_file, check_weight_file, one_line_errors
+from omg_llava.cli_errors import (OneLineParser, check_file, check_output_spares_inputs, check_weight_file,
+                                  one_line_errors)
 from omg_llava.config_paths import config_argument
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('config', type=config_argument,
                         help='the config the checkpoint was trained with (a path or a built-in name)')
     parser.add_argument('checkpoint', help='DeepSpeed ZeRO folder, mmengine checkpoint or flat state dict')
-    parser.add_argument('--save-path', required=True, help='output .pth')
+    parser.add_argument('--save-path', required=True, help='output .pth (written atomically; never one of the inputs)')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='allow pickled Python objects (needed for DeepSpeed folders and mmengine checkpoints; '
                         'only for files you trust)')
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     check_file(args.config, 'config')
     check_weight_file(args.checkpoint, 'checkpoint', allow_directory=True)  # a DeepSpeed folder is one
+    check_output_spares_inputs(args.save_path, [args.checkpoint, args.config], '--save-path')
 
     from omg_llava.engine.convert import convert_checkpoint
 

@@ -12,10 +12,12 @@ none (the tiny ones) exports its seeded random encoder.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
-from omg_llava.cli_errors import OneLineParser, check_device, check_file, check_weight_file, one_line_errors
+from omg_llava.cli_errors import (OneLineParser, UsageError, check_device, check_file, check_new_out_dir,
+                                  check_weight_file, one_line_errors)
 from omg_llava.config_paths import config_argument
 
 
@@ -25,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('config', type=config_argument,
                         help='the OMG-LLaVA config the checkpoint was trained with (a path or a built-in name)')
     parser.add_argument('--pth', required=True, help='released-format checkpoint (pretrain, finetune or task finetune)')
-    parser.add_argument('--out', required=True, help='export folder to create')
+    parser.add_argument('--out', required=True,
+                        help='export folder to create (written in a temporary sibling folder, renamed at the end)')
+    parser.add_argument('--overwrite', action='store_true', help='replace --out when it already holds files')
     parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='bf16',
                         help='dtype of the LLM (built directly in it), its merged LoRA and the projectors (default '
                              'bf16, the released LLM\'s own dtype; the merge arithmetic runs in float32)')
@@ -38,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     check_file(args.config, 'config')
     check_weight_file(args.pth, '--pth')
     check_device(args.device)
+    check_new_out_dir(args.out, '--out', args.overwrite)
+    for flag, given in (('--pth', args.pth), ('config', args.config)):
+        if os.path.realpath(given).startswith(os.path.realpath(args.out) + os.sep):
+            raise UsageError(f'--out {args.out} holds the input {flag} {given}: --overwrite would delete it; '
+                             'write the export to another folder')
 
     from omg_llava.export import export_merged_model
     from omg_llava.inference.model_builder import build_model
@@ -47,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
                                   dtype=args.dtype, weights_only=not args.trust_checkpoint)
     for note in notes:
         print(f'  {note}')
-    out = export_merged_model(model, args.out, config_path=args.config, dtype=args.dtype)
+    from omg_llava.utils.atomic import atomic_folder
+    with atomic_folder(args.out, overwrite=args.overwrite) as temporary:  # no half-written export at --out
+        export_merged_model(model, temporary, config_path=args.config, dtype=args.dtype)
+    out = args.out
     merged = 'LoRA merged' if any('merged' in note for note in notes) else 'no LoRA to merge'
     print(f'exported {args.config} + {args.pth} to {out} ({merged}, {args.dtype}, '
           f'{time.perf_counter() - start:.1f}s)')

@@ -27,6 +27,7 @@ from omg_llava.checkpoint import (CheckpointError, CheckpointMismatchError, desc
                                   read_weights, unwrap_state_dict)
 from omg_llava.inference.encoder_builder import visual_encoder_config
 from omg_llava.registry import build_component
+from omg_llava.utils.atomic import atomic_save
 
 __all__ = ['ConversionSummary', 'read_training_checkpoint', 'build_model_for_conversion', 'checkpoint_stage',
            'released_state_dict', 'convert_checkpoint']
@@ -176,7 +177,7 @@ def convert_checkpoint(config_path: str, checkpoint: str | os.PathLike, save_pat
     model = build_model_for_conversion(config_path, seed, cfg_options)
     output, kept = released_state_dict(model, state, source=source)
     os.makedirs(os.path.dirname(os.path.abspath(save_path)), exist_ok=True)
-    torch.save(output, save_path)
+    atomic_save(output, save_path)  # a kill mid-write leaves the old file (or none), never half of one
     return ConversionSummary(source=source, save_path=save_path, container=container,
                              stage=checkpoint_stage(output), saved=list(output), kept_from_model=kept,
                              dropped=sum(k not in output for k in state))

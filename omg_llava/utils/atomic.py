@@ -15,16 +15,23 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import shutil
 from typing import Any, Iterator
 
 TEMPORARY_SUFFIX = '.tmp'
 
 
-def temporary_path(path: str | os.PathLike) -> str:
+def temporary_path(path: str | os.PathLike, pid: int | None = None) -> str:
     """The temporary name ``path`` is written under: ``.<name>.<pid>.tmp`` in the same folder (so the final
-    rename stays on one file system, and two processes never share a temporary)."""
+    rename stays on one file system, and two writers never share a temporary).
+
+    Args:
+        path: the destination.
+        pid: the writing process (default this one); processes writing one file together (the ranks of a
+            DeepSpeed save) pass the pid of the one that publishes it.
+    """
     folder, name = os.path.split(os.fspath(path))
-    return os.path.join(folder, f'.{name}.{os.getpid()}{TEMPORARY_SUFFIX}')
+    return os.path.join(folder, f'.{name}.{os.getpid() if pid is None else pid}{TEMPORARY_SUFFIX}')
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -45,9 +52,22 @@ def fsync_path(path: str | os.PathLike) -> None:
 
 def publish(temporary: str | os.PathLike, path: str | os.PathLike) -> None:
     """Make a fully written ``temporary`` file the file at ``path``: sync it, rename it over ``path``, then sync
-    the folder so the rename itself survives a power loss."""
-    fsync_path(temporary)
-    os.replace(temporary, path)
+    the folder so the rename itself survives a power loss. A temporary folder (a DeepSpeed checkpoint) has every
+    file in it synced; a folder already at ``path`` is renamed aside first and deleted after."""
+    if not os.path.isdir(temporary):
+        fsync_path(temporary)
+        os.replace(temporary, path)
+    else:
+        for folder, _, files in os.walk(temporary):
+            for name in files:
+                fsync_path(os.path.join(folder, name))
+            fsync_path(folder)
+        aside = temporary_path(f'{path}.old') if os.path.isdir(path) else None
+        if aside:
+            os.replace(path, aside)
+        os.replace(temporary, path)
+        if aside:
+            shutil.rmtree(aside, ignore_errors=True)
     fsync_path(os.path.dirname(os.path.abspath(path)))
 
 
@@ -100,6 +120,42 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[str]:
+    """A temporary sibling folder to write ``path``'s content into; renamed to ``path`` when the block ends
+    normally, deleted when it raises (``path`` is then untouched). A reader sees no folder, the old one or the
+    whole new one, never a half-written one.
+
+    Args:
+        path: destination folder; when it exists it must be empty unless ``overwrite``, which replaces it (its
+            old content is moved aside and deleted only after the new folder is in place).
+        overwrite: allow replacing a non-empty ``path``.
+    """
+    import shutil
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise FileExistsError(f'{path} is not empty (pass overwrite=True to replace it)')
+    temporary = temporary_path(path)
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
+    try:
+        yield temporary
+        for folder, _, files in os.walk(temporary):
+            for name in files:
+                fsync_path(os.path.join(folder, name))
+        old = None
+        if os.path.exists(path):
+            old = temporary_path(path) + '.old'
+            os.replace(path, old)  # folders cannot be renamed over a non-empty folder
+        os.replace(temporary, path)
+        fsync_path(os.path.dirname(path))
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
     """Delete the temporaries a killed writer left in ``folder`` (``.<name>.<pid>.tmp`` of a process that is no
     longer running); returns their paths."""
@@ -107,8 +163,11 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
     for temporary in glob.glob(os.path.join(glob.escape(os.fspath(folder)), f'.*{TEMPORARY_SUFFIX}')):
         pid = temporary[:-len(TEMPORARY_SUFFIX)].rsplit('.', 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _is_running(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
+            if os.path.isdir(temporary):
+                shutil.rmtree(temporary, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(temporary)
             removed.append(temporary)
     return removed
 
@@ -123,5 +182,5 @@ def _is_running(pid: int) -> bool:
     return True
 
 
-__all__ = ['atomic_path', 'atomic_write', 'atomic_save', 'atomic_write_text', 'publish', 'fsync_path',
+__all__ = ['atomic_path', 'atomic_folder', 'atomic_write', 'atomic_save', 'atomic_write_text', 'publish', 'fsync_path',
            'temporary_path', 'remove_stale_temporaries']

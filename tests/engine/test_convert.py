@@ -167,3 +167,31 @@ def test_cfg_options_rebuild_the_model_the_training_overrode(tiny_cfg, tmp_path,
     assert saved['projector_text2vision.model.0.weight'].shape[1] == 32
     assert torch.equal(saved['projector_text2vision.model.0.weight'],
                        nn.Module.state_dict(narrow)['projector_text2vision.model.0.weight'])
+
+
+def test_save_path_that_is_an_input_is_refused_and_kept(trained_state, tmp_path, capsys):
+    path = tmp_path / 'iter_100.pth'
+    torch.save({'state_dict': trained_state, 'meta': {'iter': 100}}, path)
+    os.symlink(path, tmp_path / 'link.pth')
+    before = path.read_bytes()
+    convert = load_tool('convert_to_pth').main
+    for save_path in (path, tmp_path / 'link.pth', tmp_path / '..' / tmp_path.name / 'iter_100.pth'):
+        assert convert([str(TINY_CONFIG), str(path), '--save-path', str(save_path), '--trust-checkpoint']) == 2
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and 'would overwrite the input' in err and '--save-path' in err
+    assert path.read_bytes() == before
+
+
+def test_converted_file_is_written_atomically(trained_state, tmp_path, monkeypatch):
+    path = tmp_path / 'flat.pth'
+    torch.save(dict(trained_state), path)
+    out = tmp_path / 'released.pth'
+    out.write_bytes(b'the previous release')
+    def killed_mid_write(obj, f):
+        f.write(b'half')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, 'save', killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        convert_checkpoint(str(TINY_CONFIG), path, out)
+    assert out.read_bytes() == b'the previous release' and os.listdir(tmp_path) == sorted(['flat.pth', 'released.pth'])
