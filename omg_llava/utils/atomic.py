@@ -131,7 +131,6 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
             old content is moved aside and deleted only after the new folder is in place).
         overwrite: allow replacing a non-empty ``path``.
     """
-    import shutil
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
         raise FileExistsError(f'{path} is not empty (pass overwrite=True to replace it)')
@@ -140,17 +139,7 @@ def atomic_folder(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
     os.makedirs(temporary)
     try:
         yield temporary
-        for folder, _, files in os.walk(temporary):
-            for name in files:
-                fsync_path(os.path.join(folder, name))
-        old = None
-        if os.path.exists(path):
-            old = temporary_path(path) + '.old'
-            os.replace(path, old)  # folders cannot be renamed over a non-empty folder
-        os.replace(temporary, path)
-        fsync_path(os.path.dirname(path))
-        if old is not None:
-            shutil.rmtree(old)
+        publish(temporary, path)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
