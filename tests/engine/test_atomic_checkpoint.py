@@ -14,7 +14,7 @@ from mmengine.runner import Runner
 
 import omg_llava.engine.hooks.atomic_checkpoint_hook as hook_module
 from omg_llava.engine.hooks import AtomicCheckpointHook
-from omg_llava.utils.atomic import (atomic_path, atomic_save, atomic_write_text, remove_stale_temporaries,
+from omg_llava.utils.atomic import (atomic_path, atomic_save, atomic_write_text, publish, remove_stale_temporaries,
                                     temporary_path)
 
 from conftest import REPO_ROOT
@@ -191,3 +191,15 @@ def test_every_config_saves_atomically_and_reports_skipped_rows(config):
     cfg = Config.fromfile(REPO_ROOT / config)
     assert cfg.default_hooks.checkpoint['type'] is AtomicCheckpointHook
     assert any(hook['type'] is SkippedRowsHook for hook in cfg.custom_hooks)
+
+
+def test_a_checkpoint_folder_is_published_whole(tmp_path):
+    """DeepSpeed saves a folder per checkpoint (written by every rank under the main process's temporary name)."""
+    target = tmp_path / 'iter_6.pth'
+    for content in ('first', 'second'):  # the second publish replaces a folder already there
+        temporary = Path(temporary_path(target, pid=12345))
+        (temporary / 'checkpoint').mkdir(parents=True)
+        (temporary / 'checkpoint' / 'mp_rank_00_model_states.pt').write_text(content)
+        publish(temporary, target)
+        assert (target / 'checkpoint' / 'mp_rank_00_model_states.pt').read_text() == content
+    assert os.listdir(tmp_path) == ['iter_6.pth']

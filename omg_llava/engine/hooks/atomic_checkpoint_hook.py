@@ -16,12 +16,11 @@ Temporaries a killed run left behind are deleted when the next run starts. Every
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import os.path as osp
 import shutil
 
-from mmengine.dist import is_main_process
+from mmengine.dist import barrier, broadcast_object_list, is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 
@@ -39,6 +38,9 @@ class AtomicCheckpointHook(CheckpointHook):
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
+        writer = [os.getpid()]
+        broadcast_object_list(writer)  # every rank names the temporary after the main process (DeepSpeed saves)
+        self._writer_pid = writer[0]
         if is_main_process() and self._is_local and osp.isdir(self.out_dir):
             for path in remove_stale_temporaries(self.out_dir):
                 runner.logger.info(f'removed {path}, the unfinished save of an interrupted run')
@@ -55,18 +57,19 @@ class AtomicCheckpointHook(CheckpointHook):
         filename = self.filename_tmpl.format(step)
         self.last_ckpt = osp.join(self.out_dir, filename)
         runner.message_hub.update_info('last_ckpt', self.last_ckpt)
-        temporary = temporary_path(self.last_ckpt)
+        temporary = temporary_path(self.last_ckpt, pid=self._writer_pid)
         try:
             runner.save_checkpoint(self.out_dir, osp.basename(temporary), self.file_client_args,
                                    save_optimizer=self.save_optimizer,
                                    save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
                                    backend_args=self.backend_args, **self.args)
-            if not is_main_process():  # Runner.save_checkpoint writes on the main process only
+            barrier()  # a DeepSpeed save is written by every rank
+            if not is_main_process():
                 return
             publish(temporary, self.last_ckpt)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
+            if is_main_process():
+                self._remove(temporary)
             raise
         atomic_write_text(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt)
         for old_step in outdated:
