@@ -260,6 +260,10 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
 
     Returns:
         The report. Nothing is copied when ``strict`` and the report is not clean.
+
+    Raises:
+        CheckpointMismatchError: ``strict`` and a key is missing, unexpected or mis-shaped.
+        CheckpointError: a copied tensor holds NaN or infinite values (all such keys are named).
     """
     # nn.Module.state_dict, not module.state_dict: OMGLLaVA narrows the latter to what checkpoints hold.
     own = nn.Module.state_dict(module, keep_vars=True)
@@ -275,7 +279,9 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
             f'the weights do not fit the model.\n{report.format()}\n'
             f'The file looks like: {hint}. Check that each --*-pth option points to the right file '
             '(docs/model_zoo.md lists what goes where) and that the config matches the checkpoint size.')
+    from omg_llava.models.finite_weights import non_finite_keys, non_finite_message
     bad = {k for k, _, _ in report.mismatched}
+    non_finite: list[str] = []
     with torch.no_grad():
         for key, value in state_dict.items():
             if key in own and key not in bad:
@@ -284,7 +290,10 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
                     raise CheckpointError(f'{source}: cannot copy {key} into a meta-device model; build the '
                                           'model on a real device (cpu) before loading weights.')
                 _copy_in_chunks(target, value, after_copy)
+                non_finite += non_finite_keys({key: target})  # the copy, in memory already (casts included)
                 report.loaded.append(key)
+    if non_finite:
+        raise CheckpointError(non_finite_message(non_finite, source))
     return report
 
 
