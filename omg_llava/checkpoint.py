@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from omg_llava.cli_errors import UsageError, check_weight_file
+
 __all__ = [
     'CheckpointError', 'CheckpointMismatchError', 'LoadReport', 'RenameRule', 'read_weights',
     'unwrap_state_dict', 'rename_keys', 'load_into', 'describe_checkpoint', 'FilePages'
@@ -121,9 +123,13 @@ def read_weights(path: str | os.PathLike, *, weights_only: bool = True,
         CheckpointError: the file is missing, truncated, corrupt or holds non-tensor objects.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise CheckpointError(f'weight file not found: {path!r}. Check the path (see docs/model_zoo.md '
                               'for where each released file goes).')
+    try:  # a directory, an empty file, an image, a text or HTML page: said as such (one implementation)
+        check_weight_file(path, 'weight file')
+    except UsageError as exc:
+        raise CheckpointError(str(exc)) from None
     if path.endswith('.safetensors'):
         try:
             from safetensors.torch import load_file

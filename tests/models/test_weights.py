@@ -112,3 +112,20 @@ def test_omg_seg_file_given_as_class_embeddings_and_vice_versa(encoder, tmp_path
 def test_missing_file_names_the_path(encoder, tmp_path):
     with pytest.raises(CheckpointError, match='not found'):
         load_visual_encoder_weights(encoder, omg_seg=str(tmp_path / 'nowhere.pth'))
+
+
+@pytest.mark.parametrize('kind, content, named', [
+    ('empty', b'', 'is an empty file (0 bytes): an interrupted download or copy? Fetch it again'),
+    ('png', b'\x89PNG\r\n\x1a\n' + bytes(64), 'is a PNG image, not a weight file'),
+    ('html', b'<!DOCTYPE html><html>403 Forbidden</html>', 'is an HTML page (a download that returned an error'),
+    ('text', b'model = dict(type="OMGLLaVA")\n', 'is a text file (a config or a list given in place of the'),
+    ('directory', None, 'is a directory, not a file: give the file inside it'),
+])
+def test_a_file_that_is_no_weight_file_is_named_for_what_it_is(tmp_path, kind, content, named):
+    path = tmp_path / f'{kind}.pth'
+    path.mkdir() if content is None else path.write_bytes(content)
+    with pytest.raises(CheckpointError) as err:
+        read_weights(path)
+    message = str(err.value)
+    assert message == f'weight file {path} {message.split(f"{path} ", 1)[1]}' and named in message
+    assert '\n' not in message and 'trust-checkpoint' not in message and 'weights_only' not in message
