@@ -163,12 +163,8 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
 
     start = time.perf_counter()
     chat, notes = OMGLLaVAChat.from_config(paths.config, pth=paths.finetune, device=device, dtype=dtype,
-                                           merge_lora=merge_lora)
+                                           merge_lora=merge_lora, attn_implementation=attn, quantization=quantize)
     model = chat.model
-    if quantize == 'int8':
-        from omg_llava.inference.quantize import quantize_llm_int8
-        quantize_llm_int8(model)
-    model.llm.config._attn_implementation = attn
     stage('build', time.perf_counter() - start, notes=notes)
     llm_bytes = decode_bytes_per_token(model.llm)
 

@@ -29,6 +29,8 @@ from omg_llava.registry import build_component
 
 from .encoder_builder import load_encoder_weights_or_random, resolve_encoder_weights, visual_encoder_config
 
+#: LLM attention implementations an inference build can select (InternLM2 reads the config at every forward).
+ATTN_IMPLEMENTATIONS = ('sdpa', 'eager')
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 GB = 1e9
 #: Memory beyond the weights: the Python/torch runtime and encoding one 1024² image (measured at 7B, with the
@@ -43,7 +45,7 @@ class InsufficientMemoryError(ValueError):
 def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu', dtype: str = 'fp32',
                 seed: int = 0, weights_only: bool = True, omg_seg: str | None = None, clip: str | None = None,
                 class_embed: str | None = None, quantization: str | None = 'none', merge_lora: bool = True,
-                check_memory: bool = True) -> tuple[OMGLLaVA, Config, list[str]]:
+                check_memory: bool = True, attn_implementation: str = 'sdpa') -> tuple[OMGLLaVA, Config, list[str]]:
     """Build ``model`` of a config, load the encoder files it names and the OMG-LLaVA ``pth``.
 
     Args:
@@ -59,10 +61,14 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         quantization: ``'none'`` (default) drops the config's ``quantization_config``, so the LLM loads in
             ``dtype`` on any device; ``None`` builds the config's ``llm`` as written; ``'4bit'`` (NF4, double
             quant, as the reference) or ``'8bit'`` loads a ``from_pretrained`` LLM with bitsandbytes (CUDA only)
-            and ``dtype`` as compute dtype (the LoRA then stays unmerged).
+            and ``dtype`` as compute dtype (the LoRA then stays unmerged); ``'int8'`` (CPU only, LoRA merged)
+            replaces every linear layer of the LLM by an int8 weight-only one
+            (:mod:`omg_llava.inference.quantize`) after the build, one layer at a time.
         merge_lora: fold the checkpoint's LoRA into the LLM weights (default; ``model.has_lora`` is then
             ``False``). ``False`` keeps the adapters (in ``dtype``), e.g. to compare.
         check_memory: refuse a build whose :func:`estimate_memory` exceeds the available memory.
+        attn_implementation: the LLM's attention, ``'sdpa'`` (default: torch's fused attention) or ``'eager'``
+            (the reference numerics); both give the same answers within rounding.
 
     Returns:
         ``(model, config, notes)``: the model in eval mode, the parsed config, one note per weight decision.
@@ -72,11 +78,18 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     """
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f'attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}')
     if quantization in ('4bit', '8bit'):
         _check_bitsandbytes(quantization, device)
+    int8 = quantization == 'int8'
+    if int8:
+        _check_int8(device, merge_lora)
+        quantization = 'none'
     quantized = quantization in ('4bit', '8bit')
     if check_memory and not quantized:
-        ensure_fits(estimate_memory(config_path, dtype, keep_lora=not merge_lora and bool(pth)), device, dtype)
+        ensure_fits(estimate_memory(config_path, dtype, keep_lora=not merge_lora and bool(pth), int8=int8), device,
+                    dtype)
     part_cfg, cfg = visual_encoder_config(config_path)
     if 'model' not in cfg:
         raise KeyError(f'{config_path} defines no `model`: use an OMG-LLaVA config (configs/*.py)')
@@ -112,6 +125,10 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         model.to(device)
     for part in (model.projector, model.projector_text2vision) + (() if quantized else (model.llm, )):
         part.to(DTYPES[dtype])
+    if int8:
+        from .quantize import quantize_llm_int8
+        notes.append(f'LLM: int8 weight-only ({quantize_llm_int8(model)} linear layers), activations in {dtype}')
+    model.llm.config._attn_implementation = attn_implementation
     return model.eval(), cfg, notes
 
 
@@ -137,6 +154,14 @@ def _check_bitsandbytes(quantization: str, device: str) -> None:
     if importlib.util.find_spec('bitsandbytes') is None:
         raise ImportError(f'{quantization} loading needs bitsandbytes: pip install bitsandbytes '
                           '(or install this package with the [gpu] extra)')
+
+
+def _check_int8(device: str, merge_lora: bool) -> None:
+    if torch.device(device).type != 'cpu':
+        raise ValueError(f'int8 weight-only quantization is for CPU inference, but the device is {device!r}; on '
+                         'CUDA use --load-in-8bit or --load-in-4bit (bitsandbytes)')
+    if not merge_lora:
+        raise ValueError('int8 quantization needs the LoRA merged into the LLM; drop --keep-lora')
 
 
 def _is_from_pretrained(llm_cfg: dict) -> bool:
@@ -183,28 +208,39 @@ class MemoryEstimate:
     encoder: int
     projectors: int
     dtype: str
+    llm_linear: int = 0
+
+    @property
+    def llm_bytes(self) -> int:
+        """The LLM's weights: ``llm_linear`` of them (int8 quantization) one byte each, the rest in ``dtype``."""
+        return (self.llm - self.llm_linear) * DTYPES[self.dtype].itemsize + self.llm_linear
 
     @property
     def weight_bytes(self) -> int:
         size = DTYPES[self.dtype].itemsize
-        return (self.llm + self.lora + self.projectors) * size + self.encoder * 4
+        return self.llm_bytes + (self.lora + self.projectors) * size + self.encoder * 4
 
     @property
     def total_bytes(self) -> int:
         return self.weight_bytes + WORKING_BYTES
 
 
-def estimate_memory(config_path: str, dtype: str, keep_lora: bool = False) -> MemoryEstimate:
+def estimate_memory(config_path: str, dtype: str, keep_lora: bool = False, int8: bool = False) -> MemoryEstimate:
     """Count the parameters of the config's model (built on the meta device: no memory, no weights read) and
-    size a build in ``dtype`` (merged LoRA unless ``keep_lora``)."""
+    size a build in ``dtype`` (merged LoRA unless ``keep_lora``; with ``int8`` the LLM's linear weights take one
+    byte each, its scales, embedding and norms stay in ``dtype``)."""
     from omg_llava.verification.model_keys import build_model_on_meta
     if dtype not in DTYPES:
         raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
-    counts = dict(llm=0, lora=0, encoder=0, projectors=0)
-    for name, param in build_model_on_meta(config_path, 'full').named_parameters():
+    counts = dict(llm=0, lora=0, encoder=0, projectors=0, llm_linear=0)
+    model = build_model_on_meta(config_path, 'full')
+    for name, param in model.named_parameters():
         part = ('lora' if '.lora_' in name else 'llm' if name.startswith('llm.') else
                 'encoder' if name.startswith('visual_encoder.') else 'projectors')
         counts[part] += param.numel()
+    if int8:
+        counts['llm_linear'] = sum(m.weight.numel() for n, m in model.llm.named_modules()
+                                   if type(m) is torch.nn.Linear and '.lora_' not in n)
     if not keep_lora:
         counts['lora'] = 0
     return MemoryEstimate(dtype=dtype, **counts)
@@ -238,7 +274,7 @@ def ensure_fits(estimate: MemoryEstimate, device: str, dtype: str, available: in
     if need <= available:
         return
     size = DTYPES[dtype].itemsize
-    parts = [f'LLM {estimate.llm * size / GB:.1f} GB in {dtype}', f'projectors {estimate.projectors * size / GB:.1f} GB',
+    parts = [f'LLM {estimate.llm_bytes / GB:.1f} GB in {"int8" if estimate.llm_linear else dtype}', f'projectors {estimate.projectors * size / GB:.1f} GB',
              f'visual encoder {estimate.encoder * 4 / GB:.1f} GB', f'working memory {WORKING_BYTES / GB:.1f} GB']
     if estimate.lora:
         parts.insert(1, f'unmerged LoRA {estimate.lora * size / GB:.1f} GB')
