@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -45,6 +46,8 @@ def parse_prompts(text: str | None, size: int, what: str) -> list[list[float]]:
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in item) for item in value):
         raise ValueError(f'{what} must be a list of {size}-number lists such as {example}, got {text!r}')
     items = [[float(v) for v in item] for item in value]
+    if not all(math.isfinite(v) for item in items for v in item):
+        raise ValueError(f'{what} must hold finite numbers (no NaN or Infinity), got {text!r}')
     if size == 4:
         items = [[min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)] for x1, y1, x2, y2 in items]
     return items

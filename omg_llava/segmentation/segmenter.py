@@ -23,7 +23,7 @@ from mmdet.structures.bbox import bbox_xyxy_to_cxcywh
 from PIL import Image
 from torch import Tensor
 
-from omg_llava.inference.image_io import SquareGeometry, preprocess_image
+from omg_llava.inference.image_io import SquareGeometry, preprocess_image, to_rgb_image
 from omg_llava.models.omg_seg_encoder import OMGSegVisualEncoder, check_boxes_inside, check_points_inside
 from omg_llava.models.seg_heads.omg_seg_head import ImageFeatures, own_prediction_policy
 from omg_llava.models.seg_heads.prompt_queries import pseudo_box_cxcywh
@@ -49,15 +49,6 @@ class ImageOutput:
     class_logits: Tensor
     mask_logits: Tensor
     query_features: Tensor
-
-
-def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert('RGB')
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f'images must be (H, W, 3) uint8 RGB arrays or PIL images, got {array.dtype} {array.shape}')
-    return Image.fromarray(array)
 
 
 def prompt_box_queries(encoder: OMGSegVisualEncoder, cxcywh: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,7 +115,7 @@ class UniversalSegmenter:
     @torch.no_grad()
     def encode_frames(self, images: Sequence[Image.Image | np.ndarray]) -> tuple[ImageFeatures, SquareGeometry]:
         """Trunk and pixel decoder on equally sized images → features (B rows) and their shared geometry."""
-        pils = [_as_pil(image) for image in images]
+        pils = [to_rgb_image(image) for image in images]
         sizes = {p.size for p in pils}
         if len(sizes) != 1:
             raise ValueError(f'frames of one clip must share a size, got {sorted(sizes)}')

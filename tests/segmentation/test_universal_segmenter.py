@@ -164,3 +164,13 @@ def test_segment_image_tool_rejects_bad_prompts(tmp_path):
         tool.main(['--config', str(TINY_CONFIG), '--task', 'interactive', '--out-dir', str(tmp_path)])
     with pytest.raises(SystemExit):
         tool.main(['--config', str(TINY_CONFIG), '--task', 'interactive', '--point', '1,2,3', '--out-dir', str(tmp_path)])
+
+
+def test_encode_reads_float_and_grey_arrays_as_chat_does(segmenter, photo):
+    """The segmenter takes images through the shared reader: a float array in [0, 1] encodes like its uint8
+    source, and an out-of-range float array is refused with the reader's message."""
+    as_uint8 = segmenter.encode(photo).mask_logits
+    as_float = segmenter.encode(photo.astype(np.float32) / 255).mask_logits
+    torch.testing.assert_close(as_float, as_uint8)
+    with pytest.raises(ValueError, match=r'values in \[0, 1\]'):
+        segmenter.encode(photo.astype(np.float32))

@@ -270,6 +270,9 @@ def test_parse_prompts():
     for bad in ('[1, 2]', '[[1, 2, 3]]', '[["a", 2]]', '{"x": 1}'):
         with pytest.raises(ValueError, match='list of 2-number lists'):
             parse_prompts(bad, 2, 'points')
+    for bad in ('[[NaN, 2]]', '[[1, Infinity]]', '[[0, 0, -Infinity, 4]]'):  # json.loads accepts these
+        with pytest.raises(ValueError, match='finite numbers'):
+            parse_prompts(bad, 4 if bad.count(',') == 3 else 2, 'prompts')
 
 
 def test_prompt_syntax_is_shown_as_text(chat):
