@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--pth', help='released-format OMG-LLaVA checkpoint; default: the committed one for the '
                         'default config, none (random projectors) for any other')
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
+    parser.add_argument('--quantize', choices=('int8', ),
+                        help='int8 weight-only LLM on the CPU (about half the memory of bf16; not on CUDA)')
+    parser.add_argument('--attn', choices=('sdpa', 'eager'), default='sdpa',
+                        help='LLM attention: sdpa (default, fused) or eager (the reference numerics)')
     parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='bf16',
                         help='dtype of the LLM and projectors (the visual encoder stays fp32)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the weights the files do not cover')
@@ -117,7 +121,8 @@ def _run(args: argparse.Namespace) -> int:
           flush=True)
     try:
         chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=args.device, dtype=args.dtype,
-                                               seed=args.seed, weights_only=not args.trust_checkpoint)
+                                               seed=args.seed, weights_only=not args.trust_checkpoint,
+                                               quantization=args.quantize or 'none', attn_implementation=args.attn)
     except (FileNotFoundError, ValueError, KeyError, ImportError, CheckpointError) as exc:
         raise UsageError(str(exc).strip('"')) from exc
     for note in notes:

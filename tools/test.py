@@ -67,6 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        help='NF4 LLM via bitsandbytes (CUDA only): the base the released LoRA was trained on '
                             '(with --dtype fp16, the setting of the published numbers)')
     quant.add_argument('--load-in-8bit', action='store_true', help='int8 LLM via bitsandbytes (CUDA only)')
+    quant.add_argument('--quantize', choices=('int8', ), help='int8 weight-only LLM on the CPU (use with --device cpu)')
     parser.add_argument('--max-samples', type=int, help='evaluate only the first N samples of the split')
     parser.add_argument('--max-new-tokens', type=int,
                         help='generation budget (default the protocol\'s: refseg 100, gcg 100, region_caption 300)')
@@ -111,14 +112,22 @@ def _setup_distributed(launcher: str, device: str | None) -> tuple[int, int, str
     return rank, world_size, device
 
 
+def _check_quantization_device(quantization: str, device: str) -> None:
+    if quantization in ('4bit', '8bit') and not device.startswith('cuda'):
+        raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but the device is {device}; '
+                         'drop the flag to run the LLM unquantized in --dtype')
+    if quantization == 'int8' and device != 'cpu':
+        raise UsageError(f'--quantize int8 is for the CPU, but the device is {device}; add --device cpu, or on a '
+                         'GPU use --load-in-8bit or --load-in-4bit')
+
+
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; 0 when the metrics were written (see metrics.json), 2 for a bad input."""
     args = parse_args(argv)
-    quantization = '4bit' if args.load_in_4bit else '8bit' if args.load_in_8bit else 'none'
-    if quantization != 'none' and args.device is not None and not args.device.startswith('cuda'):
-        raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but the device is '
-                         f'{args.device}; drop the flag to run the LLM unquantized in --dtype')
+    quantization = '4bit' if args.load_in_4bit else '8bit' if args.load_in_8bit else args.quantize or 'none'
+    if args.device is not None:
+        _check_quantization_device(quantization, args.device)
     check_file(args.config, 'config')
     for flag, path in (('--pth', args.pth), ('--omg-seg-pth', args.omg_seg_pth), ('--clip-pth', args.clip_pth),
                        ('--class-embed-pth', args.class_embed_pth)):
@@ -128,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         check_device(args.device)
     out_dir = args.out_dir or os.path.join('work_dirs', 'test', f'{args.task}_{args.dataset}_{args.split}')
     check_out_dir(out_dir)
+    if not os.path.isdir(args.data_root):  # before the evaluation imports (torch): a typo answers at once
+        state = 'is a file, not a folder' if os.path.exists(args.data_root) else 'not found'
+        raise UsageError(f'--data-root {args.data_root} {state}: give the annotation root of --task {args.task} '
+                         '(layouts in docs/evaluation.md)')
 
     from omg_llava.evaluation.gcg import TransformerPhraseSimilarity, bag_of_words_cosine
     from omg_llava.evaluation.runner import MAX_NEW_TOKENS, ModelPredictor, evaluate, read_predictions
@@ -138,11 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_resume:
         read_predictions(out_dir, split, args.protocol)  # predictions of another split or protocol: refused now
     rank, world_size, device = _setup_distributed(args.launcher, args.device)
-    if quantization != 'none' and not device.startswith('cuda'):
-        raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but the device is {device}; '
-                         'drop the flag to run the LLM unquantized in --dtype')
+    _check_quantization_device(quantization, device)
     dtype = args.dtype if args.dtype != 'auto' else \
-        'fp16' if quantization != 'none' else 'bf16'
+        'fp16' if quantization in ('4bit', '8bit') else 'bf16'
     chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=device, dtype=dtype, seed=args.seed,
                                            weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth,
                                            clip=args.clip_pth, class_embed=args.class_embed_pth,
