@@ -103,14 +103,25 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     notes = []
     lora = model_cfg.get('llm_lora')
     merge = lora is not None and not quantized and merge_lora
+    stream = int8 and bool(pth) and _is_from_pretrained(model_cfg['llm'])
+    if stream:  # the LLM is built empty and streamed in below, int8 layer by layer
+        from .quantize import llm_skeleton
+        llm_dir = model_cfg['llm']['pretrained_model_name_or_path']
+        model_cfg['llm'] = llm_skeleton(model_cfg['llm'], DTYPES[dtype])
     if lora is not None and not quantized:
         model_cfg.update(_inference_llm(model_cfg, None if merge_lora else lora))
         if not pth and merge_lora:
             notes.append('LoRA: left out (no checkpoint: an untrained adapter changes nothing)')
     model: OMGLLaVA = build_component(model_cfg)
     notes += load_encoder_weights_or_random(model.visual_encoder, weights, seed=seed, weights_only=weights_only)
+    if stream:
+        from .quantize import stream_llm_int8_
+        layers = stream_llm_int8_(model.llm, llm_dir, pth, lora, weights_only=weights_only)
+        notes.append(f'LLM: int8 weight-only ({layers} linear layers, streamed from {llm_dir} with the LoRA of '
+                     f'{pth} merged), activations in {dtype}')
     if pth:
-        report = load_released_checkpoint(model, pth, weights_only=weights_only, lora=lora if merge else None)
+        report = load_released_checkpoint(model, pth, weights_only=weights_only, lora=lora if merge else None,
+                                          skip_llm=stream)
         merged = sum('.lora_' in k for k in report.loaded) if merge else 0
         notes.append(f'OMG-LLaVA weights: {pth} ({len(report.loaded)} tensors'
                      + (f'; {merged // 2} LoRA pairs merged into the LLM)' if merged else ')'))
@@ -125,7 +136,7 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         model.to(device)
     for part in (model.projector, model.projector_text2vision) + (() if quantized else (model.llm, )):
         part.to(DTYPES[dtype])
-    if int8:
+    if int8 and not stream:  # no checkpoint or a from-scratch LLM: quantized after the build
         from .quantize import quantize_llm_int8
         notes.append(f'LLM: int8 weight-only ({quantize_llm_int8(model)} linear layers), activations in {dtype}')
     model.llm.config._attn_implementation = attn_implementation

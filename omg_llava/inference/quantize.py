@@ -12,8 +12,17 @@ activations and quantizes them too), and leaves the CUDA paths to bitsandbytes.
 """
 from __future__ import annotations
 
+import json
+import os
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+
+from omg_llava.checkpoint import CheckpointMismatchError, read_weights, unwrap_state_dict
+from omg_llava.models.lora import ADAPTER, LORA_KEY, build_lora_config, lora_scaling, lora_target_paths, \
+    merge_lora_delta_
+from omg_llava.models.released_weights import PEFT_PREFIX
 
 #: Up to this many rows (batch x positions) the fused int8 kernel is used; above it, dequantize + matmul.
 FUSED_MAX_ROWS = 16
@@ -33,7 +42,12 @@ class Int8WeightOnlyLinear(nn.Module):
     def from_linear(cls, linear: nn.Linear, rows_per_chunk: int = 4096) -> 'Int8WeightOnlyLinear':
         """Quantize ``linear`` (its weight dtype becomes the compute dtype), a chunk of rows at a time so no fp32
         copy of a whole large weight (the LM head) is made."""
-        weight = linear.weight.data
+        return cls.from_weight(linear.weight.data, None if linear.bias is None else linear.bias.data, rows_per_chunk)
+
+    @classmethod
+    def from_weight(cls, weight: Tensor, bias: Tensor | None = None,
+                    rows_per_chunk: int = 4096) -> 'Int8WeightOnlyLinear':
+        """Quantize an (out, in) ``weight`` (its dtype becomes the compute dtype) and an optional (out,) bias."""
         q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
         scales = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
         for start in range(0, weight.shape[0], rows_per_chunk):
@@ -41,7 +55,6 @@ class Int8WeightOnlyLinear(nn.Module):
             scale = rows.abs().amax(dim=1).clamp(min=1e-12) / 127.0
             q[start:start + rows_per_chunk] = torch.round(rows / scale[:, None]).clamp(-128, 127).to(torch.int8)
             scales[start:start + rows_per_chunk] = scale
-        bias = None if linear.bias is None else linear.bias.data
         return cls(q, scales.to(weight.dtype), bias)
 
     def dequantized(self) -> Tensor:
@@ -82,3 +95,105 @@ def quantize_llm_int8(model: nn.Module) -> int:
         parent = llm.get_submodule(parent_name) if parent_name else llm
         setattr(parent, child, Int8WeightOnlyLinear.from_linear(getattr(parent, child)))
     return len(names)
+
+
+def llm_skeleton(llm_cfg: dict, dtype: torch.dtype) -> nn.Module:
+    """The LLM of a ``from_pretrained`` config entry with its parameters on the meta device (no memory, no weights
+    read; buffers such as rotary frequencies are real), for :func:`stream_llm_int8_`."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+    remote = bool(llm_cfg.get('trust_remote_code', False))
+    config = AutoConfig.from_pretrained(llm_cfg['pretrained_model_name_or_path'], trust_remote_code=remote)
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, torch_dtype=dtype, trust_remote_code=remote)
+
+
+def _finetune_llm_tensors(pth: str, weights_only: bool) -> tuple[dict[str, Tensor], dict[str, dict[str, Tensor]]]:
+    """The LLM tensors of a released-format file (memory-mapped): ``(plain, pairs)``; ``plain`` by LLM-relative
+    name (the vocabulary tensors), ``pairs[module path][A|B]`` the LoRA pairs of adapter ``default``."""
+    state_dict = unwrap_state_dict(read_weights(pth, weights_only=weights_only, mmap=True), pth)
+    plain, pairs = {}, {}
+    for key, value in state_dict.items():
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key[4:] if key.startswith('llm.') else None
+        if name is None:
+            continue
+        match = LORA_KEY.fullmatch(name)
+        if match is None:
+            plain[name.replace('.base_layer.', '.')] = value
+        elif match['adapter'] == ADAPTER:
+            pairs.setdefault(match['module'], {})[match['side']] = value
+    return plain, pairs
+
+
+def _shards(llm_dir: str) -> list[str]:
+    index = os.path.join(llm_dir, 'model.safetensors.index.json')
+    if os.path.exists(index):
+        with open(index) as f:
+            names = sorted(set(json.load(f)['weight_map'].values()))
+        return [os.path.join(llm_dir, name) for name in names]
+    single = os.path.join(llm_dir, 'model.safetensors')
+    if not os.path.exists(single):
+        raise FileNotFoundError(f'{llm_dir}: no model.safetensors(.index.json); int8 streaming reads safetensors '
+                                'shards (convert a .bin LLM with save_pretrained(safe_serialization=True))')
+    return [single]
+
+
+def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *, weights_only: bool = True) -> int:
+    """Load an int8 weight-only LLM into ``llm`` (a :func:`llm_skeleton`, vocabulary already fitted) tensor by
+    tensor: each base weight is read from the safetensors shards of ``llm_dir`` (or taken from ``pth`` where the
+    finetune file holds its own, the vocabulary tensors), gets its LoRA pair from ``pth`` merged
+    (:func:`~omg_llava.models.lora.merge_lora_delta_`), is quantized (:meth:`Int8WeightOnlyLinear.from_weight`)
+    and freed, so the float LLM never exists whole. The result equals building the bf16 LLM with the LoRA merged
+    and then :func:`quantize_llm_int8`. Returns the number of layers quantized.
+
+    Raises:
+        CheckpointMismatchError: a LoRA target without its pair, a shape that differs, or a tensor never loaded.
+    """
+    dtype = next(llm.parameters()).dtype
+    plain, pairs = _finetune_llm_tensors(pth, weights_only)
+    scale = 0.0
+    if pairs:
+        config = build_lora_config(lora, llm)
+        missing = [p for p in lora_target_paths(llm, config) if set(pairs.get(p, {})) != {'A', 'B'}]
+        if missing:
+            raise CheckpointMismatchError(f'{pth}: LoRA pairs missing for {len(missing)} target layers, e.g. '
+                                          f'{missing[:3]}; check the config\'s llm_lora')
+        scale = lora_scaling(config)
+    linears = {name for name, module in llm.named_modules() if type(module) is nn.Linear}
+    expected = dict(llm.named_parameters())
+    done = set()
+
+    def place(name: str, tensor: Tensor, source: str) -> None:
+        if name not in expected:
+            return
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise CheckpointMismatchError(f'{source}: {name} has shape {list(tensor.shape)}, the model '
+                                          f'{list(expected[name].shape)}')
+        path, _, attr = name.rpartition('.')
+        parent_name, _, child = path.rpartition('.')
+        module = llm.get_submodule(path)
+        if path in linears and attr == 'weight':
+            weight = tensor.to(dtype=dtype, copy=True)
+            if path in pairs:
+                merge_lora_delta_(weight, pairs[path]['A'], pairs[path]['B'], scale)
+            bias = module.bias if module.bias is not None and module.bias.device.type != 'meta' else None
+            quantized = Int8WeightOnlyLinear.from_weight(weight, None if bias is None else bias.data)
+            if module.bias is not None and bias is None:
+                quantized.bias = module.bias  # still on meta: its tensor comes later
+            setattr(llm.get_submodule(parent_name) if parent_name else llm, child, quantized)
+        else:
+            setattr(module, attr, nn.Parameter(tensor.to(dtype=dtype, copy=True), requires_grad=False))
+        done.add(name)
+
+    from safetensors import safe_open
+    for shard in _shards(llm_dir):
+        with safe_open(shard, framework='pt') as f:
+            for key in f.keys():
+                if key not in plain:
+                    place(key, f.get_tensor(key), shard)
+    for name, tensor in plain.items():
+        place(name, tensor, pth)
+    left = sorted(set(expected) - done)
+    if left:
+        raise CheckpointMismatchError(f'{llm_dir} and {pth} do not hold {len(left)} LLM tensors, e.g. {left[:5]}')
+    return len(linears)

@@ -43,7 +43,7 @@ PEFT_PREFIX = 'llm.base_model.model.'
 
 
 def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weights_only: bool = True,
-                             lora: Any = None) -> LoadReport:
+                             lora: Any = None, skip_llm: bool = False) -> LoadReport:
     """Load a released-format OMG-LLaVA ``.pth`` into ``model`` (see the module docstring for the rules).
 
     Args:
@@ -53,6 +53,7 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
         lora: for a plain LLM built from a LoRA config (inference, adapters merged): that LoRA config. The
             file's LoRA pairs are then folded into the base weights in place (:func:`merge_released_lora_`)
             and its finetune-layout names (``llm.base_model.model.…``) are read as the plain ones.
+        skip_llm: leave the file's LLM tensors alone (the caller loaded them, e.g. the int8 streaming build).
 
     Raises:
         CheckpointMismatchError: a tensor the model saves is missing from the file, a shape differs, or the
@@ -62,6 +63,8 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
     source = os.fspath(path)
     state_dict = unwrap_state_dict(read_weights(source, weights_only=weights_only, mmap=True), source)
     pages = FilePages(source)
+    if skip_llm:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('llm.')}
     merged = []
     if lora is not None:
         state_dict, merged = merge_released_lora_(model.llm, state_dict, lora, source=source,
@@ -70,7 +73,8 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
     with_copy = model.visual_encoder.panoptic_head.with_llm_decoder_copy
     with_full_llm = not getattr(model, 'freeze_llm', True)
     merged_bases = {'llm.' + k[len(PEFT_PREFIX):].replace('.base_layer.', '.') for k in merged if '.lora_' not in k}
-    required = [k for k in own if is_saved_key(k, with_copy, with_full_llm) and k not in merged_bases]
+    required = [k for k in own if is_saved_key(k, with_copy, with_full_llm) and k not in merged_bases
+                and not (skip_llm and k.startswith('llm.'))]
     ignored = []
     lora_model = getattr(model, 'has_lora', False) or (lora is not None and not merged)
     if lora_model and any(k in state_dict for k in PRETRAIN_VOCAB_KEYS):

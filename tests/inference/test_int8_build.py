@@ -41,9 +41,26 @@ def test_sdpa_by_default_eager_on_request_same_answers():
         build_model(str(TINY_CONFIG), attn_implementation='flash')
 
 
-def test_int8_build_equals_quantizing_a_bf16_build(tiny_bundle):
+def test_int8_build_streams_and_equals_quantizing_a_bf16_build(tiny_bundle, monkeypatch):
+    from omg_llava.inference import quantize
+    skeletons, float_linears = [], []
+    make_skeleton, from_weight = quantize.llm_skeleton, quantize.Int8WeightOnlyLinear.from_weight.__func__
+
+    def skeleton(*args, **kwargs):
+        skeletons.append(make_skeleton(*args, **kwargs))
+        return skeletons[-1]
+
+    def quantize_one(cls, weight, *args, **kwargs):  # at each quantization: no other float linear weight exists
+        float_linears.append(sum(m.weight.device.type != 'meta' for m in skeletons[0].modules()
+                                 if type(m) is torch.nn.Linear))
+        return from_weight(cls, weight, *args, **kwargs)
+
+    monkeypatch.setattr(quantize, 'llm_skeleton', skeleton)
+    monkeypatch.setattr(quantize.Int8WeightOnlyLinear, 'from_weight', classmethod(quantize_one))
     int8, _, notes = build_model(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='bf16', quantization='int8')
-    assert any('int8' in n for n in notes)
+    monkeypatch.undo()
+    assert any('streamed' in n for n in notes) and len(skeletons) == 1
+    assert float_linears and set(float_linears) == {0}
     bf16, _, _ = build_model(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='bf16')
     replaced = quantize_llm_int8(bf16)
     layers = {n: m for n, m in int8.llm.named_modules() if isinstance(m, Int8WeightOnlyLinear)}
