@@ -23,7 +23,7 @@ from .sample import GroundedConversation, MalformedSample
 from .skip_counter import SkipCounter, skip_reason
 
 MAX_CONSECUTIVE_SKIPS = 100  # rows one draw may walk past before the dataset is declared unusable
-LOGGED_SKIPS = 10  # every skip is logged up to this run total, then every LOG_EVERY-th
+LOGGED_SKIPS = 10  # every skip is logged up to this run total, then every LOG_EVERY-th and each new reason's first
 LOG_EVERY = 100
 DEFAULT_LENGTH = 100  # length estimate of a row whose own estimate fails
 CHARS_PER_TOKEN = 4  # rough text-length estimate for length grouping
@@ -111,7 +111,7 @@ class SkippingDataset(Dataset):
     def _count_skip(self, index: int, exc: Exception) -> None:
         reason = skip_reason(exc)
         count, total = self.skipped.add(reason)
-        if total > LOGGED_SKIPS and total % LOG_EVERY:
+        if count > 1 and total > LOGGED_SKIPS and total % LOG_EVERY:  # the first of each reason is always logged
             return
         message = (f'{type(self).__name__}: skipped {self.describe_row(index)}: {describe_error(exc)}; '
                    f'run total {total} skipped: {dict(self.skipped)}')

@@ -18,7 +18,8 @@ from skimage import data as skdata
 from torch.utils.data import DataLoader
 
 from omg_llava.assets import TINY_TOKENIZER_DIR
-from omg_llava.datasets import LengthGroupedSampler, base
+from omg_llava.datasets import LengthGroupedSampler, MalformedSample, base
+from omg_llava.datasets.base import SkippingDataset
 from omg_llava.datasets.gcg import FlickrGCGDataset, GranDfGCGDataset
 from omg_llava.datasets.llava import LLaVADataset
 from omg_llava.datasets.refer_seg import ReferSegDataset
@@ -251,3 +252,24 @@ def test_every_malformed_sample_names_a_fixed_reason_before_its_details():
             if not (isinstance(head, ast.Constant) and ':' in head.value and head.value.index(':') > 0):
                 offenders.append(f'{path.name}:{node.lineno}')
     assert not offenders, offenders
+
+
+def test_the_first_skip_of_a_new_reason_is_logged_after_the_first_ten(log):
+    class LateSurprise(SkippingDataset):
+        """Rows 0-11 malformed, row 12 a ValueError, row 13 good."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.records = list(range(14))
+
+        def load_record(self, index: int) -> int:
+            if index < 12:
+                raise MalformedSample(f'bad number: {index}')
+            return int('x') if index == 12 else index
+
+    ds = LateSurprise()
+    assert ds[0] == 13
+    assert ds.skipped == {'bad number': 12, 'ValueError': 1}
+    text = log()
+    assert 'skipped row 9 ' in text and 'skipped row 10 ' not in text  # rows 10 and 11: the 11th, 12th skips
+    assert "skipped row 12 ('12'): ValueError: invalid literal for int()" in text
