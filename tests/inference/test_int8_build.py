@@ -11,7 +11,7 @@ from omg_llava.inference.chat import OMGLLaVAChat
 from omg_llava.inference.model_builder import build_model, estimate_memory
 from omg_llava.inference.quantize import Int8WeightOnlyLinear, quantize_llm_int8
 
-from conftest import TINY_CONFIG
+from conftest import TINY_CONFIG, load_tool
 
 IMAGE = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
 
@@ -97,3 +97,17 @@ def test_int8_memory_estimate_counts_one_byte_per_linear_weight(tiny_bundle):
 def test_int8_refused_on_cuda_and_with_kept_lora(device, keep_lora, message):
     with pytest.raises(ValueError, match=message):
         build_model(str(TINY_CONFIG), device=device, quantization='int8', merge_lora=not keep_lora)
+
+
+def test_tools_refuse_int8_on_a_gpu_and_with_kept_lora(capsys):
+    assert load_tool('chat').main(['--prompt', 'hi', '--quantize', 'int8', '--keep-lora']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('error: ') and 'drop --keep-lora' in err and len(err.splitlines()) == 1
+    test_tool = load_tool('test')
+    with pytest.raises(test_tool.UsageError, match='--quantize int8 is for the CPU'):
+        test_tool._check_quantization_device('int8', 'cuda:0')
+    with pytest.raises(test_tool.UsageError, match='--load-in-8bit needs a CUDA GPU'):
+        test_tool._check_quantization_device('8bit', 'cpu')
+    test_tool._check_quantization_device('int8', 'cpu')
+    with pytest.raises(SystemExit):  # one option group: int8 and bitsandbytes exclude each other
+        load_tool('chat').build_parser().parse_args(['--quantize', 'int8', '--load-in-8bit'])
