@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from omg_llava.checkpoint import CheckpointMismatchError, read_weights, unwrap_state_dict
+from omg_llava.checkpoint import CheckpointMismatchError, FilePages, read_weights, unwrap_state_dict
 from omg_llava.models.lora import ADAPTER, LORA_KEY, build_lora_config, lora_scaling, lora_target_paths, \
     merge_lora_delta_
 from omg_llava.models.released_weights import PEFT_PREFIX
@@ -162,6 +162,7 @@ def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *, weigh
     linears = {name for name, module in llm.named_modules() if type(module) is nn.Linear}
     expected = dict(llm.named_parameters())
     done = set()
+    pages = FilePages(pth)  # the finetune file's pages are dropped as its tensors are consumed
 
     def place(name: str, tensor: Tensor, source: str) -> None:
         if name not in expected:
@@ -176,6 +177,8 @@ def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *, weigh
             weight = tensor.to(dtype=dtype, copy=True)
             if path in pairs:
                 merge_lora_delta_(weight, pairs[path]['A'], pairs[path]['B'], scale)
+                pages.release(pairs[path]['A'])
+                pages.release(pairs[path]['B'])
             bias = module.bias if module.bias is not None and module.bias.device.type != 'meta' else None
             quantized = Int8WeightOnlyLinear.from_weight(weight, None if bias is None else bias.data)
             if module.bias is not None and bias is None:
@@ -193,6 +196,7 @@ def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *, weigh
                     place(key, f.get_tensor(key), shard)
     for name, tensor in plain.items():
         place(name, tensor, pth)
+        pages.release(tensor)
     left = sorted(set(expected) - done)
     if left:
         raise CheckpointMismatchError(f'{llm_dir} and {pth} do not hold {len(left)} LLM tensors, e.g. {left[:5]}')
