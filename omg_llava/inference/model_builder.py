@@ -88,8 +88,9 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         quantization = 'none'
     quantized = quantization in ('4bit', '8bit')
     if check_memory and not quantized:
-        ensure_fits(estimate_memory(config_path, dtype, keep_lora=not merge_lora and bool(pth), int8=int8), device,
-                    dtype)
+        # without a checkpoint the int8 LLM is quantized after a full build, so it peaks at the float size
+        ensure_fits(estimate_memory(config_path, dtype, keep_lora=not merge_lora and bool(pth),
+                                    int8=int8 and bool(pth)), device, dtype)
     part_cfg, cfg = visual_encoder_config(config_path)
     if 'model' not in cfg:
         raise KeyError(f'{config_path} defines no `model`: use an OMG-LLaVA config (configs/*.py)')
@@ -120,7 +121,8 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         notes.append(f'LLM: int8 weight-only ({layers} linear layers, streamed from {llm_dir} with the LoRA of '
                      f'{pth} merged), activations in {dtype}')
     if pth:
-        report = load_released_checkpoint(model, pth, weights_only=weights_only, lora=lora if merge else None,
+        report = load_released_checkpoint(model, pth, weights_only=weights_only,
+                                          lora=lora if merge and not stream else None,
                                           skip_llm=stream)
         merged = sum('.lora_' in k for k in report.loaded) if merge else 0
         notes.append(f'OMG-LLaVA weights: {pth} ({len(report.loaded)} tensors'
