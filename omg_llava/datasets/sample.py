@@ -16,7 +16,11 @@ from omg_llava.utils.conversation import Turn
 
 class MalformedSample(ValueError):
     """A dataset row that cannot become a training sample (missing image, bad mask, count mismatch, ...).
-    Datasets skip such rows with a counted warning instead of crashing a long run."""
+    Datasets skip such rows with a counted warning instead of crashing a long run.
+
+    The message starts with a fixed category, then a colon and the details (``'image not found: a/b.jpg'``):
+    skips are counted by the category, so it must not hold a path, a number or coordinates.
+    """
 
 
 @dataclass

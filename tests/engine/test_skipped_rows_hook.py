@@ -47,7 +47,8 @@ def train(tmp_path: Path, name: str, dataset, hook: SkippedRowsHook, num_workers
 
 
 def test_a_run_with_bad_rows_finishes_and_reports_the_total_of_its_workers(tmp_path):
-    runner, lines = train(tmp_path, 'flaky', FlakyRegressionDataset(bad=(1, 6, 11)), SkippedRowsHook(interval=2), num_workers=2, max_iters=4)
+    runner, lines = train(tmp_path, 'flaky', FlakyRegressionDataset(bad=(1, 6, 11)), SkippedRowsHook(interval=2),
+                          num_workers=2, max_iters=4)
     runner.train()
     assert runner.iter == 4
     counter = runner.train_dataloader.dataset.skipped  # the runner's (deep) copy of the dataset, in this process
