@@ -49,19 +49,25 @@ def released_keys(tiny_cfg) -> list[str]:
     return list(build_tiny(tiny_cfg, seed=0).state_dict())
 
 
-def test_mmengine_checkpoint_needs_trust_then_converts(tiny_cfg, trained_state, released_keys, tmp_path, capsys):
+def test_mmengine_checkpoint_converts_without_trust_other_pickles_need_it(tiny_cfg, trained_state, released_keys,
+                                                                         tmp_path, capsys):
+    """An mmengine checkpoint (HistoryBuffer in its message hub) loads with the safe unpickler and the types
+    omg_llava.engine allows; a file holding any other Python object still needs --trust-checkpoint."""
+    import argparse
+    out = tmp_path / 'released.pth'
+    convert = load_tool('convert_to_pth').main
+    foreign = tmp_path / 'foreign.pth'
+    torch.save({'state_dict': trained_state, 'meta': {'args': argparse.Namespace(lr=1.0)}}, foreign)
+    assert convert([str(TINY_CONFIG), str(foreign), '--save-path', str(out)]) == 2
+    error = capsys.readouterr().err
+    assert 'untrusted input' in error and '--trust-checkpoint' in error and not out.exists()
+
     path = tmp_path / 'iter_100.pth'
     history = HistoryBuffer()
     history.update(1.5)
     torch.save({'state_dict': trained_state, 'meta': {'iter': 100, 'seed': 0},
                 'message_hub': {'log_scalars': {'train/loss': history}}}, path)
-    out = tmp_path / 'released.pth'
-    convert = load_tool('convert_to_pth').main
-    assert convert([str(TINY_CONFIG), str(path), '--save-path', str(out)]) == 2
-    error = capsys.readouterr().err
-    assert 'untrusted input' in error and '--trust-checkpoint' in error and not out.exists()
-
-    assert convert([str(TINY_CONFIG), str(path), '--save-path', str(out), '--trust-checkpoint']) == 0
+    assert convert([str(TINY_CONFIG), str(path), '--save-path', str(out)]) == 0
     summary = capsys.readouterr().out
     assert f'({MMENGINE_FILE})' in summary and '39 tensors, finetune (LoRA) checkpoint' in summary
     assert f'{len(trained_state) - 39} checkpoint tensors outside the released key set were dropped' in summary
