@@ -40,6 +40,7 @@ from tqdm import tqdm
 from omg_llava.inference.chat import PHRASE_PATTERN, TAG_PATTERN, ChatAnswer, OMGLLaVAChat
 from omg_llava.inference.image_io import load_image, preprocess_image
 from omg_llava.models.visual_prompts import VisualPrompt
+from omg_llava.utils.atomic import atomic_write_text
 from omg_llava.utils.conversation import Turn, encode_conversation
 
 from .captions import caption_metrics
@@ -353,11 +354,11 @@ def evaluate(split: RefSegSplit | GCGSplit | RegionCaptionSplit | RegionQASplit,
     metrics = dict(task=split.task, protocol=protocol, num_samples=num, num_scored=len(records),
                    num_failed=len(failed), **metrics, failures=failed)
     if out_dir is not None:
-        _write_atomically(os.path.join(out_dir, PREDICTIONS_FILE), ''.join(json.dumps(r) + '\n' for r in records))
+        atomic_write_text(os.path.join(out_dir, PREDICTIONS_FILE), ''.join(json.dumps(r) + '\n' for r in records))
         for path in _prediction_files(out_dir):
             if os.path.basename(path) != PREDICTIONS_FILE:
                 os.remove(path)
-        _write_atomically(os.path.join(out_dir, METRICS_FILE), json.dumps(dict(metrics, num_resumed=num_resumed),
+        atomic_write_text(os.path.join(out_dir, METRICS_FILE), json.dumps(dict(metrics, num_resumed=num_resumed),
                                                                           indent=2))
     return metrics
 
@@ -412,16 +413,6 @@ def _drop_torn_line(path: str) -> None:
         data = f.read()
         if not data.endswith(b'\n'):
             f.truncate(data.rfind(b'\n') + 1)
-
-
-def _write_atomically(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temporary file and a rename (a kill leaves the old file)."""
-    temporary = f'{path}.tmp'
-    with open(temporary, 'w', encoding='utf-8') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
 
 
 # ----------------------------------------------------------------------------------------------- the model side
