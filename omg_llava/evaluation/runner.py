@@ -56,7 +56,8 @@ DEFAULT_PROTOCOL = 'corrected'
 REFSEG_PROMPT = 'Please segment {sentence} in this image.'
 #: The released GCG evaluation's questions (tools/gcg_omg_seg_llava.py, spec prompts.md), asked in this order, each
 #: as a fresh single-turn conversation (``<image>\n`` + question), until an answer holds a ``[SEG]``. The training
-#: list (``omg_llava.datasets.templates``) is a different one.
+#: list (``omg_llava.datasets.templates``, drawn at random) holds the same strings today but is kept separate: what
+#: the evaluation asks must not change when the training data's list does.
 GCG_QUESTIONS = (
     'Could you please give me a detailed description of the image? Please respond with interleaved segmentation '
     'masks for the corresponding parts of the answer.',
