@@ -199,16 +199,19 @@ def export_merged_model(model: nn.Module, out_dir: str | os.PathLike, tokenizer:
 
 
 def load_exported_model(out_dir: str | os.PathLike, device: str | torch.device = 'cpu',
-                        dtype: torch.dtype | str | None = None) -> nn.Module:
+                        dtype: torch.dtype | str | None = None, attn_implementation: str = 'sdpa') -> nn.Module:
     """Rebuild the (non-LoRA) :class:`~omg_llava.models.OMGLLaVA` of an export folder, in eval mode.
 
     ``dtype`` applies to the LLM and the projectors (default: the saved dtype); the visual encoder stays as
-    saved (float32). The tokenizer is loaded when ``llm/`` has one.
+    saved (float32). The tokenizer is loaded when ``llm/`` has one. ``attn_implementation`` is the LLM's attention,
+    ``'sdpa'`` (default, as :func:`~omg_llava.inference.model_builder.build_model`) or ``'eager'``.
 
     Raises:
         CheckpointError: the folder is not an export, or the modules file does not fit the recorded config.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
+
+    from omg_llava.models.llm.internlm2 import InternLM2Tokenizer
 
     from omg_llava.models import OMGLLaVA  # also registers InternLM2 with the Auto classes
     out = Path(out_dir)
@@ -223,7 +226,11 @@ def load_exported_model(out_dir: str | os.PathLike, device: str | torch.device =
     dtype = _as_dtype(dtype)
     llm_dir = out / meta['llm_dir']
     llm = AutoModelForCausalLM.from_pretrained(llm_dir, torch_dtype=dtype or 'auto')
-    tokenizer = AutoTokenizer.from_pretrained(llm_dir) if (llm_dir / 'tokenizer_config.json').is_file() else None
+    llm.config._attn_implementation = attn_implementation  # as the inference builder sets it
+    # The export's tokenizer is always the first-party InternLM2 one: load it by class (transformers 5.x's
+    # AutoTokenizer tries a tokenizers/tiktoken conversion of the sentencepiece file instead of the slow class).
+    tokenizer = (InternLM2Tokenizer.from_pretrained(llm_dir) if (llm_dir / 'tokenizer_config.json').is_file()
+                 else None)
     model = OMGLLaVA(llm=llm, visual_encoder=MODELS.build(_from_json(meta['visual_encoder'])), tokenizer=tokenizer,
                      stage=meta['stage'], llm_lora=None, projector_depth=meta['projector_depth'],
                      use_activation_checkpointing=False, max_length=meta['max_length'],
