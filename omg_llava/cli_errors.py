@@ -79,6 +79,28 @@ def one_line_errors(main: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
+# ----------------------------------------------------------------------------------------------- quantization
+def quantization_of(args: argparse.Namespace) -> str:
+    """``'4bit'``, ``'8bit'`` (bitsandbytes), ``'int8'`` (CPU weight-only) or ``'none'`` from the tools' mutually
+    exclusive ``--load-in-4bit`` / ``--load-in-8bit`` / ``--quantize`` options."""
+    if args.load_in_4bit:
+        return '4bit'
+    if args.load_in_8bit:
+        return '8bit'
+    return args.quantize or 'none'
+
+
+def check_quantization_device(quantization: str, device: str) -> None:
+    """Raise :class:`UsageError` when ``quantization`` (:func:`quantization_of`) cannot run on ``device`` (a device
+    string such as ``cpu`` or ``cuda:1``): bitsandbytes needs CUDA, int8 weight-only is for the CPU."""
+    if quantization in ('4bit', '8bit') and not device.startswith('cuda'):
+        raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but --device is {device}; '
+                         'drop the flag to run the LLM unquantized in --dtype')
+    if quantization == 'int8' and device != 'cpu':
+        raise UsageError(f'--quantize int8 is for the CPU, but --device is {device}; add --device cpu, or on a '
+                         'GPU use --load-in-8bit or --load-in-4bit')
+
+
 # ----------------------------------------------------------------------------------------------- what a file is
 _MAGIC = ((b'\x89PNG\r\n\x1a\n', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'), (b'GIF8', 'a GIF image'),
           (b'%PDF', 'a PDF document'), (b'\x1f\x8b', 'a gzip archive'), (b'RIFF', 'a RIFF file (WebP, WAV)'),

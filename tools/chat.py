@@ -34,7 +34,8 @@ import traceback
 import warnings
 
 from omg_llava.cli_errors import (TRACEBACK_ENV, OneLineParser, UsageError, check_device, check_file, check_out_dir,
-                                  check_output_spares_inputs, check_weight_file, error_message, one_line_errors)
+                                  check_output_spares_inputs, check_quantization_device, check_weight_file,
+                                  error_message, one_line_errors, quantization_of)
 from omg_llava.config_paths import config_argument
 from omg_llava.inference.defaults import DEFAULT_CONFIG, DEFAULT_IMAGE, checkpoint_for
 
@@ -126,14 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings('ignore', message='torch.meshgrid')  # raised inside the visual encoder's deps
     from omg_llava.inference.chat import OMGLLaVAChat
 
-    device_type = torch.device(check_device(args.device)).type
-    quantization = '4bit' if args.load_in_4bit else '8bit' if args.load_in_8bit else args.quantize or 'none'
-    if quantization in ('4bit', '8bit') and device_type != 'cuda':
-        raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but --device is '
-                         f'{args.device}; drop the flag to run the LLM unquantized in --dtype')
-    if quantization == 'int8' and device_type != 'cpu':
-        raise UsageError(f'--quantize int8 is for the CPU, but --device is {args.device}; on a GPU use '
-                         '--load-in-8bit or --load-in-4bit')
+    device = check_device(args.device)
+    quantization = quantization_of(args)
+    check_quantization_device(quantization, device)
     if quantization == 'int8' and args.keep_lora:
         raise UsageError('--quantize int8 needs the LoRA merged into the LLM; drop --keep-lora')
     dtype = args.dtype or 'bf16'

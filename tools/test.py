@@ -25,7 +25,7 @@ import os
 import sys
 
 from omg_llava.cli_errors import (OneLineParser, UsageError, check_device, check_file, check_out_dir,
-                                  check_weight_file, one_line_errors)
+                                  check_quantization_device, check_weight_file, one_line_errors, quantization_of)
 from omg_llava.config_paths import config_argument
 from omg_llava.inference.defaults import DEFAULT_CONFIG, checkpoint_for
 
@@ -112,22 +112,13 @@ def _setup_distributed(launcher: str, device: str | None) -> tuple[int, int, str
     return rank, world_size, device
 
 
-def _check_quantization_device(quantization: str, device: str) -> None:
-    if quantization in ('4bit', '8bit') and not device.startswith('cuda'):
-        raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but the device is {device}; '
-                         'drop the flag to run the LLM unquantized in --dtype')
-    if quantization == 'int8' and device != 'cpu':
-        raise UsageError(f'--quantize int8 is for the CPU, but the device is {device}; add --device cpu, or on a '
-                         'GPU use --load-in-8bit or --load-in-4bit')
-
-
 @one_line_errors
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; 0 when the metrics were written (see metrics.json), 2 for a bad input."""
     args = parse_args(argv)
-    quantization = '4bit' if args.load_in_4bit else '8bit' if args.load_in_8bit else args.quantize or 'none'
+    quantization = quantization_of(args)
     if args.device is not None:
-        _check_quantization_device(quantization, args.device)
+        check_quantization_device(quantization, args.device)
     check_file(args.config, 'config')
     for flag, path in (('--pth', args.pth), ('--omg-seg-pth', args.omg_seg_pth), ('--clip-pth', args.clip_pth),
                        ('--class-embed-pth', args.class_embed_pth)):
@@ -151,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_resume:
         read_predictions(out_dir, split, args.protocol)  # predictions of another split or protocol: refused now
     rank, world_size, device = _setup_distributed(args.launcher, args.device)
-    _check_quantization_device(quantization, device)
+    check_quantization_device(quantization, device)
     dtype = args.dtype if args.dtype != 'auto' else \
         'fp16' if quantization in ('4bit', '8bit') else 'bf16'
     chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=device, dtype=dtype, seed=args.seed,

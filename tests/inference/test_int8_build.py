@@ -105,9 +105,9 @@ def test_tools_refuse_int8_on_a_gpu_and_with_kept_lora(capsys):
     assert err.startswith('error: ') and 'drop --keep-lora' in err and len(err.splitlines()) == 1
     test_tool = load_tool('test')
     with pytest.raises(test_tool.UsageError, match='--quantize int8 is for the CPU'):
-        test_tool._check_quantization_device('int8', 'cuda:0')
+        test_tool.check_quantization_device('int8', 'cuda:0')
     with pytest.raises(test_tool.UsageError, match='--load-in-8bit needs a CUDA GPU'):
-        test_tool._check_quantization_device('8bit', 'cpu')
-    test_tool._check_quantization_device('int8', 'cpu')
+        test_tool.check_quantization_device('8bit', 'cpu')
+    test_tool.check_quantization_device('int8', 'cpu')
     with pytest.raises(SystemExit):  # one option group: int8 and bitsandbytes exclude each other
         load_tool('chat').build_parser().parse_args(['--quantize', 'int8', '--load-in-8bit'])
