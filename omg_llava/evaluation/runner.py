@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from omg_llava.datasets.templates import GCG_QUESTIONS as TRAINING_GCG_QUESTIONS
 from omg_llava.inference.chat import PHRASE_PATTERN, TAG_PATTERN, ChatAnswer, OMGLLaVAChat
 from omg_llava.inference.image_io import load_image, preprocess_image
 from omg_llava.models.visual_prompts import VisualPrompt
@@ -55,23 +56,10 @@ DEFAULT_PROTOCOL = 'corrected'
 
 REFSEG_PROMPT = 'Please segment {sentence} in this image.'
 #: The released GCG evaluation's questions (tools/gcg_omg_seg_llava.py, spec prompts.md), asked in this order, each
-#: as a fresh single-turn conversation (``<image>\n`` + question), until an answer holds a ``[SEG]``. The training
-#: list (``omg_llava.datasets.templates``, drawn at random) holds the same strings today but is kept separate: what
-#: the evaluation asks must not change when the training data's list does.
-GCG_QUESTIONS = (
-    'Could you please give me a detailed description of the image? Please respond with interleaved segmentation '
-    'masks for the corresponding parts of the answer.',
-    'Can you provide a thorough description of the this image? Please output with interleaved segmentation masks '
-    'for the corresponding phrases.',
-    'Please describe in detail the contents of the image. Please respond with interleaved segmentation masks for '
-    'the corresponding parts of the answer.',
-    'Could you give a comprehensive explanation of what can be found within this picture? Please output with '
-    'interleaved segmentation masks for the corresponding phrases.',
-    'Could you give me an elaborate explanation of this picture? Please respond with interleaved segmentation masks '
-    'for the corresponding phrases.',
-    'Could you provide me with a detailed analysis of this photo? Please output with interleaved segmentation masks '
-    'for the corresponding parts of the answer.',
-)
+#: as a fresh single-turn conversation (``<image>\n`` + question), until an answer holds a ``[SEG]``: the same six
+#: strings, in the same order, as the released training list (drawn at random there), so one tuple serves both;
+#: tests/evaluation checks the order against the released evaluation's list.
+GCG_QUESTIONS = TRAINING_GCG_QUESTIONS
 REGION_CAPTION_PROMPT = ('Can you provide me with a detailed description of the region in the picture marked by '
                          'region1 <mark>?')
 #: Generation budget of each protocol (spec §9.3).
