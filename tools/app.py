@@ -18,22 +18,14 @@ import socket
 import sys
 import zipfile
 
+from omg_llava.cli_errors import OneLineParser, UsageError
 from omg_llava.config_paths import config_argument
 from omg_llava.inference.defaults import (DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT, checkpoint_for,
                                          is_default_config)
 
 
-class UsageError(Exception):
-    """A bad command-line input: printed as one ``error:`` line, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of the whole usage block
-        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, type=config_argument,
                         help=f'model config: a path or a built-in name (default {DEFAULT_CONFIG})')
     parser.add_argument('--pth', help='released-format OMG-LLaVA checkpoint; default: the committed one for the '
