@@ -295,7 +295,7 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
                 if target.is_meta:
                     raise CheckpointError(f'{source}: cannot copy {key} into a meta-device model; build the '
                                           'model on a real device (cpu) before loading weights.')
-                _copy_in_chunks(target, value, after_copy)
+                copy_in_chunks(target, value, after_copy)
                 non_finite += non_finite_keys({key: target})  # the copy, in memory already (casts included)
                 report.loaded.append(key)
     if non_finite:
@@ -303,7 +303,7 @@ def load_into(module: nn.Module, state_dict: Mapping[str, torch.Tensor], *, sour
     return report
 
 
-def _copy_in_chunks(target: torch.Tensor, value: torch.Tensor,
+def copy_in_chunks(target: torch.Tensor, value: torch.Tensor,
                     after_copy: Callable[[torch.Tensor], None] | None) -> None:
     """``target.copy_(value)`` (casting on the fly), ``COPY_CHUNK_BYTES`` of leading rows at a time."""
     row_bytes = value[0].numel() * value.element_size() if value.dim() and len(value) else 0

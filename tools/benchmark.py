@@ -33,13 +33,14 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
     if args.quantize == 'int8' and (args.device != 'cpu' or args.keep_lora):
         print('error: --quantize int8 is for CPU inference with the LoRA merged; drop --keep-lora, and on CUDA use '
-              'bitsandbytes (tools/chat.py --quantization 8bit)', file=sys.stderr)
+              'bitsandbytes (tools/chat.py --load-in-8bit)', file=sys.stderr)
         return 2
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
     record = run_benchmark(args.bundle, device=args.device, dtype=args.dtype, merge_lora=not args.keep_lora,
                            attn=args.attn, quantize=args.quantize, max_new_tokens=args.max_new_tokens,
+                           encoder_dtype=args.encoder_dtype,
                            turns=args.turns, seed=args.seed, bandwidth_gb=args.bandwidth_gb,
                            masks_out=args.masks)
     print(format_report(record))
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='bf16')
     run.add_argument('--keep-lora', action='store_true', help='keep the LoRA adapters unmerged')
     run.add_argument('--attn', choices=('sdpa', 'eager'), default='sdpa', help='LLM attention implementation')
+    run.add_argument('--encoder-dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
+                     help='visual encoder dtype (default fp32, as the reference)')
     run.add_argument('--quantize', choices=('none', 'int8'), default='none',
                      help='int8: weight-only int8 LLM on CPU (omg_llava/inference/quantize.py)')
     run.add_argument('--max-new-tokens', type=int, default=16,

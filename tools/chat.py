@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                'memory of bf16, faster decoding)')
     model.add_argument('--attn', choices=('sdpa', 'eager'), default='sdpa',
                        help='LLM attention: sdpa (default, fused) or eager (the reference numerics)')
+    model.add_argument('--encoder-dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
+                       help='visual encoder dtype: fp32 (default, as the reference) or bf16 (half its memory; '
+                            'masks agree within rounding)')
     model.add_argument('--seed', type=int, default=0, help='seed of random weights and of sampling (default 0)')
     model.add_argument('--trust-checkpoint', action='store_true',
                        help='load weight files with the full unpickler (only for files you trust)')
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config, pth=args.pth, device=args.device, dtype=dtype, seed=args.seed,
         weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth, clip=args.clip_pth,
         class_embed=args.class_embed_pth, quantization=quantization, merge_lora=not args.keep_lora,
-        attn_implementation=args.attn)
+        attn_implementation=args.attn, encoder_dtype=args.encoder_dtype)
     for note in notes:
         _log(f'      {note}')
     if not args.pth:

@@ -61,7 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--device', help='torch device (default cuda if available, else cpu)')
     parser.add_argument('--dtype', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
                         help='LLM/projector dtype (auto: bf16, or fp16 with --load-in-4bit/8bit on GPU, '
-                             'the reference\'s compute dtype); the visual encoder stays fp32')
+                             'the reference\'s compute dtype)')
+    parser.add_argument('--encoder-dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
+                        help='visual encoder dtype: fp32 (default, as the reference) or bf16 (half its memory; '
+                             'masks agree within rounding)')
     quant = parser.add_mutually_exclusive_group()
     quant.add_argument('--load-in-4bit', action='store_true',
                        help='NF4 LLM via bitsandbytes (CUDA only): the base the released LoRA was trained on '
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=device, dtype=dtype, seed=args.seed,
                                            weights_only=not args.trust_checkpoint, omg_seg=args.omg_seg_pth,
                                            clip=args.clip_pth, class_embed=args.class_embed_pth,
-                                           quantization=quantization)
+                                           quantization=quantization, encoder_dtype=args.encoder_dtype)
     predictor = ModelPredictor(chat, args.max_new_tokens or MAX_NEW_TOKENS[args.task])
     similarity = bag_of_words_cosine
     if args.phrase_model and args.task == 'gcg':

@@ -144,7 +144,7 @@ def steering(seg_id: int, stop_ids: list[int], new_tokens: int) -> Callable:
 def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_lora: bool = True,
                   attn: str = 'sdpa', quantize: str = 'none', max_new_tokens: int = 16, turns: int = 2,
                   seed: int = 0, bandwidth_gb: float = 2.0, masks_out: str | None = None,
-                  log: Callable[[str], None] = print) -> dict:
+                  encoder_dtype: str = 'fp32', log: Callable[[str], None] = print) -> dict:
     """Measure the stages of the module docstring on the bundle under ``bundle``; returns the JSON record.
     ``masks_out``: also save each turn's masks there (``.npz``, ``turn{t}`` → (n, H, W) bool) for
     :func:`compare_runs`."""
@@ -163,7 +163,8 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
 
     start = time.perf_counter()
     chat, notes = OMGLLaVAChat.from_config(paths.config, pth=paths.finetune, device=device, dtype=dtype,
-                                           merge_lora=merge_lora, attn_implementation=attn, quantization=quantize)
+                                           merge_lora=merge_lora, attn_implementation=attn, quantization=quantize,
+                                           encoder_dtype=encoder_dtype)
     model = chat.model
     stage('build', time.perf_counter() - start, notes=notes)
     llm_bytes = decode_bytes_per_token(model.llm)
@@ -205,7 +206,8 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
         timer.remove()
     if masks_out:
         np.savez_compressed(masks_out, **masks)
-    return dict(bundle=paths.root, device=device, dtype=dtype, merged_lora=merge_lora, attention=attn,
+    return dict(bundle=paths.root, device=device, dtype=dtype, encoder_dtype=encoder_dtype,
+                merged_lora=merge_lora, attention=attn,
                 quantize=quantize, threads=threads, read_bandwidth_gb_s=round(bandwidth, 2),
                 llm_bytes_per_token=llm_bytes,
                 decode_limit_tokens_per_s=round(bandwidth * 1e9 / llm_bytes, 3),

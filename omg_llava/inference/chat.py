@@ -29,6 +29,7 @@ from omg_llava.utils.constants import IGNORE_INDEX, MARK_TOKEN, REGION_TOKEN
 from omg_llava.utils.conversation import Turn, encode_conversation
 
 from .image_io import SquareGeometry, load_image, preprocess_image, to_rgb_image
+from .memory import release_free_memory
 
 PHRASE_PATTERN = re.compile(r'<p>(.*?)</p>', re.S)
 TAG_PATTERN = re.compile(r'<\|im_end\|>|</?p>|\[SEG\]|</s>')
@@ -120,6 +121,7 @@ class OMGLLaVAChat:
         pixels, geometry = preprocess_image(image, self.image_size)
         with torch.no_grad():
             encoded = self.model.encode_images(pixels[None].to(self.device))
+        release_free_memory()  # the encoder's activations (~1 GB at 1024²) go back to the system
         self._conversation = _Conversation(image=image, geometry=geometry, encoded=encoded)
 
     def reset(self) -> None:

@@ -28,6 +28,7 @@ from omg_llava.models.special_tokens import SpecialTokenIds, add_special_tokens,
 from omg_llava.registry import build_component
 
 from .encoder_builder import load_encoder_weights_or_random, resolve_encoder_weights, visual_encoder_config
+from .memory import map_embedding_to_file_, release_free_memory
 
 #: LLM attention implementations an inference build can select (InternLM2 reads the config at every forward).
 ATTN_IMPLEMENTATIONS = ('sdpa', 'eager')
@@ -45,7 +46,8 @@ class InsufficientMemoryError(ValueError):
 def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu', dtype: str = 'fp32',
                 seed: int = 0, weights_only: bool = True, omg_seg: str | None = None, clip: str | None = None,
                 class_embed: str | None = None, quantization: str | None = 'none', merge_lora: bool = True,
-                check_memory: bool = True, attn_implementation: str = 'sdpa') -> tuple[OMGLLaVA, Config, list[str]]:
+                check_memory: bool = True, attn_implementation: str = 'sdpa',
+                encoder_dtype: str = 'fp32') -> tuple[OMGLLaVA, Config, list[str]]:
     """Build ``model`` of a config, load the encoder files it names and the OMG-LLaVA ``pth``.
 
     Args:
@@ -54,7 +56,7 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
             keep their seeded random init and a LoRA is left out unless ``merge_lora=False`` (an untrained adapter
             is a no-op); the config's ``pretrained_pth`` is not read.
         device: torch device.
-        dtype: ``fp32`` / ``fp16`` / ``bf16`` for the LLM and projectors; the visual encoder stays fp32.
+        dtype: ``fp32`` / ``fp16`` / ``bf16`` for the LLM and projectors.
         seed: seed of every random init.
         weights_only: refuse pickled Python objects in weight files (``False`` only for trusted files).
         omg_seg / clip / class_embed: override the encoder files named by the config.
@@ -69,6 +71,12 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         check_memory: refuse a build whose :func:`estimate_memory` exceeds the available memory.
         attn_implementation: the LLM's attention, ``'sdpa'`` (default: torch's fused attention) or ``'eager'``
             (the reference numerics); both give the same answers within rounding.
+        encoder_dtype: the frozen visual encoder's dtype: ``fp32`` (default, as the reference runs OMG-Seg) or
+            ``bf16``/``fp16`` (half its weights' and activations' memory; masks and answers agree within
+            rounding, docs/performance.md has the figures).
+
+    On the CPU the LLM's input embedding table is mapped from a temporary file
+    (:func:`~omg_llava.inference.memory.map_embedding_to_file_`): only the rows looked up become resident.
 
     Returns:
         ``(model, config, notes)``: the model in eval mode, the parsed config, one note per weight decision.
@@ -76,8 +84,9 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     Raises:
         InsufficientMemoryError: (a ``ValueError``) the build cannot fit; the message has the estimate.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f'dtype must be one of {sorted(DTYPES)}, got {dtype!r}')
+    for name, value in (('dtype', dtype), ('encoder_dtype', encoder_dtype)):
+        if value not in DTYPES:
+            raise ValueError(f'{name} must be one of {sorted(DTYPES)}, got {value!r}')
     if attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f'attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {attn_implementation!r}')
     if quantization in ('4bit', '8bit'):
@@ -90,7 +99,7 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     if check_memory and not quantized:
         # without a checkpoint the int8 LLM is quantized after a full build, so it peaks at the float size
         ensure_fits(estimate_memory(config_path, dtype, keep_lora=not merge_lora and bool(pth),
-                                    int8=int8 and bool(pth)), device, dtype)
+                                    int8=int8 and bool(pth), encoder_dtype=encoder_dtype), device, dtype)
     part_cfg, cfg = visual_encoder_config(config_path)
     if 'model' not in cfg:
         raise KeyError(f'{config_path} defines no `model`: use an OMG-LLaVA config (configs/*.py)')
@@ -141,7 +150,16 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     if int8 and not stream:  # no checkpoint or a from-scratch LLM: quantized after the build
         from .quantize import quantize_llm_int8
         notes.append(f'LLM: int8 weight-only ({quantize_llm_int8(model)} linear layers), activations in {dtype}')
+    model.visual_encoder.to(DTYPES[encoder_dtype])
+    if encoder_dtype != 'fp32':
+        notes.append(f'visual encoder: {encoder_dtype} (the reference runs it in fp32)')
     model.llm.config._attn_implementation = attn_implementation
+    if torch.device(device).type == 'cpu' and not quantized:
+        mapped = map_embedding_to_file_(model.llm.get_input_embeddings())
+        if mapped:
+            notes.append(f'LLM input embedding: mapped from a temporary file ({mapped / GB:.2f} GB, only the '
+                         'rows looked up become resident)')
+    release_free_memory()
     return model.eval(), cfg, notes
 
 
@@ -213,7 +231,8 @@ class MemoryEstimate:
 
     Attributes:
         llm / lora / encoder / projectors: parameter counts (``lora``: 0 unless the adapters are kept).
-        dtype: the LLM and projector dtype (the encoder is float32).
+        dtype: the LLM and projector dtype.
+        encoder_dtype: the visual encoder's dtype.
     """
 
     llm: int
@@ -222,6 +241,7 @@ class MemoryEstimate:
     projectors: int
     dtype: str
     llm_linear: int = 0
+    encoder_dtype: str = 'fp32'
 
     @property
     def llm_bytes(self) -> int:
@@ -231,14 +251,19 @@ class MemoryEstimate:
     @property
     def weight_bytes(self) -> int:
         size = DTYPES[self.dtype].itemsize
-        return self.llm_bytes + (self.lora + self.projectors) * size + self.encoder * 4
+        return self.llm_bytes + (self.lora + self.projectors) * size + self.encoder_bytes
+
+    @property
+    def encoder_bytes(self) -> int:
+        return self.encoder * DTYPES[self.encoder_dtype].itemsize
 
     @property
     def total_bytes(self) -> int:
         return self.weight_bytes + WORKING_BYTES
 
 
-def estimate_memory(config_path: str, dtype: str, keep_lora: bool = False, int8: bool = False) -> MemoryEstimate:
+def estimate_memory(config_path: str, dtype: str, keep_lora: bool = False, int8: bool = False,
+                    encoder_dtype: str = 'fp32') -> MemoryEstimate:
     """Count the parameters of the config's model (built on the meta device: no memory, no weights read) and
     size a build in ``dtype`` (merged LoRA unless ``keep_lora``; with ``int8`` the LLM's linear weights take one
     byte each, its scales, embedding and norms stay in ``dtype``)."""
@@ -256,7 +281,7 @@ def estimate_memory(config_path: str, dtype: str, keep_lora: bool = False, int8:
                                    if type(m) is torch.nn.Linear and '.lora_' not in n)
     if not keep_lora:
         counts['lora'] = 0
-    return MemoryEstimate(dtype=dtype, **counts)
+    return MemoryEstimate(dtype=dtype, encoder_dtype=encoder_dtype, **counts)
 
 
 def available_memory(device: str) -> int:
@@ -287,8 +312,11 @@ def ensure_fits(estimate: MemoryEstimate, device: str, dtype: str, available: in
     if need <= available:
         return
     size = DTYPES[dtype].itemsize
-    parts = [f'LLM {estimate.llm_bytes / GB:.1f} GB in {"int8" if estimate.llm_linear else dtype}', f'projectors {estimate.projectors * size / GB:.1f} GB',
-             f'visual encoder {estimate.encoder * 4 / GB:.1f} GB', f'working memory {WORKING_BYTES / GB:.1f} GB']
+    llm_dtype = 'int8' if estimate.llm_linear else dtype
+    parts = [f'LLM {estimate.llm_bytes / GB:.1f} GB in {llm_dtype}',
+             f'projectors {estimate.projectors * size / GB:.1f} GB',
+             f'visual encoder {estimate.encoder_bytes / GB:.1f} GB',
+             f'working memory {WORKING_BYTES / GB:.1f} GB']
     if estimate.lora:
         parts.insert(1, f'unmerged LoRA {estimate.lora * size / GB:.1f} GB')
     if dtype == 'fp32':

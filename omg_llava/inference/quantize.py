@@ -19,10 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from omg_llava.checkpoint import CheckpointMismatchError, FilePages, read_weights, unwrap_state_dict
+from omg_llava.checkpoint import (CheckpointMismatchError, FilePages, copy_in_chunks, read_weights,
+                                  unwrap_state_dict)
 from omg_llava.models.lora import ADAPTER, LORA_KEY, build_lora_config, lora_scaling, lora_target_paths, \
     merge_lora_delta_
 from omg_llava.models.released_weights import PEFT_PREFIX
+
+from .safetensors_reader import iter_tensors
 
 #: Up to this many rows (batch x positions) the fused int8 kernel is used; above it, dequantize + matmul.
 FUSED_MAX_ROWS = 16
@@ -138,6 +141,14 @@ def _shards(llm_dir: str) -> list[str]:
     return [single]
 
 
+def _converted(tensor: Tensor, dtype: torch.dtype, pages: FilePages) -> Tensor:
+    """A new ``dtype`` copy of ``tensor``, filled 64 MB of rows at a time; the pages of a tensor mapped from the
+    finetune file are dropped as each piece is copied (a (92544, 4096) fp32 table is never resident whole)."""
+    copy = torch.empty(tensor.shape, dtype=dtype)
+    copy_in_chunks(copy, tensor, pages.release)
+    return copy
+
+
 def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *, weights_only: bool = True) -> int:
     """Load an int8 weight-only LLM into ``llm`` (a :func:`llm_skeleton`, vocabulary already fitted) tensor by
     tensor: each base weight is read from the safetensors shards of ``llm_dir`` (or taken from ``pth`` where the
@@ -164,7 +175,8 @@ def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *, weigh
     done = set()
     pages = FilePages(pth)  # the finetune file's pages are dropped as its tensors are consumed
 
-    def place(name: str, tensor: Tensor, source: str) -> None:
+    def place(name: str, tensor: Tensor, source: str, owned: bool = False) -> None:
+        """Put ``tensor`` (``owned``: a fresh read this function may modify) into the skeleton."""
         if name not in expected:
             return
         if tuple(tensor.shape) != tuple(expected[name].shape):
@@ -174,7 +186,7 @@ def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *, weigh
         parent_name, _, child = path.rpartition('.')
         module = llm.get_submodule(path)
         if path in linears and attr == 'weight':
-            weight = tensor.to(dtype=dtype, copy=True)
+            weight = tensor if owned and tensor.dtype == dtype else _converted(tensor, dtype, pages)
             if path in pairs:
                 merge_lora_delta_(weight, pairs[path]['A'], pairs[path]['B'], scale)
                 pages.release(pairs[path]['A'])
@@ -185,16 +197,16 @@ def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *, weigh
                 quantized.bias = module.bias  # still on meta: its tensor comes later
             setattr(llm.get_submodule(parent_name) if parent_name else llm, child, quantized)
         else:
-            setattr(module, attr, nn.Parameter(tensor.to(dtype=dtype, copy=True), requires_grad=False))
+            value = tensor if owned and tensor.dtype == dtype else _converted(tensor, dtype, pages)
+            setattr(module, attr, nn.Parameter(value, requires_grad=False))
         done.add(name)
 
-    from safetensors import safe_open
-    for shard in _shards(llm_dir):
-        with safe_open(shard, framework='pt') as f:
-            for key in f.keys():
-                if key not in plain:
-                    place(key, f.get_tensor(key), shard)
-    for name, tensor in plain.items():
+    for shard in _shards(llm_dir):  # read tensor by tensor: no shard is ever mapped whole
+        for key, tensor in iter_tensors(shard):
+            if key not in plain:
+                place(key, tensor, shard, owned=True)
+            del tensor
+    for name, tensor in plain.items():  # the vocabulary tensors, fp32 in the file: converted in row chunks
         place(name, tensor, pth)
         pages.release(tensor)
     left = sorted(set(expected) - done)
