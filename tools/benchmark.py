@@ -2,6 +2,7 @@
 
     python tools/benchmark.py write-bundle --preset 7b --out bundles/7b      # ~25 GB of random weights
     python tools/benchmark.py run bundles/7b --dtype bf16 --max-new-tokens 8
+    python tools/benchmark.py segment bundles/7b --task panoptic                # OMG-Seg alone, one mode
 
 ``write-bundle`` writes random weights in the released files' layout, names, shapes and dtypes (the
 internlm2-chat-7b folder, omg_seg_convl.pth, the class embeddings, the open_clip trunk, the finetune .pth) plus a
@@ -9,6 +10,8 @@ config naming them; ``small`` and ``tiny`` keep the layout with smaller dimensio
 path (``OMGLLaVAChat.from_config``) stage by stage: build + load, image encode, per turn prefill, decode (tokens/s
 and its fraction of the machine's memory-bandwidth limit), [SEG] masks, then a follow-up turn on the kept KV cache;
 it prints wall time, peak RSS and RSS after each stage (JSON with --json; omg_llava/benchmark/runner.py).
+``segment`` times one universal-segmentation mode of the bundle's visual encoder at 1024² (build, encode, the task
+on top; omg_llava/benchmark/segmentation.py); run it once per mode, so each peak RSS is the mode's own.
 """
 from __future__ import annotations
 
@@ -20,6 +23,31 @@ import sys
 def write_bundle_command(args: argparse.Namespace) -> int:
     from omg_llava.benchmark import write_bundle
     write_bundle(args.preset, args.out, seed=args.seed)
+    return 0
+
+
+def _missing_bundle(bundle: str) -> bool:
+    from omg_llava.benchmark.bundle import BundlePaths
+    config = BundlePaths.under(bundle).config
+    if os.path.isfile(config):
+        return False
+    print(f'error: {bundle} is not a bundle ({config} is missing); write one with '
+          '`tools/benchmark.py write-bundle`', file=sys.stderr)
+    return True
+
+
+def segment_command(args: argparse.Namespace) -> int:
+    if _missing_bundle(args.bundle):
+        return 2
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    from omg_llava.benchmark.runner import write_record
+    from omg_llava.benchmark.segmentation import run_segmentation_benchmark
+    record = run_segmentation_benchmark(args.bundle, args.task, side=args.side, frames=args.frames,
+                                        device=args.device, seed=args.seed)
+    if args.json:
+        write_record(record, args.json)
     return 0
 
 
@@ -88,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--json', help='also write the stages to this JSON file')
     run.add_argument('--masks', help='also save the answers\' masks to this .npz (for compare)')
     run.set_defaults(func=run_command)
+    segment = commands.add_parser('segment', help='time one universal-segmentation mode of the visual encoder')
+    segment.add_argument('bundle', help='a folder written by write-bundle')
+    segment.add_argument('--task', choices=('panoptic', 'semantic', 'instance', 'interactive', 'video'),
+                         default='panoptic')
+    segment.add_argument('--side', type=int, default=1024, help='image side in pixels (default 1024)')
+    segment.add_argument('--frames', type=int, default=3, help='video: frames (one clip of 3 by default)')
+    segment.add_argument('--device', default='cpu')
+    segment.add_argument('--threads', type=int, help='torch threads (default: torch\'s choice)')
+    segment.add_argument('--seed', type=int, default=0)
+    segment.add_argument('--json', help='also write the stages to this JSON file')
+    segment.set_defaults(func=segment_command)
     compare = commands.add_parser('compare', help='token agreement and mask IoU of two runs (e.g. bf16, int8)')
     compare.add_argument('runs', nargs=2, help='the two --json files')
     compare.add_argument('--masks', nargs=2, help='the two --masks files')
