@@ -54,7 +54,7 @@ log "3/6 mmengine, mmdet"
 
 log "4/6 transformers stack and xtuner (--no-deps: its metadata pulls 100+ packages)"
 "${pip[@]}" transformers tokenizers huggingface_hub peft accelerate datasets einops sentencepiece tiktoken scipy \
-  kornia pycocotools safetensors scikit-image imgviz pytest pytest-timeout gradio pycocoevalcap
+  kornia pycocotools safetensors scikit-image imgviz pytest pytest-timeout gradio pycocoevalcap ruff
 "${pip[@]}" --no-deps xtuner
 
 log "5/6 deepspeed (pure Python, ops compiled on demand only)"
@@ -63,5 +63,6 @@ has "import deepspeed" || DS_BUILD_OPS=0 "${pip[@]}" --no-build-isolation deepsp
 log "6/6 omg_llava (editable)"
 "${pip[@]}" --no-build-isolation --no-deps -e "$repo_root"
 "$venv/bin/python" -c "import omg_llava, mmcv.ops, mmdet.models, xtuner, transformers, peft, kornia"
+"$venv/bin/ruff" --version >/dev/null  # the linter of `make lint` / `make test`
 echo "$stack" > "$stamp"
 log "done: $venv ($stack stack, transformers $("$venv/bin/python" -c 'import transformers; print(transformers.__version__)'))"
