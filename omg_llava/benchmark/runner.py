@@ -92,7 +92,8 @@ class Stage:
     def flat(self) -> dict:
         """The JSON row: the fields with ``extra`` merged in."""
         row = asdict(self)
-        return {**row, **row.pop('extra')}
+        extra = row.pop('extra')
+        return {**row, **extra}
 
     @classmethod
     def from_flat(cls, row: dict) -> 'Stage':

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -121,6 +121,8 @@ class OMGLLaVAChat:
         pixels, geometry = preprocess_image(image, self.image_size)
         with torch.no_grad():
             encoded = self.model.encode_images(pixels[None].to(self.device))
+        encoded = replace(encoded,
+                          encoder_output=encoded.encoder_output.without_intermediates())
         release_free_memory()  # the encoder's activations (~1 GB at 1024²) go back to the system
         self._conversation = _Conversation(image=image, geometry=geometry, encoded=encoded)
 

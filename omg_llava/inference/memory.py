@@ -39,7 +39,7 @@ def map_embedding_to_file_(embedding: nn.Embedding, directory: str | None = None
         mapped).
     """
     weight = embedding.weight
-    if weight.device.type != 'cpu' or getattr(embedding, '_file_mapped_at', None) == weight.data_ptr():
+    if weight.device.type != 'cpu' or is_file_mapped(embedding):
         return 0
     data = weight.detach().contiguous()
     size = data.numel() * data.element_size()
@@ -54,8 +54,14 @@ def map_embedding_to_file_(embedding: nn.Embedding, directory: str | None = None
         mapping = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY)  # private: writes stay in memory
     mapped = torch.frombuffer(mapping, dtype=data.dtype).view(data.shape)  # the tensor keeps `mapping` alive
     weight.data = mapped
-    embedding._file_mapped_at = mapped.data_ptr()  # a later cast or move makes a resident copy again
+    embedding._file_mapped_at = mapped.data_ptr()
     return size
+
+
+def is_file_mapped(embedding: nn.Embedding) -> bool:
+    """Whether ``embedding.weight`` is the mapping :func:`map_embedding_to_file_` made (a later cast or move
+    makes a resident copy again)."""
+    return getattr(embedding, '_file_mapped_at', None) == embedding.weight.data_ptr()
 
 
 def release_free_memory() -> bool:

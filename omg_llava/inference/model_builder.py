@@ -28,7 +28,7 @@ from omg_llava.models.special_tokens import SpecialTokenIds, add_special_tokens,
 from omg_llava.registry import build_component
 
 from .encoder_builder import load_encoder_weights_or_random, resolve_encoder_weights, visual_encoder_config
-from .memory import map_embedding_to_file_, release_free_memory
+from .memory import is_file_mapped, map_embedding_to_file_, release_free_memory
 
 #: LLM attention implementations an inference build can select (InternLM2 reads the config at every forward).
 ATTN_IMPLEMENTATIONS = ('sdpa', 'eager')
@@ -130,9 +130,13 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         notes.append(f'LLM: int8 weight-only ({layers} linear layers, streamed from {llm_dir} with the LoRA of '
                      f'{pth} merged), activations in {dtype}')
     if pth:
-        report = load_released_checkpoint(model, pth, weights_only=weights_only,
-                                          lora=lora if merge and not stream else None,
-                                          skip_llm=stream)
+        on_cpu = torch.device(device).type == 'cpu'
+        report = load_released_checkpoint(
+            model, pth, weights_only=weights_only, lora=lora if merge and not stream else None,
+            skip_llm=stream,
+            # the finished embedding leaves memory before the merge makes the whole LLM resident
+            before_merge=(lambda: map_embedding_to_file_(model.llm.get_input_embeddings())) if on_cpu
+            else None)
         merged = sum('.lora_' in k for k in report.loaded) if merge else 0
         notes.append(f'OMG-LLaVA weights: {pth} ({len(report.loaded)} tensors'
                      + (f'; {merged // 2} LoRA pairs merged into the LLM)' if merged else ')'))
@@ -154,10 +158,12 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     if encoder_dtype != 'fp32':
         notes.append(f'visual encoder: {encoder_dtype} (the reference runs it in fp32)')
     model.llm.config._attn_implementation = attn_implementation
+    embedding = model.llm.get_input_embeddings()
     if torch.device(device).type == 'cpu' and not quantized:
-        mapped = map_embedding_to_file_(model.llm.get_input_embeddings())
-        if mapped:
-            notes.append(f'LLM input embedding: mapped from a temporary file ({mapped / GB:.2f} GB, only the '
+        map_embedding_to_file_(embedding)  # no-op when the load mapped it already
+        if is_file_mapped(embedding):
+            size = embedding.weight.numel() * embedding.weight.element_size()
+            notes.append(f'LLM input embedding: mapped from a temporary file ({size / GB:.2f} GB, only the '
                          'rows looked up become resident)')
     release_free_memory()
     return model.eval(), cfg, notes

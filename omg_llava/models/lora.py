@@ -1,13 +1,15 @@
 """LoRA on the LLM through peft, configured as the reference does (spec §5.3), and its lean merge.
 
 The reference leaves ``target_modules`` unset and fills it with the last name component of every
-``nn.Linear`` of the LLM (bitsandbytes 4-bit layers subclass it) except ``lm_head`` / ``output_layer``.
-For InternLM2 that is ``{wqkv, wo, w1, w2, w3, output}``: the LM head ``output`` gets an adapter too.
+``nn.Linear`` of the LLM (bitsandbytes 4-bit layers subclass it) except ``lm_head`` /
+``output_layer``. For InternLM2 that is ``{wqkv, wo, w1, w2, w3, output}``: the LM head ``output``
+gets an adapter too.
 
-Training wraps the LLM as the reference does (:func:`wrap_llm_with_lora`). Inference either merges the
-adapters into the base weights in place, one weight at a time (:func:`merge_lora_delta_`,
-:func:`merge_lora_`), or keeps them in the LLM's own dtype (:func:`add_inference_lora`): peft's k-bit
-preparation, which casts every parameter of an unquantised LLM to float32, is for training only.
+Training wraps the LLM as the reference does (:func:`wrap_llm_with_lora`). Inference either merges
+the adapters into the base weights in place, one weight at a time (:func:`merge_lora_delta_`,
+:func:`merge_lora_`), or keeps them in the LLM's own dtype (:func:`add_inference_lora`): peft's
+k-bit preparation, which casts every parameter of an unquantised LLM to float32, is for training
+only.
 """
 from __future__ import annotations
 
@@ -22,25 +24,30 @@ EXCLUDED_HEAD_NAMES = ('lm_head', 'output_layer')
 ADAPTER = 'default'
 #: ``<module path>.lora_<A|B>.<adapter>.weight`` (peft's parameter names).
 LORA_KEY = re.compile(r'(?P<module>.+)\.lora_(?P<side>[AB])\.(?P<adapter>[^.]+)\.weight')
-#: Rows of the base weight updated per step of :func:`merge_lora_delta_` (bounds its float32 work tensor).
+#: Rows of the base weight updated per step of :func:`merge_lora_delta_` (bounds its float32 work
+#: tensor).
 MERGE_CHUNK_ROWS = 2048
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
-    """Sorted last name components of every ``nn.Linear`` of ``model``, without the excluded head names."""
-    names = {name.rsplit('.', 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    """Sorted last name components of every ``nn.Linear`` of ``model``, without the excluded head
+    names."""
+    names = {name.rsplit('.', 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, nn.Linear)}
     return sorted(names - set(EXCLUDED_HEAD_NAMES))
 
 
 def build_lora_config(lora: Any, llm: nn.Module):
-    """A ``peft.LoraConfig`` from a config dict (``dict(type=LoraConfig, r=512, ...)`` or plain kwargs) or an
-    instance; ``target_modules=None`` becomes :func:`linear_layer_names` of ``llm``."""
+    """A ``peft.LoraConfig`` from a config dict (``dict(type=LoraConfig, r=512, ...)`` or plain
+    kwargs) or an instance; ``target_modules=None`` becomes :func:`linear_layer_names` of
+    ``llm``."""
     from peft import LoraConfig
     if isinstance(lora, dict):
         kwargs = {k: v for k, v in lora.items() if k != 'type'}
         lora = LoraConfig(**kwargs)
     if not isinstance(lora, LoraConfig):
-        raise TypeError(f'llm_lora must be a peft.LoraConfig or a dict of its arguments, got {type(lora).__name__}')
+        raise TypeError('llm_lora must be a peft.LoraConfig or a dict of its arguments, got '
+                        f'{type(lora).__name__}')
     if lora.target_modules is None:
         lora.target_modules = linear_layer_names(llm)
     return lora
@@ -61,15 +68,20 @@ def lora_target_paths(llm: nn.Module, lora) -> list[str]:
     """Module paths (in ``llm``) of the ``nn.Linear`` layers a ``LoraConfig`` adapts."""
     targets = lora.target_modules
     if isinstance(targets, str):  # peft: a regex matched against the full module path
-        return [n for n, m in llm.named_modules() if isinstance(m, nn.Linear) and re.fullmatch(targets, n)]
-    return [n for n, m in llm.named_modules() if isinstance(m, nn.Linear) and n.rsplit('.', 1)[-1] in set(targets)]
+        return [n for n, m in llm.named_modules() if isinstance(m, nn.Linear)
+                and re.fullmatch(targets, n)]
+    return [n for n, m in llm.named_modules() if isinstance(m, nn.Linear)
+            and n.rsplit('.', 1)[-1] in set(targets)]
 
 
-def wrap_llm_with_lora(llm: nn.Module, lora: Any, use_gradient_checkpointing: bool = True) -> nn.Module:
-    """For training: prepare ``llm`` as peft does for k-bit training (freezes it, casts fp16/bf16 parameters to
-    fp32, enables checkpointing for quantised models) and wrap it with a LoRA adapter named ``default``."""
+def wrap_llm_with_lora(llm: nn.Module, lora: Any,
+                       use_gradient_checkpointing: bool = True) -> nn.Module:
+    """For training: prepare ``llm`` as peft does for k-bit training (freezes it, casts fp16/bf16
+    parameters to fp32, enables checkpointing for quantised models) and wrap it with a LoRA adapter
+    named ``default``."""
     from peft import get_peft_model, prepare_model_for_kbit_training
-    llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=use_gradient_checkpointing)
+    llm = prepare_model_for_kbit_training(llm,
+                                          use_gradient_checkpointing=use_gradient_checkpointing)
     return get_peft_model(llm, build_lora_config(lora, llm))
 
 
@@ -84,8 +96,9 @@ def _default_dtype(dtype: torch.dtype):
 
 
 def add_inference_lora(llm: nn.Module, lora: Any) -> nn.Module:
-    """For inference with the adapters kept: wrap ``llm`` with a LoRA adapter ``default`` created directly in the
-    LLM's dtype (no k-bit preparation, no float32 upcast of the base or the adapters); frozen, eval mode."""
+    """For inference with the adapters kept: wrap ``llm`` with a LoRA adapter ``default`` created
+    directly in the LLM's dtype (no k-bit preparation, no float32 upcast of the base or the
+    adapters); frozen, eval mode."""
     from peft import get_peft_model
     config = build_lora_config(lora, llm)
     config.inference_mode = True
@@ -98,8 +111,8 @@ def add_inference_lora(llm: nn.Module, lora: Any) -> nn.Module:
 @torch.no_grad()
 def merge_lora_delta_(weight: Tensor, lora_A: Tensor, lora_B: Tensor, scale: float,
                       chunk_rows: int = MERGE_CHUNK_ROWS) -> Tensor:
-    """``weight += scale · lora_B @ lora_A`` in place, ``chunk_rows`` rows at a time (float32 arithmetic, one
-    rounding to ``weight``'s dtype), so no second copy of the weight is ever made.
+    """``weight += scale · lora_B @ lora_A`` in place, ``chunk_rows`` rows at a time (float32
+    arithmetic, one rounding to ``weight``'s dtype), so no second copy of the weight is ever made.
 
     Args:
         weight: (out, in) base weight, modified in place.
@@ -110,9 +123,10 @@ def merge_lora_delta_(weight: Tensor, lora_A: Tensor, lora_B: Tensor, scale: flo
         ``weight``.
     """
     out_features, in_features = weight.shape
-    if lora_A.shape[1] != in_features or lora_B.shape[0] != out_features or lora_A.shape[0] != lora_B.shape[1]:
-        raise ValueError(f'LoRA pair A {list(lora_A.shape)} / B {list(lora_B.shape)} does not fit a weight of shape '
-                         f'{list(weight.shape)}')
+    if (lora_A.shape[1] != in_features or lora_B.shape[0] != out_features
+            or lora_A.shape[0] != lora_B.shape[1]):
+        raise ValueError(f'LoRA pair A {list(lora_A.shape)} / B {list(lora_B.shape)} does not fit '
+                         f'a weight of shape {list(weight.shape)}')
     a = lora_A.to(device=weight.device, dtype=torch.float32)  # (r, in)
     for start in range(0, out_features, chunk_rows):
         rows = slice(start, start + chunk_rows)
@@ -122,9 +136,9 @@ def merge_lora_delta_(weight: Tensor, lora_A: Tensor, lora_B: Tensor, scale: flo
 
 
 def merge_lora_(peft_llm: nn.Module) -> nn.Module:
-    """Fold the adapter ``default`` of a peft LoRA model into its base weights in place, one layer at a time,
-    each layer's adapters dropped as soon as it is merged. Returns the plain base model (the peft wrapper must
-    not be used afterwards).
+    """Fold the adapter ``default`` of a peft LoRA model into its base weights in place, one layer
+    at a time, each layer's adapters dropped as soon as it is merged. Returns the plain base model
+    (the peft wrapper must not be used afterwards).
 
     Raises:
         ValueError: more than one adapter, or a configuration :func:`lora_scaling` refuses.
@@ -139,9 +153,11 @@ def merge_lora_(peft_llm: nn.Module) -> nn.Module:
         if not isinstance(module, LoraLayer):
             continue
         layer = module.get_base_layer()
-        merge_lora_delta_(layer.weight.data, module.lora_A[ADAPTER].weight, module.lora_B[ADAPTER].weight, scale)
+        merge_lora_delta_(layer.weight.data, module.lora_A[ADAPTER].weight,
+                          module.lora_B[ADAPTER].weight, scale)
         parent_path, _, name = path.rpartition('.')
         setattr(base.get_submodule(parent_path) if parent_path else base, name, layer)
-    for attr in ('peft_config', '_hf_peft_config_loaded'):  # instance flags peft may have set on the base
+    # instance flags peft may have set on the base
+    for attr in ('peft_config', '_hf_peft_config_loaded'):
         base.__dict__.pop(attr, None)
     return base

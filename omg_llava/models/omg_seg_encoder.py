@@ -8,6 +8,7 @@ decoding need, so no state is kept on the module between calls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,12 @@ class VisualEncoderOutput:
     mask_logits: Tensor
     backbone_features: list[Tensor] | None
     decode: DecodeOutput | None
+
+    def without_intermediates(self) -> 'VisualEncoderOutput':
+        """The same output without ``backbone_features`` and ``decode`` (every decoder step's mask
+        logits: (B, 300, 256, 256) floats each at 1024², ~0.9 GB in all), which nothing after the
+        encoding reads: what a conversation keeps."""
+        return dataclasses.replace(self, backbone_features=None, decode=None)
 
     def visual_tokens(self) -> list[Tensor]:
         """``[pixel tokens, query tokens, query mask]``, the projector input of the reference."""

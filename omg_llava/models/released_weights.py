@@ -2,23 +2,27 @@
 
 The files are flat dicts under the model's own module paths (no renaming):
 
-* ``omg_llava_7b_pretrain_8gpus.pth`` (17 tensors) fits the pretrain model (no LoRA). Given to a LoRA
-  model (the finetune config's ``pretrained_pth``), its two vocabulary tensors have no counterpart under
-  the peft names and are reported as *ignored* (the reference drops them silently, spec §7.3).
-* ``omg_llava_7b_finetune_8gpus.pth`` (339 tensors the public code explains) fits the LoRA model. The
-  published file is said to hold 110 more keys that no public code path produces: keys that exist in the
-  model are loaded and listed; keys that do not are listed by name as *unexpected* and skipped, with a
-  warning — never silently.
-* A model that trains its whole LLM (``freeze_llm=False``, the tiny synthetic finetune) needs every LLM tensor,
-  except from a pretrain-stage file, which holds no LLM layers: the LLM then keeps the weights it was built from.
-* ``finetuned_refseg.pth`` / ``finetuned_gcg.pth`` add the 170 ``_llm`` decoder-copy tensors and need a model
-  built with ``with_llm_decoder_copy=True`` (the task configs). A task model given the general finetune file
-  (its ``pretrained_pth``) keeps the copies initialised from the OMG-Seg decoder.
+* ``omg_llava_7b_pretrain_8gpus.pth`` (17 tensors) fits the pretrain model (no LoRA). Given to a
+  LoRA model (the finetune config's ``pretrained_pth``), its two vocabulary tensors have no
+  counterpart under the peft names and are reported as *ignored* (the reference drops them silently,
+  spec §7.3).
+* ``omg_llava_7b_finetune_8gpus.pth`` (339 tensors the public code explains) fits the LoRA model.
+  The published file is said to hold 110 more keys that no public code path produces: keys that
+  exist in the model are loaded and listed; keys that do not are listed by name as *unexpected* and
+  skipped, with a warning — never silently.
+* A model that trains its whole LLM (``freeze_llm=False``, the tiny synthetic finetune) needs every
+  LLM tensor, except from a pretrain-stage file, which holds no LLM layers: the LLM then keeps the
+  weights it was built from.
+* ``finetuned_refseg.pth`` / ``finetuned_gcg.pth`` add the 170 ``_llm`` decoder-copy tensors and
+  need a model built with ``with_llm_decoder_copy=True`` (the task configs). A task model given the
+  general finetune file (its ``pretrained_pth``) keeps the copies initialised from the OMG-Seg
+  decoder.
 
-Files are memory-mapped, never read whole: each tensor is copied (or merged) into the model and its pages are
-dropped right after (:class:`~omg_llava.checkpoint.FilePages`), so the 8.4 GB finetune file adds no more than a
-tensor's worth of memory. For inference the LoRA pairs of a finetune file can be merged straight into a plain
-LLM (``lora=``): the adapters are never built, and every pair is still checked like any other key.
+Files are memory-mapped, never read whole: each tensor is copied (or merged) into the model and its
+pages are dropped right after (:class:`~omg_llava.checkpoint.FilePages`), so the 8.4 GB finetune
+file adds no more than a tensor's worth of memory. For inference the LoRA pairs of a finetune file
+can be merged straight into a plain LLM (``lora=``): the adapters are never built, and every pair is
+still checked like any other key.
 """
 from __future__ import annotations
 
@@ -31,10 +35,11 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
-from omg_llava.checkpoint import (CheckpointMismatchError, FilePages, LoadReport, describe_checkpoint, load_into,
-                                  read_weights, unwrap_state_dict)
+from omg_llava.checkpoint import (CheckpointMismatchError, FilePages, LoadReport,
+                                  describe_checkpoint, load_into, read_weights, unwrap_state_dict)
 
-from .lora import ADAPTER, LORA_KEY, build_lora_config, lora_scaling, lora_target_paths, merge_lora_delta_
+from .lora import (ADAPTER, LORA_KEY, build_lora_config, lora_scaling, lora_target_paths,
+                   merge_lora_delta_)
 from .save_filter import is_saved_key
 
 PRETRAIN_VOCAB_KEYS = ('llm.model.tok_embeddings.weight', 'llm.output.weight')
@@ -42,26 +47,32 @@ LLM_DECODER_COPY_MARKERS = ('.transformer_decoder_llm.', '.mask_embed_llm.')
 PEFT_PREFIX = 'llm.base_model.model.'
 
 
-def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weights_only: bool = True,
+def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *,
+                             weights_only: bool = True,
                              lora: Any = None, skip_llm: bool = False) -> LoadReport:
-    """Load a released-format OMG-LLaVA ``.pth`` into ``model`` (see the module docstring for the rules).
+    """Load a released-format OMG-LLaVA ``.pth`` into ``model`` (see the module docstring for the
+    rules).
 
     Args:
-        model: the model; its LLM is either wrapped with LoRA (the file's names fit as they are) or plain.
+        model: the model; its LLM is either wrapped with LoRA (the file's names fit as they are) or
+            plain.
         path: the file (memory-mapped; pages are dropped as tensors are consumed).
         weights_only: refuse pickled Python objects.
-        lora: for a plain LLM built from a LoRA config (inference, adapters merged): that LoRA config. The
-            file's LoRA pairs are then folded into the base weights in place (:func:`merge_released_lora_`)
-            and its finetune-layout names (``llm.base_model.model.…``) are read as the plain ones.
-        skip_llm: leave the file's LLM tensors alone (the caller loaded them, e.g. the int8 streaming build).
+        lora: for a plain LLM built from a LoRA config (inference, adapters merged): that LoRA
+            config. The file's LoRA pairs are then folded into the base weights in place
+            (:func:`merge_released_lora_`) and its finetune-layout names
+            (``llm.base_model.model.…``) are read as the plain ones.
+        skip_llm: leave the file's LLM tensors alone (the caller loaded them, e.g. the int8
+            streaming build).
 
     Raises:
-        CheckpointMismatchError: a tensor the model saves is missing from the file, a shape differs, or the
-            file carries ``_llm`` decoder copies the model was built without. The message lists the keys and
-            names the file the keys look like.
+        CheckpointMismatchError: a tensor the model saves is missing from the file, a shape differs,
+            or the file carries ``_llm`` decoder copies the model was built without. The message
+            lists the keys and names the file the keys look like.
     """
     source = os.fspath(path)
-    state_dict = unwrap_state_dict(read_weights(source, weights_only=weights_only, mmap=True), source)
+    state_dict = unwrap_state_dict(read_weights(source, weights_only=weights_only, mmap=True),
+                                   source)
     pages = FilePages(source)
     if skip_llm:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('llm.')}
@@ -72,8 +83,10 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
     own = nn.Module.state_dict(model, keep_vars=True)
     with_copy = model.visual_encoder.panoptic_head.with_llm_decoder_copy
     with_full_llm = not getattr(model, 'freeze_llm', True)
-    merged_bases = {'llm.' + k[len(PEFT_PREFIX):].replace('.base_layer.', '.') for k in merged if '.lora_' not in k}
-    required = [k for k in own if is_saved_key(k, with_copy, with_full_llm) and k not in merged_bases
+    merged_bases = {'llm.' + k[len(PEFT_PREFIX):].replace('.base_layer.', '.') for k in merged
+                    if '.lora_' not in k}
+    required = [k for k in own if is_saved_key(k, with_copy, with_full_llm)
+                and k not in merged_bases
                 and not (skip_llm and k.startswith('llm.'))]
     ignored = []
     lora_model = getattr(model, 'has_lora', False) or (lora is not None and not merged)
@@ -81,25 +94,29 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
         ignored = [k for k in PRETRAIN_VOCAB_KEYS if k in state_dict]
         state_dict = {k: v for k, v in state_dict.items() if k not in ignored}
         required = [k for k in required if k.startswith(('projector.', 'projector_text2vision.'))]
-    llm_only_vocab = not any(k.startswith('llm.') and k not in PRETRAIN_VOCAB_KEYS for k in state_dict)
+    llm_only_vocab = not any(k.startswith('llm.') and k not in PRETRAIN_VOCAB_KEYS
+                             for k in state_dict)
     if with_full_llm and llm_only_vocab:
-        # A pretrain-stage file (LLM frozen, so not saved) given to a model that trains its whole LLM (the tiny
-        # synthetic finetune): the LLM keeps the weights it was built from (``llm.pretrained_model_name_or_path``).
+        # A pretrain-stage file (LLM frozen, so not saved) given to a model that trains its whole
+        # LLM (the tiny synthetic finetune): the LLM keeps the weights it was built from
+        # (``llm.pretrained_model_name_or_path``).
         required = [k for k in required if not k.startswith('llm.') or k in state_dict]
-        print_log(f'{source}: no LLM layers in the file (a pretrain-stage file); the LLM keeps the weights it was '
-                  'built from', logger='current')
+        print_log(f'{source}: no LLM layers in the file (a pretrain-stage file); the LLM keeps the '
+                  'weights it was built from', logger='current')
     if with_copy and not any(any(m in k for m in LLM_DECODER_COPY_MARKERS) for k in state_dict):
-        # A task finetune starting from the general finetune file: the copies keep their initialisation from
-        # the OMG-Seg decoder (spec §3.7).
+        # A task finetune starting from the general finetune file: the copies keep their
+        # initialisation from the OMG-Seg decoder (spec §3.7).
         required = [k for k in required if not any(m in k for m in LLM_DECODER_COPY_MARKERS)]
-        print_log(f'{source}: no `_llm` decoder copies in the file; they keep the OMG-Seg decoder weights',
+        print_log(f'{source}: no `_llm` decoder copies in the file; they keep the OMG-Seg decoder '
+                  'weights',
                   logger='current')
-    copies = [k for k in state_dict if k not in own and any(m in k for m in LLM_DECODER_COPY_MARKERS)]
+    copies = [k for k in state_dict if k not in own
+              and any(m in k for m in LLM_DECODER_COPY_MARKERS)]
     if copies:
         raise CheckpointMismatchError(
-            f'{source} holds {len(copies)} `_llm` decoder-copy tensors (e.g. {copies[0]}): it is a task finetune '
-            '(finetuned_refseg.pth / finetuned_gcg.pth). Build the model from a task config '
-            '(configs/specific_tasks_finetune/*, panoptic_head with_llm_decoder_copy=True).')
+            f'{source} holds {len(copies)} `_llm` decoder-copy tensors (e.g. {copies[0]}): it is a '
+            'task finetune (finetuned_refseg.pth / finetuned_gcg.pth). Build the model from a task '
+            'config (configs/specific_tasks_finetune/*, panoptic_head with_llm_decoder_copy=True).')
     unknown = sorted(k for k in state_dict if k not in own)
     known = {k: v for k, v in state_dict.items() if k in own}
     report = load_into(model, known, source=source, expected_keys=required, file_keys=state_dict,
@@ -108,43 +125,49 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *, weigh
     report.ignored = ignored
     report.unexpected = unknown
     if ignored:
-        print_log(f'{source}: {len(ignored)} pretrain vocabulary tensors ignored ({", ".join(ignored)}): the LoRA '
-                  'model starts from its own resized vocabulary, as the reference does.', logger='current')
+        print_log(f'{source}: {len(ignored)} pretrain vocabulary tensors ignored '
+                  f'({", ".join(ignored)}): the LoRA '
+                  'model starts from its own resized vocabulary, as the reference does.',
+                  logger='current')
     beyond_filter = [k for k in known if not is_saved_key(k, with_copy, with_full_llm)]
     if beyond_filter:
-        print_log(f'{source}: {len(beyond_filter)} tensors beyond the reference save filter were loaded, e.g. '
-                  f'{beyond_filter[:3]}', logger='current', level=30)
+        print_log(f'{source}: {len(beyond_filter)} tensors beyond the reference save filter were '
+                  f'loaded, e.g. {beyond_filter[:3]}', logger='current', level=30)
     if unknown:
-        print_log(f'{source}: {len(unknown)} tensors have no place in this model and were skipped: {unknown[:20]}'
-                  f'{" ..." if len(unknown) > 20 else ""} (file looks like: {describe_checkpoint(state_dict)})',
+        print_log(f'{source}: {len(unknown)} tensors have no place in this model and were skipped: '
+                  f'{unknown[:20]}{" ..." if len(unknown) > 20 else ""} (file looks like: '
+                  f'{describe_checkpoint(state_dict)})',
                   logger='current', level=30)
     return report
 
 
-def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora: Any, *, source: str,
-                         after_merge=None) -> tuple[dict[str, Tensor], list[str]]:
-    """Fold the LoRA pairs of a finetune-layout state dict into a plain ``llm`` in place, one weight at a time.
+def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora: Any, *,
+                         source: str, after_merge=None) -> tuple[dict[str, Tensor], list[str]]:
+    """Fold the LoRA pairs of a finetune-layout state dict into a plain ``llm`` in place, one weight
+    at a time.
 
-    Every ``nn.Linear`` the LoRA config targets must have its ``lora_A`` / ``lora_B`` pair (adapter ``default``)
-    with the config's rank; each is merged as ``W += (alpha / r) · B @ A`` by
+    Every ``nn.Linear`` the LoRA config targets must have its ``lora_A`` / ``lora_B`` pair (adapter
+    ``default``) with the config's rank; each is merged as ``W += (alpha / r) · B @ A`` by
     :func:`~omg_llava.models.lora.merge_lora_delta_`; a base weight the file holds too (the LM head
-    ``output.base_layer.weight``) is copied in first, in place. The other ``llm.base_model.model.X`` keys are
-    renamed to the plain ``llm.X`` (``.base_layer`` dropped). A file without any finetune-layout key (a
-    pretrain-stage file) is returned unchanged: the LoRA stays a no-op, as an untrained adapter is.
+    ``output.base_layer.weight``) is copied in first, in place. The other ``llm.base_model.model.X``
+    keys are renamed to the plain ``llm.X`` (``.base_layer`` dropped). A file without any
+    finetune-layout key (a pretrain-stage file) is returned unchanged: the LoRA stays a no-op, as an
+    untrained adapter is.
 
     Args:
         llm: the plain LLM (``model.llm``).
         state_dict: the file's tensors.
         lora: the model config's ``llm_lora`` (a ``LoraConfig`` or its arguments).
         source: the file, for messages.
-        after_merge: called with each merged ``lora_A`` / ``lora_B`` tensor (e.g. to drop its file pages).
+        after_merge: called with each merged ``lora_A`` / ``lora_B`` tensor (e.g. to drop its file
+            pages).
 
     Returns:
         ``(rest, merged_keys)``: the remaining tensors under plain names, and the file keys merged.
 
     Raises:
-        CheckpointMismatchError: a targeted layer without its pair, a pair of another rank or shape, or LoRA
-            tensors of another adapter; the message lists them.
+        CheckpointMismatchError: a targeted layer without its pair, a pair of another rank or shape,
+            or LoRA tensors of another adapter; the message lists them.
     """
     if not any(k.startswith(PEFT_PREFIX) for k in state_dict):
         return dict(state_dict), []
@@ -159,7 +182,8 @@ def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora:
             plain = 'llm.' + name.replace('.base_layer.', '.')
             rest[plain], file_keys[plain] = value, key
         else:
-            rest[key] = value  # another adapter or outside the LLM: reported as unexpected by the caller
+            # another adapter or outside the LLM: reported as unexpected by the caller
+            rest[key] = value
     modules = dict(llm.named_modules())
     targets = lora_target_paths(llm, config)
     missing = [f'{PEFT_PREFIX}{path}.lora_{side}.{ADAPTER}.weight' for path in targets
@@ -177,10 +201,12 @@ def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora:
     if missing or mismatched:
         lines = [f'{source}: the LoRA pairs do not fit the model (rank {config.r}, targets '
                  f'{sorted(set(p.rsplit(".", 1)[-1] for p in targets))}).']
-        for title, rows in (('missing from the file', missing), ('shape mismatch (file vs model)', mismatched)):
+        for title, rows in (('missing from the file', missing),
+                            ('shape mismatch (file vs model)', mismatched)):
             if rows:
                 lines += [f'  {title} ({len(rows)}):'] + [f'    {r}' for r in rows[:20]]
-        lines.append('Check that the config (its llm_lora r / alpha) is the one the checkpoint was trained with.')
+        lines.append('Check that the config (its llm_lora r / alpha) is the one the checkpoint was '
+                     'trained with.')
         raise CheckpointMismatchError('\n'.join(lines))
     for path, pair in pairs.items():  # pairs of layers the config does not target stay unexpected
         if path not in modules or path not in targets:
@@ -191,10 +217,12 @@ def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora:
         (key_a, a), (key_b, b) = pairs[path]['A'], pairs[path]['B']
         weight = modules[path].weight
         base = rest.pop(f'llm.{path}.weight', None)
-        if base is not None:  # the file's own base weight first (the LM head): the merge goes on top of it
+        # the file's own base weight first (the LM head): the merge goes on top of it
+        if base is not None:
             if base.shape != weight.shape:
-                raise CheckpointMismatchError(f'{source}: {file_keys[f"llm.{path}.weight"]} has shape '
-                                              f'{list(base.shape)}, the model {list(weight.shape)}')
+                raise CheckpointMismatchError(f'{source}: {file_keys[f"llm.{path}.weight"]} has '
+                                              f'shape {list(base.shape)}, the model '
+                                              f'{list(weight.shape)}')
             weight.data.copy_(base)
             merged.append(file_keys[f'llm.{path}.weight'])
             if after_merge is not None:

@@ -40,3 +40,10 @@ def test_every_mode_reports_its_stages(tiny_bundle, tmp_path, task):
 def test_not_a_bundle_is_one_line(tmp_path, capsys):
     assert load_tool('benchmark').main(['segment', str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith('error: ')
+
+
+def test_stage_rows_are_flat():
+    from omg_llava.benchmark.runner import Stage
+    row = Stage('encode', 1.5, 2.0, 1.0, {'frames': 3}).flat()
+    assert row == {'stage': 'encode', 'seconds': 1.5, 'peak_rss_gb': 2.0, 'rss_gb': 1.0, 'frames': 3}
+    assert Stage.from_flat(row) == Stage('encode', 1.5, 2.0, 1.0, {'frames': 3})
