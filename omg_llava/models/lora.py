@@ -26,14 +26,14 @@ ADAPTER = 'default'
 LORA_KEY = re.compile(r'(?P<module>.+)\.lora_(?P<side>[AB])\.(?P<adapter>[^.]+)\.weight')
 #: Rows of the base weight updated per step of :func:`merge_lora_delta_` (bounds its float32 work
 #: tensor).
-MERGE_CHUNK_ROWS = 2048
+MERGE_CHUNK_ROWS = 1024
 
 
 def linear_layer_names(model: nn.Module) -> list[str]:
     """Sorted last name components of every ``nn.Linear`` of ``model``, without the excluded head
     names."""
-    names = {name.rsplit('.', 1)[-1] for name, module in model.named_modules()
-             if isinstance(module, nn.Linear)}
+    names = {name.rsplit('.', 1)[-1]
+             for name, module in model.named_modules() if isinstance(module, nn.Linear)}
     return sorted(names - set(EXCLUDED_HEAD_NAMES))
 
 
@@ -68,9 +68,11 @@ def lora_target_paths(llm: nn.Module, lora) -> list[str]:
     """Module paths (in ``llm``) of the ``nn.Linear`` layers a ``LoraConfig`` adapts."""
     targets = lora.target_modules
     if isinstance(targets, str):  # peft: a regex matched against the full module path
-        return [n for n, m in llm.named_modules() if isinstance(m, nn.Linear)
+        return [n
+                for n, m in llm.named_modules() if isinstance(m, nn.Linear)
                 and re.fullmatch(targets, n)]
-    return [n for n, m in llm.named_modules() if isinstance(m, nn.Linear)
+    return [n
+            for n, m in llm.named_modules() if isinstance(m, nn.Linear)
             and n.rsplit('.', 1)[-1] in set(targets)]
 
 

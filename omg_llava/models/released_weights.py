@@ -21,21 +21,19 @@ The files are flat dicts under the model's own module paths (no renaming):
 Files are memory-mapped, never read whole: each tensor is copied (or merged) into the model and its
 pages are dropped right after (:class:`~omg_llava.checkpoint.FilePages`), so the 8.4 GB finetune
 file adds no more than a tensor's worth of memory. For inference the LoRA pairs of a finetune file
-can be merged straight into a plain LLM (``lora=``): the adapters are never built, and every pair is
-still checked like any other key.
+can be merged straight into a plain
+LLM (``lora=``): the adapters are never built, and every pair is still checked like any other key.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 from mmengine.logging import print_log
-from torch import nn
+from torch import Tensor, nn
 
-from typing import Any, Mapping
-
-from torch import Tensor
-
-from omg_llava.checkpoint import (CheckpointMismatchError, FilePages, LoadReport,
+from omg_llava.checkpoint import (CheckpointMismatchError, FilePages, LoadReport, copy_in_chunks,
                                   describe_checkpoint, load_into, read_weights, unwrap_state_dict)
 
 from .lora import (ADAPTER, LORA_KEY, build_lora_config, lora_scaling, lora_target_paths,
@@ -49,7 +47,8 @@ PEFT_PREFIX = 'llm.base_model.model.'
 
 def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *,
                              weights_only: bool = True,
-                             lora: Any = None, skip_llm: bool = False) -> LoadReport:
+                             lora: Any = None, skip_llm: bool = False,
+                             before_merge: Callable[[], None] | None = None) -> LoadReport:
     """Load a released-format OMG-LLaVA ``.pth`` into ``model`` (see the module docstring for the
     rules).
 
@@ -64,6 +63,9 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *,
             (``llm.base_model.model.…``) are read as the plain ones.
         skip_llm: leave the file's LLM tensors alone (the caller loaded them, e.g. the int8
             streaming build).
+        before_merge: with ``lora``, called once every other tensor is in and before the LoRA
+            pairs are merged (e.g. to move the finished input embedding out of memory before the
+            merge makes the LLM resident).
 
     Raises:
         CheckpointMismatchError: a tensor the model saves is missing from the file, a shape differs,
@@ -76,17 +78,16 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *,
     pages = FilePages(source)
     if skip_llm:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('llm.')}
-    merged = []
+    merged, steps = [], []
     if lora is not None:
-        state_dict, merged = merge_released_lora_(model.llm, state_dict, lora, source=source,
-                                                  after_merge=pages.release)
+        state_dict, merged, steps = plan_released_lora(model.llm, state_dict, lora, source=source)
     own = nn.Module.state_dict(model, keep_vars=True)
     with_copy = model.visual_encoder.panoptic_head.with_llm_decoder_copy
     with_full_llm = not getattr(model, 'freeze_llm', True)
-    merged_bases = {'llm.' + k[len(PEFT_PREFIX):].replace('.base_layer.', '.') for k in merged
-                    if '.lora_' not in k}
-    required = [k for k in own if is_saved_key(k, with_copy, with_full_llm)
-                and k not in merged_bases
+    merged_bases = {'llm.' + k[len(PEFT_PREFIX):].replace('.base_layer.', '.')
+                    for k in merged if '.lora_' not in k}
+    required = [k
+                for k in own if is_saved_key(k, with_copy, with_full_llm) and k not in merged_bases
                 and not (skip_llm and k.startswith('llm.'))]
     ignored = []
     lora_model = getattr(model, 'has_lora', False) or (lora is not None and not merged)
@@ -99,7 +100,7 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *,
     if with_full_llm and llm_only_vocab:
         # A pretrain-stage file (LLM frozen, so not saved) given to a model that trains its whole
         # LLM (the tiny synthetic finetune): the LLM keeps the weights it was built from
-        # (``llm.pretrained_model_name_or_path``).
+        #     (``llm.pretrained_model_name_or_path``).
         required = [k for k in required if not k.startswith('llm.') or k in state_dict]
         print_log(f'{source}: no LLM layers in the file (a pretrain-stage file); the LLM keeps the '
                   'weights it was built from', logger='current')
@@ -110,8 +111,8 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *,
         print_log(f'{source}: no `_llm` decoder copies in the file; they keep the OMG-Seg decoder '
                   'weights',
                   logger='current')
-    copies = [k for k in state_dict if k not in own
-              and any(m in k for m in LLM_DECODER_COPY_MARKERS)]
+    copies = [k
+              for k in state_dict if k not in own and any(m in k for m in LLM_DECODER_COPY_MARKERS)]
     if copies:
         raise CheckpointMismatchError(
             f'{source} holds {len(copies)} `_llm` decoder-copy tensors (e.g. {copies[0]}): it is a '
@@ -121,6 +122,10 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *,
     known = {k: v for k, v in state_dict.items() if k in own}
     report = load_into(model, known, source=source, expected_keys=required, file_keys=state_dict,
                        after_copy=pages.release)
+    if steps:
+        if before_merge is not None:
+            before_merge()
+        apply_lora_merges_(steps, pages.release)
     report.loaded = merged + report.loaded
     report.ignored = ignored
     report.unexpected = unknown
@@ -142,16 +147,30 @@ def load_released_checkpoint(model: nn.Module, path: str | os.PathLike, *,
 
 
 def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora: Any, *,
-                         source: str, after_merge=None) -> tuple[dict[str, Tensor], list[str]]:
+                         source: str,
+                         after_merge=None) -> tuple[dict[str, Tensor], list[str]]:
     """Fold the LoRA pairs of a finetune-layout state dict into a plain ``llm`` in place, one weight
-    at a time.
+    at a time: :func:`plan_released_lora` then :func:`apply_lora_merges_`.
+
+    Returns:
+        ``(rest, merged_keys)``: the remaining tensors under plain names, and the file keys merged.
+    """
+    rest, merged, steps = plan_released_lora(llm, state_dict, lora, source=source)
+    apply_lora_merges_(steps, after_merge)
+    return rest, merged
+
+
+def plan_released_lora(llm: nn.Module, state_dict: Mapping[str, Tensor], lora: Any, *,
+                       source: str) -> tuple[dict[str, Tensor], list[str], list['LoraMergeStep']]:
+    """Check and plan the merge of the LoRA pairs of a finetune-layout state dict into a plain
+    ``llm`` (nothing is modified yet).
 
     Every ``nn.Linear`` the LoRA config targets must have its ``lora_A`` / ``lora_B`` pair (adapter
-    ``default``) with the config's rank; each is merged as ``W += (alpha / r) · B @ A`` by
+    ``default``) with the config's rank; each is to be merged as ``W += (alpha / r) · B @ A`` by
     :func:`~omg_llava.models.lora.merge_lora_delta_`; a base weight the file holds too (the LM head
-    ``output.base_layer.weight``) is copied in first, in place. The other ``llm.base_model.model.X``
-    keys are renamed to the plain ``llm.X`` (``.base_layer`` dropped). A file without any
-    finetune-layout key (a pretrain-stage file) is returned unchanged: the LoRA stays a no-op, as an
+    ``output.base_layer.weight``) is copied in first. The other ``llm.base_model.model.X`` keys are
+    renamed to the plain ``llm.X`` (``.base_layer`` dropped). A file without any finetune-layout
+    key (a pretrain-stage file) is returned unchanged with no step: the LoRA stays a no-op, as an
     untrained adapter is.
 
     Args:
@@ -159,18 +178,17 @@ def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora:
         state_dict: the file's tensors.
         lora: the model config's ``llm_lora`` (a ``LoraConfig`` or its arguments).
         source: the file, for messages.
-        after_merge: called with each merged ``lora_A`` / ``lora_B`` tensor (e.g. to drop its file
-            pages).
 
     Returns:
-        ``(rest, merged_keys)``: the remaining tensors under plain names, and the file keys merged.
+        ``(rest, merged_keys, steps)``: the remaining tensors under plain names, the file keys the
+        steps consume, and the steps for :func:`apply_lora_merges_`.
 
     Raises:
         CheckpointMismatchError: a targeted layer without its pair, a pair of another rank or shape,
             or LoRA tensors of another adapter; the message lists them.
     """
     if not any(k.startswith(PEFT_PREFIX) for k in state_dict):
-        return dict(state_dict), []
+        return dict(state_dict), [], []
     config = build_lora_config(lora, llm)
     rest, pairs, file_keys = {}, {}, {}
     for key, value in state_dict.items():
@@ -212,24 +230,42 @@ def merge_released_lora_(llm: nn.Module, state_dict: Mapping[str, Tensor], lora:
         if path not in modules or path not in targets:
             rest.update({key: value for key, value in pair.values()})
     scale = lora_scaling(config)
-    merged = []
+    merged, steps = [], []
     for path in targets:
         (key_a, a), (key_b, b) = pairs[path]['A'], pairs[path]['B']
         weight = modules[path].weight
         base = rest.pop(f'llm.{path}.weight', None)
-        # the file's own base weight first (the LM head): the merge goes on top of it
         if base is not None:
             if base.shape != weight.shape:
                 raise CheckpointMismatchError(f'{source}: {file_keys[f"llm.{path}.weight"]} has '
                                               f'shape {list(base.shape)}, the model '
                                               f'{list(weight.shape)}')
-            weight.data.copy_(base)
             merged.append(file_keys[f'llm.{path}.weight'])
-            if after_merge is not None:
-                after_merge(base)
-        merge_lora_delta_(weight.data, a, b, scale)
         merged += [key_a, key_b]
+        steps.append(LoraMergeStep(weight.data, base, a, b, scale))
+    return rest, merged, steps
+
+
+@dataclass
+class LoraMergeStep:
+    """One planned merge: ``weight`` (out, in) gets the file's ``base`` (the LM head) copied in, if
+    any, then ``scale · lora_B @ lora_A`` added in place."""
+
+    weight: Tensor
+    base: Tensor | None
+    lora_A: Tensor
+    lora_B: Tensor
+    scale: float
+
+
+def apply_lora_merges_(steps: list[LoraMergeStep], after_merge=None) -> None:
+    """Run planned merges one weight at a time (:func:`~omg_llava.models.lora.merge_lora_delta_`);
+    ``after_merge`` is called with each file tensor once consumed (e.g. to drop its pages; a base
+    weight piece by piece as it is copied)."""
+    for step in steps:
+        if step.base is not None:  # the file's own base weight first: the merge goes on top of it
+            copy_in_chunks(step.weight, step.base, after_merge)
+        merge_lora_delta_(step.weight, step.lora_A, step.lora_B, step.scale)
         if after_merge is not None:
-            after_merge(a)
-            after_merge(b)
-    return rest, merged
+            after_merge(step.lora_A)
+            after_merge(step.lora_B)
