@@ -1,7 +1,9 @@
-# Copyright (c) omg-llava contributors. OMG-LLaVA 7B finetune (reference: omg_llava_7b_finetune_8gpus).
-# Run with:  NPROC_PER_NODE=8 python -m xtuner.tools.train configs/omg_llava_7b_finetune_8gpus.py \
+# Copyright (c) omg-llava contributors. OMG-LLaVA 7B finetune (reference:
+# omg_llava_7b_finetune_8gpus). Run with:  NPROC_PER_NODE=8 python -m xtuner.tools.train
+# configs/omg_llava_7b_finetune_8gpus.py \
 #                --deepspeed deepspeed_zero2
-# LoRA (r=512) on the 4-bit LLM + both projectors + the vocabulary, on the 42-entry data mixture of spec §8.3.
+# LoRA (r=512) on the 4-bit LLM + both projectors + the vocabulary, on the 42-entry data mixture of
+# spec §8.3.
 from mmengine.config import read_base
 from mmengine.hooks import DistSamplerSeedHook
 from mmengine.hooks import IterTimerHook
@@ -37,7 +39,8 @@ with read_base():
 #######################################################################
 #                          PART 1  Settings                           #
 #######################################################################
-# The reference config names 'omg_llava_7b_pretrain_1024image_8gpus.pth'; the released file is this one.
+# The reference config names 'omg_llava_7b_pretrain_1024image_8gpus.pth'; the released file is this
+# one.
 pretrained_pth = pretrained_dir + 'omg_llava_7b_pretrain_8gpus.pth'
 
 # Data: the released config's ./data layout and file names (docs/training.md lists every file)
@@ -49,14 +52,17 @@ glamm_images = data_root + 'glamm_data/images/'
 coco2014_train = glamm_images + 'coco2014/train2014/'
 coco2017_train = glamm_images + 'coco2017/train2017/'
 ade20k_root = data_root + 'semantic_seg/ADEChallengeData2016/'
-cocostuff_label_folder = data_root + 'semantic_seg/coco_stuff/stuffthingmaps_trainval2017/train2017/'
+cocostuff_label_folder = (
+    data_root + 'semantic_seg/coco_stuff/stuffthingmaps_trainval2017/train2017/'
+)
 # the class lists ship with the reference code (omg_llava/dataset/utils/ there), not with the data
 ade20k_class_file = data_root + 'semantic_seg/ade20k_classes.json'
 cocostuff_class_file = data_root + 'semantic_seg/cocostuff_classes.txt'
 ref_seg_root = data_root + 'ref_seg/'
 osprey_root = data_root + 'region_caption/osprey/'
 mdpv_root = data_root + 'mdpv_point/'
-vg_images = llava_image_folder + '/vg/VG_100K'  # MDPV: images missing here are read from .../vg/VG_100K_2
+# MDPV: images missing here are read from .../vg/VG_100K_2
+vg_images = llava_image_folder + '/vg/VG_100K'
 max_length = 1692  # text tokens: 2048 - (1024 / 64)**2 image tokens - 100
 
 # Scheduler & optimizer
@@ -80,8 +86,8 @@ evaluation_freq = 2000
 evaluation_images = './test.jpg'
 evaluation_inputs = [
     '请描述一下这张照片', 'Please describe this picture',
-    'Could you please give me a detailed description of the image? Please respond with interleaved segmentation '
-    'masks for the corresponding parts of the answer.'
+    'Could you please give me a detailed description of the image? Please respond with interleaved '
+    'segmentation masks for the corresponding parts of the answer.'
 ]
 
 #######################################################################
@@ -103,9 +109,11 @@ model.update(
 #######################################################################
 common = dict(tokenizer=tokenizer, image_size=image_size, max_length=max_length)
 
-llava_dataset = dict(type=LLaVADataset, data_path=llava_data_path, image_folder=llava_image_folder, **common)
+llava_dataset = dict(type=LLaVADataset, data_path=llava_data_path, image_folder=llava_image_folder,
+                     **common)
 gcg_datasets = [
-    dict(type=FlickrGCGDataset, annotation_file=glamm_annotations + 'flickr_mergedGT_GCG_train.json',
+    dict(type=FlickrGCGDataset,
+         annotation_file=glamm_annotations + 'flickr_mergedGT_GCG_train.json',
          image_folder=glamm_images + 'flickr30k/Flickr30K/', **common),
     dict(type=RefCOCOgGCGDataset, annotation_file=glamm_annotations + 'RefCOCOg_GCG_train.json',
          image_folder=coco2014_train, **common),
@@ -114,14 +122,15 @@ gcg_datasets = [
     dict(type=OpenPsgGCGDataset, annotation_file=glamm_annotations + 'OpenPsgGCG_train.json',
          image_folder=glamm_images + 'coco2017/', **common),
 ]
-# Semantic and referring segmentation appear three times, interleaved as in the released config (ADE20K,
-# COCO-Stuff, ADE20K, ...; RefCOCO, RefCOCO+, RefCOCOg, RefCLEF, RefCOCO, ...). The copies differ in their seed (the
-# reference's copies differ in their random draws).
+# Semantic and referring segmentation appear three times, interleaved as in the released config
+# (ADE20K, COCO-Stuff, ADE20K, ...; RefCOCO, RefCOCO+, RefCOCOg, RefCLEF, RefCOCO, ...). The copies
+# differ in their seed (the reference's copies differ in their random draws).
 semantic_seg_sources = {
     'ade20k': dict(kind='ade20k', image_folder=ade20k_root + 'images/training/',
-                   label_folder=ade20k_root + 'annotations/training/', class_names=ade20k_class_file),
-    'cocostuff': dict(kind='cocostuff', image_folder=coco2017_train, label_folder=cocostuff_label_folder,
-                      class_names=cocostuff_class_file),
+                   label_folder=ade20k_root + 'annotations/training/',
+                   class_names=ade20k_class_file),
+    'cocostuff': dict(kind='cocostuff', image_folder=coco2017_train,
+                      label_folder=cocostuff_label_folder, class_names=cocostuff_class_file),
 }
 semantic_seg_datasets = [
     dict(type=SemanticSegDataset, seed=seed, **semantic_seg_sources[name], **common)
@@ -129,18 +138,23 @@ semantic_seg_datasets = [
 ]
 refer_seg_datasets = [
     dict(type=ReferSegDataset, data_root=ref_seg_root, dataset=name, split_by=split_by,
-         image_folder=ref_seg_root + 'saiapr_tc-12/' if name == 'refclef' else coco2014_train, seed=seed, **common)
+         image_folder=ref_seg_root + 'saiapr_tc-12/' if name == 'refclef' else coco2014_train,
+         seed=seed, **common)
     for seed in (0, 1, 2)
-    for name, split_by in (('refcoco', 'unc'), ('refcoco+', 'unc'), ('refcocog', 'umd'), ('refclef', 'unc'))
+    for name, split_by in (('refcoco', 'unc'), ('refcoco+', 'unc'), ('refcocog', 'umd'),
+                           ('refclef', 'unc'))
 ]
 region_datasets = [
-    dict(type=OspreyRegionCaptionDataset, annotation_file=osprey_root + 'osprey_detail_description.json',
+    dict(type=OspreyRegionCaptionDataset,
+         annotation_file=osprey_root + 'osprey_detail_description.json',
          image_folder=coco2014_train, **common),
-    dict(type=OspreyRegionConversationDataset, annotation_file=osprey_root + 'osprey_conversation.json',
+    dict(type=OspreyRegionConversationDataset,
+         annotation_file=osprey_root + 'osprey_conversation.json',
          image_folder=coco2014_train, **common),
 ]
-# MDPV point data: (annotation file, image folder) per source, names, folders and order as in the released config.
-# The rows' `image` values carry the annotators' folders; the dataset reads their basename in these folders.
+# MDPV point data: (annotation file, image folder) per source, names, folders and order as in the
+# released config. The rows' `image` values carry the annotators' folders; the dataset reads their
+# basename in these folders.
 mdpv_sources = [
     ('gpt4v_ade20k_detailed_caption_point.json', ade20k_root + 'images/training/'),
     ('gpt4v_cocostuff_10k_detailed_caption_point.json', coco2014_train),
@@ -164,13 +178,19 @@ mdpv_datasets = [
     for name, folder in mdpv_sources
 ]
 
-# The released config's order (concatenated, then permuted once with seed 42: the same order for the same lengths)
+# The released config's order (concatenated, then permuted once with seed 42: the same order for the
+# same lengths)
 train_dataset = dict(
     type=CombinedDataset,
-    datasets=[llava_dataset] + gcg_datasets + semantic_seg_datasets + refer_seg_datasets + region_datasets +
-    mdpv_datasets,
+    datasets=[llava_dataset]
+    + gcg_datasets
+    + semantic_seg_datasets
+    + refer_seg_datasets
+    + region_datasets
+    + mdpv_datasets,
     repeats=[1, 1, 1, 10, 1] + [1] * (6 + 12 + 2 + len(mdpv_sources)),  # GranDf x10
-    shuffle_seed=42)
+    shuffle_seed=42,
+)
 
 train_dataloader = dict(
     batch_size=batch_size,
@@ -232,7 +252,8 @@ default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=save_steps,
+                    max_keep_ckpts=save_total_limit),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 

@@ -1,8 +1,9 @@
-# Copyright (c) omg-llava contributors. OMG-LLaVA 7B pretrain (reference: omg_llava_7b_pretrain_8gpus).
-# Run with:  NPROC_PER_NODE=8 python -m xtuner.tools.train configs/omg_llava_7b_pretrain_8gpus.py \
+# Copyright (c) omg-llava contributors. OMG-LLaVA 7B pretrain (reference:
+# omg_llava_7b_pretrain_8gpus). Run with:  NPROC_PER_NODE=8 python -m xtuner.tools.train
+# configs/omg_llava_7b_pretrain_8gpus.py \
 #                --deepspeed deepspeed_zero2
-# Trains the two projectors (LM loss + 10 x MSE alignment of projector_text2vision) on LLaVA-Pretrain captions;
-# the 4-bit LLM and the visual encoder stay frozen.
+# Trains the two projectors (LM loss + 10 x MSE alignment of projector_text2vision) on
+# LLaVA-Pretrain captions; the 4-bit LLM and the visual encoder stay frozen.
 from mmengine.config import read_base
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import DistSamplerSeedHook
@@ -128,7 +129,8 @@ default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=10),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=save_steps,
+                    max_keep_ckpts=save_total_limit),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 

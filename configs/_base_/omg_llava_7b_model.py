@@ -1,5 +1,6 @@
-# Copyright (c) omg-llava contributors. The OMG-LLaVA 7B model shared by the pretrain and finetune configs:
-# InternLM2-chat-7B (4-bit NF4, fp16 compute) + the frozen OMG-Seg ConvNeXt-L visual encoder.
+# Copyright (c) omg-llava contributors. The OMG-LLaVA 7B model shared by the pretrain and finetune
+# configs: InternLM2-chat-7B (4-bit NF4, fp16 compute) + the frozen OMG-Seg ConvNeXt-L visual
+# encoder.
 import torch
 from peft import LoraConfig  # noqa: F401 (used by the configs that read this base)
 from transformers import AutoModelForCausalLM
@@ -20,8 +21,11 @@ llm_name_or_path = pretrained_dir + 'internlm2-chat-7b'
 omg_head_pretrain_pth_path = pretrained_dir + 'omg_seg_convl.pth'
 omg_ov_class_embed_path = pretrained_dir + 'convnext_large_d_320_CocoPanopticOVDataset.pth'
 # The CLIP trunk is in no OMG file: the open_clip checkpoint of
-# laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup (open_clip_pytorch_model.bin or .safetensors).
-clip_pretrain_path = pretrained_dir + 'convnext_large_d_320_laion2b_s29b_b131k_ft_soup/open_clip_pytorch_model.bin'
+# laion/CLIP-convnext_large_d_320.laion2B-s29B-b131K-ft-soup (open_clip_pytorch_model.bin or
+# .safetensors).
+clip_pretrain_path = (
+    pretrained_dir + 'convnext_large_d_320_laion2b_s29b_b131k_ft_soup/open_clip_pytorch_model.bin'
+)
 
 # Visual encoder
 image_size = 1024

@@ -1,6 +1,7 @@
-# Copyright (c) omg-llava contributors. Grounded-conversation-generation finetune (reference: finetune_gcg.py).
-# Starts from the general finetune checkpoint and also trains copies of the OMG mask decoder that decode [SEG]
-# (require_omg_decoder in the reference; with_llm_decoder_copy here). Data: the 4 GCG datasets.
+# Copyright (c) omg-llava contributors. Grounded-conversation-generation finetune (reference:
+# finetune_gcg.py). Starts from the general finetune checkpoint and also trains copies of the OMG
+# mask decoder that decode [SEG] (require_omg_decoder in the reference; with_llm_decoder_copy here).
+# Data: the 4 GCG datasets.
 #   NPROC_PER_NODE=8 python -m xtuner.tools.train configs/specific_tasks_finetune/finetune_gcg.py \
 #       --deepspeed deepspeed_zero2
 from mmengine.config import read_base
@@ -24,4 +25,5 @@ model.update(pretrained_pth=pretrained_pth)
 #######################################################################
 #                      PART 3  Dataset & Dataloader                   #
 #######################################################################
-train_dataloader.dataset = dict(type=CombinedDataset, datasets=gcg_datasets, repeats=[1, 1, 10, 1], shuffle_seed=42)
+train_dataloader.dataset = dict(type=CombinedDataset, datasets=gcg_datasets, repeats=[1, 1, 10, 1],
+                                shuffle_seed=42)

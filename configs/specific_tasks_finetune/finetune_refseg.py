@@ -1,7 +1,9 @@
-# Copyright (c) omg-llava contributors. Referring-segmentation finetune (reference: finetune_refseg.py).
-# Starts from the general finetune checkpoint and also trains copies of the OMG mask decoder that decode [SEG]
-# (require_omg_decoder in the reference; with_llm_decoder_copy here). Data: the 12 referring-seg entries.
-#   NPROC_PER_NODE=8 python -m xtuner.tools.train configs/specific_tasks_finetune/finetune_refseg.py \
+# Copyright (c) omg-llava contributors. Referring-segmentation finetune (reference:
+# finetune_refseg.py). Starts from the general finetune checkpoint and also trains copies of the OMG
+# mask decoder that decode [SEG] (require_omg_decoder in the reference; with_llm_decoder_copy here).
+# Data: the 12 referring-seg entries.
+#   NPROC_PER_NODE=8 python -m xtuner.tools.train configs/specific_tasks_finetune/finetune_refseg.py
+#   \
 #       --deepspeed deepspeed_zero2
 from mmengine.config import read_base
 
@@ -24,4 +26,5 @@ model.update(pretrained_pth=pretrained_pth)
 #######################################################################
 #                      PART 3  Dataset & Dataloader                   #
 #######################################################################
-train_dataloader.dataset = dict(type=CombinedDataset, datasets=refer_seg_datasets, repeats=None, shuffle_seed=42)
+train_dataloader.dataset = dict(type=CombinedDataset, datasets=refer_seg_datasets, repeats=None,
+                                shuffle_seed=42)

@@ -1,7 +1,8 @@
-# Language stage of the tiny synthetic model (issue 6): the tiny InternLM2 of omg_llava_tiny_synthetic_finetune.py,
-# randomly initialised, trained on the text of the finetune conversations (image and visual prompts left out),
-# so that it reads and repeats the user's words before it sees an image. The released model starts from the
-# pretrained internlm2-chat-7b in the same way; no pretrained LLM exists at this size.
+# Language stage of the tiny synthetic model (issue 6): the tiny InternLM2 of
+# omg_llava_tiny_synthetic_finetune.py, randomly initialised, trained on the text of the finetune
+# conversations (image and visual prompts left out), so that it reads and repeats the user's words
+# before it sees an image. The released model starts from the pretrained internlm2-chat-7b in the
+# same way; no pretrained LLM exists at this size.
 #   python projects/tiny_omg_llava/synthetic_shapes.py --root data/synthetic_shapes
 #   python -m xtuner.tools.train configs/tiny/llm_tiny_synthetic.py
 # Ends with work_dirs/llm_tiny_synthetic/llm/ (ExportStageOutputHook): a Hugging Face folder, the

@@ -1,7 +1,8 @@
 # Tiny sibling of configs/omg_llava_7b_finetune_8gpus.py: same structure, random init, CPU-sized
-# (InternLM2 with 2 layers of width 64, the committed 1000-piece tokenizer, LoRA r=8 on the same layers).
-# Used by the tests and by the README demo when no released weights are present. It trains on CPU on the
-# small real data set of projects/tiny_omg_llava/build_tiny_data.py (same formats and layout as ./data/):
+# (InternLM2 with 2 layers of width 64, the committed 1000-piece tokenizer, LoRA r=8 on the same
+# layers). Used by the tests and by the README demo when no released weights are present. It trains
+# on CPU on the small real data set of projects/tiny_omg_llava/build_tiny_data.py (same formats and
+# layout as ./data/):
 #   python projects/tiny_omg_llava/build_tiny_data.py --root data/tiny_omg_llava
 #   python -m xtuner.tools.train configs/tiny/omg_llava_tiny_finetune.py
 from mmengine.hooks import DistSamplerSeedHook
@@ -80,7 +81,8 @@ evaluation_inputs = ['Please segment the person in this image.']
 #######################################################################
 visual_encoder = dict(
     type=OMGSegVisualEncoder,
-    backbone=dict(type=ConvNeXtCLIPBackbone, depths=(1, 1, 2, 1), dims=(32, 64, 128, 256), clip_embed_dim=32),
+    backbone=dict(type=ConvNeXtCLIPBackbone, depths=(1, 1, 2, 1), dims=(32, 64, 128, 256),
+                  clip_embed_dim=32),
     panoptic_head=dict(
         type=OMGSegHead,
         in_channels=(32, 64, 128, 256),
@@ -102,7 +104,8 @@ visual_encoder = dict(
     frozen=True,
     weights=dict())
 
-tokenizer = dict(type=InternLM2Tokenizer.from_pretrained, pretrained_model_name_or_path=TINY_TOKENIZER_DIR)
+tokenizer = dict(type=InternLM2Tokenizer.from_pretrained,
+                 pretrained_model_name_or_path=TINY_TOKENIZER_DIR)
 
 model = dict(
     type=OMGLLaVA,
@@ -120,7 +123,8 @@ model = dict(
             num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=2048)),
-    llm_lora=dict(type=LoraConfig, r=8, lora_alpha=4, lora_dropout=0.05, bias='none', task_type='CAUSAL_LM'),
+    llm_lora=dict(type=LoraConfig, r=8, lora_alpha=4, lora_dropout=0.05, bias='none',
+                  task_type='CAUSAL_LM'),
     visual_encoder=visual_encoder,
     use_activation_checkpointing=False,
     max_length=max_length)
@@ -132,15 +136,17 @@ common = dict(tokenizer=tokenizer, image_size=image_size, max_length=max_length)
 train_dataset = dict(
     type=CombinedDataset,
     datasets=[
-        dict(type=LLaVADataset, data_path=data_root + 'llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json',
+        dict(type=LLaVADataset,
+             data_path=data_root + 'llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json',
              image_folder=data_root + 'llava_data/llava_images', **common),
-        dict(type=GranDfGCGDataset, annotation_file=data_root + 'glamm_data/annotations/GranDf_HA_GCG_train.json',
+        dict(type=GranDfGCGDataset,
+             annotation_file=data_root + 'glamm_data/annotations/GranDf_HA_GCG_train.json',
              image_folder=glamm_images + 'grandf/train/', **common),
         dict(type=SemanticSegDataset, kind='ade20k', image_folder=ade20k_root + 'images/training/',
-             label_folder=ade20k_root + 'annotations/training/', class_names=data_root + 'ade20k/ade20k_classes.json',
-             **common),
-        dict(type=ReferSegDataset, data_root=data_root + 'ref_seg/', dataset='refcoco', split_by='unc',
-             image_folder=coco2014_train, **common),
+             label_folder=ade20k_root + 'annotations/training/',
+             class_names=data_root + 'ade20k/ade20k_classes.json', **common),
+        dict(type=ReferSegDataset, data_root=data_root + 'ref_seg/', dataset='refcoco',
+             split_by='unc', image_folder=coco2014_train, **common),
         dict(type=OspreyRegionCaptionDataset,
              annotation_file=data_root + 'region_caption/osprey/osprey_detail_description.json',
              image_folder=coco2014_train, **common),
@@ -194,7 +200,8 @@ default_hooks = dict(
     timer=dict(type=IterTimerHook),
     logger=dict(type=LoggerHook, log_metric_by_epoch=False, interval=5),
     param_scheduler=dict(type=ParamSchedulerHook),
-    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=save_steps, max_keep_ckpts=save_total_limit),
+    checkpoint=dict(type=AtomicCheckpointHook, by_epoch=False, interval=save_steps,
+                    max_keep_ckpts=save_total_limit),
     sampler_seed=dict(type=DistSamplerSeedHook),
 )
 
@@ -203,9 +210,10 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='gloo'),
 )
-# a plain Runner unless launched (torchrun ... --launcher pytorch); then data-parallel on CPU processes too
-# (omg_llava/engine/cpu_runner.py). Some parameters get no gradient in some steps (the region / point prompt
-# encoders without such rows, the [SEG] path without referring rows), hence find_unused_parameters.
+# a plain Runner unless launched (torchrun ... --launcher pytorch); then data-parallel on CPU
+# processes too (omg_llava/engine/cpu_runner.py). Some parameters get no gradient in some steps (the
+# region / point prompt encoders without such rows, the [SEG] path without referring rows), hence
+# find_unused_parameters.
 runner_type = CPUDataParallelRunner
 find_unused_parameters = True
 
