@@ -1,5 +1,5 @@
-"""Model components; importing this package registers them in :data:`omg_llava.registry.MODELS` and registers
-the first-party InternLM2 with transformers' Auto classes."""
+"""Model components; importing this package registers them in :data:`omg_llava.registry.MODELS` and
+registers the first-party InternLM2 with transformers' Auto classes."""
 from . import llm  # noqa: F401  (Auto-class registration of InternLM2)
 from .auxiliary_losses import AuxiliaryLoss, ObjectTokenHintLoss, TextOnlyLMLoss
 from .backbones import ConvNeXtCLIPBackbone
@@ -12,7 +12,9 @@ from .seg_heads import OMGSegHead
 from .special_tokens import SpecialTokenIds
 from .visual_prompts import VisualPrompt
 
-__all__ = ['ConvNeXtCLIPBackbone', 'OMGSegHead', 'OMGSegVisualEncoder', 'VisualEncoderOutput', 'PromptOutput',
-           'OMGVisualProjector', 'Text2VisionProjector', 'OMGLLaVA', 'EncodedImages', 'GenerationOutput',
+__all__ = ['ConvNeXtCLIPBackbone', 'OMGSegHead', 'OMGSegVisualEncoder', 'VisualEncoderOutput',
+           'PromptOutput',
+           'OMGVisualProjector', 'Text2VisionProjector', 'OMGLLaVA', 'EncodedImages',
+           'GenerationOutput',
            'SpecialTokenIds', 'VisualPrompt', 'OMGSegTrainer', 'LanguageModelTrainer', 'SegQueries',
            'AuxiliaryLoss', 'ObjectTokenHintLoss', 'TextOnlyLMLoss']

@@ -1,9 +1,9 @@
 """Splice visual tokens and visual-prompt embeddings into token sequences (spec §5.4, §6.4).
 
-Token ids carry three kinds of placeholders: the image sentinel ``-200`` (replaced by the image's whole
-visual sequence), ``<region>`` and ``<mark>`` (each replaced by one prompt embedding, consumed in
-batch-then-position order). Labels of inserted rows are ``-100``; sequences are right-padded with zero
-embeddings; position ids restart at 0 for every sample (0 on padding).
+Token ids carry three kinds of placeholders: the image sentinel ``-200`` (replaced by the image's
+whole visual sequence), ``<region>`` and ``<mark>`` (each replaced by one prompt embedding, consumed
+in batch-then-position order). Labels of inserted rows are ``-100``; sequences are right-padded with
+zero embeddings; position ids restart at 0 for every sample (0 on padding).
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ class SplicedInputs:
 
 
 class PromptCountError(ValueError):
-    """The number of ``<region>`` / ``<mark>`` / ``<image>`` placeholders does not match the inputs given."""
+    """The number of ``<region>`` / ``<mark>`` / ``<image>`` placeholders does not match the inputs
+    given."""
 
 
 def count_placeholders(input_ids: Tensor, attention_mask: Tensor | None, token_id: int) -> Tensor:
@@ -40,28 +41,32 @@ def count_placeholders(input_ids: Tensor, attention_mask: Tensor | None, token_i
     return hits.sum(dim=1)
 
 
-def placeholder_batch_indices(input_ids: Tensor, attention_mask: Tensor | None, token_id: int) -> Tensor:
+def placeholder_batch_indices(input_ids: Tensor, attention_mask: Tensor | None,
+                              token_id: int) -> Tensor:
     """(N,) sample index of every ``token_id`` placeholder in batch-then-position order."""
     counts = count_placeholders(input_ids, attention_mask, token_id)
     return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
 
 
 def image_start_positions(input_ids: Tensor, attention_mask: Tensor | None) -> Tensor:
-    """(B,) position of each sample's first visual row in its spliced sequence (−1 without ``<image>``).
+    """(B,) position of each sample's first visual row in its spliced sequence (−1 without
+    ``<image>``).
 
-    Every other placeholder becomes exactly one row, so the image starts where its placeholder sits among the
-    valid (unpadded) tokens.
+    Every other placeholder becomes exactly one row, so the image starts where its placeholder sits
+    among the valid (unpadded) tokens.
     """
-    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+            else attention_mask.bool())
     is_image = (input_ids == IMAGE_TOKEN_INDEX) & mask
     valid_before = mask.long().cumsum(dim=1) - 1  # (B, L) index among valid tokens
     starts = torch.where(is_image, valid_before, torch.full_like(valid_before, -1))
     return starts.max(dim=1).values
 
 
-def object_token_positions(image_starts: Tensor, n_pixel_tokens: int, valid: Tensor, query_idxs: Tensor) -> Tensor:
-    """(N,) spliced-sequence position of object query ``query_idxs[n]`` of an image (a visual sequence is
-    h·w pixel tokens, the separator, then the valid queries in ascending index).
+def object_token_positions(image_starts: Tensor, n_pixel_tokens: int, valid: Tensor,
+                           query_idxs: Tensor) -> Tensor:
+    """(N,) spliced-sequence position of object query ``query_idxs[n]`` of an image (a visual
+    sequence is h·w pixel tokens, the separator, then the valid queries in ascending index).
 
     Args:
         image_starts: (N,) start of the image's visual rows (:func:`image_start_positions`).
@@ -76,33 +81,38 @@ def object_token_positions(image_starts: Tensor, n_pixel_tokens: int, valid: Ten
 def splice_multimodal_inputs(input_ids: Tensor, embed_tokens: nn.Module, token_ids: SpecialTokenIds,
                              attention_mask: Tensor | None = None, labels: Tensor | None = None,
                              visual_sequences: Sequence[Tensor | None] | None = None,
-                             region_embeds: Tensor | None = None, mark_embeds: Tensor | None = None) -> SplicedInputs:
+                             region_embeds: Tensor | None = None,
+                             mark_embeds: Tensor | None = None) -> SplicedInputs:
     """Build the LLM input embeddings of a batch.
 
     Args:
-        input_ids: (B, L) ids with placeholders; right padding is removed through ``attention_mask``.
+        input_ids: (B, L) ids with placeholders; right padding is removed through
+            ``attention_mask``.
         embed_tokens: the LLM input embedding (``tok_embeddings``).
         token_ids: ids of ``<region>`` and ``<mark>``.
         attention_mask: (B, L), True/1 on real tokens (default: all real).
         labels: (B, L) or None.
-        visual_sequences: per sample, its visual sequence (n_b, D) or None when the sample has no image.
-            A sample holding ``<image>`` needs one; a sample without ``<image>`` ignores it.
+        visual_sequences: per sample, its visual sequence (n_b, D) or None when the sample has no
+            image. A sample holding ``<image>`` needs one; a sample without ``<image>`` ignores it.
         region_embeds: (R, D) one row per ``<region>`` in batch-then-position order.
         mark_embeds: (M, D) one row per ``<mark>`` in batch-then-position order.
 
     Raises:
-        PromptCountError: a sample has more than one ``<image>``, an ``<image>`` without an image, or the
-            number of ``<region>`` / ``<mark>`` differs from the rows given.
+        PromptCountError: a sample has more than one ``<image>``, an ``<image>`` without an image,
+            or the number of ``<region>`` / ``<mark>`` differs from the rows given.
     """
     B, L = input_ids.shape
-    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    placeholders = {IMAGE_TOKEN_INDEX: None, token_ids.region: region_embeds, token_ids.mark: mark_embeds}
+    mask = (torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None
+            else attention_mask.bool())
+    placeholders = {IMAGE_TOKEN_INDEX: None, token_ids.region: region_embeds,
+                    token_ids.mark: mark_embeds}
     _check_counts(input_ids, mask, token_ids, visual_sequences, region_embeds, mark_embeds)
 
     is_placeholder = torch.zeros_like(mask)
     for token_id in placeholders:
         is_placeholder |= input_ids == token_id
-    text_embeds = embed_tokens(input_ids.masked_fill(is_placeholder, 0))  # (B, L, D); placeholder rows dropped
+    # (B, L, D); placeholder rows dropped
+    text_embeds = embed_tokens(input_ids.masked_fill(is_placeholder, 0))
     cursor = {token_ids.region: 0, token_ids.mark: 0}
     rows, row_labels = [], []
     for b in range(B):
@@ -154,18 +164,19 @@ def _check_counts(input_ids: Tensor, mask: Tensor, token_ids: SpecialTokenIds,
     images = count_placeholders(input_ids, mask, IMAGE_TOKEN_INDEX)
     for b, n in enumerate(images.tolist()):
         if n > 1:
-            raise PromptCountError(f'sample {b} holds {n} <image> placeholders; OMG-LLaVA takes one image per '
-                                   'conversation, placed once in the first question')
+            raise PromptCountError(f'sample {b} holds {n} <image> placeholders; OMG-LLaVA takes '
+                                   'one image per conversation, placed once in the first question')
         if n == 1 and (visual_sequences is None or visual_sequences[b] is None):
-            raise PromptCountError(f'sample {b} asks about an <image> but no image was given; pass the image '
-                                   'or remove <image> from the prompt')
+            raise PromptCountError(f'sample {b} asks about an <image> but no image was given; pass '
+                                   'the image or remove <image> from the prompt')
     for name, token_id, embeds in (('<region>', token_ids.region, region_embeds),
                                    ('<mark>', token_ids.mark, mark_embeds)):
         needed = int(count_placeholders(input_ids, mask, token_id).sum())
         given = 0 if embeds is None else len(embeds)
         if needed != given:
-            raise PromptCountError(f'the text holds {needed} {name} placeholder(s) but {given} visual prompt(s) '
-                                   f'were given for them; give one prompt per {name}, in the order they appear')
+            raise PromptCountError(f'the text holds {needed} {name} placeholder(s) but {given} '
+                                   'visual prompt(s) were given for them; give one prompt per '
+                                   f'{name}, in the order they appear')
 
 
 def drop_tokens(input_ids: Tensor, labels: Tensor, attention_mask: Tensor, token_ids: Sequence[int],
@@ -179,7 +190,9 @@ def drop_tokens(input_ids: Tensor, labels: Tensor, attention_mask: Tensor, token
     Returns:
         (B, L') ids, labels (−100 on padding) and bool mask, L' the longest remaining row.
     """
-    keep = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(list(token_ids), device=input_ids.device))
+    keep = attention_mask.bool() & ~torch.isin(input_ids,
+                                               torch.tensor(list(token_ids),
+                                                            device=input_ids.device))
     lengths = keep.sum(1)
     width = max(int(lengths.max()), 1)
     ids = input_ids.new_full((len(input_ids), width), pad_index)

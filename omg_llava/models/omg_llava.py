@@ -1,17 +1,20 @@
-"""The OMG-LLaVA model: OMG-Seg visual encoder + projectors + InternLM2, with [SEG] masks (spec §1, §4–6).
+"""The OMG-LLaVA model: OMG-Seg visual encoder + projectors + InternLM2, with [SEG] masks (spec §1,
+§4–6).
 
 Data flow of one batch (:meth:`OMGLLaVA.forward`):
 
-1. :meth:`encode_images`: pixels (B, 3, H, W) → frozen OMG-Seg → visual tokens → projector → one visual
-   sequence (h·w + 1 + n_valid, D) per image, plus the image features that prompts and [SEG] decode over.
+1. :meth:`encode_images`: pixels (B, 3, H, W) → frozen OMG-Seg → visual tokens → projector → one
+   visual sequence (h·w + 1 + n_valid, D) per image, plus the image features that prompts and [SEG]
+   decode over.
 2. ``<region>`` / ``<mark>`` placeholders get one embedding each from their visual prompt
    (:mod:`~omg_llava.models.visual_prompts`), ``<image>`` (−200) gets the visual sequence
    (:func:`~omg_llava.models.multimodal_inputs.splice_multimodal_inputs`).
-3. The LLM runs on the spliced embeddings; the final post-norm hidden state at every ``[SEG]`` input position
-   goes through ``projector_text2vision`` and the OMG decoder into a mask.
+3. The LLM runs on the spliced embeddings; the final post-norm hidden state at every ``[SEG]`` input
+   position goes through ``projector_text2vision`` and the OMG decoder into a mask.
 
-Checkpoints hold only what the reference saves (:mod:`~omg_llava.models.save_filter`), under the reference
-module paths (``llm.base_model.model.…``, ``projector.model.…``, ``projector_text2vision.model.…``).
+Checkpoints hold only what the reference saves (:mod:`~omg_llava.models.save_filter`), under the
+reference module paths (``llm.base_model.model.…``, ``projector.model.…``,
+``projector_text2vision.model.…``).
 """
 from __future__ import annotations
 
@@ -76,9 +79,9 @@ class GenerationOutput:
     Attributes:
         token_ids: (T,) generated ids, up to and including the first stop token.
         seg_positions: (n,) indices into ``token_ids`` of the generated ``[SEG]`` tokens.
-        mask_logits: (n, H/4, W/4) mask logits on the network input square, one per ``[SEG]`` (last decoder
-            step, before any upsampling; map them to the image with ``SquareGeometry.logits_to_original``).
-            Empty when no image was given.
+        mask_logits: (n, H/4, W/4) mask logits on the network input square, one per ``[SEG]`` (last
+            decoder step, before any upsampling; map them to the image with
+            ``SquareGeometry.logits_to_original``). Empty when no image was given.
     """
 
     token_ids: Tensor
@@ -118,16 +121,18 @@ class OMGLLaVA(BaseModel):
     """OMG-LLaVA (mmengine ``BaseModel``; modes ``loss`` / ``predict`` / ``tensor``).
 
     Args:
-        llm: the causal LM (module or xtuner-style config dict, e.g. ``dict(type=AutoModelForCausalLM
-            .from_pretrained, pretrained_model_name_or_path=...)``).
+        llm: the causal LM (module or xtuner-style config dict, e.g.
+            ``dict(type=AutoModelForCausalLM .from_pretrained,
+            pretrained_model_name_or_path=...)``).
         visual_encoder: :class:`~omg_llava.models.OMGSegVisualEncoder` (module or config).
-        tokenizer: the LLM tokenizer (module or config). The special tokens are added to it. Without one,
-            the ids follow the base vocabulary (``special_token_ids`` overrides).
-        stage: ``'pretrain'`` (LM loss + 10·MSE alignment of ``projector_text2vision``) or ``'finetune'``
-            (LM loss + [SEG] mask losses).
+        tokenizer: the LLM tokenizer (module or config). The special tokens are added to it. Without
+            one, the ids follow the base vocabulary (``special_token_ids`` overrides).
+        stage: ``'pretrain'`` (LM loss + 10·MSE alignment of ``projector_text2vision``) or
+            ``'finetune'`` (LM loss + [SEG] mask losses).
         llm_lora: a ``peft.LoraConfig`` or its arguments; ``None`` keeps the LLM unwrapped.
-        freeze_llm: freeze the LLM base weights (LoRA and the vocabulary tensors still train in finetune).
-            ``False`` trains the whole LLM and saves it in the checkpoint (tiny models trained from scratch).
+        freeze_llm: freeze the LLM base weights (LoRA and the vocabulary tensors still train in
+            finetune). ``False`` trains the whole LLM and saves it in the checkpoint (tiny models
+            trained from scratch).
         projector_depth: depth of both projector MLPs.
         mask_loss: :class:`~omg_llava.models.seg_losses.MaskLossConfig` or its fields.
         pretrain_loss_weight: weight of the pretrain alignment MSE.
@@ -135,14 +140,16 @@ class OMGLLaVA(BaseModel):
             :class:`~omg_llava.models.auxiliary_losses.AuxiliaryLoss` or its config, e.g.
             ``[dict(type=ObjectTokenHintLoss, weight=1.0)]``; each adds its ``loss_*`` key.
         use_activation_checkpointing: gradient checkpointing in the LLM.
-        max_length: longest spliced sequence (text + visual tokens) accepted by :meth:`generate`; default
-            the LLM's ``max_position_embeddings``.
+        max_length: longest spliced sequence (text + visual tokens) accepted by :meth:`generate`;
+            default the LLM's ``max_position_embeddings``.
         pretrained_pth: a released-format checkpoint loaded by :meth:`init_weights`.
-        special_token_ids: explicit ``SpecialTokenIds`` fields (for exports whose vocabulary is resized).
+        special_token_ids: explicit ``SpecialTokenIds`` fields (for exports whose vocabulary is
+            resized).
         data_preprocessor: mmengine data preprocessor config.
     """
 
-    def __init__(self, llm: nn.Module | dict, visual_encoder: nn.Module | dict, tokenizer: Any = None,
+    def __init__(self, llm: nn.Module | dict, visual_encoder: nn.Module | dict,
+                 tokenizer: Any = None,
                  stage: str = 'finetune', llm_lora: Any = None, freeze_llm: bool = True,
                  projector_depth: int = 2, mask_loss: MaskLossConfig | dict | None = None,
                  pretrain_loss_weight: float = 10.0,
@@ -177,13 +184,19 @@ class OMGLLaVA(BaseModel):
             head.transformer_decoder_llm.requires_grad_(True)
             head.mask_embed_llm.requires_grad_(True)
         hidden = llm.config.hidden_size
-        self.projector = OMGVisualProjector(query_channels=self.visual_encoder.query_channels,
-                                            clip_channels=self.visual_encoder.pixel_shuffled_channels,
-                                            llm_hidden_size=hidden, depth=projector_depth)
-        self.projector_text2vision = Text2VisionProjector(llm_hidden_size=hidden,
-                                                          query_channels=self.visual_encoder.query_channels,
-                                                          depth=projector_depth)
-        self.mask_loss = mask_loss if isinstance(mask_loss, MaskLossConfig) else MaskLossConfig(**(mask_loss or {}))
+        self.projector = OMGVisualProjector(
+            query_channels=self.visual_encoder.query_channels,
+            clip_channels=self.visual_encoder.pixel_shuffled_channels,
+            llm_hidden_size=hidden,
+            depth=projector_depth,
+        )
+        self.projector_text2vision = Text2VisionProjector(
+            llm_hidden_size=hidden,
+            query_channels=self.visual_encoder.query_channels,
+            depth=projector_depth,
+        )
+        self.mask_loss = (mask_loss if isinstance(mask_loss, MaskLossConfig)
+                          else MaskLossConfig(**(mask_loss or {})))
         self.pretrain_loss_weight = pretrain_loss_weight
         self.auxiliary_losses = build_auxiliary_losses(auxiliary_losses)
         self.max_length = max_length or llm.config.max_position_embeddings
@@ -216,77 +229,93 @@ class OMGLLaVA(BaseModel):
         return hasattr(self.llm, 'peft_config')
 
     def init_weights(self) -> None:
-        """Load the visual-encoder files named in its config, then ``pretrained_pth`` (never at construction)."""
+        """Load the visual-encoder files named in its config, then ``pretrained_pth`` (never at
+        construction)."""
         self.visual_encoder.init_weights()
         if self.pretrained_pth:
             from .released_weights import load_released_checkpoint
             load_released_checkpoint(self, self.pretrained_pth)
 
     def state_dict(self, *args, **kwargs) -> 'OrderedDict[str, Tensor]':
-        """Only what the released checkpoints hold (spec §5.3); see :mod:`~omg_llava.models.save_filter`."""
+        """Only what the released checkpoints hold (spec §5.3); see
+        :mod:`~omg_llava.models.save_filter`."""
         full = super().state_dict(*args, **kwargs)
         prefix = kwargs.get('prefix', args[1] if len(args) > 1 else '')
-        return filter_saved_keys(full, prefix, self.visual_encoder.panoptic_head.with_llm_decoder_copy,
+        return filter_saved_keys(full, prefix,
+                                 self.visual_encoder.panoptic_head.with_llm_decoder_copy,
                                  with_full_llm=not self.freeze_llm)
 
     # ------------------------------------------------------------------ encoding
     def encode_images(self, pixel_values: Tensor) -> EncodedImages:
-        """(B, 3, H, W) normalised square images → :class:`EncodedImages` (encoder in its own dtype). A frozen
-        encoder runs without gradients; an unfrozen one (e.g. a tiny model's segmentation pre-stage) trains."""
+        """(B, 3, H, W) normalised square images → :class:`EncodedImages` (encoder in its own
+        dtype). A frozen encoder runs without gradients; an unfrozen one (e.g. a tiny model's
+        segmentation pre-stage) trains."""
         encoder_output = self.visual_encoder(pixel_values)
         dtype = self.projector.model.seperate_embed.weight.dtype
         pixel_tokens, query_tokens, blocked = encoder_output.visual_tokens()
         sequences = self.projector(pixel_tokens.to(dtype), query_tokens.to(dtype), blocked)
         return EncodedImages(encoder_output, sequences)
 
-    def prompt_embeddings(self, prompts: Sequence[VisualPrompt], images: EncodedImages | None) -> Tensor | None:
+    def prompt_embeddings(self, prompts: Sequence[VisualPrompt],
+                          images: EncodedImages | None) -> Tensor | None:
         """(N, D) LLM embeddings of visual prompts (``None`` when there are none)."""
         if not prompts:
             return None
         if images is None:
-            raise PromptCountError(f'{len(prompts)} visual prompt(s) given without an image: prompts point into an '
-                                   'image, so pass the image too')
+            raise PromptCountError(f'{len(prompts)} visual prompt(s) given without an image: '
+                                   'prompts point into an image, so pass the image too')
         features = encode_visual_prompts(self.visual_encoder, prompts, images.features)
-        return self.projector.project_queries(features.to(self.projector.model.query_proj.weight.dtype))
+        return self.projector.project_queries(
+            features.to(self.projector.model.query_proj.weight.dtype)
+        )
 
-    def splice(self, input_ids: Tensor, attention_mask: Tensor | None = None, labels: Tensor | None = None,
+    def splice(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+               labels: Tensor | None = None,
                images: EncodedImages | None = None, region_prompts: Sequence[VisualPrompt] = (),
                mark_prompts: Sequence[VisualPrompt] = ()) -> SplicedInputs:
         """Token ids with placeholders → LLM input embeddings (strict: counts must match)."""
         sequences = None if images is None else images.visual_sequences
         if sequences is not None and len(sequences) != len(input_ids):
-            raise PromptCountError(f'{len(sequences)} images for {len(input_ids)} sequences; give one image per '
-                                   'sequence (a zero image for text-only samples)')
+            raise PromptCountError(f'{len(sequences)} images for {len(input_ids)} sequences; give '
+                                   'one image per sequence (a zero image for text-only samples)')
         return splice_multimodal_inputs(input_ids, self.llm.get_input_embeddings(), self.token_ids,
-                                        attention_mask=attention_mask, labels=labels, visual_sequences=sequences,
-                                        region_embeds=self.prompt_embeddings(region_prompts, images),
+                                        attention_mask=attention_mask, labels=labels,
+                                        visual_sequences=sequences,
+                                        region_embeds=self.prompt_embeddings(region_prompts,
+                                                                             images),
                                         mark_embeds=self.prompt_embeddings(mark_prompts, images))
 
     def run_llm(self, spliced: SplicedInputs):
         """LLM forward with every hidden state; the last one is post-norm (the [SEG] source)."""
         return self.llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
-                        position_ids=spliced.position_ids, output_hidden_states=True, use_cache=False,
-                        return_dict=True)
+                        position_ids=spliced.position_ids, output_hidden_states=True,
+                        use_cache=False, return_dict=True)
 
-    def decode_seg_masks(self, seg_hidden_states: Tensor, batch_idxs: Tensor, images: EncodedImages) -> list[Tensor]:
-        """[SEG] hidden states (N, D) → per decoder step (N, 1, H/4, W/4) mask logits (spec §6.1)."""
-        return self.decode_seg_queries(self.projector_text2vision(seg_hidden_states), batch_idxs, images).mask_logits
+    def decode_seg_masks(self, seg_hidden_states: Tensor, batch_idxs: Tensor,
+                         images: EncodedImages) -> list[Tensor]:
+        """[SEG] hidden states (N, D) → per decoder step (N, 1, H/4, W/4) mask logits (spec
+        §6.1)."""
+        return self.decode_seg_queries(self.projector_text2vision(seg_hidden_states), batch_idxs,
+                                       images).mask_logits
 
     def decode_seg_queries(self, queries: Tensor, batch_idxs: Tensor,
                            images: EncodedImages) -> DecodeOutput:
-        """[SEG] queries (N, 2C) (``projector_text2vision`` outputs) → every decoder step: ``.mask_logits[j]``
-        (N, 1, H/4, W/4)."""
+        """[SEG] queries (N, 2C) (``projector_text2vision`` outputs) → every decoder step:
+        ``.mask_logits[j]`` (N, 1, H/4, W/4)."""
         return self.visual_encoder.decode_seg_queries(queries, batch_idxs, images.features)
 
     # ------------------------------------------------------------------ mmengine entry point
-    def forward(self, data: dict, data_samples: Any = None, mode: str = 'loss', **generation_kwargs):
-        """``loss`` → dict of losses; ``predict`` → list of :class:`GenerationOutput`; ``tensor`` → LLM output.
+    def forward(self, data: dict, data_samples: Any = None, mode: str = 'loss',
+                **generation_kwargs):
+        """``loss`` → dict of losses; ``predict`` → list of :class:`GenerationOutput`; ``tensor`` →
+        LLM output.
 
-        ``data`` keys: ``input_ids`` (B, L), ``attention_mask`` (B, L), ``labels`` (B, L) for ``loss``,
-        ``pixel_values`` (B, 3, H, W) (one image per sample; text-only samples carry any image), ``masks``
-        (list of B tensors (n_b, H, W), one per ``[SEG]`` of the answer, for ``loss``), ``regions``
-        (N, H, W) masks for the ``<region>`` tokens and ``points`` (N, 2) (x, y) for the ``<mark>`` tokens, both
-        in batch-then-position order and network-input pixels. ``generation_kwargs`` go to :meth:`generate`.
+        ``data`` keys: ``input_ids`` (B, L), ``attention_mask`` (B, L), ``labels`` (B, L) for
+        ``loss``, ``pixel_values`` (B, 3, H, W) (one image per sample; text-only samples carry any
+        image), ``masks`` (list of B tensors (n_b, H, W), one per ``[SEG]`` of the answer, for
+        ``loss``), ``regions`` (N, H, W) masks for the ``<region>`` tokens and ``points`` (N, 2) (x,
+        y) for the ``<mark>`` tokens, both in batch-then-position order and network-input pixels.
+        ``generation_kwargs`` go to :meth:`generate`.
         """
         if mode == 'loss':
             return self.compute_loss(data)
@@ -294,7 +323,8 @@ class OMGLLaVA(BaseModel):
             return self.predict(data, **generation_kwargs)
         if mode == 'tensor':
             images = self._encode_batch_images(data)
-            return self.run_llm(self.splice(data['input_ids'], data.get('attention_mask'), data.get('labels'),
+            return self.run_llm(self.splice(data['input_ids'], data.get('attention_mask'),
+                                            data.get('labels'),
                                             images, *self._batch_prompts(data, strict=True)[:2]))
         raise ValueError(f'mode must be loss, predict or tensor, got {mode!r}')
 
@@ -302,23 +332,29 @@ class OMGLLaVA(BaseModel):
         pixel_values = data.get('pixel_values')
         if pixel_values is None:
             return None
-        needs_images = self.stage == 'pretrain' or bool((data['input_ids'] == IMAGE_TOKEN_INDEX).any())
+        needs_images = (self.stage == 'pretrain'
+                        or bool((data['input_ids'] == IMAGE_TOKEN_INDEX).any()))
         return self.encode_images(pixel_values) if needs_images else None
 
-    def _batch_prompts(self, data: dict, strict: bool) -> tuple[list[VisualPrompt], list[VisualPrompt], bool]:
-        """``regions`` → ``<region>`` mask prompts and ``points`` → ``<mark>`` point prompts, assigned to samples in
-        placeholder order. Non-strict (training): extra prompts are dropped, missing ones later become zero rows,
-        and the flag is False (spec §6.4: the batch's LM loss is then zeroed)."""
+    def _batch_prompts(self, data: dict,
+                       strict: bool) -> tuple[list[VisualPrompt], list[VisualPrompt], bool]:
+        """``regions`` → ``<region>`` mask prompts and ``points`` → ``<mark>`` point prompts,
+        assigned to samples in placeholder order. Non-strict (training): extra prompts are dropped,
+        missing ones later become zero rows, and the flag is False (spec §6.4: the batch's LM loss
+        is then zeroed)."""
         ids, mask = data['input_ids'], data.get('attention_mask')
         out, matched = [], True
-        for kind, key, token_id in (('mask', 'regions', self.token_ids.region), ('point', 'points',
-                                                                                  self.token_ids.mark)):
+        for kind, key, token_id in (
+            ('mask', 'regions', self.token_ids.region),
+            ('point', 'points', self.token_ids.mark),
+        ):
             values = data.get(key)
             idx = placeholder_batch_indices(ids, mask, token_id)
             given = 0 if values is None else len(values)
             if given != len(idx):
                 if strict:
-                    raise PromptCountError(f'the text holds {len(idx)} {"<region>" if key == "regions" else "<mark>"} '
+                    raise PromptCountError(f'the text holds {len(idx)} '
+                                           f'{"<region>" if key == "regions" else "<mark>"} '
                                            f'placeholder(s) but {given} {key} were given')
                 matched = False
             n = min(given, len(idx))
@@ -333,7 +369,8 @@ class OMGLLaVA(BaseModel):
         images = self._encode_batch_images(data)
         region_prompts, mark_prompts, prompts_matched = self._batch_prompts(data, strict=False)
         ids, mask = data['input_ids'], data.get('attention_mask')
-        region_embeds = self._fitted_prompt_rows(region_prompts, images, ids, mask, self.token_ids.region)
+        region_embeds = self._fitted_prompt_rows(region_prompts, images, ids, mask,
+                                                 self.token_ids.region)
         mark_embeds = self._fitted_prompt_rows(mark_prompts, images, ids, mask, self.token_ids.mark)
         spliced = splice_multimodal_inputs(
             ids, self.llm.get_input_embeddings(), self.token_ids, attention_mask=mask,
@@ -353,8 +390,10 @@ class OMGLLaVA(BaseModel):
             if images is not None:
                 enc = images.encoder_output
                 losses['loss_proj'] = pretrain_alignment_loss(
-                    enc.query_tokens.to(self.projector.model.query_proj.weight.dtype), enc.query_blocked,
-                    self.projector.project_queries, self.projector_text2vision, self.pretrain_loss_weight)
+                    enc.query_tokens.to(self.projector.model.query_proj.weight.dtype),
+                    enc.query_blocked,
+                    self.projector.project_queries, self.projector_text2vision,
+                    self.pretrain_loss_weight)
         else:
             seg_losses, seg = self._seg_losses(out.hidden_states[-1], spliced.labels,
                                                data.get('masks'), images)
@@ -363,13 +402,14 @@ class OMGLLaVA(BaseModel):
             losses[term.name] = term(self, data, out, seg)
         return losses
 
-    def _fitted_prompt_rows(self, prompts: list[VisualPrompt], images: EncodedImages | None, ids: Tensor,
-                            mask: Tensor | None, token_id: int) -> Tensor | None:
+    def _fitted_prompt_rows(self, prompts: list[VisualPrompt], images: EncodedImages | None,
+                            ids: Tensor, mask: Tensor | None, token_id: int) -> Tensor | None:
         """Prompt embeddings padded with zero rows up to the placeholder count."""
         needed = int(count_placeholders(ids, mask, token_id).sum())
         if needed == 0:
             return None
-        rows = self.llm.get_input_embeddings().weight.new_zeros((needed, self.llm.config.hidden_size))
+        rows = self.llm.get_input_embeddings().weight.new_zeros((needed,
+                                                                 self.llm.config.hidden_size))
         embeds = self.prompt_embeddings(prompts, images)
         if embeds is not None:
             rows = torch.cat([embeds.to(rows.dtype), rows[len(embeds):]])
@@ -397,7 +437,8 @@ class OMGLLaVA(BaseModel):
                       '(truncation?); their mask losses are skipped '
                       f'({self.loss_info.seg_mismatch_samples} so far)', logger='current', level=30)
         if not matched or images is None:
-            dummy = self.projector_text2vision(hidden[:, 0]).sum() * 0.0  # keeps every trainable in the graph
+            # keeps every trainable in the graph
+            dummy = self.projector_text2vision(hidden[:, 0]).sum() * 0.0
             return {'loss_dice': dummy, 'loss_mask': dummy}, None
         keep = torch.zeros_like(seg_positions)
         keep[matched] = seg_positions[matched]
@@ -413,18 +454,21 @@ class OMGLLaVA(BaseModel):
         """Generate answers for a collated batch (``regions`` / ``points`` as in ``loss`` mode)."""
         images = self._encode_batch_images(data)
         region_prompts, mark_prompts, _ = self._batch_prompts(data, strict=True)
-        return self.generate(data['input_ids'], data.get('attention_mask'), images, region_prompts, mark_prompts,
-                             **generation_kwargs)
+        return self.generate(data['input_ids'], data.get('attention_mask'), images, region_prompts,
+                             mark_prompts, **generation_kwargs)
 
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, images: EncodedImages | None = None,
-                 region_prompts: Sequence[VisualPrompt] = (), mark_prompts: Sequence[VisualPrompt] = (),
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                 images: EncodedImages | None = None,
+                 region_prompts: Sequence[VisualPrompt] = (),
+                 mark_prompts: Sequence[VisualPrompt] = (),
                  max_new_tokens: int = 100, kv_cache: KVCache | None = None,
                  **generation_kwargs) -> list[GenerationOutput]:
         """Answer prompts and decode one mask per generated ``[SEG]``.
 
-        One prefill (LM head on the last position only), then one token per step; the ``[SEG]`` hidden states are
-        collected while decoding (:func:`~omg_llava.models.generation.decode`), with no second pass.
+        One prefill (LM head on the last position only), then one token per step; the ``[SEG]``
+        hidden states are collected while decoding (:func:`~omg_llava.models.generation.decode`),
+        with no second pass.
 
         Args:
             input_ids: (B, L) right-padded prompt ids with placeholders (see :meth:`forward`).
@@ -432,28 +476,32 @@ class OMGLLaVA(BaseModel):
             images: from :meth:`encode_images` (required when a prompt holds ``<image>``).
             region_prompts / mark_prompts: one prompt per ``<region>`` / ``<mark>``, in order.
             max_new_tokens: generation budget.
-            kv_cache: a conversation's cache (batch 1): when ``input_ids`` begin with the ids it holds, only the
-                new positions are prefilled; it is updated to hold the prompt and the fed answer.
-            generation_kwargs: decoding options (``do_sample``, ``temperature``, ``top_p``, ``top_k``,
-                ``repetition_penalty``, ``sequence_bias``, ``logits_processor``, ``streamer``; see
-                :class:`~omg_llava.models.generation.DecodingOptions`).
+            kv_cache: a conversation's cache (batch 1): when ``input_ids`` begin with the ids it
+                holds, only the new positions are prefilled; it is updated to hold the prompt and
+                the fed answer.
+            generation_kwargs: decoding options (``do_sample``, ``temperature``, ``top_p``,
+                ``top_k``, ``repetition_penalty``, ``sequence_bias``, ``logits_processor``,
+                ``streamer``; see :class:`~omg_llava.models.generation.DecodingOptions`).
 
         Raises:
             PromptCountError: placeholders and prompts/images disagree.
             PromptTooLongError: the spliced prompt exceeds ``max_length``.
-            ValueError: an unsupported generation argument, or ``kv_cache`` with a batch of several prompts.
+            ValueError: an unsupported generation argument, or ``kv_cache`` with a batch of several
+                prompts.
         """
         options = DecodingOptions.from_kwargs(**{
             'max_new_tokens': max_new_tokens, 'eos_token_id': self.stop_token_ids,
-            'pad_token_id': self.stop_token_ids[0] if self.stop_token_ids else 0, **generation_kwargs})
+            'pad_token_id': self.stop_token_ids[0] if self.stop_token_ids else 0,
+            **generation_kwargs})
         if kv_cache is not None and len(input_ids) != 1:
-            raise ValueError(f'a kv_cache holds one conversation; got a batch of {len(input_ids)} prompts')
+            raise ValueError(f'a kv_cache holds one conversation; got a batch of {len(input_ids)} '
+                             'prompts')
         spliced = self.splice(input_ids, attention_mask, None, images, region_prompts, mark_prompts)
         lengths = spliced.attention_mask.sum(dim=1)
         if int(lengths.max()) >= self.max_length:
-            raise PromptTooLongError(f'the prompt is {int(lengths.max())} tokens long with its visual tokens, over the '
-                                     f'model limit of {self.max_length}; shorten the question or reset the '
-                                     'conversation history')
+            raise PromptTooLongError(f'the prompt is {int(lengths.max())} tokens long with its '
+                                     f'visual tokens, over the model limit of {self.max_length}; '
+                                     'shorten the question or reset the conversation history')
         embeds, mask = left_pad(spliced.inputs_embeds, spliced.attention_mask)
         cached = 0 if kv_cache is None else kv_cache.reusable(input_ids[0].tolist())
         try:
@@ -472,15 +520,18 @@ class OMGLLaVA(BaseModel):
 
     def _outputs_with_masks(self, decoded: Decoded, keep: Tensor,
                             images: EncodedImages | None) -> list[GenerationOutput]:
-        """Decode a mask from the post-norm state collected at every generated [SEG] input position."""
+        """Decode a mask from the post-norm state collected at every generated [SEG] input
+        position."""
         generated = decoded.token_ids
         seg = (generated == self.token_ids.seg) & keep
         B = len(generated)
         mask_logits: list[Tensor] = [decoded.hidden_states.new_zeros((0, 0, 0)) for _ in range(B)]
         if seg.any() and images is not None:
             steps = self.decode_seg_masks(decoded.hidden_states[seg], seg.nonzero()[:, 0], images)
-            mask_logits = list(steps[-1][:, 0].float().split(seg.sum(dim=1).tolist()))  # (n_b, H/4, W/4) each
-        return [GenerationOutput(generated[b][keep[b]], seg[b][keep[b]].nonzero().flatten(), mask_logits[b])
+            # (n_b, H/4, W/4) each
+            mask_logits = list(steps[-1][:, 0].float().split(seg.sum(dim=1).tolist()))
+        return [GenerationOutput(generated[b][keep[b]], seg[b][keep[b]].nonzero().flatten(),
+                                 mask_logits[b])
                 for b in range(B)]
 
 
@@ -501,7 +552,8 @@ def build_auxiliary_losses(configs: Sequence[AuxiliaryLoss | dict]) -> list[Auxi
 
 
 def shifted_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean next-token CE over supervised positions (labels ≠ −100), in fp32; 0 when nothing is supervised."""
+    """Mean next-token CE over supervised positions (labels ≠ −100), in fp32; 0 when nothing is
+    supervised."""
     shift_logits = logits[:, :-1].float().flatten(0, 1)
     shift_labels = labels[:, 1:].flatten()
     if not (shift_labels != IGNORE_INDEX).any():
@@ -510,7 +562,8 @@ def shifted_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def left_pad(embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Move right padding to the left (generation appends on the right). Shapes (B, T, D), (B, T)."""
+    """Move right padding to the left (generation appends on the right). Shapes (B, T, D), (B,
+    T)."""
     out_embeds, out_mask = torch.zeros_like(embeds), torch.zeros_like(mask)
     T = embeds.shape[1]
     for b, n in enumerate(mask.sum(dim=1).tolist()):

@@ -1,9 +1,9 @@
 """Losses of OMG-LLaVA beyond the LM cross-entropy (spec §6.2, §6.3).
 
-* :func:`seg_mask_losses`: dice and BCE of every [SEG] decoder prediction against its ground-truth mask,
-  on Mask2Former's uncertainty-sampled points.
-* :func:`pretrain_alignment_loss`: the pretrain stage's 10 × MSE that trains ``projector_text2vision`` as an
-  approximate inverse of the visual projector's query path.
+* :func:`seg_mask_losses`: dice and BCE of every [SEG] decoder prediction against its ground-truth
+  mask, on Mask2Former's uncertainty-sampled points.
+* :func:`pretrain_alignment_loss`: the pretrain stage's 10 × MSE that trains
+  ``projector_text2vision`` as an approximate inverse of the visual projector's query path.
 
 Training terms outside the released recipe live in :mod:`omg_llava.models.auxiliary_losses`.
 """
@@ -22,8 +22,8 @@ AVG_EPS = 1e-4  # added to every average's denominator, as the reference does
 
 @dataclass(frozen=True)
 class MaskLossConfig:
-    """Mask-loss settings of the reference finetune (Mask2Former point sampling, mmdet loss weights, and the
-    extra scales OMG-LLaVA applies to the summed terms)."""
+    """Mask-loss settings of the reference finetune (Mask2Former point sampling, mmdet loss weights,
+    and the extra scales OMG-LLaVA applies to the summed terms)."""
 
     num_points: int = 12544
     oversample_ratio: float = 3.0
@@ -36,14 +36,16 @@ class MaskLossConfig:
 
 
 def dice_loss(pred_logits: Tensor, targets: Tensor, eps: float = 1.0) -> Tensor:
-    """Naive dice summed over masks: Σ_n 1 − (2Σpg + eps) / (Σp + Σg + eps). Shapes (N, P) → scalar."""
+    """Naive dice summed over masks: Σ_n 1 − (2Σpg + eps) / (Σp + Σg + eps). Shapes (N, P) →
+    scalar."""
     probs = pred_logits.sigmoid()
     numerator = 2 * (probs * targets).sum(-1) + eps
     denominator = probs.sum(-1) + targets.sum(-1) + eps
     return (1 - numerator / denominator).sum()
 
 
-def seg_mask_losses(step_logits: list[Tensor], gt_masks: Tensor, cfg: MaskLossConfig = MaskLossConfig()
+def seg_mask_losses(step_logits: list[Tensor], gt_masks: Tensor,
+                    cfg: MaskLossConfig = MaskLossConfig()
                     ) -> dict[str, Tensor]:
     """Dice and BCE of every decoder step's [SEG] masks.
 
@@ -61,25 +63,28 @@ def seg_mask_losses(step_logits: list[Tensor], gt_masks: Tensor, cfg: MaskLossCo
     total_bce = step_logits[0].new_zeros(())
     for logits in step_logits:
         with torch.no_grad():
-            coords = get_uncertain_point_coords_with_randomness(logits, None, cfg.num_points, cfg.oversample_ratio,
-                                                                cfg.importance_sample_ratio)  # (N, P, 2)
+            coords = get_uncertain_point_coords_with_randomness(logits, None, cfg.num_points,
+                                                                cfg.oversample_ratio,
+                                                                # (N, P, 2)
+                                                                cfg.importance_sample_ratio)
             point_targets = point_sample(targets, coords, align_corners=False).squeeze(1)  # (N, P)
         point_logits = point_sample(logits, coords, align_corners=False).squeeze(1)  # (N, P)
-        total_dice = total_dice + cfg.dice_weight * dice_loss(point_logits, point_targets, cfg.dice_eps) / (
+        total_dice = total_dice + cfg.dice_weight * dice_loss(point_logits, point_targets,
+                                                              cfg.dice_eps) / (
             num_masks + AVG_EPS)
         bce = F.binary_cross_entropy_with_logits(point_logits, point_targets, reduction='sum')
         total_bce = total_bce + cfg.bce_weight * bce / (point_logits.numel() + AVG_EPS)
     return {'loss_dice': cfg.dice_scale * total_dice, 'loss_mask': cfg.bce_scale * total_bce}
 
 
-def pretrain_alignment_loss(query_tokens: Tensor, query_blocked: Tensor, project_queries, text2vision,
-                            weight: float = 10.0) -> Tensor:
+def pretrain_alignment_loss(query_tokens: Tensor, query_blocked: Tensor, project_queries,
+                            text2vision, weight: float = 10.0) -> Tensor:
     """``weight`` · MSE between query tokens x and ``text2vision(project_queries(x))`` (spec §6.3).
 
     Args:
         query_tokens: (B, Q, 2C) [content | positional] of the encoder.
-        query_blocked: (B, Q, h·w); the loss uses the queries with **any** blocked cell (the reference's
-            choice, nearly all queries — not the valid-token rule).
+        query_blocked: (B, Q, h·w); the loss uses the queries with **any** blocked cell (the
+            reference's choice, nearly all queries — not the valid-token rule).
         project_queries: the visual projector's query path (2C → D).
         text2vision: the text→vision projector (D → 2C).
     """
@@ -89,7 +94,8 @@ def pretrain_alignment_loss(query_tokens: Tensor, query_blocked: Tensor, project
 
 
 def non_negative_weight(name: str, value: float) -> float:
-    """``value``, or a ValueError naming the loss weight ``name`` if it is negative (0 turns a term off)."""
+    """``value``, or a ValueError naming the loss weight ``name`` if it is negative (0 turns a term
+    off)."""
     if value < 0:
         raise ValueError(f'{name} must be >= 0 (0 turns that loss off), got {value}')
     return value

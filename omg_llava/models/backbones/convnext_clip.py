@@ -2,9 +2,10 @@
 
 Written here because timm and open_clip need torchvision, which cannot be installed next to the CPU
 build of torch 2.13 used by this project. The parameter names are the OMG-LLaVA module names
-(``OpenCLIPBackbone_omgseg``: ``stem``, ``layer1..layer4``, ``norm_pre``, ``head``), so the 345 tensors
-of ``visual_encoder.backbone.*`` load without renaming; :func:`load_open_clip_weights` reads the
-released open_clip file (``visual.trunk.*`` / ``visual.head.*``) through a declarative renaming table.
+(``OpenCLIPBackbone_omgseg``: ``stem``, ``layer1..layer4``, ``norm_pre``, ``head``), so the 345
+tensors of ``visual_encoder.backbone.*`` load without renaming; :func:`load_open_clip_weights` reads
+the released open_clip file (``visual.trunk.*`` / ``visual.head.*``) through a declarative renaming
+table.
 """
 from __future__ import annotations
 
@@ -17,14 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omg_llava.checkpoint import LoadReport, RenameRule, load_into, read_weights, rename_keys, unwrap_state_dict
+from omg_llava.checkpoint import (LoadReport, RenameRule, load_into, read_weights, rename_keys,
+                                  unwrap_state_dict)
 from omg_llava.registry import MODELS
 
-__all__ = ['ConvNeXtCLIPBackbone', 'LayerNorm2d', 'ConvNeXtBlock', 'OPEN_CLIP_RENAMES', 'load_open_clip_weights']
+__all__ = ['ConvNeXtCLIPBackbone', 'LayerNorm2d', 'ConvNeXtBlock', 'OPEN_CLIP_RENAMES',
+           'load_open_clip_weights']
 
 
 class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channel dim of an NCHW map: (B, C, H, W) → (B, C, H, W); params ``weight``/``bias``."""
+    """LayerNorm over the channel dim of an NCHW map: (B, C, H, W) → (B, C, H, W); params
+    ``weight``/``bias``."""
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.permute(0, 2, 3, 1)
@@ -35,7 +39,8 @@ class LayerNorm2d(nn.LayerNorm):
 class Mlp(nn.Module):
     """``fc2(GELU(fc1(x)))`` on the last dim: (..., in_dim) → (..., out_dim); exact (erf) GELU."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, bias: tuple[bool, bool] = (True, True)) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int,
+                 bias: tuple[bool, bool] = (True, True)) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_dim, hidden_dim, bias=bias[0])
         self.act = nn.GELU()
@@ -52,10 +57,11 @@ class ConvNeXtBlock(nn.Module):
     Drop-path is the identity (the trunk is used for inference only).
     """
 
-    def __init__(self, dim: int, kernel_size: int = 7, mlp_ratio: int = 4, layer_norm_eps: float = 1e-6,
-                 ls_init_value: float = 1e-6) -> None:
+    def __init__(self, dim: int, kernel_size: int = 7, mlp_ratio: int = 4,
+                 layer_norm_eps: float = 1e-6, ls_init_value: float = 1e-6) -> None:
         super().__init__()
-        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=True)
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim,
+                                 bias=True)
         self.norm = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = Mlp(dim, mlp_ratio * dim, dim)
         self.gamma = nn.Parameter(torch.full((dim, ), ls_init_value))
@@ -67,7 +73,8 @@ class ConvNeXtBlock(nn.Module):
 
 
 class ConvNeXtStage(nn.Module):
-    """``downsample`` (Identity, or LayerNorm2d + 2×2/2 conv) then ``blocks``: (B, C_in, H, W) → (B, C, H', W')."""
+    """``downsample`` (Identity, or LayerNorm2d + 2×2/2 conv) then ``blocks``: (B, C_in, H, W) → (B,
+    C, H', W')."""
 
     def __init__(self, in_dim: int, dim: int, depth: int, downsample: bool, kernel_size: int = 7,
                  mlp_ratio: int = 4, layer_norm_eps: float = 1e-6) -> None:
@@ -84,7 +91,8 @@ class ConvNeXtStage(nn.Module):
 
 
 class TrunkHead(nn.Module):
-    """timm ConvNeXt head without classifier: average pool → LayerNorm2d → flatten: (B, C, H, W) → (B, C)."""
+    """timm ConvNeXt head without classifier: average pool → LayerNorm2d → flatten: (B, C, H, W) →
+    (B, C)."""
 
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -95,7 +103,8 @@ class TrunkHead(nn.Module):
 
 
 class ClipProjectionHead(nn.Module):
-    """open_clip ``timm_proj='mlp'`` head: (B, C) → (B, clip_embed_dim); fc1 with bias, fc2 without."""
+    """open_clip ``timm_proj='mlp'`` head: (B, C) → (B, clip_embed_dim); fc1 with bias, fc2
+    without."""
 
     def __init__(self, in_dim: int, hidden_dim: int, embed_dim: int) -> None:
         super().__init__()
@@ -107,7 +116,8 @@ class ClipProjectionHead(nn.Module):
 
 @MODELS.register_module()
 class ConvNeXtCLIPBackbone(nn.Module):
-    """ConvNeXt trunk of the open_clip ``convnext_large_d_320`` model with OMG-LLaVA parameter names.
+    """ConvNeXt trunk of the open_clip ``convnext_large_d_320`` model with OMG-LLaVA parameter
+    names.
 
     Construction never loads weights (use :func:`load_open_clip_weights` or
     :func:`omg_llava.checkpoint.load_into`) and works under ``with torch.device('meta'):``.
@@ -116,16 +126,19 @@ class ConvNeXtCLIPBackbone(nn.Module):
         depths: blocks per stage.
         dims: channels per stage.
         clip_embed_dim: CLIP embedding width (output of ``head.1``).
-        clip_hidden_dim: hidden width of the CLIP projection MLP; default ``2 * clip_embed_dim`` as in
-            open_clip (1536 = ``dims[-1]`` for convnext_large_d_320, 64 for the tiny fixture).
+        clip_hidden_dim: hidden width of the CLIP projection MLP; default ``2 * clip_embed_dim`` as
+            in open_clip (1536 = ``dims[-1]`` for convnext_large_d_320, 64 for the tiny fixture).
         kernel_size: depthwise conv kernel size.
         mlp_ratio: block MLP expansion.
         layer_norm_eps: epsilon of every LayerNorm.
-        frozen: ``fix=True`` of the reference: no gradients, always in eval mode, forward under ``no_grad``.
+        frozen: ``fix=True`` of the reference: no gradients, always in eval mode, forward under
+            ``no_grad``.
     """
 
-    def __init__(self, depths: Sequence[int] = (3, 3, 27, 3), dims: Sequence[int] = (192, 384, 768, 1536),
-                 clip_embed_dim: int = 768, clip_hidden_dim: int | None = None, kernel_size: int = 7,
+    def __init__(self, depths: Sequence[int] = (3, 3, 27, 3),
+                 dims: Sequence[int] = (192, 384, 768, 1536),
+                 clip_embed_dim: int = 768, clip_hidden_dim: int | None = None,
+                 kernel_size: int = 7,
                  mlp_ratio: int = 4, layer_norm_eps: float = 1e-6, frozen: bool = True) -> None:
         super().__init__()
         if len(depths) != 4 or len(dims) != 4:
@@ -136,7 +149,8 @@ class ConvNeXtCLIPBackbone(nn.Module):
                                   LayerNorm2d(dims[0], eps=layer_norm_eps))
         for i in range(4):
             stage = ConvNeXtStage(dims[max(i - 1, 0)], dims[i], depths[i], downsample=i > 0,
-                                  kernel_size=kernel_size, mlp_ratio=mlp_ratio, layer_norm_eps=layer_norm_eps)
+                                  kernel_size=kernel_size, mlp_ratio=mlp_ratio,
+                                  layer_norm_eps=layer_norm_eps)
             self.add_module(f'layer{i + 1}', stage)
         self.norm_pre = nn.Identity()
         hidden = 2 * clip_embed_dim if clip_hidden_dim is None else clip_hidden_dim
@@ -177,7 +191,8 @@ class ConvNeXtCLIPBackbone(nn.Module):
             return self.head[1](self.head[0](feat))
 
 
-# open_clip prefix ↔ backbone prefix, one row per module (the single source of both renaming directions).
+# open_clip prefix ↔ backbone prefix, one row per module (the single source of both renaming
+# directions).
 OPEN_CLIP_PREFIXES: tuple[tuple[str, str], ...] = (
     ('visual.trunk.stem.', 'stem.'),
     ('visual.trunk.stages.0.', 'layer1.'),
@@ -188,10 +203,13 @@ OPEN_CLIP_PREFIXES: tuple[tuple[str, str], ...] = (
     ('visual.head.', 'head.1.'),
 )
 # open_clip names → backbone names (first match wins; anchored at the start of the key).
-OPEN_CLIP_RENAMES: tuple[RenameRule, ...] = tuple(RenameRule(re.escape(a), b) for a, b in OPEN_CLIP_PREFIXES)
+OPEN_CLIP_RENAMES: tuple[RenameRule, ...] = tuple(RenameRule(re.escape(a), b)
+                                                  for a, b in OPEN_CLIP_PREFIXES)
 # The CLIP text tower, present in the open_clip file but not part of the image trunk.
-OPEN_CLIP_TEXT_TOWER: tuple[str, ...] = (r'transformer\.', r'token_embedding\.', r'positional_embedding$',
-                                         r'ln_final\.', r'text_projection$', r'logit_scale$', r'attn_mask$')
+OPEN_CLIP_TEXT_TOWER: tuple[str, ...] = (r'transformer\.', r'token_embedding\.',
+                                         r'positional_embedding$',
+                                         r'ln_final\.', r'text_projection$', r'logit_scale$',
+                                         r'attn_mask$')
 OMG_LLAVA_PREFIX = 'visual_encoder.backbone.'
 
 
@@ -199,9 +217,10 @@ def load_open_clip_weights(backbone: ConvNeXtCLIPBackbone, path: str | os.PathLi
                            weights_only: bool = True) -> LoadReport:
     """Load the trunk from a weight file, strictly (every backbone tensor, exact shapes).
 
-    Accepted layouts, detected by key prefix: the open_clip file (``visual.trunk.*``, ``visual.head.*``;
-    the text tower is ignored), a file with the backbone's own names (``stem.*``, ``layer1.*`` ...), or
-    an OMG-LLaVA export with ``visual_encoder.backbone.*`` (other ``visual_encoder``/model keys ignored).
+    Accepted layouts, detected by key prefix: the open_clip file (``visual.trunk.*``,
+    ``visual.head.*``; the text tower is ignored), a file with the backbone's own names (``stem.*``,
+    ``layer1.*`` ...), or an OMG-LLaVA export with ``visual_encoder.backbone.*`` (other
+    ``visual_encoder``/model keys ignored).
 
     Args:
         backbone: the target, built on a real device.

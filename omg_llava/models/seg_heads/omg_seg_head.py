@@ -1,13 +1,13 @@
 """The OMG-Seg head (`panoptic_head.*` of ``omg_seg_convl.pth``), spec §3.
 
 A Mask2Former-style head built from mmdet 3.3 / mmcv 2.1 parts, so that parameter names equal the
-released checkpoint: the deformable pixel decoder (``MSDeformAttnPixelDecoder``), the masked-attention
-decoder (``Mask2FormerTransformerDecoder``), the open-vocabulary class head, ``iou_embed``, and the
-SAM-like prompt modules (``mask_tokens``, ``pb_embedding``, ``pos_linear``).
+released checkpoint: the deformable pixel decoder (``MSDeformAttnPixelDecoder``), the
+masked-attention decoder (``Mask2FormerTransformerDecoder``), the open-vocabulary class head,
+``iou_embed``, and the SAM-like prompt modules (``mask_tokens``, ``pb_embedding``, ``pos_linear``).
 
-Unlike the reference ``Mask2FormerVideoSemSamHead``, the head keeps no per-image state: :meth:`encode_image`
-returns an :class:`ImageFeatures` that callers pass to every later decoding (300 object queries, visual
-prompts, [SEG] queries), indexed by each query's image.
+Unlike the reference ``Mask2FormerVideoSemSamHead``, the head keeps no per-image state:
+:meth:`encode_image` returns an :class:`ImageFeatures` that callers pass to every later decoding
+(300 object queries, visual prompts, [SEG] queries), indexed by each query's image.
 
 Shapes below use B images, N decoded queries sets, Q queries each, C = ``feat_channels``,
 (H4, W4) = stride-4 mask-feature size, (h_l, w_l) = size of memory level l.
@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from omg_llava.registry import MODELS
 
-# attn_mask_policy(step, logits) -> blocked: logits (N, Q, h, w) resized to the next level; True = blocked.
+# attn_mask_policy(step, logits) -> blocked: logits (N, Q, h, w) resized to the next level; True =
+# blocked.
 AttentionMaskPolicy = Callable[[int, Tensor], Tensor]
 
 
@@ -55,7 +56,8 @@ class ImageFeatures:
 
 @dataclass
 class DecodeOutput:
-    """Per-step predictions of one decoding (step 0 = the initial queries, step j = after layer j-1).
+    """Per-step predictions of one decoding (step 0 = the initial queries, step j = after layer
+    j-1).
 
     Attributes:
         queries: list of (N, Q, C) query contents before ``post_norm``; the last is the final query.
@@ -73,12 +75,14 @@ class DecodeOutput:
 
 def mlp3(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear-ReLU-Linear-ReLU-Linear (keys ``0``, ``2``, ``4``)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, hidden_dim),
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True),
+                         nn.Linear(hidden_dim, hidden_dim),
                          nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
 
 def masked_average_pool(features: Tensor, mask_logits: Tensor) -> Tensor:
-    """Mean of ``features`` (N, C, H, W) over the pixels where ``mask_logits`` (N, Q, H, W) > 0 → (N, Q, C).
+    """Mean of ``features`` (N, C, H, W) over the pixels where ``mask_logits`` (N, Q, H, W) > 0 →
+    (N, Q, C).
 
     The binary mask is detached; an empty mask gives zeros (area normaliser + 1e-8).
     """
@@ -107,11 +111,12 @@ class OMGSegHead(nn.Module):
         clip_embed_dim: width of the class embeddings (768).
         num_heads: attention heads of the decoder (8).
         pixel_decoder_heads: attention heads of the deformable encoder (default: ``num_heads``).
-        pixel_decoder_layers / pixel_decoder_ffn_channels / deform_points: deformable encoder (6 / 1024 / 4).
-        decoder_layers / decoder_ffn_channels: masked-attention decoder (9 / 2048).
+        pixel_decoder_layers / pixel_decoder_ffn_channels / deform_points: deformable encoder (6 /
+        1024 / 4). decoder_layers / decoder_ffn_channels: masked-attention decoder (9 / 2048).
         num_feature_levels: memory levels the decoder cycles through (3).
         logit_scale: log of the cosine-logit multiplier (ln 100 = 4.6052).
-        with_llm_decoder_copy: create ``transformer_decoder_llm`` / ``mask_embed_llm`` (task finetunes, §3.7).
+        with_llm_decoder_copy: create ``transformer_decoder_llm`` / ``mask_embed_llm`` (task
+            finetunes, §3.7).
     """
 
     def __init__(self,
@@ -147,21 +152,25 @@ class OMGSegHead(nn.Module):
         deform_attn = dict(attn, num_heads=pixel_decoder_heads or num_heads, dropout=0.0)
         self.pixel_decoder = MSDeformAttnPixelDecoder(
             in_channels=list(in_channels), strides=list(strides), feat_channels=C, out_channels=C,
-            num_outs=num_feature_levels, norm_cfg=dict(type='GN', num_groups=32), act_cfg=dict(type='ReLU'),
+            num_outs=num_feature_levels, norm_cfg=dict(type='GN', num_groups=32),
+            act_cfg=dict(type='ReLU'),
             encoder=ConfigDict(num_layers=pixel_decoder_layers, layer_cfg=dict(
-                self_attn_cfg=dict(num_levels=num_feature_levels, num_points=deform_points, im2col_step=64,
-                                   norm_cfg=None, init_cfg=None, **deform_attn),
-                ffn_cfg=dict(embed_dims=C, feedforward_channels=pixel_decoder_ffn_channels, num_fcs=2,
-                             ffn_drop=0.0, act_cfg=dict(type='ReLU', inplace=True)))),
+                self_attn_cfg=dict(num_levels=num_feature_levels, num_points=deform_points,
+                                   im2col_step=64, norm_cfg=None, init_cfg=None, **deform_attn),
+                ffn_cfg=dict(embed_dims=C, feedforward_channels=pixel_decoder_ffn_channels,
+                             num_fcs=2, ffn_drop=0.0, act_cfg=dict(type='ReLU', inplace=True)))),
             positional_encoding=dict(num_feats=C // 2, normalize=True))
         self.transformer_decoder = Mask2FormerTransformerDecoder(
             num_layers=decoder_layers, return_intermediate=True, init_cfg=None,
             layer_cfg=dict(
                 self_attn_cfg=dict(attn_drop=0.0, proj_drop=0.0, dropout_layer=None, **attn),
                 cross_attn_cfg=dict(attn_drop=0.0, proj_drop=0.0, dropout_layer=None, **attn),
-                ffn_cfg=dict(embed_dims=C, feedforward_channels=decoder_ffn_channels, num_fcs=2, ffn_drop=0.0,
-                             dropout_layer=None, add_identity=True, act_cfg=dict(type='ReLU', inplace=True))))
-        self.decoder_positional_encoding = SinePositionalEncoding3D(num_feats=C // 2, normalize=True)
+                ffn_cfg=dict(embed_dims=C, feedforward_channels=decoder_ffn_channels, num_fcs=2,
+                             ffn_drop=0.0,
+                             dropout_layer=None, add_identity=True,
+                             act_cfg=dict(type='ReLU', inplace=True))))
+        self.decoder_positional_encoding = SinePositionalEncoding3D(num_feats=C // 2,
+                                                                    normalize=True)
         self.query_embed = nn.Embedding(num_queries, C)
         self.query_feat = nn.Embedding(num_queries, C)
         self.level_embed = nn.Embedding(num_feature_levels, C)
@@ -169,13 +178,16 @@ class OMGSegHead(nn.Module):
         self.iou_embed = mlp3(C, C, 1)
         self.cls_proj = mlp3(C, C, clip_embed_dim)
         self.mask_pooling_proj = nn.Sequential(nn.LayerNorm(C), nn.Linear(C, C))
-        # Prompt query modules (the reference hard-codes enable_box_query=True, so they always exist).
+        # Prompt query modules (the reference hard-codes enable_box_query=True, so they always
+        # exist).
         self.mask_tokens = nn.Embedding(1, C)
         self.pb_embedding = nn.Embedding(2, C)
-        self.pos_linear = nn.Linear(2 * C, C)  # input: coordinate encoding of (cx, cy, w, h), 4 x C/2
-        # Non-persistent buffers (in no checkpoint): class embeddings (clip_dim, K+1, synonyms) with an
-        # all-zero no-object class, filled by set_class_embeddings(); logit scale.
-        self.register_buffer('cls_embed', torch.zeros(clip_embed_dim, self.num_classes + 1, num_synonyms),
+        # input: coordinate encoding of (cx, cy, w, h), 4 x C/2
+        self.pos_linear = nn.Linear(2 * C, C)
+        # Non-persistent buffers (in no checkpoint): class embeddings (clip_dim, K+1, synonyms) with
+        # an all-zero no-object class, filled by set_class_embeddings(); logit scale.
+        self.register_buffer('cls_embed',
+                             torch.zeros(clip_embed_dim, self.num_classes + 1, num_synonyms),
                              persistent=False)
         self.register_buffer('logit_scale', torch.tensor(logit_scale), persistent=False)
         self.with_llm_decoder_copy = with_llm_decoder_copy
@@ -185,45 +197,57 @@ class OMGSegHead(nn.Module):
 
     # ------------------------------------------------------------------ weights
     def set_class_embeddings(self, class_embeddings: Tensor) -> None:
-        """Fill the class-embedding buffer from the file content (K, synonyms, clip_dim), unit-norm rows."""
+        """Fill the class-embedding buffer from the file content (K, synonyms, clip_dim), unit-norm
+        rows."""
         expected = (self.cls_embed.shape[1] - 1, self.cls_embed.shape[2], self.cls_embed.shape[0])
         if class_embeddings.dim() != 3 or tuple(class_embeddings.shape) != expected:
-            raise ValueError(f'class embeddings must have shape {list(expected)} (classes, synonyms, clip_dim), got '
-                             f'{list(class_embeddings.shape)}: check the class-embedding file and the head config.')
+            raise ValueError(f'class embeddings must have shape {list(expected)} (classes, '
+                             f'synonyms, clip_dim), got {list(class_embeddings.shape)}: check the '
+                             'class-embedding file and the head config.')
         norms = class_embeddings.float().norm(dim=-1)
         if not torch.allclose(norms, torch.ones_like(norms), atol=1e-3):
-            raise ValueError('class embeddings must be L2-unit-norm along the last axis (max deviation '
-                             f'{(norms - 1).abs().max().item():.3g}); is this really the class-embedding file?')
+            raise ValueError('class embeddings must be L2-unit-norm along the last axis (max '
+                             f'deviation {(norms - 1).abs().max().item():.3g}); is this really the '
+                             'class-embedding file?')
         background = class_embeddings.new_zeros(1, *class_embeddings.shape[1:])
-        full = torch.cat([class_embeddings, background], dim=0).permute(2, 0, 1)  # (clip_dim, K+1, synonyms)
-        self.cls_embed = full.to(device=self.cls_embed.device, dtype=self.cls_embed.dtype).contiguous()
+        # (clip_dim, K+1, synonyms)
+        full = torch.cat([class_embeddings, background], dim=0).permute(2, 0, 1)
+        self.cls_embed = full.to(device=self.cls_embed.device,
+                                 dtype=self.cls_embed.dtype).contiguous()
 
     def copy_decoder_for_llm(self) -> None:
-        """Initialise ``transformer_decoder_llm`` / ``mask_embed_llm`` from the OMG-Seg decoder (§3.7)."""
+        """Initialise ``transformer_decoder_llm`` / ``mask_embed_llm`` from the OMG-Seg decoder
+        (§3.7)."""
         if not self.with_llm_decoder_copy:
             raise RuntimeError('this head was built without with_llm_decoder_copy=True')
         self.transformer_decoder_llm.load_state_dict(self.transformer_decoder.state_dict())
         self.mask_embed_llm.load_state_dict(self.mask_embed.state_dict())
 
     # ------------------------------------------------------------------ image
-    def encode_image(self, backbone_features: Sequence[Tensor], image_size: tuple[int, int]) -> ImageFeatures:
-        """Run the pixel decoder on the 4 backbone maps ((B, in_channels[i], H/s_i, W/s_i)) of images (H, W)."""
+    def encode_image(self, backbone_features: Sequence[Tensor],
+                     image_size: tuple[int, int]) -> ImageFeatures:
+        """Run the pixel decoder on the 4 backbone maps ((B, in_channels[i], H/s_i, W/s_i)) of
+        images (H, W)."""
         mask_features, memories = self.pixel_decoder(list(backbone_features))
         return ImageFeatures(mask_features, list(memories), tuple(image_size))
 
     def decode_object_queries(self, features: ImageFeatures, num_frames: int = 1) -> DecodeOutput:
-        """Decode the Q learned object queries of every image, with class and IoU logits at every step.
+        """Decode the Q learned object queries of every image, with class and IoU logits at every
+        step.
 
-        With ``num_frames`` T > 1, each row of ``features`` is a clip whose T frames are stacked along the height
-        (see :meth:`decode`): every query is then a tube over the clip, with one class per tube (OMG-Seg spec §5.1).
+        With ``num_frames`` T > 1, each row of ``features`` is a clip whose T frames are stacked
+        along the height (see :meth:`decode`): every query is then a tube over the clip, with one
+        class per tube (OMG-Seg spec §5.1).
         """
         B = features.mask_features.shape[0]
         content = self.query_feat.weight.unsqueeze(0).expand(B, -1, -1)  # (B, Q, C)
         pos = self.query_embed.weight.unsqueeze(0).expand(B, -1, -1)
-        return self.decode(content, pos, features, own_prediction_policy, with_classes=True, num_frames=num_frames)
+        return self.decode(content, pos, features, own_prediction_policy, with_classes=True,
+                           num_frames=num_frames)
 
     # ------------------------------------------------------------------ decoding
-    def decode(self, content: Tensor, pos: Tensor, features: ImageFeatures, attn_mask_policy: AttentionMaskPolicy,
+    def decode(self, content: Tensor, pos: Tensor, features: ImageFeatures,
+               attn_mask_policy: AttentionMaskPolicy,
                *, with_classes: bool = False, use_llm_decoder: bool = False,
                self_attn_mask: Tensor | None = None, num_frames: int = 1) -> DecodeOutput:
         """Masked-attention decoding of queries over the memories of their images (spec §3.3).
@@ -231,14 +255,18 @@ class OMGSegHead(nn.Module):
         Args:
             content: (N, Q, C) initial query content.
             pos: (N, Q, C) query positional embedding, used in every layer.
-            features: features of the N images the queries belong to (see :meth:`ImageFeatures.select`).
-            attn_mask_policy: turns the mask logits resized to the next level into blocked positions.
+            features: features of the N images the queries belong to (see
+                :meth:`ImageFeatures.select`).
+            attn_mask_policy: turns the mask logits resized to the next level into blocked
+                positions.
             with_classes: also compute class/IoU logits (object queries only).
             use_llm_decoder: use the ``_llm`` decoder copies (task finetunes).
-            self_attn_mask: (Q, Q) bool, True = query i does not attend to query j (default: all attend).
+            self_attn_mask: (Q, Q) bool, True = query i does not attend to query j (default: all
+                attend).
             num_frames: T frames per row of ``features``, stacked along the height (mask features
-                (N, C, T*H4, W4), memories (N, C, T*h_l, w_l)); keys then carry the 3-D sine position of their
-                frame (OMG-Seg spec §5.1). Mask logits come out stacked the same way.
+                (N, C, T*H4, W4), memories (N, C, T*h_l, w_l)); keys then carry the 3-D sine
+                position of their frame (OMG-Seg spec §5.1). Mask logits come out stacked the same
+                way.
         """
         decoder = self.transformer_decoder_llm if use_llm_decoder else self.transformer_decoder
         mask_embed = self.mask_embed_llm if use_llm_decoder else self.mask_embed
@@ -250,32 +278,39 @@ class OMGSegHead(nn.Module):
             if step > 0:
                 level = (step - 1) % self.num_feature_levels
                 attn_mask = out.attn_masks[-1].clone()
-                attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False  # re-open blocked rows
+                # re-open blocked rows
+                attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
                 query = decoder.layers[step - 1](
-                    query=query, key=keys[level], value=keys[level], query_pos=pos, key_pos=key_pos[level],
-                    self_attn_mask=self_attn_mask, cross_attn_mask=attn_mask, query_key_padding_mask=None,
-                    key_padding_mask=None)
+                    query=query, key=keys[level], value=keys[level], query_pos=pos,
+                    key_pos=key_pos[level],
+                    self_attn_mask=self_attn_mask, cross_attn_mask=attn_mask,
+                    query_key_padding_mask=None, key_padding_mask=None)
             normed = decoder.post_norm(query)
             mask_logits = torch.einsum('nqc,nchw->nqhw', mask_embed(normed), features.mask_features)
             next_size = level_sizes[step % self.num_feature_levels]
-            resized = F.interpolate(mask_logits, size=next_size, mode='bilinear', align_corners=False)
+            resized = F.interpolate(mask_logits, size=next_size, mode='bilinear',
+                                    align_corners=False)
             blocked = attn_mask_policy(step, resized).flatten(2)  # (N, Q, h*w)
             blocked = blocked.unsqueeze(1).repeat(1, self.num_heads, 1, 1).flatten(0, 1).detach()
             out.queries.append(query)
             out.mask_logits.append(mask_logits)
             out.attn_masks.append(blocked)
             if with_classes:
-                out.class_logits.append(self._class_logits(normed, mask_logits, features.mask_features))
+                out.class_logits.append(self._class_logits(normed, mask_logits,
+                                                           features.mask_features))
         return out
 
-    def decode_alone(self, content: Tensor, pos: Tensor, image_idxs: Tensor, features: ImageFeatures,
+    def decode_alone(self, content: Tensor, pos: Tensor, image_idxs: Tensor,
+                     features: ImageFeatures,
                      attn_mask_policy: AttentionMaskPolicy, *, with_classes: bool = False,
                      use_llm_decoder: bool = False) -> DecodeOutput:
-        """Decode N queries each as if alone with its image (a [SEG] query, a prompt), in one batched pass.
+        """Decode N queries each as if alone with its image (a [SEG] query, a prompt), in one
+        batched pass.
 
-        The queries of one image share a row of the batch and attend in self-attention only to themselves, so each
-        result equals a :meth:`decode` of that query alone over ``features.select`` of its image (up to float
-        rounding), without copying the image's features once per query.
+        The queries of one image share a row of the batch and attend in self-attention only to
+        themselves, so each result equals a :meth:`decode` of that query alone over
+        ``features.select`` of its image (up to float rounding), without copying the image's
+        features once per query.
 
         Args:
             content / pos: (N, C) initial query content and positional embedding.
@@ -285,14 +320,17 @@ class OMGSegHead(nn.Module):
             with_classes / use_llm_decoder: as in :meth:`decode`.
 
         Returns:
-            Every decoder step in the single-query layout: ``queries`` (N, 1, C), ``mask_logits`` (N, 1, H4, W4),
-            ``attn_masks`` (N*heads, 1, h*w), ``class_logits`` (N, 1, K+2).
+            Every decoder step in the single-query layout: ``queries`` (N, 1, C), ``mask_logits``
+            (N, 1, H4, W4), ``attn_masks`` (N*heads, 1, h*w), ``class_logits`` (N, 1, K+2).
         """
         images, group = torch.unique(image_idxs, return_inverse=True)  # (G,), (N,)
         counts = torch.bincount(group, minlength=len(images))
         order = torch.argsort(group, stable=True)
         slot = torch.empty_like(group)  # rank of each query among its image's queries
-        slot[order] = torch.arange(len(group), device=group.device) - (counts.cumsum(0) - counts)[group[order]]
+        slot[order] = (
+            torch.arange(len(group), device=group.device)
+            - (counts.cumsum(0) - counts)[group[order]]
+        )
         rows = (len(images), int(counts.max()) if len(group) else 0)
 
         def grouped(x: Tensor) -> Tensor:
@@ -300,13 +338,15 @@ class OMGSegHead(nn.Module):
             out[group, slot] = x
             return out
 
-        def grouped_policy(step: int, logits: Tensor) -> Tensor:  # (G, n, h, w) → (G, n, h, w), padding open
+        # (G, n, h, w) → (G, n, h, w), padding open
+        def grouped_policy(step: int, logits: Tensor) -> Tensor:
             blocked = attn_mask_policy(step, logits[group, slot][:, None])[:, 0]
             return grouped(blocked)
 
         alone = ~torch.eye(rows[1], dtype=torch.bool, device=content.device)
         out = self.decode(grouped(content), grouped(pos), features.select(images), grouped_policy,
-                          with_classes=with_classes, use_llm_decoder=use_llm_decoder, self_attn_mask=alone)
+                          with_classes=with_classes, use_llm_decoder=use_llm_decoder,
+                          self_attn_mask=alone)
         heads = self.num_heads
         return DecodeOutput(
             queries=[q[group, slot][:, None] for q in out.queries],
@@ -315,21 +355,28 @@ class OMGSegHead(nn.Module):
                         for a in out.attn_masks],
             class_logits=[c[group, slot][:, None] for c in out.class_logits])
 
-    def _decoder_keys(self, memories: Sequence[Tensor], num_frames: int = 1) -> tuple[list[Tensor], list[Tensor]]:
-        """Flattened memories + level embedding, and their 3-D sine positions, each (N, T*h_l*w_l, C), frame-major
-        (memories hold T frames stacked along the height)."""
+    def _decoder_keys(self, memories: Sequence[Tensor],
+                      num_frames: int = 1) -> tuple[list[Tensor], list[Tensor]]:
+        """Flattened memories + level embedding, and their 3-D sine positions, each (N, T*h_l*w_l,
+        C), frame-major (memories hold T frames stacked along the height)."""
         keys, key_pos = [], []
         for level, memory in enumerate(memories):
             n, _, th, w = memory.shape
-            keys.append(memory.flatten(2).transpose(1, 2) + self.level_embed.weight[level][None, None])
-            valid = memory.new_zeros((n, num_frames, th // num_frames, w), dtype=torch.bool)  # nothing padded
+            keys.append(
+                memory.flatten(2).transpose(1, 2) + self.level_embed.weight[level][None, None]
+            )
+            # nothing padded
+            valid = memory.new_zeros((n, num_frames, th // num_frames, w), dtype=torch.bool)
             pos = self.decoder_positional_encoding(valid)  # (N, T, C, h, w)
             key_pos.append(pos.flatten(3).permute(0, 1, 3, 2).flatten(1, 2))
         return keys, key_pos
 
-    def _class_logits(self, normed_query: Tensor, mask_logits: Tensor, mask_features: Tensor) -> Tensor:
-        """Open-vocabulary class logits and IoU logit → (N, Q, K+2) = [K classes | no-object | IoU]."""
+    def _class_logits(self, normed_query: Tensor, mask_logits: Tensor,
+                      mask_features: Tensor) -> Tensor:
+        """Open-vocabulary class logits and IoU logit → (N, Q, K+2) = [K classes | no-object |
+        IoU]."""
         pooled = masked_average_pool(mask_features, mask_logits)  # (N, Q, C)
         embed = F.normalize(self.cls_proj(self.mask_pooling_proj(pooled) + normed_query), dim=-1)
-        cosine = torch.einsum('nqc,ckp->nqkp', embed, self.cls_embed).max(dim=-1).values  # (N, Q, K+1)
+        # (N, Q, K+1)
+        cosine = torch.einsum('nqc,ckp->nqkp', embed, self.cls_embed).max(dim=-1).values
         return torch.cat([cosine * self.logit_scale.exp(), self.iou_embed(normed_query)], dim=-1)

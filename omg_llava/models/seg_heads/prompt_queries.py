@@ -1,9 +1,9 @@
 """Visual-prompt queries of the OMG-Seg head: points, boxes and region masks (spec §3.4).
 
-Every prompt becomes one decoder query. Its content is ``pb_embedding[0] + mask_tokens[0]`` (label 0,
-"point", for every prompt type, as in the reference) and its positional part encodes a ±3-pixel pseudo
-box around the prompt's point. What differs between prompt types is the point and the cross-attention
-mask used at each decoder step:
+Every prompt becomes one decoder query. Its content is ``pb_embedding[0] + mask_tokens[0]`` (label
+0, "point", for every prompt type, as in the reference) and its positional part encodes a ±3-pixel
+pseudo box around the prompt's point. What differs between prompt types is the point and the
+cross-attention mask used at each decoder step:
 
 * point: the point itself; the query's own predicted masks (standard masked attention);
 * box: the box centre; own masks with everything outside the box blocked;
@@ -35,7 +35,8 @@ def pseudo_box_cxcywh(points: Tensor, image_size: tuple[int, int]) -> Tensor:
         image_size: (H, W) of the input.
 
     Returns:
-        (N, 1, 4), passed through ``sigmoid(inverse_sigmoid(.))`` like the reference (clamps to (0, 1)).
+        (N, 1, 4), passed through ``sigmoid(inverse_sigmoid(.))`` like the reference (clamps to (0,
+        1)).
     """
     H, W = image_size
     d = PSEUDO_BOX_HALF_SIZE
@@ -43,20 +44,25 @@ def pseudo_box_cxcywh(points: Tensor, image_size: tuple[int, int]) -> Tensor:
     return inverse_sigmoid(bbox_xyxy_to_cxcywh(boxes)).sigmoid().unsqueeze(1)
 
 
-def prompt_queries(head: OMGSegHead, points: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Initial content and positional embedding of one query per prompt point → two (N, 1, C) tensors."""
+def prompt_queries(head: OMGSegHead, points: Tensor,
+                   image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Initial content and positional embedding of one query per prompt point → two (N, 1, C)
+    tensors."""
     n, c = points.shape[0], head.feat_channels
-    content = (head.pb_embedding.weight[0] + head.mask_tokens.weight[0]).view(1, 1, c).expand(n, 1, c)
-    encoding = coordinate_to_encoding(pseudo_box_cxcywh(points.float(), image_size), num_feats=c // 2)  # (N,1,2C)
+    content = (head.pb_embedding.weight[0] + head.mask_tokens.weight[0]).view(1, 1, c).expand(n, 1,
+                                                                                              c)
+    encoding = coordinate_to_encoding(pseudo_box_cxcywh(points.float(), image_size),
+                                      num_feats=c // 2)  # (N,1,2C)
     return content, head.pos_linear(encoding)
 
 
 def region_center_points(masks: Tensor) -> tuple[Tensor, Tensor]:
     """The point deepest inside each region mask, as the reference picks it.
 
-    The mask is zero-padded by 1 pixel (so the image border counts as outside), inverted, and passed to
-    kornia's ``distance_transform`` (kernel 3, h 0.35); the first row-major argmax of the cropped map is
-    the point. Ties are common, which is why the same routine is used rather than an exact transform.
+    The mask is zero-padded by 1 pixel (so the image border counts as outside), inverted, and passed
+    to kornia's ``distance_transform`` (kernel 3, h 0.35); the first row-major argmax of the cropped
+    map is the point. Ties are common, which is why the same routine is used rather than an exact
+    transform.
 
     Args:
         masks: (N, H, W) binary region masks.

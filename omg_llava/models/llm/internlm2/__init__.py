@@ -1,8 +1,10 @@
-"""First-party InternLM2 (config, decoder, tokenizer), registered with the transformers Auto classes.
+"""First-party InternLM2 (config, decoder, tokenizer), registered with the transformers Auto
+classes.
 
-After ``import omg_llava.models`` (or this package), ``AutoConfig`` / ``AutoModel`` / ``AutoModelForCausalLM`` /
-``AutoTokenizer.from_pretrained(folder)`` load a local ``internlm2-chat-7b`` folder with these classes, without
-``trust_remote_code``. See ``docs/internlm2.md``.
+After ``import omg_llava.models`` (or this package), ``AutoConfig`` / ``AutoModel`` /
+``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained(folder)`` load a local
+``internlm2-chat-7b`` folder with these classes, without ``trust_remote_code``. See
+``docs/internlm2.md``.
 """
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -12,7 +14,8 @@ from .tokenization import InternLM2Tokenizer
 
 
 def register_auto_classes() -> None:
-    """Map ``model_type == "internlm2"`` to these classes in the transformers Auto registries (idempotent)."""
+    """Map ``model_type == "internlm2"`` to these classes in the transformers Auto registries
+    (idempotent)."""
     AutoConfig.register(InternLM2Config.model_type, InternLM2Config, exist_ok=True)
     AutoModel.register(InternLM2Config, InternLM2Model, exist_ok=True)
     AutoModelForCausalLM.register(InternLM2Config, InternLM2ForCausalLM, exist_ok=True)
