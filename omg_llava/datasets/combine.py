@@ -1,7 +1,8 @@
 """A training mixture: datasets concatenated with repeats and permuted once (spec §8.3).
 
-Unlike the reference ``CombineDataset`` (spec §10.14), ``modality_length`` is built from the same index
-map as ``__getitem__``, so entry i always describes sample i (repeats and the permutation included).
+Unlike the reference ``CombineDataset`` (spec §10.14), ``modality_length`` is built from the same
+index map as ``__getitem__``, so entry i always describes sample i (repeats and the permutation
+included).
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ class CombinedDataset(Dataset):
     """Args:
         datasets: datasets (objects or config dicts), each with ``modality_length``.
         repeats: how many times each dataset appears (default 1 each).
-        shuffle_seed: seed of the one-off permutation of the concatenation (42 in the reference); ``None``
-            keeps the concatenation order.
+        shuffle_seed: seed of the one-off permutation of the concatenation (42 in the reference);
+            ``None`` keeps the concatenation order.
         text_only_lm: per dataset, whether its samples may get the model's text-only LM pass
-            (``auxiliary_losses.TextOnlyLMLoss``): True where the answers can be read from the conversation's text
-            (a referring answer repeats the question's expression), False where they describe the image (a region
-            description, a caption). Each sample then carries a ``text_only_lm`` flag. ``None`` (default): no
-            flags, every sample may.
+            (``auxiliary_losses.TextOnlyLMLoss``): True where the answers can be read from the
+            conversation's text (a referring answer repeats the question's expression), False where
+            they describe the image (a region description, a caption). Each sample then carries a
+            ``text_only_lm`` flag. ``None`` (default): no flags, every sample may.
     """
 
     def __init__(self, datasets: Sequence, repeats: Sequence[int] | None = None,
@@ -33,9 +34,10 @@ class CombinedDataset(Dataset):
         if len(repeats) != len(self.datasets):
             raise ValueError(f'{len(repeats)} repeats for {len(self.datasets)} datasets')
         if text_only_lm is not None and (len(text_only_lm) != len(self.datasets)
-                                         or not all(isinstance(flag, bool) for flag in text_only_lm)):
-            raise ValueError(f'text_only_lm needs one True/False per dataset ({len(self.datasets)}), got '
-                             f'{list(text_only_lm)!r}')
+                                         or not all(isinstance(flag, bool)
+                                                    for flag in text_only_lm)):
+            raise ValueError('text_only_lm needs one True/False per dataset '
+                             f'({len(self.datasets)}), got {list(text_only_lm)!r}')
         self.text_only_lm = None if text_only_lm is None else list(text_only_lm)
         index = [(d, i) for d, (ds, r) in enumerate(zip(self.datasets, repeats)) for _ in range(r)
                  for i in range(len(ds))]

@@ -1,9 +1,10 @@
-"""Grounded conversation generation (GCG) data in GLaMM's annotation formats (spec §8.3 rows 2–5, §8.4).
+"""Grounded conversation generation (GCG) data in GLaMM's annotation formats (spec §8.3 rows 2–5,
+§8.4).
 
-Each sample is one image and one caption: the question is one of the fixed GCG questions, the answer is the
-caption with every grounded phrase rewritten as ``<p> phrase </p> [SEG]`` (phrases in caption order) and the
-masks are the phrases' masks in the same order. The three classes differ only in how they read phrases and
-masks from their annotation files.
+Each sample is one image and one caption: the question is one of the fixed GCG questions, the answer
+is the caption with every grounded phrase rewritten as ``<p> phrase </p> [SEG]`` (phrases in caption
+order) and the masks are the phrases' masks in the same order. The three classes differ only in how
+they read phrases and masks from their annotation files.
 """
 from __future__ import annotations
 
@@ -36,23 +37,26 @@ def ground_caption(caption: str, phrases: Sequence[tuple[int, int, np.ndarray]],
 
     Args:
         caption: the caption text.
-        phrases: ``(start, end, mask)`` per grounded phrase, ``caption[start:end]`` being the phrase and
-            ``mask`` its (H, W) binary mask. Phrases with the same span are one phrase (masks unioned).
-        trim_overlaps: cut a phrase that runs into the next one at the next one's start (RefCOCOg, where
-            phrases are found by string search); a phrase left empty is dropped. Otherwise overlapping
-            spans are malformed.
+        phrases: ``(start, end, mask)`` per grounded phrase, ``caption[start:end]`` being the phrase
+            and ``mask`` its (H, W) binary mask. Phrases with the same span are one phrase (masks
+            unioned).
+        trim_overlaps: cut a phrase that runs into the next one at the next one's start (RefCOCOg,
+            where phrases are found by string search); a phrase left empty is dropped. Otherwise
+            overlapping spans are malformed.
 
     Returns:
         The tagged answer (surrounding whitespace stripped) and the masks in phrase order.
 
     Raises:
-        MalformedSample: a span outside the caption or empty, overlapping spans (without ``trim_overlaps``),
-            or no phrase at all.
+        MalformedSample: a span outside the caption or empty, overlapping spans (without
+            ``trim_overlaps``), or no phrase at all.
     """
     merged: dict[tuple[int, int], np.ndarray] = {}
     for start, end, mask in phrases:
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(caption)):
-            raise MalformedSample(f'phrase span outside the caption: [{start}, {end}) in {len(caption)} characters')
+        if not (isinstance(start, int) and isinstance(end, int)
+                and 0 <= start < end <= len(caption)):
+            raise MalformedSample(f'phrase span outside the caption: [{start}, {end}) in '
+                                  f'{len(caption)} characters')
         mask = mask > 0
         merged[start, end] = merged[start, end] | mask if (start, end) in merged else mask
     spans = sorted(merged)
@@ -60,7 +64,8 @@ def ground_caption(caption: str, phrases: Sequence[tuple[int, int, np.ndarray]],
     for i, (start, end) in enumerate(spans):
         if i + 1 < len(spans) and end > spans[i + 1][0]:
             if not trim_overlaps:
-                raise MalformedSample(f'overlapping phrase spans: [{start}, {end}) and {list(spans[i + 1])}')
+                raise MalformedSample(f'overlapping phrase spans: [{start}, {end}) and '
+                                      f'{list(spans[i + 1])}')
             end = start + len(caption[start:spans[i + 1][0]].rstrip())
             if end <= start:
                 continue
@@ -69,14 +74,16 @@ def ground_caption(caption: str, phrases: Sequence[tuple[int, int, np.ndarray]],
         raise MalformedSample('no grounded phrase in the caption')
     pieces, cursor = [], 0
     for start, end, _ in kept:
-        pieces += [caption[cursor:start], f'{PHRASE_START} {caption[start:end]} {PHRASE_END} {SEG_TOKEN}']
+        pieces += [caption[cursor:start],
+                   f'{PHRASE_START} {caption[start:end]} {PHRASE_END} {SEG_TOKEN}']
         cursor = end
     pieces.append(caption[cursor:])
     return ''.join(pieces).strip(), [mask for _, _, mask in kept]
 
 
 def read_image_size(path: str) -> tuple[int, int]:
-    """(H, W) of an image file from its header, as :class:`MalformedSample` when it is missing or unreadable."""
+    """(H, W) of an image file from its header, as :class:`MalformedSample` when it is missing or
+    unreadable."""
     try:
         with Image.open(path) as image:
             W, H = image.size
@@ -113,8 +120,10 @@ class _GCGDataset(OMGDatasetBase):
 
     trim_overlaps = False
 
-    def __init__(self, annotation_file: str, image_folder: str, tokenizer: Any, image_size: int = 1024,
-                 max_length: int = 1692, seed: int = 0, questions: Sequence[str] = GCG_QUESTIONS) -> None:
+    def __init__(self, annotation_file: str, image_folder: str, tokenizer: Any,
+                 image_size: int = 1024,
+                 max_length: int = 1692, seed: int = 0,
+                 questions: Sequence[str] = GCG_QUESTIONS) -> None:
         if not questions:
             raise ValueError('questions must hold at least one GCG question')
         self.annotation_file = annotation_file
@@ -133,12 +142,16 @@ class _GCGDataset(OMGDatasetBase):
     def build_conversation(self, record: Any, rng: random.Random) -> GroundedConversation:
         image_path, caption, phrases = self.parse_record(record)
         answer, masks = ground_caption(caption, phrases, trim_overlaps=self.trim_overlaps)
-        return GroundedConversation(image_path=image_path, turns=[Turn(rng.choice(self.questions), answer)],
-                                    masks=masks)
+        return GroundedConversation(image_path=image_path,
+                                    turns=[Turn(rng.choice(self.questions), answer)], masks=masks)
 
     def record_length(self, record: Any) -> int:
         caption = record.get('caption', '') if isinstance(record, dict) else ''
-        return 40 + len(str(caption)) // CHARS_PER_TOKEN + TOKENS_PER_PHRASE * self._phrase_count(record)
+        return (
+            40
+            + len(str(caption)) // CHARS_PER_TOKEN
+            + TOKENS_PER_PHRASE * self._phrase_count(record)
+        )
 
     def _phrase_count(self, record: Any) -> int:
         return 0
@@ -149,12 +162,13 @@ class GranDfGCGDataset(_GCGDataset):
 
     Layout::
 
-        annotation_file: [                                   # a list (a dict's values are taken as the list)
-            {"file_name": "sa_123.jpg",                      # relative to image_folder
+        annotation_file: [                   # a list (a dict's values are taken as the list)
+            {"file_name": "sa_123.jpg",      # relative to image_folder
              "caption": "A man rides a horse.",
-             "groundings": {                                 # phrase → grounding
-                 "A man": {"token_positives": [0, 5],        # character span [start, end) in the caption
-                           "rle_masks": [{"size": [H, W], "counts": "..."}, ...]},   # COCO RLEs, unioned
+             "groundings": {                 # phrase → grounding
+                 "A man": {"token_positives": [0, 5],  # character span [start, end) in the caption
+                           # COCO RLEs, unioned
+                           "rle_masks": [{"size": [H, W], "counts": "..."}, ...]},
                  ...}},
             ...]
 
@@ -165,7 +179,8 @@ class GranDfGCGDataset(_GCGDataset):
         data = _load_json(self.annotation_file)
         records = list(data.values()) if isinstance(data, dict) else data
         if not isinstance(records, list):
-            raise ValueError(f'{self.annotation_file}: expected a list of image entries, got {type(data).__name__}')
+            raise ValueError(f'{self.annotation_file}: expected a list of image entries, got '
+                             f'{type(data).__name__}')
         return records
 
     def parse_record(self, record: Any) -> tuple[str, str, list[tuple[int, int, np.ndarray]]]:
@@ -182,7 +197,8 @@ class GranDfGCGDataset(_GCGDataset):
             span = _require(grounding, 'token_positives', list, what)
             rles = _require(grounding, 'rle_masks', list, what)
             if len(span) != 2 or not rles:
-                raise MalformedSample(f'bad grounding: {what} needs a [start, end] span and at least one RLE')
+                raise MalformedSample(f'bad grounding: {what} needs a [start, end] span and at '
+                                      'least one RLE')
             phrases.append((span[0], span[1], decode_segmentation(rles, H, W)))
         return image_path, caption, phrases
 
@@ -200,17 +216,20 @@ class RefCOCOgGCGDataset(_GCGDataset):
     Layout::
 
         annotation_file: [
-            {"<id>": {"img_file_name": "COCO_train2014_000000000009.jpg",   # relative to image_folder
+            # img_file_name: relative to image_folder
+            {"<id>": {"img_file_name": "COCO_train2014_000000000009.jpg",
                       "caption": "A dog next to a red car.",
                       "refs": [{"sentence": "a red car",
                                 "bbox": [x, y, w, h],
-                                "segmentation": [[x1, y1, x2, y2, ...], ...]},   # COCO polygons (unioned)
+                                # COCO polygons (unioned)
+                                "segmentation": [[x1, y1, x2, y2, ...], ...]},
                                ...]}},
             ...]
 
-    (a plain entry without the ``{"<id>": ...}`` wrapper is accepted too). The caption is lower-cased and each
-    ``sentence`` is located in it by its first case-insensitive occurrence; references not found are ignored
-    and a phrase that runs into the next one is cut at the next one's start (spec §8.4).
+    (a plain entry without the ``{"<id>": ...}`` wrapper is accepted too). The caption is
+    lower-cased and each ``sentence`` is located in it by its first case-insensitive occurrence;
+    references not found are ignored and a phrase that runs into the next one is cut at the next
+    one's start (spec §8.4).
     """
 
     trim_overlaps = True
@@ -218,7 +237,8 @@ class RefCOCOgGCGDataset(_GCGDataset):
     def load_records(self) -> list[dict]:
         data = _load_json(self.annotation_file)
         if not isinstance(data, list):
-            raise ValueError(f'{self.annotation_file}: expected a list of image entries, got {type(data).__name__}')
+            raise ValueError(f'{self.annotation_file}: expected a list of image entries, got '
+                             f'{type(data).__name__}')
         records = []
         for item in data:
             if isinstance(item, dict) and len(item) == 1 and 'caption' not in item:
@@ -229,7 +249,12 @@ class RefCOCOgGCGDataset(_GCGDataset):
 
     def parse_record(self, record: Any) -> tuple[str, str, list[tuple[int, int, np.ndarray]]]:
         file_name = _require(record, 'img_file_name', str, 'RefCOCOg GCG entry')
-        caption = _require(record, 'caption', str, f'RefCOCOg GCG entry {file_name!r}').strip().strip('"').strip()
+        caption = (
+            _require(record, 'caption', str, f'RefCOCOg GCG entry {file_name!r}')
+            .strip()
+            .strip('"')
+            .strip()
+        )
         refs = _require(record, 'refs', list, f'RefCOCOg GCG entry {file_name!r}')
         if not caption:
             raise MalformedSample(f'empty caption: {file_name!r}')
@@ -242,7 +267,8 @@ class RefCOCOgGCGDataset(_GCGDataset):
             start = caption.find(sentence) if sentence else -1
             if start < 0:
                 continue
-            segmentation = _require(ref, 'segmentation', list, f'reference {sentence!r} of {file_name!r}')
+            segmentation = _require(ref, 'segmentation', list,
+                                    f'reference {sentence!r} of {file_name!r}')
             phrases.append((start, start + len(sentence), decode_segmentation(segmentation, H, W)))
         return image_path, caption, phrases
 
@@ -259,18 +285,20 @@ class FlickrGCGDataset(_GCGDataset):
             "images": [{"id": 7, "file_name": "1000092795.jpg", "height": H, "width": W,
                         "caption": "Two young guys ..."}, ...],
             "annotations": [{"image_id": 7, "bbox": [x, y, w, h], "area": a, "iscrowd": 0,
-                             "tokens_positive": [[start, end], ...],   # the first span is the phrase
+                             "tokens_positive": [[start, end], ...],  # the phrase: first span
                              "sam_mask": {"size": [H, W], "counts": "..."}}, ...]}
 
-    The image file is the last ``_``-separated part of ``file_name`` inside ``image_folder`` (GLaMM's naming).
-    Images whose caption has fewer than 3 words or whose shorter side (json ``height``/``width``) is under 32
-    pixels are dropped when loading; annotations flagged ``ignore`` or with an empty box are left out.
+    The image file is the last ``_``-separated part of ``file_name`` inside ``image_folder``
+    (GLaMM's naming). Images whose caption has fewer than 3 words or whose shorter side (json
+    ``height``/``width``) is under 32 pixels are dropped when loading; annotations flagged
+    ``ignore`` or with an empty box are left out.
     """
 
     def load_records(self) -> list[dict]:
         data = _load_json(self.annotation_file)
         if not isinstance(data, dict) or not isinstance(data.get('images'), list):
-            raise ValueError(f'{self.annotation_file}: expected a COCO-style dict with "images" and "annotations"')
+            raise ValueError(f'{self.annotation_file}: expected a COCO-style dict with "images" '
+                             'and "annotations"')
         per_image = defaultdict(list)
         for ann in data.get('annotations', []):
             per_image[ann.get('image_id')].append(ann)
@@ -291,7 +319,8 @@ class FlickrGCGDataset(_GCGDataset):
         file_name = _require(record, 'file_name', str, 'Flickr GCG image')
         caption = record['caption']
         if _short_side(record) == math.inf:
-            raise MalformedSample(f'bad height/width: Flickr GCG image {file_name!r} lacks valid ones')
+            raise MalformedSample(f'bad height/width: Flickr GCG image {file_name!r} lacks valid '
+                                  'ones')
         H, W = int(record['height']), int(record['width'])
         phrases = []
         for ann in record['annotations']:
@@ -299,7 +328,8 @@ class FlickrGCGDataset(_GCGDataset):
                 continue
             spans = _require(ann, 'tokens_positive', list, f'annotation of {file_name!r}')
             if not spans or not isinstance(spans[0], list) or len(spans[0]) != 2:
-                raise MalformedSample(f'bad tokens_positive: {spans!r} in an annotation of {file_name!r} is not '
+                raise MalformedSample(f'bad tokens_positive: {spans!r} in an annotation of '
+                                      f'{file_name!r} is not '
                                       '[[start, end], ...]')
             sam_mask = _require(ann, 'sam_mask', dict, f'annotation of {file_name!r}')
             phrases.append((spans[0][0], spans[0][1], decode_segmentation(sam_mask, H, W)))
@@ -310,8 +340,8 @@ class FlickrGCGDataset(_GCGDataset):
 
 
 def _short_side(info: dict) -> float:
-    """The shorter of an image entry's ``height`` and ``width``; infinite when they are missing or not numbers
-    (the row is kept at load time and skipped with its reason when drawn)."""
+    """The shorter of an image entry's ``height`` and ``width``; infinite when they are missing or
+    not numbers (the row is kept at load time and skipped with its reason when drawn)."""
     try:
         return min(int(info['height']), int(info['width']))
     except (KeyError, TypeError, ValueError):
@@ -319,7 +349,8 @@ def _short_side(info: dict) -> float:
 
 
 def _has_area(ann: dict) -> bool:
-    """GLaMM's box filter: annotations with a degenerate box or a non-positive area carry no phrase."""
+    """GLaMM's box filter: annotations with a degenerate box or a non-positive area carry no
+    phrase."""
     if 'bbox' not in ann:
         return True
     bbox = ann['bbox']
@@ -328,5 +359,5 @@ def _has_area(ann: dict) -> bool:
     return bbox[2] >= 1 and bbox[3] >= 1 and ann.get('area', 1) > 0
 
 
-__all__ = ['ground_caption', 'read_image_size', 'GranDfGCGDataset', 'OpenPsgGCGDataset', 'RefCOCOgGCGDataset',
-           'FlickrGCGDataset']
+__all__ = ['ground_caption', 'read_image_size', 'GranDfGCGDataset', 'OpenPsgGCGDataset',
+           'RefCOCOgGCGDataset', 'FlickrGCGDataset']

@@ -1,7 +1,7 @@
 """What every data source produces: one grounded conversation about one image (spec §8.4).
 
-Dataset classes only parse their annotation format into :class:`GroundedConversation`; everything after
-(image preprocessing, tokenisation with the chat template, prompt/mask transforms) is shared
+Dataset classes only parse their annotation format into :class:`GroundedConversation`; everything
+after (image preprocessing, tokenisation with the chat template, prompt/mask transforms) is shared
 (:mod:`omg_llava.datasets.encoding`).
 """
 from __future__ import annotations
@@ -15,11 +15,12 @@ from omg_llava.utils.conversation import Turn
 
 
 class MalformedSample(ValueError):
-    """A dataset row that cannot become a training sample (missing image, bad mask, count mismatch, ...).
-    Datasets skip such rows with a counted warning instead of crashing a long run.
+    """A dataset row that cannot become a training sample (missing image, bad mask, count mismatch,
+    ...). Datasets skip such rows with a counted warning instead of crashing a long run.
 
-    The message starts with a fixed category, then a colon and the details (``'image not found: a/b.jpg'``):
-    skips are counted by the category, so it must not hold a path, a number or coordinates.
+    The message starts with a fixed category, then a colon and the details (``'image not found:
+    a/b.jpg'``): skips are counted by the category, so it must not hold a path, a number or
+    coordinates.
     """
 
 
@@ -29,8 +30,9 @@ class GroundedConversation:
 
     Attributes:
         image_path: the image file, or ``None`` for a text-only conversation.
-        turns: question/answer turns; ``<image>`` is added to the first question by the encoder, ``<region>``
-            and ``<mark>`` placeholders sit in the text where their prompt embeddings go.
+        turns: question/answer turns; ``<image>`` is added to the first question by the encoder,
+            ``<region>`` and ``<mark>`` placeholders sit in the text where their prompt embeddings
+            go.
         masks: one (H, W) binary mask per ``[SEG]`` in the answers, in order.
         regions: one (H, W) binary mask per ``<region>``, in order.
         points: one (x, y) per ``<mark>``, in order.
@@ -53,7 +55,8 @@ class GroundedConversation:
                                     ('<region>', questions.count(REGION_TOKEN), len(self.regions)),
                                     ('<mark>', questions.count(MARK_TOKEN), len(self.points))):
             if needed != given:
-                raise MalformedSample(f'placeholder count mismatch: {needed} {what} in the text but {given} '
+                raise MalformedSample(f'placeholder count mismatch: {needed} {what} in the text '
+                                      f'but {given} '
                                       'annotations')
         for mask in self.masks + self.regions:
             if mask.ndim != 2 or not mask.any():

@@ -1,4 +1,5 @@
-"""Length-grouped sampling (xtuner's scheme), reading the lengths from the dataset's own index map."""
+"""Length-grouped sampling (xtuner's scheme), reading the lengths from the dataset's own index
+map."""
 from __future__ import annotations
 
 import math
@@ -10,35 +11,40 @@ from torch.utils.data import Sampler
 
 
 class LengthGroupedSampler(Sampler):
-    """Shuffle indices into mega-batches of ``world_size · per_device_batch_size · mega_batch_mult`` items, sort
-    each mega-batch by signed length (image samples, longest first, then text-only samples), and deal them out
-    so that a device batch holds samples of similar length (a batch can straddle the image/text boundary).
-    Every index of the dataset is drawn once per epoch (padded with repeats up to a multiple of the world
-    size).
+    """Shuffle indices into mega-batches of ``world_size · per_device_batch_size · mega_batch_mult``
+    items, sort each mega-batch by signed length (image samples, longest first, then text-only
+    samples), and deal them out so that a device batch holds samples of similar length (a batch can
+    straddle the image/text boundary). Every index of the dataset is drawn once per epoch (padded
+    with repeats up to a multiple of the world size).
 
     Args:
-        dataset: a dataset with ``modality_length`` (one signed length per index, ``len(dataset)`` entries).
+        dataset: a dataset with ``modality_length`` (one signed length per index, ``len(dataset)``
+            entries).
         per_device_batch_size: batch size per device.
         length_property: the attribute holding the lengths.
         mega_batch_mult: mega-batch multiplier (default min(4096 // (world · bs), 50), as xtuner).
         seed: shuffling seed (synchronised across ranks when ``None``).
     """
 
-    def __init__(self, dataset: Sized, per_device_batch_size: int, length_property: str = 'modality_length',
-                 mega_batch_mult: int | None = None, seed: int | None = None, round_up: bool = True) -> None:
+    def __init__(self, dataset: Sized, per_device_batch_size: int,
+                 length_property: str = 'modality_length',
+                 mega_batch_mult: int | None = None, seed: int | None = None,
+                 round_up: bool = True) -> None:
         rank, world_size = get_dist_info()
         self.rank, self.world_size = rank, world_size
         self.dataset = dataset
         self.lengths = list(getattr(dataset, length_property))
         if len(self.lengths) != len(dataset):
-            raise ValueError(f'{length_property} has {len(self.lengths)} entries but the dataset has {len(dataset)} '
+            raise ValueError(f'{length_property} has {len(self.lengths)} entries but the dataset '
+                             f'has {len(dataset)} '
                              'samples; the lengths must follow the dataset indices')
         self.seed = sync_random_seed() if seed is None else seed
         self.epoch = 0
         self.round_up = round_up
         total_batch = per_device_batch_size * world_size
         self.group_size = total_batch * (mega_batch_mult or max(1, min(4096 // total_batch, 50)))
-        self.num_samples = math.ceil(len(dataset) / world_size) if round_up else len(dataset) // world_size
+        self.num_samples = (math.ceil(len(dataset) / world_size) if round_up
+                            else len(dataset) // world_size)
         self.total_size = self.num_samples * world_size
 
     def __iter__(self) -> Iterator[int]:

@@ -1,14 +1,17 @@
-"""Run-wide counts of the rows a dataset could not use, shared by all DataLoader workers of a process.
+"""Run-wide counts of the rows a dataset could not use, shared by all DataLoader workers of a
+process.
 
-A dataset is copied into each DataLoader worker (forked, or pickled into a spawned one), so a plain ``Counter`` on
-the dataset counts each worker alone and the process that logs sees none of it. :class:`SkipCounter` keeps the
-counts in shared memory created with the dataset: every worker adds to the same numbers, and any of them (or the
-main process) reads the run total of its process tree. Ranks of a distributed run are separate trees; the
-:class:`~omg_llava.engine.hooks.SkippedRowsHook` sums them at log time.
+A dataset is copied into each DataLoader worker (forked, or pickled into a spawned one), so a plain
+``Counter`` on the dataset counts each worker alone and the process that logs sees none of it.
+:class:`SkipCounter` keeps the counts in shared memory created with the dataset: every worker adds
+to the same numbers, and any of them (or the main process) reads the run total of its process tree.
+Ranks of a distributed run are separate trees; the :class:`~omg_llava.engine.hooks.SkippedRowsHook`
+sums them at log time.
 
 Counts are keyed by reason: the stable category of a
-:class:`~omg_llava.datasets.sample.MalformedSample` (``'image not found'``) or, for any other exception, its
-type name (``'TypeError'``), never by a path or coordinates, so counts of one reason add up.
+:class:`~omg_llava.datasets.sample.MalformedSample` (``'image not found'``) or, for any other
+exception, its type name (``'TypeError'``), never by a path or coordinates, so counts of one reason
+add up.
 """
 from __future__ import annotations
 
@@ -25,28 +28,30 @@ OTHER_REASONS = 'other reasons'
 
 
 def skip_reason(exc: BaseException) -> str:
-    """The key a failure is counted under: a :class:`MalformedSample`'s category (its message up to the first
-    colon), else the exception's type name."""
+    """The key a failure is counted under: a :class:`MalformedSample`'s category (its message up to
+    the first colon), else the exception's type name."""
     if isinstance(exc, MalformedSample):
         return str(exc).split(':')[0].strip()[:NAME_BYTES] or type(exc).__name__
     return type(exc).__name__
 
 
 class SkipCounter(Mapping):
-    """``{reason: count}`` of skipped rows, plus the number of rows served, in memory shared with the DataLoader
-    workers (created in the process that builds the dataset, before the workers start).
+    """``{reason: count}`` of skipped rows, plus the number of rows served, in memory shared with
+    the DataLoader workers (created in the process that builds the dataset, before the workers
+    start).
 
-    It reads like a dict (``counter['image not found']``, ``dict(counter)``, ``counter == {...}``, ``not counter``
-    when nothing was skipped). Pickled outside a process start (``copy.deepcopy``, a cache), it becomes an
-    independent counter holding the same numbers.
+    It reads like a dict (``counter['image not found']``, ``dict(counter)``, ``counter == {...}``,
+    ``not counter`` when nothing was skipped). Pickled outside a process start (``copy.deepcopy``, a
+    cache), it becomes an independent counter holding the same numbers.
 
     Args:
-        max_reasons: distinct reasons kept apart; once full, new reasons are counted under ``'other reasons'``.
+        max_reasons: distinct reasons kept apart; once full, new reasons are counted under ``'other
+            reasons'``.
     """
 
     def __init__(self, max_reasons: int = MAX_REASONS) -> None:
-        # a lock of the spawn context also works in forked workers (inherited); a fork-context one cannot be
-        # handed to spawned or forkserver workers
+        # a lock of the spawn context also works in forked workers (inherited); a fork-context one
+        # cannot be handed to spawned or forkserver workers
         context = multiprocessing.get_context('spawn')
         self._lock = context.Lock()
         self._names = context.RawArray(ctypes.c_char, max_reasons * NAME_BYTES)
@@ -56,7 +61,8 @@ class SkipCounter(Mapping):
 
     # ------------------------------------------------------------------ counting
     def add(self, reason: str) -> tuple[int, int]:
-        """Count one skipped row under ``reason``; returns (count of that reason, total skipped), both run-wide."""
+        """Count one skipped row under ``reason``; returns (count of that reason, total skipped),
+        both run-wide."""
         name = reason.encode('utf-8', 'replace')[:NAME_BYTES].decode('utf-8', 'ignore') or '?'
         with self._lock:
             slot = self._slot(name)
@@ -79,8 +85,8 @@ class SkipCounter(Mapping):
         return sum(self._counts)
 
     def _slot(self, name: str) -> int:
-        """The slot of ``name``, allocated when new; the last slot collects the reasons that find no free one
-        (the lock is held)."""
+        """The slot of ``name``, allocated when new; the last slot collects the reasons that find no
+        free one (the lock is held)."""
         for slot in range(self._max_reasons - 1):
             stored = self._name(slot)
             if stored == name:
@@ -93,10 +99,16 @@ class SkipCounter(Mapping):
         return last
 
     def _set_name(self, slot: int, name: str) -> None:
-        self._names[slot * NAME_BYTES:(slot + 1) * NAME_BYTES] = name.encode('utf-8').ljust(NAME_BYTES, b'\0')
+        self._names[slot * NAME_BYTES : (slot + 1) * NAME_BYTES] = name.encode('utf-8').ljust(
+            NAME_BYTES, b'\0'
+        )
 
     def _name(self, slot: int) -> str:
-        return bytes(self._names[slot * NAME_BYTES:(slot + 1) * NAME_BYTES]).rstrip(b'\0').decode('utf-8', 'ignore')
+        return (
+            bytes(self._names[slot * NAME_BYTES : (slot + 1) * NAME_BYTES])
+            .rstrip(b'\0')
+            .decode('utf-8', 'ignore')
+        )
 
     # ------------------------------------------------------------------ Mapping
     def __getitem__(self, reason: str) -> int:
@@ -116,8 +128,10 @@ class SkipCounter(Mapping):
 
     # ------------------------------------------------------------------ pickling
     def __getstate__(self) -> dict:
-        if get_spawning_popen() is not None:  # starting a worker: hand over the shared memory itself
-            return dict(shared=(self._lock, self._names, self._counts, self._served, self._max_reasons))
+        # starting a worker: hand over the shared memory itself
+        if get_spawning_popen() is not None:
+            return dict(shared=(self._lock, self._names, self._counts, self._served,
+                                self._max_reasons))
         return dict(counts=dict(self), served=self.served, max_reasons=self._max_reasons)
 
     def __setstate__(self, state: dict) -> None:

@@ -1,11 +1,13 @@
-"""The question wording the built-in tiny default (``configs/tiny/omg_llava_tiny_synthetic_finetune.py``) was
-trained on: the project's own lists from before the datasets took the released code's lists
-(:mod:`omg_llava.datasets.templates`). The tiny recipe passes them to its datasets so that re-running it
-(``projects/tiny_omg_llava/train_tiny.py``) still trains on the conversations the committed weights saw.
+"""The question wording the built-in tiny default
+(``configs/tiny/omg_llava_tiny_synthetic_finetune.py``) was trained on: the project's own lists from
+before the datasets took the released code's lists (:mod:`omg_llava.datasets.templates`). The tiny
+recipe passes them to its datasets so that re-running it (``projects/tiny_omg_llava/train_tiny.py``)
+still trains on the conversations the committed weights saw.
 """
 from __future__ import annotations
 
-_INTERLEAVED = 'Please respond with interleaved segmentation masks for the corresponding parts of the answer.'
+_INTERLEAVED = ('Please respond with interleaved segmentation masks for the corresponding parts of '
+                'the answer.')
 
 #: GCG questions of the tiny recipe (GranD-f layout rows).
 TINY_GCG_QUESTIONS = (
@@ -17,7 +19,8 @@ TINY_GCG_QUESTIONS = (
     f'Could you describe the main contents of the picture? {_INTERLEAVED}',
 )
 
-#: Referring segmentation questions of the tiny recipe; ``{class_name}`` is the referring expression.
+#: Referring segmentation questions of the tiny recipe; ``{class_name}`` is the referring
+#: expression.
 TINY_REFERRING_SEG_QUESTIONS = (
     'Please segment {class_name} in this image.',
     'Can you segment {class_name} in this image?',
