@@ -1,4 +1,5 @@
-"""One error style for every tool: a bad input is answered with one ``error: …`` line on stderr and exit status 2.
+"""One error style for every tool: a bad input is answered with one ``error: …`` line on stderr and
+exit status 2.
 
     from omg_llava.cli_errors import OneLineParser, UsageError, check_weight_file, one_line_errors
 
@@ -9,11 +10,11 @@
         ...
         raise UsageError('--max-new-tokens must be at least 1, got 0')
 
-:func:`one_line_errors` turns the exceptions that mean "the input is wrong" (:class:`UsageError`, the loaders'
-``CheckpointError``, ``OSError``, ``ValueError``, ``ImportError``, ``KeyError``, PIL's decompression-bomb error)
-into that line; anything else is a bug and keeps its traceback. ``OMG_LLAVA_TRACEBACK=1`` shows the traceback of
-input errors too. This module imports only the standard library (``--help`` stays fast); torch is imported by
-:func:`check_device` when it runs.
+:func:`one_line_errors` turns the exceptions that mean "the input is wrong" (:class:`UsageError`,
+the loaders' ``CheckpointError``, ``OSError``, ``ValueError``, ``ImportError``, ``KeyError``, PIL's
+decompression-bomb error) into that line; anything else is a bug and keeps its traceback.
+``OMG_LLAVA_TRACEBACK=1`` shows the traceback of input errors too. This module imports only the
+standard library (``--help`` stays fast); torch is imported by :func:`check_device` when it runs.
 """
 from __future__ import annotations
 
@@ -24,9 +25,10 @@ import os
 import sys
 from typing import Callable
 
-__all__ = ['UsageError', 'OneLineParser', 'one_line_errors', 'error_message', 'is_input_error', 'describe_file',
-           'check_file', 'check_weight_file', 'check_device', 'check_out_dir', 'same_file', 'check_output_spares_inputs',
-           'check_new_out_dir', 'EXIT_USAGE', 'TRACEBACK_ENV']
+__all__ = ['UsageError', 'OneLineParser', 'one_line_errors', 'error_message', 'is_input_error',
+           'describe_file',
+           'check_file', 'check_weight_file', 'check_device', 'check_out_dir', 'same_file',
+           'check_output_spares_inputs', 'check_new_out_dir', 'EXIT_USAGE', 'TRACEBACK_ENV']
 
 EXIT_USAGE = 2
 TRACEBACK_ENV = 'OMG_LLAVA_TRACEBACK'
@@ -37,7 +39,8 @@ class UsageError(Exception):
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (not the whole usage block), exit status 2."""
+    """An ``ArgumentParser`` whose errors are one line (not the whole usage block), exit status
+    2."""
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f'{self.prog}: error: {message} (see --help)\n')
@@ -56,15 +59,18 @@ def is_input_error(exc: BaseException) -> bool:
 
 
 def error_message(exc: BaseException) -> str:
-    """The text of ``exc`` for the ``error:`` line (a ``KeyError``'s without its quotes; never empty)."""
-    text = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], str) else str(exc)
+    """The text of ``exc`` for the ``error:`` line (a ``KeyError``'s without its quotes; never
+    empty)."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0],
+                                                                                str) else str(exc)
     text = text.strip()
     return text or f'{type(exc).__name__} (no message)'
 
 
 def one_line_errors(main: Callable[..., int]) -> Callable[..., int]:
     """Wrap a tool's ``main(argv=None) -> int``: an input error (:func:`is_input_error`) prints
-    ``error: <message>`` on stderr and returns 2; other exceptions propagate with their traceback."""
+    ``error: <message>`` on stderr and returns 2; other exceptions propagate with their
+    traceback."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -79,10 +85,10 @@ def one_line_errors(main: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
-# ----------------------------------------------------------------------------------------------- quantization
+# ------------------------------------------------------------------------------------- quantization
 def quantization_of(args: argparse.Namespace) -> str:
-    """``'4bit'``, ``'8bit'`` (bitsandbytes), ``'int8'`` (CPU weight-only) or ``'none'`` from the tools' mutually
-    exclusive ``--load-in-4bit`` / ``--load-in-8bit`` / ``--quantize`` options."""
+    """``'4bit'``, ``'8bit'`` (bitsandbytes), ``'int8'`` (CPU weight-only) or ``'none'`` from the
+    tools' mutually exclusive ``--load-in-4bit`` / ``--load-in-8bit`` / ``--quantize`` options."""
     if args.load_in_4bit:
         return '4bit'
     if args.load_in_8bit:
@@ -91,27 +97,32 @@ def quantization_of(args: argparse.Namespace) -> str:
 
 
 def check_quantization_device(quantization: str, device: str) -> None:
-    """Raise :class:`UsageError` when ``quantization`` (:func:`quantization_of`) cannot run on ``device`` (a device
-    string such as ``cpu`` or ``cuda:1``): bitsandbytes needs CUDA, int8 weight-only is for the CPU."""
+    """Raise :class:`UsageError` when ``quantization`` (:func:`quantization_of`) cannot run on
+    ``device`` (a device string such as ``cpu`` or ``cuda:1``): bitsandbytes needs CUDA, int8
+    weight-only is for the CPU."""
     if quantization in ('4bit', '8bit') and not device.startswith('cuda'):
-        raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but --device is {device}; '
+        raise UsageError(f'--load-in-{quantization} needs a CUDA GPU with bitsandbytes, but '
+                         f'--device is {device}; '
                          'drop the flag to run the LLM unquantized in --dtype')
     if quantization == 'int8' and device != 'cpu':
-        raise UsageError(f'--quantize int8 is for the CPU, but --device is {device}; add --device cpu, or on a '
-                         'GPU use --load-in-8bit or --load-in-4bit')
+        raise UsageError(f'--quantize int8 is for the CPU, but --device is {device}; add --device '
+                         'cpu, or on a GPU use --load-in-8bit or --load-in-4bit')
 
 
-# ----------------------------------------------------------------------------------------------- what a file is
-_MAGIC = ((b'\x89PNG\r\n\x1a\n', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'), (b'GIF8', 'a GIF image'),
-          (b'%PDF', 'a PDF document'), (b'\x1f\x8b', 'a gzip archive'), (b'RIFF', 'a RIFF file (WebP, WAV)'),
+# ----------------------------------------------------------------------------------- what a file is
+_MAGIC = ((b'\x89PNG\r\n\x1a\n', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image'),
+          (b'GIF8', 'a GIF image'),
+          (b'%PDF', 'a PDF document'), (b'\x1f\x8b', 'a gzip archive'),
+          (b'RIFF', 'a RIFF file (WebP, WAV)'),
           (b'II*\x00', 'a TIFF image'), (b'MM\x00*', 'a TIFF image'))
 _WEIGHT_KINDS = ('a torch zip checkpoint', 'a torch pickle', 'a safetensors file')
 
 
 def describe_file(path: str | os.PathLike) -> str:
-    """What ``path`` is, from its type and first bytes: ``'missing'``, ``'a directory'``, ``'an empty file (0
-    bytes)'``, ``'a PNG image'``, ``'an HTML page'``, ``'a text file'``, ``'a torch zip checkpoint'``, ``'a torch
-    pickle'``, ``'a safetensors file'``, ... or ``'a binary file'``."""
+    """What ``path`` is, from its type and first bytes: ``'missing'``, ``'a directory'``, ``'an
+    empty file (0 bytes)'``, ``'a PNG image'``, ``'an HTML page'``, ``'a text file'``, ``'a torch
+    zip checkpoint'``, ``'a torch pickle'``, ``'a safetensors file'``, ... or ``'a binary
+    file'``."""
     path = os.fspath(path)
     if not os.path.exists(path):
         return 'missing'
@@ -146,22 +157,25 @@ def describe_file(path: str | os.PathLike) -> str:
 
 
 def check_file(path: str | os.PathLike, flag: str) -> None:
-    """Raise :class:`UsageError` unless ``path`` is a non-empty file, saying what it is otherwise."""
+    """Raise :class:`UsageError` unless ``path`` is a non-empty file, saying what it is
+    otherwise."""
     kind = describe_file(path)
     if kind == 'missing':
         raise UsageError(f'{flag} file not found: {path}')
     if kind == 'a directory':
         raise UsageError(f'{flag} {path} is a directory, not a file: give the file inside it')
     if kind == 'an empty file (0 bytes)':
-        raise UsageError(f'{flag} {path} is an empty file (0 bytes): an interrupted download or copy? Fetch it again')
+        raise UsageError(f'{flag} {path} is an empty file (0 bytes): an interrupted download or '
+                         'copy? Fetch it again')
     if kind.startswith('unreadable'):
         raise UsageError(f'{flag} {path} is {kind}: check its permissions')
 
 
 def check_weight_file(path: str | os.PathLike, flag: str, allow_directory: bool = False) -> None:
-    """Raise :class:`UsageError` unless ``path`` can be a weight file (torch zip or pickle, safetensors, or a binary
-    file of unknown kind); the message says what it is instead (an image, an HTML page, a text file ...).
-    ``allow_directory`` accepts a folder (a DeepSpeed checkpoint)."""
+    """Raise :class:`UsageError` unless ``path`` can be a weight file (torch zip or pickle,
+    safetensors, or a binary file of unknown kind); the message says what it is instead (an image,
+    an HTML page, a text file ...). ``allow_directory`` accepts a folder (a DeepSpeed
+    checkpoint)."""
     if allow_directory and os.path.isdir(path):
         return
     check_file(path, flag)
@@ -170,50 +184,58 @@ def check_weight_file(path: str | os.PathLike, flag: str, allow_directory: bool 
         return
     hint = {'an HTML page': ' (a download that returned an error page?)',
             'a text file': ' (a config or a list given in place of the weights?)'}.get(kind, '')
-    raise UsageError(f'{flag} {path} is {kind}{hint}, not a weight file: give the .pth / .bin / .safetensors file')
+    raise UsageError(f'{flag} {path} is {kind}{hint}, not a weight file: give the .pth / .bin / '
+                     '.safetensors file')
 
 
 def check_device(device: str, flag: str = '--device') -> str:
-    """Raise :class:`UsageError` unless ``device`` is a torch device this machine has (checked before any model is
-    built); returns it."""
+    """Raise :class:`UsageError` unless ``device`` is a torch device this machine has (checked
+    before any model is built); returns it."""
     import torch
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError) as exc:
-        raise UsageError(f'{flag} {device!r} is not a torch device ({exc}); use cpu, cuda or cuda:N') from exc
+        raise UsageError(f'{flag} {device!r} is not a torch device ({exc}); use cpu, cuda or '
+                         'cuda:N') from exc
     if parsed.type == 'cuda':
         if not torch.cuda.is_available():
-            raise UsageError(f'{flag} {device}: torch sees no CUDA GPU here (torch.cuda.is_available() is False; '
-                             f'torch {torch.__version__}); use {flag} cpu, or a CUDA build of torch on a GPU machine')
+            raise UsageError(f'{flag} {device}: torch sees no CUDA GPU here '
+                             f'(torch.cuda.is_available() is False; torch {torch.__version__}); '
+                             f'use {flag} cpu, or a CUDA build of torch on a GPU machine')
         count = torch.cuda.device_count()
         if parsed.index is not None and parsed.index >= count:
-            raise UsageError(f'{flag} {device}: this machine has {count} CUDA GPU(s) (cuda:0 to cuda:{count - 1})')
+            raise UsageError(f'{flag} {device}: this machine has {count} CUDA GPU(s) (cuda:0 to '
+                             f'cuda:{count - 1})')
     elif parsed.type not in ('cpu', 'meta'):
         available = getattr(getattr(torch, parsed.type, None), 'is_available', None)
         if available is None or not available():
-            raise UsageError(f'{flag} {device}: no {parsed.type} device is available here; use cpu or cuda')
+            raise UsageError(f'{flag} {device}: no {parsed.type} device is available here; use cpu '
+                             'or cuda')
     return device
 
 
 def check_out_dir(path: str | os.PathLike, flag: str = '--out-dir') -> str:
-    """Raise :class:`UsageError` unless ``path`` is a folder, or can be created as one, that files can be written
-    in (nothing is created here). Returns it."""
+    """Raise :class:`UsageError` unless ``path`` is a folder, or can be created as one, that files
+    can be written in (nothing is created here). Returns it."""
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
-        raise UsageError(f'{flag} {path} is a file, not a folder: give a folder path (it is created if needed)')
+        raise UsageError(f'{flag} {path} is a file, not a folder: give a folder path (it is '
+                         'created if needed)')
     existing = os.path.abspath(path)
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise UsageError(f'{flag} {path} cannot be created: {existing} is a file, not a folder')
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f'{flag} {path}: {existing} is not writable; give a folder you can write to')
+        raise UsageError(f'{flag} {path}: {existing} is not writable; give a folder you can write '
+                         'to')
     return path
 
 
-# ----------------------------------------------------------------------------------------- outputs spare inputs
+# ----------------------------------------------------------------------------- outputs spare inputs
 def _identity(path: str | os.PathLike):
-    """What names one file: (device, inode) when it exists (hard links, symlinks), else the resolved path."""
+    """What names one file: (device, inode) when it exists (hard links, symlinks), else the resolved
+    path."""
     try:
         stat = os.stat(path)
     except OSError:
@@ -222,26 +244,31 @@ def _identity(path: str | os.PathLike):
 
 
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether writing ``a`` would write ``b``: the same path after symlinks and ``..`` are resolved, or the same
-    inode (a hard link)."""
+    """Whether writing ``a`` would write ``b``: the same path after symlinks and ``..`` are
+    resolved, or the same inode (a hard link)."""
     return _identity(a) == _identity(b) or os.path.realpath(a) == os.path.realpath(b)
 
 
 def check_output_spares_inputs(output: str | os.PathLike, inputs, flag: str) -> None:
-    """Raise :class:`UsageError` when writing (or replacing) ``output`` would destroy one of ``inputs`` (paths;
-    ``None`` entries are skipped), or when an input folder would be overwritten by an output inside it."""
+    """Raise :class:`UsageError` when writing (or replacing) ``output`` would destroy one of
+    ``inputs`` (paths; ``None`` entries are skipped), or when an input folder would be overwritten
+    by an output inside it."""
     for given in inputs:
         if given is None:
             continue
-        if same_file(output, given) or (os.path.isdir(given) and
-                                        os.path.realpath(output).startswith(os.path.realpath(given) + os.sep)):
-            raise UsageError(f'{flag} {output} would overwrite the input {given}: write the output somewhere else')
+        if same_file(output, given) or (
+            os.path.isdir(given)
+            and os.path.realpath(output).startswith(os.path.realpath(given) + os.sep)
+        ):
+            raise UsageError(f'{flag} {output} would overwrite the input {given}: write the output '
+                             'somewhere else')
 
 
 def check_new_out_dir(path: str | os.PathLike, flag: str, overwrite: bool) -> str:
-    """:func:`check_out_dir`, and refuse a folder that already holds files unless ``overwrite``. Returns it."""
+    """:func:`check_out_dir`, and refuse a folder that already holds files unless ``overwrite``.
+    Returns it."""
     path = check_out_dir(path, flag)
     if os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise UsageError(f'{flag} {path} is not empty: give a new or empty folder, or add --overwrite to replace '
-                         'its content')
+        raise UsageError(f'{flag} {path} is not empty: give a new or empty folder, or add '
+                         '--overwrite to replace its content')
     return path

@@ -2,8 +2,8 @@
 
 Configs may name a component as an object (``type=OMGSegVisualEncoder``, the xtuner style, which
 xtuner's ``BUILDER`` builds) or as a string: ``'OMGSegVisualEncoder'`` through these registries, or
-``'omg_llava.OMGSegVisualEncoder'`` through mmengine's. Builds through these registries always run in the
-``omg_llava`` scope, so plain strings resolve whatever default scope a runner has set.
+``'omg_llava.OMGSegVisualEncoder'`` through mmengine's. Builds through these registries always run
+in the ``omg_llava`` scope, so plain strings resolve whatever default scope a runner has set.
 """
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import LOOPS as MMENGINE_LOOPS
@@ -15,7 +15,8 @@ SCOPE = 'omg_llava'
 
 
 def build_in_plugin_scope(cfg, registry, default_args=None):
-    """``build_from_cfg`` with the default scope set to this plugin for the duration of the build."""
+    """``build_from_cfg`` with the default scope set to this plugin for the duration of the
+    build."""
     with DefaultScope.overwrite_default_scope(SCOPE):
         return build_from_cfg(cfg, registry, default_args)
 
@@ -33,10 +34,11 @@ RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, scope=SCOPE, locations=['o
 def build_component(cfg):
     """Build a config entry the way xtuner configs write them.
 
-    A module or any non-dict is returned as is. A dict whose ``type`` is callable (a class or a factory such
-    as ``AutoModelForCausalLM.from_pretrained``) is called with the other keys, after building nested dicts
-    that have a callable ``type`` too (e.g. ``quantization_config=dict(type=BitsAndBytesConfig, ...)``). A
-    dict whose ``type`` is a string goes through :data:`MODELS`.
+    A module or any non-dict is returned as is. A dict whose ``type`` is callable (a class or a
+    factory such as ``AutoModelForCausalLM.from_pretrained``) is called with the other keys, after
+    building nested dicts that have a callable ``type`` too (e.g.
+    ``quantization_config=dict(type=BitsAndBytesConfig, ...)``). A dict whose ``type`` is a string
+    goes through :data:`MODELS`.
     """
     if not isinstance(cfg, dict) or 'type' not in cfg:
         return cfg

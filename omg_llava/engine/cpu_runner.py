@@ -1,18 +1,20 @@
 """Data-parallel training on the CPU cores of one machine (``torchrun`` + gloo).
 
-Why it exists: on a 2-core machine without a GPU, two training processes of one thread each get through more
-images per second than one process of two threads (the tiny recipe's steps are many small operations, which a
-second thread hardly speeds up; measured in docs/tiny_model.md, "Compute"). mmengine's launcher path assumes an
-accelerator: its ``init_dist`` calls ``torch.cuda.set_device`` and its default DDP wrapper passes
-``device_ids=[LOCAL_RANK]``, both of which fail with a CPU-only torch. This runner does those two steps the CPU way
-and is an ordinary :class:`~mmengine.runner.Runner` otherwise (not launched, or launched where CUDA exists).
+Why it exists: on a 2-core machine without a GPU, two training processes of one thread each get
+through more images per second than one process of two threads (the tiny recipe's steps are many
+small operations, which a second thread hardly speeds up; measured in docs/tiny_model.md,
+"Compute"). mmengine's launcher path assumes an accelerator: its ``init_dist`` calls
+``torch.cuda.set_device`` and its default DDP wrapper passes ``device_ids=[LOCAL_RANK]``, both of
+which fail with a CPU-only torch. This runner does those two steps the CPU way and is an ordinary
+:class:`~mmengine.runner.Runner` otherwise (not launched, or launched where CUDA exists).
 
 Usage (2 processes, one thread each; ``train_dataloader.batch_size`` is per process)::
 
     OMP_NUM_THREADS=1 python -m torch.distributed.run --standalone --nproc_per_node 2 \\
         -m xtuner.tools.train CONFIG --launcher pytorch
 
-with ``runner_type = CPUDataParallelRunner`` and ``env_cfg.dist_cfg.backend = 'gloo'`` in the config.
+with ``runner_type = CPUDataParallelRunner`` and ``env_cfg.dist_cfg.backend = 'gloo'`` in the
+config.
 """
 from __future__ import annotations
 
@@ -29,11 +31,11 @@ from omg_llava.registry import RUNNERS
 class CPUDataParallelRunner(Runner):
     """:class:`~mmengine.runner.Runner` that also trains data-parallel on CPU processes (gloo).
 
-    When launched (``--launcher pytorch``) on a machine without CUDA it initialises the process group itself,
-    with the config's ``env_cfg.dist_cfg`` (the backend must be ``gloo``: NCCL needs GPUs), and wraps the model
-    in DDP without ``device_ids``. ``find_unused_parameters`` (a top-level config key, as for mmengine's Runner)
-    is passed on: set it when some parameters get no gradient in a step (e.g. a loss that only some batches
-    have).
+    When launched (``--launcher pytorch``) on a machine without CUDA it initialises the process
+    group itself, with the config's ``env_cfg.dist_cfg`` (the backend must be ``gloo``: NCCL needs
+    GPUs), and wraps the model in DDP without ``device_ids``. ``find_unused_parameters`` (a
+    top-level config key, as for mmengine's Runner) is passed on: set it when some parameters get no
+    gradient in a step (e.g. a loss that only some batches have).
     """
 
     def setup_env(self, env_cfg: dict) -> None:
@@ -41,13 +43,18 @@ class CPUDataParallelRunner(Runner):
             dist_cfg = dict(env_cfg.get('dist_cfg', {}))
             backend = dist_cfg.pop('backend', 'gloo')
             if backend != 'gloo':
-                raise ValueError(f'data-parallel training on CPU needs env_cfg.dist_cfg.backend="gloo", got '
-                                 f'{backend!r} (NCCL needs GPUs)')
+                raise ValueError('data-parallel training on CPU needs '
+                                 f'env_cfg.dist_cfg.backend="gloo", got {backend!r} (NCCL needs '
+                                 'GPUs)')
             torch_dist.init_process_group(backend='gloo', **dist_cfg)
         super().setup_env(env_cfg)
 
     def wrap_model(self, model_wrapper_cfg: dict | None, model: torch.nn.Module) -> torch.nn.Module:
         if not self.distributed or model_wrapper_cfg is not None or torch.cuda.is_available():
             return super().wrap_model(model_wrapper_cfg, model)
-        return MMDistributedDataParallel(module=model, device_ids=None, broadcast_buffers=False,
-                                         find_unused_parameters=self.cfg.get('find_unused_parameters', False))
+        return MMDistributedDataParallel(
+            module=model,
+            device_ids=None,
+            broadcast_buffers=False,
+            find_unused_parameters=self.cfg.get('find_unused_parameters', False),
+        )

@@ -1,25 +1,29 @@
-"""Grounded conversation generation (GCG) metrics: mask AP50, mIoU and grounded recall (spec §9.3 "GCG").
+"""Grounded conversation generation (GCG) metrics: mask AP50, mIoU and grounded recall (spec §9.3
+"GCG").
 
-Per image the model gives a caption, its grounded phrases and one mask per phrase; the ground truth is a set of
-(phrase, mask) pairs and reference captions (caption metrics: :mod:`omg_llava.evaluation.captions`).
+Per image the model gives a caption, its grounded phrases and one mask per phrase; the ground truth
+is a set of (phrase, mask) pairs and reference captions (caption metrics:
+:mod:`omg_llava.evaluation.captions`).
 
-* **AP50**: pycocotools ``COCOeval`` (``segm``) with every ground-truth and predicted mask in category 1 and every
-  prediction scored 1.0; AP at IoU 0.5 (``stats[1]``), AP over IoU .50:.95 (``stats[0]``) as ``mask_AP``.
-* **mIoU**: per image, pair ground-truth and predicted masks one-to-one, greedily by the highest remaining IoU,
-  until no pair with a positive IoU is left; the image scores the mean IoU of its pairs (0 without a pair); the
-  metric is the mean over images.
-* **recall**: per image, the admissible pairs are those with IoU ≥ 0.5 *and* phrase similarity ≥ 0.5; they are
-  paired one-to-one greedily by IoU; recall = Σ pairs / Σ ground-truth phrases over all images.
+* **AP50**: pycocotools ``COCOeval`` (``segm``) with every ground-truth and predicted mask in
+  category 1 and every prediction scored 1.0; AP at IoU 0.5 (``stats[1]``), AP over IoU .50:.95
+  (``stats[0]``) as ``mask_AP``.
+* **mIoU**: per image, pair ground-truth and predicted masks one-to-one, greedily by the highest
+  remaining IoU, until no pair with a positive IoU is left; the image scores the mean IoU of its
+  pairs (0 without a pair); the metric is the mean over images.
+* **recall**: per image, the admissible pairs are those with IoU ≥ 0.5 *and* phrase similarity ≥
+  0.5; they are paired one-to-one greedily by IoU; recall = Σ pairs / Σ ground-truth phrases over
+  all images.
 
-The ``reference`` protocol (docs/evaluation.md) scores mIoU and recall as the released ``evaluate_gcg.py`` does
-(:func:`reference_image_miou`, :func:`reference_true_positives`): the recall's greedy pairing stops at the first
-highest-IoU pair that fails either threshold, and the predicted phrases are all ``<p>…</p>`` texts of the answer,
-matched to the masks by position.
+The ``reference`` protocol (docs/evaluation.md) scores mIoU and recall as the released
+``evaluate_gcg.py`` does (:func:`reference_image_miou`, :func:`reference_true_positives`): the
+recall's greedy pairing stops at the first highest-IoU pair that fails either threshold, and the
+predicted phrases are all ``<p>…</p>`` texts of the answer, matched to the masks by position.
 
-The reference scores phrase similarity with BERT (``bert-base-uncased``, cosine of the mean-pooled last layer),
-which needs a model download. The similarity is therefore pluggable: the default
-:func:`bag_of_words_cosine` is offline and deterministic, and :class:`TransformerPhraseSimilarity` computes the
-reference's measure from a local Hugging Face model folder.
+The reference scores phrase similarity with BERT (``bert-base-uncased``, cosine of the mean-pooled
+last layer), which needs a model download. The similarity is therefore pluggable: the default
+:func:`bag_of_words_cosine` is offline and deterministic, and :class:`TransformerPhraseSimilarity`
+computes the reference's measure from a local Hugging Face model folder.
 """
 from __future__ import annotations
 
@@ -40,14 +44,15 @@ PhraseSimilarity = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 IOU_THRESHOLD = 0.5
 SIMILARITY_THRESHOLD = 0.5
 
-#: Words that carry no content for phrase matching ("a man" ~ "the man"); ignored unless a phrase has only these.
+#: Words that carry no content for phrase matching ("a man" ~ "the man"); ignored unless a phrase
+#: has only these.
 STOP_WORDS = frozenset(
-    'a an the this that these those some its his her their our my your of in on at to with and or by for from '
-    'into onto near next over under is are be being'.split())
+    'a an the this that these those some its his her their our my your of in on at to with and or '
+    'by for from into onto near next over under is are be being'.split())
 _WORD = re.compile(r'[a-z0-9]+')
 
 
-# ----------------------------------------------------------------------------------------------- phrase similarity
+# -------------------------------------------------------------------------------- phrase similarity
 def _content_words(phrase: str) -> list[str]:
     words = _WORD.findall(phrase.lower())
     content = [w for w in words if w not in STOP_WORDS]
@@ -55,8 +60,9 @@ def _content_words(phrase: str) -> list[str]:
 
 
 def bag_of_words_cosine(gt_phrases: Sequence[str], pred_phrases: Sequence[str]) -> np.ndarray:
-    """Cosine of word-count vectors (lower-cased alphanumeric words, :data:`STOP_WORDS` dropped unless a phrase has
-    nothing else). ``"a man"`` vs ``"the man"`` → 1.0, ``"a white dog"`` vs ``"a black dog"`` → 0.5.
+    """Cosine of word-count vectors (lower-cased alphanumeric words, :data:`STOP_WORDS` dropped
+    unless a phrase has nothing else). ``"a man"`` vs ``"the man"`` → 1.0, ``"a white dog"`` vs ``"a
+    black dog"`` → 0.5.
 
     Returns:
         (G, P) similarities in [0, 1]; 0 for an empty phrase.
@@ -68,12 +74,14 @@ def bag_of_words_cosine(gt_phrases: Sequence[str], pred_phrases: Sequence[str]) 
         for p, b in enumerate(pred_bags):
             dot = sum(n * b[w] for w, n in a.items())
             if dot:
-                out[g, p] = dot / np.sqrt(sum(n * n for n in a.values()) * sum(n * n for n in b.values()))
+                out[g, p] = dot / np.sqrt(sum(n * n for n in a.values()) * sum(n * n
+                                                                               for n in b.values()))
     return out
 
 
 def token_jaccard(gt_phrases: Sequence[str], pred_phrases: Sequence[str]) -> np.ndarray:
-    """|A ∩ B| / |A ∪ B| of the content-word sets (see :func:`bag_of_words_cosine`). (G, P) in [0, 1]."""
+    """|A ∩ B| / |A ∪ B| of the content-word sets (see :func:`bag_of_words_cosine`). (G, P) in
+    [0, 1]."""
     gt_sets = [set(_content_words(p)) for p in gt_phrases]
     pred_sets = [set(_content_words(p)) for p in pred_phrases]
     out = np.zeros((len(gt_sets), len(pred_sets)))
@@ -86,10 +94,12 @@ def token_jaccard(gt_phrases: Sequence[str], pred_phrases: Sequence[str]) -> np.
 
 class TransformerPhraseSimilarity:
     """Cosine of mean-pooled last-layer states of a local Hugging Face encoder (the reference used
-    ``bert-base-uncased``; pass its downloaded folder). Padding is excluded from the mean; [CLS]/[SEP] are kept.
+    ``bert-base-uncased``; pass its downloaded folder). Padding is excluded from the mean;
+    [CLS]/[SEP] are kept.
 
     Args:
-        model_path: a folder with ``config.json``, the weights and the tokenizer files (never downloaded).
+        model_path: a folder with ``config.json``, the weights and the tokenizer files (never
+            downloaded).
         device: torch device.
     """
 
@@ -103,7 +113,8 @@ class TransformerPhraseSimilarity:
         """(N, D) float32 mean-pooled embeddings."""
         if not phrases:
             return torch.zeros((0, self.model.config.hidden_size))
-        batch = self.tokenizer(list(phrases), padding=True, truncation=True, return_tensors='pt').to(self.device)
+        batch = self.tokenizer(list(phrases), padding=True, truncation=True,
+                               return_tensors='pt').to(self.device)
         with torch.no_grad():
             hidden = self.model(**batch).last_hidden_state.float()  # (N, T, D)
         weights = batch['attention_mask'].unsqueeze(-1).float()  # (N, T, 1)
@@ -113,25 +124,32 @@ class TransformerPhraseSimilarity:
         a, b = self.embed(gt_phrases), self.embed(pred_phrases)
         if not len(a) or not len(b):
             return np.zeros((len(a), len(b)))
-        return torch.nn.functional.cosine_similarity(a[:, None], b[None], dim=-1).numpy().astype(np.float64)
+        return (
+            torch.nn.functional.cosine_similarity(a[:, None], b[None], dim=-1)
+            .numpy()
+            .astype(np.float64)
+        )
 
 
-# ----------------------------------------------------------------------------------------------- pairing
+# ------------------------------------------------------------------------------------------ pairing
 def mask_iou_matrix(gt_masks: Sequence[np.ndarray], pred_masks: Sequence[np.ndarray]) -> np.ndarray:
     """(G, P) IoU of (H, W) binary masks (0 where both are empty)."""
     if not len(gt_masks) or not len(pred_masks):
         return np.zeros((len(gt_masks), len(pred_masks)))
     gt = np.stack([np.asarray(m, bool).reshape(-1) for m in gt_masks]).astype(np.float64)  # (G, HW)
-    pred = np.stack([np.asarray(m, bool).reshape(-1) for m in pred_masks]).astype(np.float64)  # (P, HW)
+    # (P, HW)
+    pred = np.stack([np.asarray(m, bool).reshape(-1) for m in pred_masks]).astype(np.float64)
     if gt.shape[1] != pred.shape[1]:
-        raise ValueError(f'ground-truth masks have {gt.shape[1]} pixels, predicted masks {pred.shape[1]}: predicted '
+        raise ValueError(f'ground-truth masks have {gt.shape[1]} pixels, predicted masks '
+                         f'{pred.shape[1]}: predicted '
                          'masks must be at the original image size')
     inter = gt @ pred.T
     union = gt.sum(1)[:, None] + pred.sum(1)[None] - inter
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def greedy_pairs(scores: np.ndarray, admissible: np.ndarray | None = None) -> list[tuple[int, int, float]]:
+def greedy_pairs(scores: np.ndarray,
+                 admissible: np.ndarray | None = None) -> list[tuple[int, int, float]]:
     """One-to-one pairs taken greedily by the highest remaining score, as long as it is positive.
 
     Args:
@@ -141,7 +159,8 @@ def greedy_pairs(scores: np.ndarray, admissible: np.ndarray | None = None) -> li
     Returns:
         ``(g, p, score)`` in the order taken.
     """
-    remaining = np.where(admissible, scores, 0.0) if admissible is not None else np.array(scores, dtype=float)
+    remaining = (np.where(admissible, scores, 0.0) if admissible is not None
+                 else np.array(scores, dtype=float))
     pairs = []
     while remaining.size:
         g, p = np.unravel_index(int(np.argmax(remaining)), remaining.shape)
@@ -160,15 +179,18 @@ def image_miou(gt_masks: Sequence[np.ndarray], pred_masks: Sequence[np.ndarray])
     return float(np.mean([iou for _, _, iou in pairs])) if pairs else 0.0
 
 
-def image_true_positives(gt_masks: Sequence[np.ndarray], gt_phrases: Sequence[str], pred_masks: Sequence[np.ndarray],
-                         pred_phrases: Sequence[str], similarity: PhraseSimilarity = bag_of_words_cosine,
+def image_true_positives(gt_masks: Sequence[np.ndarray], gt_phrases: Sequence[str],
+                         pred_masks: Sequence[np.ndarray],
+                         pred_phrases: Sequence[str],
+                         similarity: PhraseSimilarity = bag_of_words_cosine,
                          iou_threshold: float = IOU_THRESHOLD,
                          similarity_threshold: float = SIMILARITY_THRESHOLD) -> int:
-    """Ground-truth phrases of one image recalled: greedy IoU pairs among those with IoU ≥ ``iou_threshold`` and
-    phrase similarity ≥ ``similarity_threshold``."""
+    """Ground-truth phrases of one image recalled: greedy IoU pairs among those with IoU ≥
+    ``iou_threshold`` and phrase similarity ≥ ``similarity_threshold``."""
     if len(gt_masks) != len(gt_phrases) or len(pred_masks) != len(pred_phrases):
-        raise ValueError(f'one phrase per mask is needed: {len(gt_masks)} ground-truth masks / {len(gt_phrases)} '
-                         f'phrases, {len(pred_masks)} predicted masks / {len(pred_phrases)} phrases')
+        raise ValueError(f'one phrase per mask is needed: {len(gt_masks)} ground-truth masks / '
+                         f'{len(gt_phrases)} phrases, {len(pred_masks)} predicted masks / '
+                         f'{len(pred_phrases)} phrases')
     if not len(gt_masks) or not len(pred_masks):
         return 0
     ious = mask_iou_matrix(gt_masks, pred_masks)
@@ -176,16 +198,17 @@ def image_true_positives(gt_masks: Sequence[np.ndarray], gt_phrases: Sequence[st
     return len(greedy_pairs(ious, (ious >= iou_threshold) & (sims >= similarity_threshold)))
 
 
-# ----------------------------------------------------------------------------------------------- reference protocol
+# ------------------------------------------------------------------------------- reference protocol
 def reference_iou_matrix(rows: Sequence[np.ndarray], cols: Sequence[np.ndarray]) -> np.ndarray:
-    """(R, C) IoU of (H, W) binary masks as the released script computes it: NaN where both masks are empty."""
+    """(R, C) IoU of (H, W) binary masks as the released script computes it: NaN where both masks
+    are empty."""
     if not len(rows) or not len(cols):
         return np.zeros((len(rows), len(cols)))
     a = np.stack([np.asarray(m, bool).reshape(-1) for m in rows]).astype(np.float64)  # (R, HW)
     b = np.stack([np.asarray(m, bool).reshape(-1) for m in cols]).astype(np.float64)  # (C, HW)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f'masks of {a.shape[1]} and {b.shape[1]} pixels: predicted masks must be at the original '
-                         'image size')
+        raise ValueError(f'masks of {a.shape[1]} and {b.shape[1]} pixels: predicted masks must be '
+                         'at the original image size')
     inter = a @ b.T
     union = a.sum(1)[:, None] + b.sum(1)[None] - inter
     with np.errstate(invalid='ignore'):
@@ -193,9 +216,10 @@ def reference_iou_matrix(rows: Sequence[np.ndarray], cols: Sequence[np.ndarray])
 
 
 def reference_image_miou(gt_masks: Sequence[np.ndarray], pred_masks: Sequence[np.ndarray]) -> float:
-    """mIoU of one image as the released script pairs it: on the (P, G) matrix (predictions as rows), take the
-    largest IoU (first in row-major order on ties), delete its row and column, and go on while the largest
-    remaining IoU is positive (a NaN, two empty masks, ends the pairing). Mean of the pairs, 0 without one."""
+    """mIoU of one image as the released script pairs it: on the (P, G) matrix (predictions as
+    rows), take the largest IoU (first in row-major order on ties), delete its row and column, and
+    go on while the largest remaining IoU is positive (a NaN, two empty masks, ends the pairing).
+    Mean of the pairs, 0 without one."""
     ious = reference_iou_matrix(pred_masks, gt_masks)
     pairs = []
     while ious.size > 0 and np.max(ious) > 0:
@@ -212,15 +236,17 @@ def reference_true_positives(gt_masks: Sequence[np.ndarray], gt_labels: Sequence
                              similarity_threshold: float = SIMILARITY_THRESHOLD) -> int:
     """Ground-truth phrases of one image recalled, as the released script counts them.
 
-    Repeatedly take the highest remaining IoU of the (G, P) mask matrix (ties: first in row-major order); if its
-    IoU is below ``iou_threshold`` *or* the similarity of the labels at the same (row, column) is below
-    ``similarity_threshold``, stop; otherwise count the pair and zero its row and column. Labels are matched to
-    masks by position, so a pair whose position lies outside the (len(gt_labels), len(pred_labels)) similarity
-    matrix raised an IndexError that the script caught per image: the image then scores 0.
+    Repeatedly take the highest remaining IoU of the (G, P) mask matrix (ties: first in row-major
+    order); if its IoU is below ``iou_threshold`` *or* the similarity of the labels at the same
+    (row, column) is below ``similarity_threshold``, stop; otherwise count the pair and zero its row
+    and column. Labels are matched to masks by position, so a pair whose position lies outside the
+    (len(gt_labels), len(pred_labels)) similarity matrix raised an IndexError that the script caught
+    per image: the image then scores 0.
     """
     ious = reference_iou_matrix(gt_masks, pred_masks)
-    sims = np.asarray(similarity(list(gt_labels), list(pred_labels)), dtype=float).reshape(len(gt_labels),
-                                                                                          len(pred_labels))
+    sims = np.asarray(similarity(list(gt_labels), list(pred_labels)), dtype=float).reshape(
+        len(gt_labels), len(pred_labels)
+    )
     matches = 0
     while ious.size > 0:
         g, p = np.unravel_index(np.argmax(ious), ious.shape)
@@ -236,51 +262,61 @@ def reference_true_positives(gt_masks: Sequence[np.ndarray], gt_labels: Sequence
     return matches
 
 
-# ----------------------------------------------------------------------------------------------- mask AP
-def mask_ap(gt_masks: Mapping[object, Sequence[dict]], image_sizes: Mapping[object, tuple[int, int]],
+# ------------------------------------------------------------------------------------------ mask AP
+def mask_ap(gt_masks: Mapping[object, Sequence[dict]],
+            image_sizes: Mapping[object, tuple[int, int]],
             pred_masks: Mapping[object, Sequence[dict]]) -> dict[str, float | None]:
     """Class-agnostic mask AP with pycocotools (category 1, every prediction scored 1.0).
 
     Args:
         gt_masks: image id → ground-truth masks as COCO RLE dicts (``size``, ``counts``).
         image_sizes: image id → (H, W), for every image evaluated.
-        pred_masks: image id → predicted masks as COCO RLE dicts (images absent from it predicted nothing).
+        pred_masks: image id → predicted masks as COCO RLE dicts (images absent from it predicted
+            nothing).
 
     Returns:
-        ``{'AP50', 'mask_AP'}``: AP at IoU 0.5 and AP over IoU .50:.95 (``None`` when there is no ground truth).
+        ``{'AP50', 'mask_AP'}``: AP at IoU 0.5 and AP over IoU .50:.95 (``None`` when there is no
+        ground truth).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    ids = {image_id: k + 1 for k, image_id in enumerate(image_sizes)}  # COCOeval sorts ids: use plain integers
+    # COCOeval sorts ids: use plain integers
+    ids = {image_id: k + 1 for k, image_id in enumerate(image_sizes)}
     images = [dict(id=ids[i], height=int(h), width=int(w)) for i, (h, w) in image_sizes.items()]
     annotations = []
     for image_id, rles in gt_masks.items():
         for rle in rles:
-            annotations.append(dict(id=len(annotations) + 1, image_id=ids[image_id], category_id=1, segmentation=rle,
-                                    area=float(mask_utils.area(rle)), bbox=list(mask_utils.toBbox(rle)), iscrowd=0))
+            annotations.append(dict(id=len(annotations) + 1, image_id=ids[image_id], category_id=1,
+                                    segmentation=rle,
+                                    area=float(mask_utils.area(rle)),
+                                    bbox=list(mask_utils.toBbox(rle)), iscrowd=0))
     if not annotations:
         return {'AP50': None, 'mask_AP': None}
     results = [dict(image_id=ids[image_id], category_id=1, segmentation=rle, score=1.0)
                for image_id, rles in pred_masks.items() for rle in rles]
     if not results:
         return {'AP50': 0.0, 'mask_AP': 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress and the summary table
+    # pycocotools prints progress and the summary table
+    with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = dict(images=images, annotations=annotations, categories=[dict(id=1, name='object')])
+        gt.dataset = dict(images=images, annotations=annotations,
+                          categories=[dict(id=1, name='object')])
         gt.createIndex()
         evaluator = COCOeval(gt, gt.loadRes(results), 'segm')
         evaluator.params.imgIds = sorted(ids.values())
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {'AP50': max(float(evaluator.stats[1]), 0.0), 'mask_AP': max(float(evaluator.stats[0]), 0.0)}
+    return {'AP50': max(float(evaluator.stats[1]), 0.0),
+            'mask_AP': max(float(evaluator.stats[0]), 0.0)}
 
 
-# ----------------------------------------------------------------------------------------------- all together
+# ------------------------------------------------------------------------------------- all together
 @dataclass
 class GroundedImage:
-    """Masks (COCO RLE dicts) and one phrase per mask for one image: a ground truth or a prediction."""
+    """Masks (COCO RLE dicts) and one phrase per mask for one image: a ground truth or a
+    prediction."""
 
     masks: list[dict]
     phrases: list[str]
@@ -290,18 +326,22 @@ def _one_per_mask(phrases: Sequence[str], num_masks: int) -> list[str]:
     return (list(phrases) + [''] * num_masks)[:num_masks]
 
 
-def gcg_mask_metrics(ground_truth: Mapping[object, GroundedImage], image_sizes: Mapping[object, tuple[int, int]],
-                     predictions: Mapping[object, GroundedImage], similarity: PhraseSimilarity = bag_of_words_cosine,
+def gcg_mask_metrics(ground_truth: Mapping[object, GroundedImage],
+                     image_sizes: Mapping[object, tuple[int, int]],
+                     predictions: Mapping[object, GroundedImage],
+                     similarity: PhraseSimilarity = bag_of_words_cosine,
                      protocol: str = 'corrected') -> dict[str, float | int | None]:
-    """AP50, mIoU and recall over the images of ``image_sizes`` (an image without prediction predicts nothing).
+    """AP50, mIoU and recall over the images of ``image_sizes`` (an image without prediction
+    predicts nothing).
 
-    The recall's denominator is the number of ground-truth phrases (``labels``). ``corrected``: phrases and masks
-    are paired by position (a mask without phrase gets ``''``, a phrase without mask cannot be recalled), pairs
-    by :func:`image_true_positives`, mIoU by :func:`image_miou`. ``reference``: :func:`reference_true_positives`
-    and :func:`reference_image_miou`.
+    The recall's denominator is the number of ground-truth phrases (``labels``). ``corrected``:
+    phrases and masks are paired by position (a mask without phrase gets ``''``, a phrase without
+    mask cannot be recalled), pairs by :func:`image_true_positives`, mIoU by :func:`image_miou`.
+    ``reference``: :func:`reference_true_positives` and :func:`reference_image_miou`.
 
     Returns:
-        ``{'AP50', 'mask_AP', 'mIoU', 'recall', 'num_images', 'num_gt_phrases', 'num_true_positives'}``.
+        ``{'AP50', 'mask_AP', 'mIoU', 'recall', 'num_images', 'num_gt_phrases',
+        'num_true_positives'}``.
     """
     if protocol not in ('corrected', 'reference'):
         raise ValueError(f"protocol must be 'corrected' or 'reference', got {protocol!r}")
@@ -314,20 +354,28 @@ def gcg_mask_metrics(ground_truth: Mapping[object, GroundedImage], image_sizes: 
         pred_masks = [mask_utils.decode(r).astype(bool) for r in pred.masks]
         if protocol == 'reference':
             ious.append(reference_image_miou(gt_masks, pred_masks))
-            true_positives += reference_true_positives(gt_masks, gt.phrases, pred_masks, pred.phrases, similarity)
+            true_positives += reference_true_positives(gt_masks, gt.phrases, pred_masks,
+                                                       pred.phrases, similarity)
         else:
             ious.append(image_miou(gt_masks, pred_masks))
-            true_positives += image_true_positives(gt_masks, _one_per_mask(gt.phrases, len(gt_masks)), pred_masks,
-                                                   _one_per_mask(pred.phrases, len(pred_masks)), similarity)
+            true_positives += image_true_positives(gt_masks,
+                                                   _one_per_mask(gt.phrases, len(gt_masks)),
+                                                   pred_masks,
+                                                   _one_per_mask(pred.phrases, len(pred_masks)),
+                                                   similarity)
         gt_phrases += len(gt.phrases)
     metrics = mask_ap({i: ground_truth.get(i, empty).masks for i in image_sizes}, image_sizes,
                       {i: predictions.get(i, empty).masks for i in image_sizes})
     metrics.update(mIoU=float(np.mean(ious)) if ious else 0.0,
                    recall=true_positives / gt_phrases if gt_phrases else 0.0,
-                   num_images=len(image_sizes), num_gt_phrases=gt_phrases, num_true_positives=true_positives)
+                   num_images=len(image_sizes), num_gt_phrases=gt_phrases,
+                   num_true_positives=true_positives)
     return metrics
 
 
-__all__ = ['PhraseSimilarity', 'bag_of_words_cosine', 'token_jaccard', 'TransformerPhraseSimilarity',
-           'mask_iou_matrix', 'greedy_pairs', 'image_miou', 'image_true_positives', 'reference_iou_matrix',
-           'reference_image_miou', 'reference_true_positives', 'mask_ap', 'GroundedImage', 'gcg_mask_metrics']
+__all__ = ['PhraseSimilarity', 'bag_of_words_cosine', 'token_jaccard',
+           'TransformerPhraseSimilarity',
+           'mask_iou_matrix', 'greedy_pairs', 'image_miou', 'image_true_positives',
+           'reference_iou_matrix',
+           'reference_image_miou', 'reference_true_positives', 'mask_ap', 'GroundedImage',
+           'gcg_mask_metrics']

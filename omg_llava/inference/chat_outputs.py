@@ -1,12 +1,13 @@
-"""What the chat tools write and print: a coloured overlay, one PNG per mask, ``answer.json`` with COCO RLE masks,
-and the answer text with each ``<p> … </p>`` phrase in the colour of its mask.
+"""What the chat tools write and print: a coloured overlay, one PNG per mask, ``answer.json`` with
+COCO RLE masks, and the answer text with each ``<p> … </p>`` phrase in the colour of its mask.
 
-    paths = write_answer('outputs/chat', answer, np.asarray(image), question='Please segment the cat.')
+    paths = write_answer('outputs/chat', answer, np.asarray(image),
+                         question='Please segment the cat.')
     print(render_answer(answer.text, ansi=sys.stdout.isatty()))
 
-Mask ``i`` (the ``i``-th generated ``[SEG]``) gets colour ``PALETTE[i % 7]``; the ``i``-th phrase is shown in the
-same colour, since the model writes ``<p> phrase </p> [SEG]`` pairs in order. The overlay keeps the original
-image size (the reference chat blended over the padded square).
+Mask ``i`` (the ``i``-th generated ``[SEG]``) gets colour ``PALETTE[i % 7]``; the ``i``-th phrase is
+shown in the same colour, since the model writes ``<p> phrase </p> [SEG]`` pairs in order. The
+overlay keeps the original image size (the reference chat blended over the padded square).
 """
 from __future__ import annotations
 
@@ -43,8 +44,10 @@ class MaskColour:
         return '\x1b[1;38;2;{};{};{}m'.format(*self.rgb)
 
 
-# The reference chat cycles 7 colours (spec §9.1); these are distinct and readable on dark and light terminals.
-PALETTE = (MaskColour('red', (230, 25, 75)), MaskColour('green', (60, 180, 75)), MaskColour('blue', (67, 99, 216)),
+# The reference chat cycles 7 colours (spec §9.1); these are distinct and readable on dark and light
+# terminals.
+PALETTE = (MaskColour('red', (230, 25, 75)), MaskColour('green', (60, 180, 75)),
+           MaskColour('blue', (67, 99, 216)),
            MaskColour('yellow', (255, 225, 25)), MaskColour('magenta', (240, 50, 230)),
            MaskColour('cyan', (66, 212, 244)), MaskColour('orange', (245, 130, 49)))
 
@@ -55,10 +58,12 @@ def mask_colour(index: int) -> MaskColour:
 
 
 def overlay_masks(image: np.ndarray, masks: Sequence[np.ndarray], alpha: float = 0.5) -> np.ndarray:
-    """Blend mask ``i`` in :func:`mask_colour` ``(i)`` over an (H, W, 3) uint8 image; later masks on top."""
+    """Blend mask ``i`` in :func:`mask_colour` ``(i)`` over an (H, W, 3) uint8 image; later masks on
+    top."""
     out = image.astype(np.float32).copy()
     for i, mask in enumerate(masks):
-        out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(mask_colour(i).rgb, dtype=np.float32)
+        out[mask] = (1 - alpha) * out[mask] + alpha * np.asarray(mask_colour(i).rgb,
+                                                                 dtype=np.float32)
     return out.clip(0, 255).astype(np.uint8)
 
 
@@ -70,21 +75,25 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 
 def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     """Inverse of :func:`encode_rle`: an (H, W) bool mask."""
-    return mask_utils.decode({'size': rle['size'], 'counts': rle['counts'].encode('ascii')}).astype(bool)
+    return mask_utils.decode({'size': rle['size'],
+                              'counts': rle['counts'].encode('ascii')}).astype(bool)
 
 
 def printable(text: str) -> str:
-    """Drop control characters other than newline and tab (a random model emits bells and escapes)."""
+    """Drop control characters other than newline and tab (a random model emits bells and
+    escapes)."""
     return ''.join(c for c in text if c in '\n\t' or unicodedata.category(c) != 'Cc')
 
 
 def render_answer(text: str, ansi: bool) -> str:
-    """The answer for a terminal: tags removed, phrase ``i`` in colour ``i`` when ``ansi``, spaces tidied."""
+    """The answer for a terminal: tags removed, phrase ``i`` in colour ``i`` when ``ansi``, spaces
+    tidied."""
     return _render(text, ansi, close=True).strip()
 
 
 def _render(text: str, ansi: bool, close: bool) -> str:
-    # Prefix-stable (a longer answer renders to a longer string), so a streamer can print the difference.
+    # Prefix-stable (a longer answer renders to a longer string), so a streamer can print the
+    # difference.
     out, phrase, inside, last = [], 0, False, '\n'
     for piece in _TAGS.split(printable(text)):
         if piece == '<p>':
@@ -123,18 +132,22 @@ def describe_masks(answer: ChatAnswer, ansi: bool = False) -> list[str]:
 
 def write_answer(out_dir: str | os.PathLike, answer: ChatAnswer, rgb: np.ndarray,
                  inputs: Sequence[str | os.PathLike] = (), **metadata: Any) -> dict[str, Any]:
-    """Write ``overlay.png``, ``mask_{i}.png`` (i from 0, one per ``[SEG]``) and ``answer.json`` into ``out_dir``.
+    """Write ``overlay.png``, ``mask_{i}.png`` (i from 0, one per ``[SEG]``) and ``answer.json``
+    into ``out_dir``.
 
-    Nothing but these files is written or removed: an earlier answer's extra ``mask_*.png`` are deleted only when
-    that answer's ``answer.json`` lists them, and never a file that is one of ``inputs``.
+    Nothing but these files is written or removed: an earlier answer's extra ``mask_*.png`` are
+    deleted only when that answer's ``answer.json`` lists them, and never a file that is one of
+    ``inputs``.
 
     Args:
         out_dir: created if needed.
         answer: from :meth:`OMGLLaVAChat.ask`; masks at the image size.
         rgb: the (H, W, 3) uint8 original image.
-        inputs: files the question read (image, mask prompts): an output that would overwrite one of them
-            (same path after symlinks, or a hard link) raises ``UsageError`` before anything is written.
-        metadata: JSON-serialisable fields stored in ``answer.json`` too (image path, question, prompts, ...).
+        inputs: files the question read (image, mask prompts): an output that would overwrite one of
+            them (same path after symlinks, or a hard link) raises ``UsageError`` before anything is
+            written.
+        metadata: JSON-serialisable fields stored in ``answer.json`` too (image path, question,
+            prompts, ...).
 
     Returns:
         ``{"overlay": path, "json": path, "masks": [path of mask_0.png, ...]}``.
@@ -158,8 +171,8 @@ def write_answer(out_dir: str | os.PathLike, answer: ChatAnswer, rgb: np.ndarray
     for path, mask in zip(mask_paths, answer.masks):
         Image.fromarray(mask.astype(np.uint8) * 255).save(path)
     record = dict(metadata)
-    record.update(text=answer.text, clean_text=answer.clean_text, phrases=answer.phrases, image_size=[H, W],
-                  masks=[encode_rle(m) for m in answer.masks],
+    record.update(text=answer.text, clean_text=answer.clean_text, phrases=answer.phrases,
+                  image_size=[H, W], masks=[encode_rle(m) for m in answer.masks],
                   mask_files=[os.path.basename(p) for p in mask_paths],
                   mask_colours=[mask_colour(i).name for i in range(len(answer.masks))])
     with open(json_path, 'w', encoding='utf-8') as f:
@@ -168,8 +181,8 @@ def write_answer(out_dir: str | os.PathLike, answer: ChatAnswer, rgb: np.ndarray
 
 
 def previous_mask_files(out_dir: str | os.PathLike) -> list[str]:
-    """The ``mask_{i}.png`` files an earlier :func:`write_answer` wrote in ``out_dir``, as its ``answer.json``
-    lists them (existing files only; none without a readable ``answer.json``)."""
+    """The ``mask_{i}.png`` files an earlier :func:`write_answer` wrote in ``out_dir``, as its
+    ``answer.json`` lists them (existing files only; none without a readable ``answer.json``)."""
     try:
         with open(os.path.join(out_dir, 'answer.json'), encoding='utf-8') as f:
             names = json.load(f).get('mask_files', [])
@@ -178,16 +191,19 @@ def previous_mask_files(out_dir: str | os.PathLike) -> list[str]:
     if not isinstance(names, list):
         return []
     return [os.path.join(out_dir, name) for name in names
-            if isinstance(name, str) and MASK_FILE.fullmatch(name) and os.path.isfile(os.path.join(out_dir, name))]
+            if isinstance(name, str) and MASK_FILE.fullmatch(name)
+            and os.path.isfile(os.path.join(out_dir, name))]
 
 
 class PhraseStreamer:
-    """A transformers streamer (``put`` / ``end``) that prints the answer as it is generated, rendered like
-    :func:`render_answer`: stop tokens and ``[SEG]`` dropped, phrases coloured when ``ansi``.
+    """A transformers streamer (``put`` / ``end``) that prints the answer as it is generated,
+    rendered like :func:`render_answer`: stop tokens and ``[SEG]`` dropped, phrases coloured when
+    ``ansi``.
 
-    ``generate`` first puts the prompt ids (none when it runs on embeddings, as OMG-LLaVA does); they are
-    skipped. The whole answer is decoded at each step (SentencePiece pieces decode differently alone) and
-    only the new characters are printed; an unfinished UTF-8 character waits for its next byte.
+    ``generate`` first puts the prompt ids (none when it runs on embeddings, as OMG-LLaVA does);
+    they are skipped. The whole answer is decoded at each step (SentencePiece pieces decode
+    differently alone) and only the new characters are printed; an unfinished UTF-8 character waits
+    for its next byte.
 
     Args:
         tokenizer: the chat's tokenizer.
@@ -197,8 +213,8 @@ class PhraseStreamer:
         stream: where to print (default ``sys.stdout``).
     """
 
-    def __init__(self, tokenizer, skip_token_ids: Sequence[int] = (), ansi: bool = False, prefix: str = '',
-                 stream=None) -> None:
+    def __init__(self, tokenizer, skip_token_ids: Sequence[int] = (), ansi: bool = False,
+                 prefix: str = '', stream=None) -> None:
         self.tokenizer = tokenizer
         self.prefix = prefix
         self.skip_token_ids = set(skip_token_ids)
@@ -227,9 +243,11 @@ class PhraseStreamer:
         self._ids, self._printed, self._prompt_pending = [], '', True
 
     def _show(self, rendered: str, final: bool = False) -> None:
-        if not final:  # trailing spaces wait for the next word: a closing </p> moves them after the colour
+        # trailing spaces wait for the next word: a closing </p> moves them after the colour
+        if not final:
             rendered = rendered.rstrip(' ')
-        common = len(os.path.commonprefix([self._printed, rendered]))  # == len(printed) but for a changed decode
+        # == len(printed) but for a changed decode
+        common = len(os.path.commonprefix([self._printed, rendered]))
         self._write(rendered[common:])
         self._printed = rendered
 

@@ -1,8 +1,10 @@
-"""Class embeddings of a vocabulary computed once: in memory for the process and on disk across runs.
+"""Class embeddings of a vocabulary computed once: in memory for the process and on disk across
+runs.
 
-The disk cache (default ``~/.cache/omg_llava/class_embeddings``) keys each file by the vocabulary text, the
-text-tower weight file (path, size, modification time) and the tokenizer, and stores the released format
-(a bare tensor), so a cached file can also be passed where ``--class-embed-pth`` is expected.
+The disk cache (default ``~/.cache/omg_llava/class_embeddings``) keys each file by the vocabulary
+text, the text-tower weight file (path, size, modification time) and the tokenizer, and stores the
+released format (a bare tensor), so a cached file can also be passed where ``--class-embed-pth`` is
+expected.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ _MEMORY: dict[str, Tensor] = {}
 def _file_id(path: str) -> str:
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
-        parts = [_file_id(os.path.join(path, f)) for f in ('vocab.json', 'merges.txt') if os.path.isfile(os.path.join(path, f))]
+        parts = [_file_id(os.path.join(path, f)) for f in ('vocab.json', 'merges.txt')
+                 if os.path.isfile(os.path.join(path, f))]
         return path + '|' + '|'.join(parts)
     stat = os.stat(path)
     return f'{path}:{stat.st_size}:{int(stat.st_mtime)}'
@@ -37,8 +40,10 @@ def build_text_encoder(text_weights: str, tokenizer: str, *, num_heads: int | No
 
 def cached_class_embeddings(vocabulary: Vocabulary | str, text_weights: str, tokenizer: str, *,
                             cache_dir: str | None = DEFAULT_CACHE_DIR, num_heads: int | None = None,
-                            device: str = 'cpu', weights_only: bool = True) -> tuple[Tensor, str | None]:
-    """(C, S, D) class embeddings of ``vocabulary``, computed at most once per vocabulary and text tower.
+                            device: str = 'cpu',
+                            weights_only: bool = True) -> tuple[Tensor, str | None]:
+    """(C, S, D) class embeddings of ``vocabulary``, computed at most once per vocabulary and text
+    tower.
 
     Args:
         vocabulary: what :func:`~.vocabulary.parse_vocabulary` accepts.
@@ -47,7 +52,8 @@ def cached_class_embeddings(vocabulary: Vocabulary | str, text_weights: str, tok
         cache_dir: folder of the disk cache; ``None`` keeps only the in-memory cache.
 
     Returns:
-        ``(embeddings, path)``: the tensor and the cache file it is stored in (``None`` without a disk cache).
+        ``(embeddings, path)``: the tensor and the cache file it is stored in (``None`` without a
+        disk cache).
     """
     vocabulary = parse_vocabulary(vocabulary)
     key = hashlib.sha256('\n'.join([vocabulary.text(), _file_id(text_weights), _file_id(tokenizer),

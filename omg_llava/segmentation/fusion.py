@@ -1,11 +1,11 @@
 """Post-processing of the head's last-layer class and mask logits (OMG-Seg spec §3.3-3.5).
 
-* Panoptic: the Mask2Former rule of ``OMGFusionHead.panoptic_postprocess`` (mmdet's ``MaskFormerFusionHead``
-  with ``filter_low_score``), keeping track of which query painted each segment so that video tracks keep
-  their ids.
+* Panoptic: the Mask2Former rule of ``OMGFusionHead.panoptic_postprocess`` (mmdet's
+  ``MaskFormerFusionHead`` with ``filter_low_score``), keeping track of which query painted each
+  segment so that video tracks keep their ids.
 * Instance: top-k (query, thing class) pairs, scored by class probability x mean mask probability.
-* Semantic (not in the reference, defined here): per pixel the class of the panoptic segment that wins it,
-  stuff and things alike; pixels no segment keeps are void.
+* Semantic (not in the reference, defined here): per pixel the class of the panoptic segment that
+  wins it, stuff and things alike; pixels no segment keeps are void.
 """
 from __future__ import annotations
 
@@ -23,9 +23,11 @@ class PanopticOutput:
 
     Attributes:
         labels: (H, W) int64 class per pixel; ``num_classes`` = void.
-        queries: (H, W) int64 query (track) that painted the pixel; -1 = void. A stuff class painted by several
-            queries keeps each query's pixels apart here, but has one class (its segments merge, as in mmdet).
-        segments: per kept query in query order, ``(query, label, score)`` with the class probability as score.
+        queries: (H, W) int64 query (track) that painted the pixel; -1 = void. A stuff class painted
+            by several queries keeps each query's pixels apart here, but has one class (its segments
+            merge, as in mmdet).
+        segments: per kept query in query order, ``(query, label, score)`` with the class
+            probability as score.
     """
 
     labels: Tensor
@@ -33,21 +35,22 @@ class PanopticOutput:
     segments: list[tuple[int, int, float]]
 
 
-def panoptic_fusion(class_logits: Tensor, mask_logits: Tensor, num_things: int, *, score_thr: float = 0.0,
-                    overlap_thr: float = 0.8) -> PanopticOutput:
+def panoptic_fusion(class_logits: Tensor, mask_logits: Tensor, num_things: int, *,
+                    score_thr: float = 0.0, overlap_thr: float = 0.8) -> PanopticOutput:
     """Mask2Former panoptic inference with OMG-Seg's test settings.
 
     Args:
         class_logits: (Q, K+1) with the no-object class last.
         mask_logits: (Q, H, W) at the output resolution.
         num_things: classes [0, num_things) are things.
-        score_thr: keep queries whose best class (no-object included) is a real class with probability
-            > ``score_thr`` (OMG-Seg configs: 0.0).
-        overlap_thr: drop a query whose won pixels are fewer than this fraction of its own mask (0.8).
+        score_thr: keep queries whose best class (no-object included) is a real class with
+            probability > ``score_thr`` (OMG-Seg configs: 0.0).
+        overlap_thr: drop a query whose won pixels are fewer than this fraction of its own mask
+            (0.8).
 
     Returns:
-        :class:`PanopticOutput`; a query's painted region is its won pixels with probability >= 0.5, and the won
-        area is counted before that filter (as in the reference).
+        :class:`PanopticOutput`; a query's painted region is its won pixels with probability >= 0.5,
+        and the won area is counted before that filter (as in the reference).
     """
     num_classes = class_logits.shape[-1] - 1
     scores, labels = class_logits.float().softmax(-1).max(-1)  # (Q,)
@@ -86,8 +89,8 @@ def semantic_map(panoptic: PanopticOutput) -> Tensor:
 
 @dataclass
 class InstanceOutput:
-    """Instances of one image, highest score first: ``queries`` (N,), ``labels`` (N,), ``scores`` (N,),
-    ``masks`` (N, H, W) bool."""
+    """Instances of one image, highest score first: ``queries`` (N,), ``labels`` (N,), ``scores``
+    (N,), ``masks`` (N, H, W) bool."""
 
     queries: Tensor
     labels: Tensor
@@ -95,10 +98,11 @@ class InstanceOutput:
     masks: Tensor
 
 
-def instance_fusion(class_logits: Tensor, mask_logits: Tensor, num_things: int, *, max_per_image: int = 100,
-                    score_thr: float = 0.0) -> InstanceOutput:
-    """Top-``max_per_image`` (query, class) pairs over the real classes (softmax over K+1, no-object dropped),
-    things only, each scored class probability x mean mask probability inside its mask (logit > 0).
+def instance_fusion(class_logits: Tensor, mask_logits: Tensor, num_things: int, *,
+                    max_per_image: int = 100, score_thr: float = 0.0) -> InstanceOutput:
+    """Top-``max_per_image`` (query, class) pairs over the real classes (softmax over K+1, no-object
+    dropped), things only, each scored class probability x mean mask probability inside its mask
+    (logit > 0).
 
     Args:
         class_logits: (Q, K+1); mask_logits: (Q, H, W).

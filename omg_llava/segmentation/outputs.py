@@ -1,8 +1,10 @@
 """Files written by tools/segment_image.py and tools/segment_video.py.
 
-* overlays: a colour per segment (stable per id, so a track keeps its colour across frames) blended over the image;
+* overlays: a colour per segment (stable per id, so a track keeps its colour across frames) blended
+  over the image;
 * panoptic: COCO-panoptic PNG (id = R + 256 G + 256² B, 0 = void) and its ``segments_info`` JSON;
-* semantic: label PNG of class ids (uint8, void 255; uint16 with void 65535 when there are 255+ classes);
+* semantic: label PNG of class ids (uint8, void 255; uint16 with void 65535 when there are 255+
+  classes);
 * instance / interactive: JSON with one COCO RLE mask per instance or prompt (pycocotools).
 """
 from __future__ import annotations
@@ -46,15 +48,17 @@ def bbox_xywh(mask: np.ndarray) -> list[int]:
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         return [0, 0, 0, 0]
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+            int(ys.max() - ys.min() + 1)]
 
 
 def panoptic_ids(panoptic: PanopticOutput, vocabulary: Vocabulary) -> tuple[np.ndarray, list[dict]]:
     """Segment-id map and COCO ``segments_info`` of a panoptic output.
 
-    A thing segment's id is its query (track) + 1; all pixels of one stuff class form one segment whose id is the
-    smallest of its queries + 1 (as the reference merges stuff). Returns ``(ids (H, W) int64, 0 = void, info)``;
-    ``category_id`` is the class index in the vocabulary, with ``name``, ``isthing``, ``area``, ``bbox``, ``score``.
+    A thing segment's id is its query (track) + 1; all pixels of one stuff class form one segment
+    whose id is the smallest of its queries + 1 (as the reference merges stuff). Returns ``(ids (H,
+    W) int64, 0 = void, info)``; ``category_id`` is the class index in the vocabulary, with
+    ``name``, ``isthing``, ``area``, ``bbox``, ``score``.
     """
     queries = panoptic.queries.cpu().numpy()
     labels = panoptic.labels.cpu().numpy()
@@ -76,8 +80,8 @@ def panoptic_ids(panoptic: PanopticOutput, vocabulary: Vocabulary) -> tuple[np.n
             continue
         ids[where] = segment_id
         info.append(dict(id=int(segment_id), category_id=int(label), name=vocabulary.names[label],
-                         isthing=bool(vocabulary.is_thing(label)), area=int(where.sum()), bbox=bbox_xywh(where),
-                         score=round(float(score), 4)))
+                         isthing=bool(vocabulary.is_thing(label)), area=int(where.sum()),
+                         bbox=bbox_xywh(where), score=round(float(score), 4)))
     return ids, info
 
 
@@ -92,7 +96,8 @@ def rgb_to_ids(rgb: np.ndarray) -> np.ndarray:
 
 
 def semantic_png(labels: Tensor | np.ndarray, num_classes: int) -> np.ndarray:
-    """Label image of class ids; void (= ``num_classes`` in ``labels``) becomes 255 (uint8) or 65535 (uint16)."""
+    """Label image of class ids; void (= ``num_classes`` in ``labels``) becomes 255 (uint8) or 65535
+    (uint16)."""
     labels = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     dtype, void = (np.uint8, 255) if num_classes < 255 else (np.uint16, 65535)
     out = labels.astype(np.int64).copy()
@@ -107,15 +112,18 @@ def rle(mask: np.ndarray) -> dict:
 
 
 def instances_json(instances: InstanceOutput, vocabulary: Vocabulary) -> list[dict]:
-    """One record per instance: ``id`` (query + 1), ``category_id``, ``name``, ``score``, ``bbox``, RLE."""
+    """One record per instance: ``id`` (query + 1), ``category_id``, ``name``, ``score``, ``bbox``,
+    RLE."""
     masks = instances.masks.cpu().numpy()
     return [dict(id=int(q) + 1, category_id=int(label), name=vocabulary.names[int(label)],
-                 score=round(float(score), 4), bbox=bbox_xywh(mask), area=int(mask.sum()), segmentation=rle(mask))
+                 score=round(float(score), 4), bbox=bbox_xywh(mask), area=int(mask.sum()),
+                 segmentation=rle(mask))
             for q, label, score, mask in zip(instances.queries.tolist(), instances.labels.tolist(),
                                              instances.scores.tolist(), masks)]
 
 
 def prompt_masks_json(masks: np.ndarray, prompts: list[dict]) -> list[dict]:
-    """One record per prompt (``{'point': [x, y]}`` or ``{'box': [x1, y1, x2, y2]}``) with its RLE mask."""
+    """One record per prompt (``{'point': [x, y]}`` or ``{'box': [x1, y1, x2, y2]}``) with its RLE
+    mask."""
     return [dict(prompt, area=int(mask.sum()), bbox=bbox_xywh(mask), segmentation=rle(mask))
             for prompt, mask in zip(prompts, masks)]

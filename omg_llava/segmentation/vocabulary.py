@@ -1,20 +1,21 @@
 """Class vocabularies and their CLIP class embeddings (OMG-Seg spec §1: ``tools/gen_cls.py``).
 
-A vocabulary is an ordered list of classes, things first, each a string of comma-separated synonyms (the
-first is the display name). Its class-embedding tensor has the released file's format: a bare float32
-tensor (classes, max synonyms, D) of unit vectors, built as OMG-Seg builds
+A vocabulary is an ordered list of classes, things first, each a string of comma-separated synonyms
+(the first is the display name). Its class-embedding tensor has the released file's format: a bare
+float32 tensor (classes, max synonyms, D) of unit vectors, built as OMG-Seg builds
 ``convnext_large_d_320_CocoPanopticOVDataset.pth``:
 
 1. split each class into synonyms (:func:`split_synonyms`);
 2. fill each of the 14 :data:`TEMPLATES` with each synonym (order class → synonym → template);
 3. encode every string with the CLIP text tower;
 4. L2-normalise each template feature, average the 14, L2-normalise again;
-5. pad each class to the largest synonym count by repeating its *first* synonym (not zeros: the head takes a
-   max of cosines over the synonym slots and asserts unit norms).
+5. pad each class to the largest synonym count by repeating its *first* synonym (not zeros: the head
+   takes a max of cosines over the synonym slots and asserts unit norms).
 
-Vocabulary files (``--classes FILE``): one class per line, synonyms separated by commas, ``stuff:`` in front
-of a stuff class, ``#`` comment lines. Inline (``--classes "cat,dog,traffic light"``): classes separated by
-commas, synonyms inside a class by ``/`` (``"sky/clouds"``), ``stuff:`` in front of a stuff class.
+Vocabulary files (``--classes FILE``): one class per line, synonyms separated by commas, ``stuff:``
+in front of a stuff class, ``#`` comment lines. Inline (``--classes "cat,dog,traffic light"``):
+classes separated by commas, synonyms inside a class by ``/`` (``"sky/clouds"``), ``stuff:`` in
+front of a stuff class.
 """
 from __future__ import annotations
 
@@ -52,8 +53,8 @@ TEMPLATES: tuple[str, ...] = (
 
 
 def split_synonyms(name: str) -> list[str]:
-    """Synonyms of one class string, as ``gen_cls.split_label``: ``_or_`` and ``/`` become commas, ``_`` a space,
-    lowercase, split on commas, strip each piece (empty pieces are kept)."""
+    """Synonyms of one class string, as ``gen_cls.split_label``: ``_or_`` and ``/`` become commas,
+    ``_`` a space, lowercase, split on commas, strip each piece (empty pieces are kept)."""
     name = name.replace('_or_', ',').replace('/', ',').replace('_', ' ').lower()
     return [piece.strip() for piece in name.split(',')]
 
@@ -63,7 +64,8 @@ class Vocabulary:
     """Classes in label order, things first.
 
     Attributes:
-        classes: one string per class, synonyms separated by commas (``"tree,trees,palm tree,bushes"``).
+        classes: one string per class, synonyms separated by commas (``"tree,trees,palm
+            tree,bushes"``).
         num_things: how many leading classes are things (instances); the rest are stuff.
     """
 
@@ -72,12 +74,14 @@ class Vocabulary:
 
     def __post_init__(self) -> None:
         if not self.classes:
-            raise ValueError('the vocabulary is empty: give at least one class, e.g. --classes "cat,dog"')
+            raise ValueError('the vocabulary is empty: give at least one class, e.g. --classes '
+                             '"cat,dog"')
         if not 0 <= self.num_things <= len(self.classes):
             raise ValueError(f'num_things={self.num_things} outside [0, {len(self.classes)}]')
         empty = [c for c in self.classes if not split_synonyms(c)[0]]
         if empty:
-            raise ValueError(f'classes {empty!r} have an empty first name; write e.g. "traffic light,stoplight"')
+            raise ValueError(f'classes {empty!r} have an empty first name; write e.g. "traffic '
+                             'light,stoplight"')
 
     def __len__(self) -> int:
         return len(self.classes)
@@ -100,7 +104,8 @@ class Vocabulary:
 
     def text(self) -> str:
         """The vocabulary in the file format (round-trips through :func:`parse_vocabulary`)."""
-        return ''.join(f'{STUFF_PREFIX} {c}\n' if i >= self.num_things else f'{c}\n' for i, c in enumerate(self.classes))
+        return ''.join(f'{STUFF_PREFIX} {c}\n' if i >= self.num_things else f'{c}\n'
+                       for i, c in enumerate(self.classes))
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.text().encode()).hexdigest()[:16]
@@ -112,8 +117,9 @@ def _ordered(entries: Sequence[tuple[str, bool]], source: str) -> Vocabulary:
     num_things = stuff_flags.index(True) if True in stuff_flags else len(entries)
     if any(not f for f in stuff_flags[num_things:]):
         first = entries[num_things][0]
-        raise ValueError(f'{source}: a thing class follows the stuff class {first!r}; list every thing class first, '
-                         f'then the "{STUFF_PREFIX}" classes (the head numbers things before stuff)')
+        raise ValueError(f'{source}: a thing class follows the stuff class {first!r}; list every '
+                         f'thing class first, then the "{STUFF_PREFIX}" classes (the head numbers '
+                         'things before stuff)')
     return Vocabulary(tuple(name for name, _ in entries), num_things)
 
 
@@ -127,8 +133,8 @@ def _entry(text: str) -> tuple[str, bool]:
 def parse_vocabulary(spec: str | os.PathLike | Vocabulary) -> Vocabulary:
     """A :class:`Vocabulary` from a file path, an inline string, or a vocabulary (returned as is).
 
-    A path to an existing file is read in the file format (one class per line, comma synonyms); any other string is
-    inline (comma-separated classes, ``/`` synonyms). See the module docstring.
+    A path to an existing file is read in the file format (one class per line, comma synonyms); any
+    other string is inline (comma-separated classes, ``/`` synonyms). See the module docstring.
     """
     if isinstance(spec, Vocabulary):
         return spec
@@ -138,7 +144,8 @@ def parse_vocabulary(spec: str | os.PathLike | Vocabulary) -> Vocabulary:
             lines = [line.strip() for line in handle]
         entries = [_entry(line) for line in lines if line and not line.startswith('#')]
         if not entries:
-            raise ValueError(f'{spec}: no class found (one class per line, synonyms separated by commas)')
+            raise ValueError(f'{spec}: no class found (one class per line, synonyms separated by '
+                             'commas)')
         return _ordered(entries, spec)
     if spec.endswith('.txt'):
         raise FileNotFoundError(f'vocabulary file not found: {spec!r}')
@@ -153,17 +160,19 @@ def coco_panoptic_vocabulary() -> Vocabulary:
 
 
 @torch.no_grad()
-def embed_vocabulary(text_encoder, vocabulary: Vocabulary | str, templates: Sequence[str] = TEMPLATES) -> Tensor:
+def embed_vocabulary(text_encoder, vocabulary: Vocabulary | str,
+                     templates: Sequence[str] = TEMPLATES) -> Tensor:
     """Class embeddings of a vocabulary in the released format.
 
     Args:
-        text_encoder: anything with ``encode(list[str]) -> (N, D)`` (:class:`~.text_tower.CLIPTextEncoder`).
+        text_encoder: anything with ``encode(list[str]) -> (N, D)``
+            (:class:`~.text_tower.CLIPTextEncoder`).
         vocabulary: a :class:`Vocabulary` or what :func:`parse_vocabulary` accepts.
         templates: prompt templates with one ``{}`` (default the 14 of OMG-Seg).
 
     Returns:
-        (C, S, D) float32 unit vectors, S = the largest synonym count; class c's slots past its own synonyms
-        repeat its first synonym's vector exactly.
+        (C, S, D) float32 unit vectors, S = the largest synonym count; class c's slots past its own
+        synonyms repeat its first synonym's vector exactly.
     """
     vocabulary = parse_vocabulary(vocabulary)
     synonyms = vocabulary.synonyms
@@ -181,12 +190,15 @@ def embed_vocabulary(text_encoder, vocabulary: Vocabulary | str, templates: Sequ
 
 
 def compare_class_embeddings(ours: Tensor, released: Tensor) -> Tensor:
-    """Per-class agreement of two class-embedding tensors: (C,) minimum cosine over the synonym slots.
+    """Per-class agreement of two class-embedding tensors: (C,) minimum cosine over the synonym
+    slots.
 
     Raises:
         ValueError: the shapes differ (another vocabulary or synonym count).
     """
     if ours.shape != released.shape:
-        raise ValueError(f'shapes differ: generated {list(ours.shape)} vs given {list(released.shape)}; the '
-                         'class list must be the one the given file was made from, in the same order')
+        raise ValueError(f'shapes differ: generated {list(ours.shape)} vs given '
+                         f'{list(released.shape)}; the '
+                         'class list must be the one the given file was made from, in the same '
+                         'order')
     return F.cosine_similarity(ours.float(), released.float(), dim=-1).min(dim=-1).values

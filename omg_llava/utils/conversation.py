@@ -1,10 +1,12 @@
-"""Encoding a conversation into token ids and labels with a chat template (spec §5.4, xtuner's encode rule).
+"""Encoding a conversation into token ids and labels with a chat template (spec §5.4, xtuner's
+encode rule).
 
-For the ``internlm2_chat`` template, a turn is ``<|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n``
-(unsupervised), then ``{answer}<|im_end|>`` (supervised), then ``\\n`` (unsupervised). BOS comes once at the very
-start. The literal ``<image>`` is not tokenised: each text chunk around it is encoded without special tokens and
-the chunks are joined by the sentinel id −200. The first question of an image conversation is normalised to
-``"<image>\\n" + question``.
+For the ``internlm2_chat`` template, a turn is
+``<|im_start|>user\\n{question}<|im_end|>\\n<|im_start|>assistant\\n`` (unsupervised), then
+``{answer}<|im_end|>`` (supervised), then ``\\n`` (unsupervised). BOS comes once at the very start.
+The literal ``<image>`` is not tokenised: each text chunk around it is encoded without special
+tokens and the chunks are joined by the sentinel id −200. The first question of an image
+conversation is normalised to ``"<image>\\n" + question``.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from .templates import INTERNLM2_CHAT
 
 @dataclass
 class Turn:
-    """One question and, for training or history, its answer (``None`` for the turn to be generated)."""
+    """One question and, for training or history, its answer (``None`` for the turn to be
+    generated)."""
 
     question: str
     answer: str | None = None
@@ -32,12 +35,14 @@ class EncodedConversation:
 
 
 def normalise_image_question(question: str) -> str:
-    """Move ``<image>`` to the front of a question: ``"<image>\\n" + question without the token``."""
+    """Move ``<image>`` to the front of a question: ``"<image>\\n" + question without the
+    token``."""
     return DEFAULT_IMAGE_TOKEN + '\n' + question.replace(DEFAULT_IMAGE_TOKEN, '').strip()
 
 
 def _encode_with_image_sentinel(tokenizer, text: str) -> list[int]:
-    chunks = [tokenizer.encode(chunk, add_special_tokens=False) for chunk in text.split(DEFAULT_IMAGE_TOKEN)]
+    chunks = [tokenizer.encode(chunk, add_special_tokens=False)
+              for chunk in text.split(DEFAULT_IMAGE_TOKEN)]
     ids = list(chunks[0])
     for chunk in chunks[1:]:
         ids += [IMAGE_TOKEN_INDEX] + list(chunk)
@@ -51,14 +56,18 @@ def encode_conversation(tokenizer, turns: Sequence[Turn], *, with_image: bool = 
 
     Args:
         tokenizer: a HF tokenizer (``encode``, ``bos_token_id``, ``eos_token_id``).
-        turns: the turns in order; only the last may lack an answer (it is then the prompt to answer).
+        turns: the turns in order; only the last may lack an answer (it is then the prompt to
+            answer).
         with_image: normalise the first question to start with ``<image>\\n``.
-        template: a chat template (``SYSTEM``, ``INSTRUCTION``, ``SUFFIX``, ``SUFFIX_AS_EOS``, ``SEP``).
+        template: a chat template (``SYSTEM``, ``INSTRUCTION``, ``SUFFIX``, ``SUFFIX_AS_EOS``,
+            ``SEP``).
         system: system text; empty emits no system block.
-        max_length: truncate ids and labels to this many tokens (training; ``None`` keeps everything).
+        max_length: truncate ids and labels to this many tokens (training; ``None`` keeps
+            everything).
 
     Raises:
-        ValueError: a turn other than the last has no answer, or ``<image>`` appears in a later turn.
+        ValueError: a turn other than the last has no answer, or ``<image>`` appears in a later
+            turn.
     """
     if not turns:
         raise ValueError('a conversation needs at least one turn')
@@ -69,8 +78,8 @@ def encode_conversation(tokenizer, turns: Sequence[Turn], *, with_image: bool = 
         if i == 0 and with_image:
             question = normalise_image_question(question)
         elif DEFAULT_IMAGE_TOKEN in question:
-            raise ValueError(f'turn {i + 1} contains {DEFAULT_IMAGE_TOKEN}; the image belongs in the first question '
-                             'only (one image per conversation)')
+            raise ValueError(f'turn {i + 1} contains {DEFAULT_IMAGE_TOKEN}; the image belongs in '
+                             'the first question only (one image per conversation)')
         text = template['INSTRUCTION'].format(input=question)
         if i == 0 and system:
             text = template['SYSTEM'].format(system=system) + text
@@ -81,13 +90,15 @@ def encode_conversation(tokenizer, turns: Sequence[Turn], *, with_image: bool = 
             if i != len(turns) - 1:
                 raise ValueError(f'turn {i + 1} has no answer but is not the last turn')
             break
-        answer = tokenizer.encode(turn.answer + template.get('SUFFIX', ''), add_special_tokens=False)
+        answer = tokenizer.encode(turn.answer + template.get('SUFFIX', ''),
+                                  add_special_tokens=False)
         ids += answer
         labels += answer
         if not template.get('SUFFIX_AS_EOS', False):
             ids.append(tokenizer.eos_token_id)
             labels.append(tokenizer.eos_token_id)
-        sep = tokenizer.encode(template.get('SEP', ''), add_special_tokens=False) if template.get('SEP') else []
+        sep = (tokenizer.encode(template.get('SEP', ''), add_special_tokens=False)
+               if template.get('SEP') else [])
         ids += sep
         labels += [IGNORE_INDEX] * len(sep)
     if max_length is not None:

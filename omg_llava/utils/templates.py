@@ -1,10 +1,11 @@
-"""The ``internlm2_chat`` prompt template (spec §5.4), owned by the plugin, and its registration in xtuner.
+"""The ``internlm2_chat`` prompt template (spec §5.4), owned by the plugin, and its registration in
+xtuner.
 
-Inference (chat, app, ``tools/test.py``, export, ``segment_image``) reads the template from here and never imports
-xtuner. xtuner is a training dependency only: when it is already loaded as this module is imported (``xtuner train``
-/ ``python -m xtuner.tools.train`` load it before the config), ``internlm2_chat`` is added to
-``xtuner.utils.PROMPT_TEMPLATE`` so xtuner-style configs can name it there; a script that imports xtuner later calls
-:func:`register_prompt_templates` itself.
+Inference (chat, app, ``tools/test.py``, export, ``segment_image``) reads the template from here and
+never imports xtuner. xtuner is a training dependency only: when it is already loaded as this module
+is imported (``xtuner train`` / ``python -m xtuner.tools.train`` load it before the config),
+``internlm2_chat`` is added to ``xtuner.utils.PROMPT_TEMPLATE`` so xtuner-style configs can name it
+there; a script that imports xtuner later calls :func:`register_prompt_templates` itself.
 """
 import sys
 
@@ -27,11 +28,13 @@ PROMPT_TEMPLATE = ConfigDict(internlm2_chat=INTERNLM2_CHAT)
 def register_prompt_templates() -> None:
     """Add the plugin's templates to ``xtuner.utils.PROMPT_TEMPLATE`` (imports xtuner).
 
-    Idempotent; entries that xtuner already has (newer xtuner versions ship ``internlm2_chat``) are left as they
-    are; each registered entry is a copy, so xtuner cannot change the plugin's template.
+    Idempotent; entries that xtuner already has (newer xtuner versions ship ``internlm2_chat``) are
+    left as they are; each registered entry is a copy, so xtuner cannot change the plugin's
+    template.
 
     Raises:
-        ImportError: xtuner is not installed (it is needed for training only: ``pip install xtuner``).
+        ImportError: xtuner is not installed (it is needed for training only: ``pip install
+            xtuner``).
     """
     from xtuner.utils import PROMPT_TEMPLATE as XTUNER_PROMPT_TEMPLATE
 
@@ -40,5 +43,6 @@ def register_prompt_templates() -> None:
             XTUNER_PROMPT_TEMPLATE[name] = ConfigDict(template)
 
 
-if 'xtuner' in sys.modules:  # a training run: xtuner is loaded already, so registering costs no import
+# a training run: xtuner is loaded already, so registering costs no import
+if 'xtuner' in sys.modules:
     register_prompt_templates()

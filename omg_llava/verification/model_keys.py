@@ -1,13 +1,16 @@
-"""Parameter names and shapes of a config's full-size model, built on the meta device (no memory, no files).
+"""Parameter names and shapes of a config's full-size model, built on the meta device (no memory, no
+files).
 
 Used by ``tools/model_keys.py`` and the key-compatibility tests: the printed lists must equal the
 manifests in ``shared/spec/keys/`` (what the released checkpoints hold).
 
 Parts:
-    ``visual_encoder``: the encoder's persistent tensors (``panoptic_head.*`` as in ``omg_seg_convl.pth``
+    ``visual_encoder``: the encoder's persistent tensors (``panoptic_head.*`` as in
+    ``omg_seg_convl.pth``
         and ``backbone.*``, the open_clip trunk under its OMG-LLaVA names).
     ``pretrain``: what a pretrain checkpoint holds: the config's model without LoRA, saved keys.
-    ``finetune``: what a finetune checkpoint holds: the config's model with its LoRA, saved keys (plus the
+    ``finetune``: what a finetune checkpoint holds: the config's model with its LoRA, saved keys
+    (plus the
         ``_llm`` decoder copies for task configs).
     ``full``: every tensor of the config's model (no save filter).
 """
@@ -25,9 +28,9 @@ PARTS = ('visual_encoder', 'pretrain', 'finetune', 'full')
 
 
 def _meta_llm(llm_cfg: dict) -> dict:
-    """The config's LLM as a ``from_config`` build: the folder's ``config.json`` when it exists, else the
-    InternLM2-chat-7B defaults (no weights, no quantisation). An LLM built from an inline ``config`` (the tiny
-    configs) is built as written."""
+    """The config's LLM as a ``from_config`` build: the folder's ``config.json`` when it exists,
+    else the InternLM2-chat-7B defaults (no weights, no quantisation). An LLM built from an inline
+    ``config`` (the tiny configs) is built as written."""
     from transformers import AutoModelForCausalLM
 
     from omg_llava.models.llm import InternLM2Config
@@ -51,16 +54,18 @@ def build_model_on_meta(config_path: str, part: str) -> nn.Module:
         with torch.device('meta'):
             return MODELS.build(part_cfg)
     if 'model' not in cfg:
-        raise KeyError(f'{config_path} defines no `model`; part {part!r} needs the OMG-LLaVA model config')
+        raise KeyError(f'{config_path} defines no `model`; part {part!r} needs the OMG-LLaVA model '
+                       'config')
     model_cfg = {k: v for k, v in cfg.model.items()}
     if part == 'finetune' and not model_cfg.get('llm_lora'):
-        raise ValueError(f'{config_path} has no llm_lora: a finetune checkpoint holds LoRA tensors. Use a finetune '
-                         'config, or --part pretrain')
+        raise ValueError(f'{config_path} has no llm_lora: a finetune checkpoint holds LoRA '
+                         'tensors. Use a finetune config, or --part pretrain')
     if part == 'pretrain':
         model_cfg.update(llm_lora=None, stage='pretrain')
     tokenizer_path = (model_cfg.get('tokenizer') or {}).get('pretrained_model_name_or_path')
     if not (tokenizer_path and os.path.isdir(tokenizer_path)):
-        model_cfg['tokenizer'] = None  # ids follow the base vocabulary, as the real tokenizer assigns them
+        # ids follow the base vocabulary, as the real tokenizer assigns them
+        model_cfg['tokenizer'] = None
     model_cfg.update(llm=_meta_llm(model_cfg['llm']), visual_encoder=dict(part_cfg, weights=None),
                      pretrained_pth=None, use_activation_checkpointing=False)
     with torch.device('meta'):

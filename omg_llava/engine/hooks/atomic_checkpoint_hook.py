@@ -1,18 +1,20 @@
 """mmengine's checkpoint hook, with saves that a kill cannot turn into nothing to resume.
 
-mmengine's ``CheckpointHook`` deletes the checkpoints beyond ``max_keep_ckpts`` *before* it writes the new one,
-writes that one in place, and then points ``last_checkpoint`` at it. A kill during the write (``max_keep_ckpts=1``,
-the tiny synthetic configs) leaves a half-written ``iter_30.pth`` while ``last_checkpoint`` names the
-already-deleted ``iter_20.pth``: nothing can be resumed. This hook orders the same steps so that every moment leaves
-a complete checkpoint named in ``last_checkpoint``:
+mmengine's ``CheckpointHook`` deletes the checkpoints beyond ``max_keep_ckpts`` *before* it writes
+the new one, writes that one in place, and then points ``last_checkpoint`` at it. A kill during the
+write (``max_keep_ckpts=1``, the tiny synthetic configs) leaves a half-written ``iter_30.pth`` while
+``last_checkpoint`` names the already-deleted ``iter_20.pth``: nothing can be resumed. This hook
+orders the same steps so that every moment leaves a complete checkpoint named in
+``last_checkpoint``:
 
 1. the checkpoint is written under a temporary name in the same folder (``.iter_30.pth.<pid>.tmp``);
 2. it is synced to disk and renamed to ``iter_30.pth`` (:func:`omg_llava.utils.atomic.publish`);
 3. ``last_checkpoint`` is rewritten the same way (temporary file, sync, rename);
 4. only then are the checkpoints beyond ``max_keep_ckpts`` deleted.
 
-Temporaries a killed run left behind are deleted when the next run starts. Every OMG-LLaVA config uses this hook
-(``default_hooks.checkpoint``); it takes the arguments of mmengine's ``CheckpointHook``.
+Temporaries a killed run left behind are deleted when the next run starts. Every OMG-LLaVA config
+uses this hook (``default_hooks.checkpoint``); it takes the arguments of mmengine's
+``CheckpointHook``.
 """
 from __future__ import annotations
 
@@ -25,21 +27,25 @@ from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
 
 from omg_llava.registry import HOOKS
-from omg_llava.utils.atomic import atomic_write_text, publish, remove_stale_temporaries, temporary_path
+from omg_llava.utils.atomic import (atomic_write_text, publish, remove_stale_temporaries,
+                                    temporary_path)
 
 
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
-    """:class:`~mmengine.hooks.CheckpointHook` whose interval / last saves are atomic (see the module docstring).
+    """:class:`~mmengine.hooks.CheckpointHook` whose interval / last saves are atomic (see the
+    module docstring).
 
-    Saves to a non-local backend (``backend_args`` naming e.g. Petrel) cannot be renamed atomically and go through
-    mmengine's own order. ``save_best`` checkpoints keep mmengine's order too (no OMG-LLaVA config uses them).
+    Saves to a non-local backend (``backend_args`` naming e.g. Petrel) cannot be renamed atomically
+    and go through mmengine's own order. ``save_best`` checkpoints keep mmengine's order too (no
+    OMG-LLaVA config uses them).
     """
 
     def before_train(self, runner) -> None:
         super().before_train(runner)
         writer = [os.getpid()]
-        broadcast_object_list(writer)  # every rank names the temporary after the main process (DeepSpeed saves)
+        # every rank names the temporary after the main process (DeepSpeed saves)
+        broadcast_object_list(writer)
         self._writer_pid = writer[0]
         if is_main_process() and self._is_local and osp.isdir(self.out_dir):
             for path in remove_stale_temporaries(self.out_dir):
@@ -61,7 +67,8 @@ class AtomicCheckpointHook(CheckpointHook):
         try:
             runner.save_checkpoint(self.out_dir, osp.basename(temporary), self.file_client_args,
                                    save_optimizer=self.save_optimizer,
-                                   save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
+                                   save_param_scheduler=self.save_param_scheduler, meta=meta,
+                                   by_epoch=self.by_epoch,
                                    backend_args=self.backend_args, **self.args)
             barrier()  # a DeepSpeed save is written by every rank
             if not is_main_process():
@@ -76,8 +83,9 @@ class AtomicCheckpointHook(CheckpointHook):
             self._remove(osp.join(self.out_dir, self.filename_tmpl.format(old_step)))
 
     def _track(self, runner, step: int) -> list[int]:
-        """Record ``step`` among the kept checkpoints (as mmengine does, also in the message hub that the
-        checkpoint stores) and return the steps that fall out of ``max_keep_ckpts``; nothing is deleted yet."""
+        """Record ``step`` among the kept checkpoints (as mmengine does, also in the message hub
+        that the checkpoint stores) and return the steps that fall out of ``max_keep_ckpts``;
+        nothing is deleted yet."""
         if self.max_keep_ckpts <= 0 or (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
             return []
         outdated = []

@@ -1,5 +1,6 @@
-"""Log the size of each dataset and its first sample as text before a run (what xtuner's ``DatasetInfoHook``
-shows), with the ``<image>`` sentinel and the OMG-LLaVA special tokens written out."""
+"""Log the size of each dataset and its first sample as text before a run (what xtuner's
+``DatasetInfoHook`` shows), with the ``<image>`` sentinel and the OMG-LLaVA special tokens written
+out."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -13,8 +14,8 @@ from ..utils import unwrap_model
 
 
 def decode_input_ids(tokenizer, input_ids: Sequence[int]) -> str:
-    """Token ids → text, with the −200 sentinel shown as ``<image>`` and added tokens (``[SEG]``, ``<p>``,
-    ``</p>``, ``<region>``, ``<mark>``) kept as text."""
+    """Token ids → text, with the −200 sentinel shown as ``<image>`` and added tokens (``[SEG]``,
+    ``<p>``, ``</p>``, ``<region>``, ``<mark>``) kept as text."""
     ids = [int(i) for i in input_ids]
     pieces, chunk = [], []
     for i in ids + [IMAGE_TOKEN_INDEX]:  # the trailing sentinel flushes the last chunk
@@ -27,7 +28,8 @@ def decode_input_ids(tokenizer, input_ids: Sequence[int]) -> str:
 
 
 def find_tokenizer(dataset: Any) -> Any:
-    """The tokenizer a dataset carries (``dataset.tokenizer``, or that of the first part of a mixture)."""
+    """The tokenizer a dataset carries (``dataset.tokenizer``, or that of the first part of a
+    mixture)."""
     if getattr(dataset, 'tokenizer', None) is not None:
         return dataset.tokenizer
     for part in getattr(dataset, 'datasets', ()):
@@ -39,10 +41,12 @@ def find_tokenizer(dataset: Any) -> Any:
 
 @HOOKS.register_module()
 class DatasetInfoHook(Hook):
-    """Before training / validation / testing, log the number of samples and the decoded first sample.
+    """Before training / validation / testing, log the number of samples and the decoded first
+    sample.
 
     Args:
-        tokenizer: the tokenizer (object or xtuner-style config dict); the special tokens are added to it.
+        tokenizer: the tokenizer (object or xtuner-style config dict); the special tokens are added
+            to it.
             Default: the dataset's ``tokenizer`` (or its first part's), else the model's.
     """
 
