@@ -37,8 +37,10 @@ def read_key_manifest(name: str, strip_prefix: str = '') -> dict[str, tuple[int,
 
 
 def load_tool(name: str) -> ModuleType:
-    """Import ``tools/<name>.py`` (tools are scripts, not a package) so tests can call its ``main(argv)``."""
-    spec = importlib.util.spec_from_file_location(f'omg_llava_tool_{name}', REPO_ROOT / 'tools' / f'{name}.py')
+    """Import ``tools/<name>.py`` (tools are scripts, not a package) so tests can call its
+    ``main(argv)``."""
+    spec = importlib.util.spec_from_file_location(f'omg_llava_tool_{name}',
+                                                  REPO_ROOT / 'tools' / f'{name}.py')
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)

@@ -1,5 +1,6 @@
-"""The random-weight bundle: the released layout, names, shapes and dtypes (the 7B preset against the key manifests,
-on the meta device), and the tiny preset built through the user path, merged and unmerged LoRA agreeing."""
+"""The random-weight bundle: the released layout, names, shapes and dtypes (the 7B preset against
+the key manifests, on the meta device), and the tiny preset built through the user path, merged and
+unmerged LoRA agreeing."""
 from __future__ import annotations
 
 import json
@@ -31,11 +32,16 @@ def test_7b_preset_has_the_released_names_and_shapes(tmp_path):
     os.makedirs(os.path.dirname(paths.config), exist_ok=True)
     with open(paths.config, 'w') as file:
         file.write(bundle_config(PRESETS['7b'], paths))
-    assert part_key_shapes(paths.config, 'finetune') == read_key_manifest('omg_llava_7b_finetune_8gpus.tsv')
+    assert part_key_shapes(paths.config, 'finetune') == read_key_manifest(
+        'omg_llava_7b_finetune_8gpus.tsv'
+    )
     encoder = build_model_on_meta(paths.config, 'visual_encoder')
     shapes = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}
-    assert {k: shapes[k] for k in head_checkpoint_keys(encoder)} == read_key_manifest('omg_seg_convl.tsv')
-    clip = {open_clip_name(k[len('backbone.'):]): s for k, s in shapes.items() if k.startswith('backbone.')}
+    assert {k: shapes[k] for k in head_checkpoint_keys(encoder)} == read_key_manifest(
+        'omg_seg_convl.tsv'
+    )
+    clip = {open_clip_name(k[len('backbone.'):]): s for k, s in shapes.items()
+            if k.startswith('backbone.')}
     assert clip == {k: s for k, s in read_key_manifest('clip_convnext_large_d_320.tsv').items()
                     if k.startswith('visual.')}
     llm = {spec.key: spec.shape for spec in llm_specs(PRESETS['7b'])}
@@ -48,7 +54,8 @@ def test_7b_preset_has_the_released_names_and_shapes(tmp_path):
 def test_tiny_bundle_files_have_the_released_layout_and_dtypes(tiny_bundle):
     llm_dir = tiny_bundle.llm_dir
     config = json.load(open(os.path.join(llm_dir, 'config.json')))
-    assert config['model_type'] == 'internlm2' and config['vocab_size'] == 1000 and config['rope_theta'] == 1000000
+    assert (config['model_type'] == 'internlm2' and config['vocab_size'] == 1000
+            and config['rope_theta'] == 1000000)
     index = json.load(open(os.path.join(llm_dir, 'model.safetensors.index.json')))
     shards = sorted(set(index['weight_map'].values()))
     assert len(shards) > 1 and shards[0] == f'model-00001-of-{len(shards):05d}.safetensors'
@@ -63,15 +70,18 @@ def test_tiny_bundle_files_have_the_released_layout_and_dtypes(tiny_bundle):
     sp = spm.SentencePieceProcessor(model_file=os.path.join(llm_dir, 'tokenizer.model'))
     assert sp.get_piece_size() == 1000 and sp.piece_to_id('<|im_end|>') != sp.unk_id()
     omg_seg = torch.load(tiny_bundle.omg_seg, weights_only=True)
-    assert set(omg_seg) == {'state_dict'} and all(k.startswith('panoptic_head.') for k in omg_seg['state_dict'])
+    assert set(omg_seg) == {'state_dict'} and all(k.startswith('panoptic_head.')
+                                                  for k in omg_seg['state_dict'])
     finetune = torch.load(tiny_bundle.finetune, weights_only=True)
-    assert {v.dtype for v in finetune.values()} == {torch.float32} and len(finetune) == 2 + 2 * 11 + 15
+    assert ({v.dtype for v in finetune.values()} == {torch.float32}
+            and len(finetune) == 2 + 2 * 11 + 15)
     assert torch.load(tiny_bundle.class_embed, weights_only=True).shape == (133, 2, 32)
     assert all(k.startswith('visual.') for k in torch.load(tiny_bundle.clip, weights_only=True))
 
 
 def test_tiny_bundle_builds_through_the_user_path_with_a_clean_report(tiny_bundle):
-    chat, notes = OMGLLaVAChat.from_config(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='bf16')
+    chat, notes = OMGLLaVAChat.from_config(tiny_bundle.config, pth=tiny_bundle.finetune,
+                                           dtype='bf16')
     assert any('11 LoRA pairs merged' in n for n in notes) and not chat.model.has_lora
     assert any(n.startswith('omg_seg: ') for n in notes) and not any('random' in n for n in notes)
     chat.set_image(torch.randint(0, 255, (91, 127, 3), dtype=torch.uint8).numpy())
@@ -80,11 +90,13 @@ def test_tiny_bundle_builds_through_the_user_path_with_a_clean_report(tiny_bundl
 
 @torch.no_grad()
 def llm_outputs(chat: OMGLLaVAChat, image) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, final hidden states, [SEG] mask logits read at the last prompt position) of the first question."""
+    """(logits, final hidden states, [SEG] mask logits read at the last prompt position) of the
+    first question."""
     from omg_llava.utils.conversation import Turn, encode_conversation
     chat.set_image(image)
     model = chat.model
-    ids = torch.tensor([encode_conversation(chat.tokenizer, [Turn(PROMPT)], with_image=True).input_ids])
+    ids = torch.tensor([encode_conversation(chat.tokenizer, [Turn(PROMPT)],
+                                            with_image=True).input_ids])
     images = chat._conversation.encoded
     spliced = model.splice(ids, None, None, images, [], [])
     out = model.run_llm(spliced)
@@ -94,10 +106,11 @@ def llm_outputs(chat: OMGLLaVAChat, image) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 def test_merged_and_unmerged_lora_agree_within_bf16_rounding(tiny_bundle):
-    image = torch.randint(0, 255, (91, 127, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    image = torch.randint(0, 255, (91, 127, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
     merged, _ = OMGLLaVAChat.from_config(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='bf16')
-    kept, notes = OMGLLaVAChat.from_config(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='bf16',
-                                           merge_lora=False)
+    kept, notes = OMGLLaVAChat.from_config(tiny_bundle.config, pth=tiny_bundle.finetune,
+                                           dtype='bf16', merge_lora=False)
     assert kept.model.has_lora and not any('merged' in n for n in notes)
     assert {p.dtype for n, p in kept.model.llm.named_parameters()} == {torch.bfloat16}
     (logits_m, hidden_m, masks_m), (logits_k, hidden_k, masks_k) = (llm_outputs(c, image.numpy())
@@ -105,18 +118,22 @@ def test_merged_and_unmerged_lora_agree_within_bf16_rounding(tiny_bundle):
     assert (logits_m - logits_k).abs().max() < 0.05 * logits_k.abs().max()
     torch.testing.assert_close(hidden_m, hidden_k, atol=0.1, rtol=0.05)
     assert ((masks_m > 0) == (masks_k > 0)).float().mean() > 0.98
-    # Greedy answers of a random model meet near-ties that bf16 rounding flips; in fp32 they must be equal.
-    fp32 = [OMGLLaVAChat.from_config(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='fp32', merge_lora=merge)[0]
+    # Greedy answers of a random model meet near-ties that bf16 rounding flips; in fp32 they must be
+    # equal.
+    fp32 = [OMGLLaVAChat.from_config(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='fp32',
+                                     merge_lora=merge)[0]
             for merge in (True, False)]
     logits = [llm_outputs(c, image.numpy())[0] for c in fp32]
     torch.testing.assert_close(logits[0], logits[1], atol=1e-4, rtol=1e-4)
-    assert (logits[1] - logits_k).abs().max() > 0  # bf16 is not fp32: the tolerance above is a real one
+    # bf16 is not fp32: the tolerance above is a real one
+    assert (logits[1] - logits_k).abs().max() > 0
     answers = [c.ask(PROMPT, max_new_tokens=6).token_ids for c in fp32]
     assert answers[0] == answers[1]
 
 
 def test_write_bundle_command(tmp_path, capsys):
-    assert load_tool('benchmark').main(['write-bundle', '--preset', 'tiny', '--out', str(tmp_path / 'b')]) == 0
+    assert load_tool('benchmark').main(['write-bundle', '--preset', 'tiny', '--out',
+                                        str(tmp_path / 'b')]) == 0
     info = json.loads((tmp_path / 'b' / 'bundle.json').read_text())
     assert info['preset']['name'] == 'tiny' and info['bytes']['finetune'] > 0
     assert f'tools/chat.py {tmp_path / "b" / "omg_llava_bundle.py"}' in capsys.readouterr().out

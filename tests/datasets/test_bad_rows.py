@@ -1,6 +1,7 @@
-"""A bad row never stops a run (issue 25 item 2): each row that stopped training in the issue's trials, written in
-its dataset's real format next to good rows, is skipped and counted under its exception type with the file and row
-in the log; the length estimate survives them too; counts add up across DataLoader workers."""
+"""A bad row never stops a run (issue 25 item 2): each row that stopped training in the issue's
+trials, written in its dataset's real format next to good rows, is skipped and counted under its
+exception type with the file and row in the log; the length estimate survives them too; counts add
+up across DataLoader workers."""
 from __future__ import annotations
 
 import ast
@@ -66,7 +67,8 @@ def message(role, value):
 
 def caption_row(row_id, value='A tabby cat.', image='photos/cat.png'):
     return {'id': row_id, 'image': image,
-            'conversations': [message('human', '<image>\nDescribe the picture.'), message('gpt', value)]}
+            'conversations': [message('human', '<image>\nDescribe the picture.'),
+                              message('gpt', value)]}
 
 
 def rle(mask: np.ndarray) -> dict:
@@ -84,9 +86,10 @@ def supervised(item) -> list[int]:
     return [i for i in item['labels'].tolist() if i >= 0]
 
 
-# ------------------------------------------------------------------ the issue's rows, in their real formats
+# ---------------------------------------------------------- the issue's rows, in their real formats
 def test_a_number_where_a_string_belongs_does_not_stop_the_length_estimate(photos, tokenizer, log):
-    rows = [caption_row('good'), caption_row('number', value=42), caption_row('also good', value='A cat indoors.')]
+    rows = [caption_row('good'), caption_row('number', value=42),
+            caption_row('also good', value='A cat indoors.')]
     path = photos / 'llava.json'
     path.write_text(json.dumps(rows))
     ds = LLaVADataset(str(path), str(photos), tokenizer, image_size=SIZE, max_length=256)
@@ -101,21 +104,24 @@ def test_a_number_where_a_string_belongs_does_not_stop_the_length_estimate(photo
 
 
 def test_a_missing_height_is_skipped(photos, tokenizer, log):
-    """REFER layout: an instances.json image entry without ``height`` (KeyError while building the masks)."""
+    """REFER layout: an instances.json image entry without ``height`` (KeyError while building the
+    masks)."""
     folder = photos / 'refcoco'
     folder.mkdir()
     shape = skdata.chelsea().shape[:2]
     images = [dict(id=i, file_name='cat.png', height=shape[0], width=shape[1]) for i in (1, 2, 3)]
     del images[1]['height']
-    annotations = [dict(id=10 * i, image_id=i, segmentation=rle(box(shape, 20 * i, 20, 20 * i + 50, 90)))
+    annotations = [dict(id=10 * i, image_id=i,
+                        segmentation=rle(box(shape, 20 * i, 20, 20 * i + 50, 90)))
                    for i in (1, 2, 3)]
     refs = [dict(ref_id=i, ann_id=10 * i, image_id=i, split='train', category_id=1,
                  sentences=[dict(sent=f'the cat number {i}')]) for i in (1, 2, 3)]
-    (folder / 'instances.json').write_text(json.dumps(dict(images=images, annotations=annotations, categories=[])))
+    (folder / 'instances.json').write_text(json.dumps(dict(images=images, annotations=annotations,
+                                                           categories=[])))
     with open(folder / 'refs(unc).p', 'wb') as f:
         pickle.dump(refs, f)
-    ds = ReferSegDataset(str(photos), str(photos / 'photos'), tokenizer, dataset='refcoco', image_size=SIZE,
-                         max_length=256)
+    ds = ReferSegDataset(str(photos), str(photos / 'photos'), tokenizer, dataset='refcoco',
+                         image_size=SIZE, max_length=256)
     assert supervised(ds[1]) == supervised(ds[2])  # row 1 (image 2) skipped, row 2 served instead
     assert ds.skipped == {'KeyError': 1}
     assert f"skipped row 1 (image_id '2') of {folder / 'refs(unc).p'}: KeyError: 'height'" in log()
@@ -130,12 +136,13 @@ def test_a_string_area_is_skipped(photos, tokenizer, log):
         return {'image_id': image_id, 'bbox': [20, 20, 50, 70], 'area': area, 'iscrowd': 0,
                 'tokens_positive': [[0, 11]], 'sam_mask': rle(box(shape, 20, 20, 70, 90))}
 
-    data = {'images': [{'id': i, 'file_name': f'flickr30k_{i}_cat.png', 'height': shape[0], 'width': shape[1],
-                        'caption': caption} for i in (1, 2)],
+    data = {'images': [{'id': i, 'file_name': f'flickr30k_{i}_cat.png', 'height': shape[0],
+                        'width': shape[1], 'caption': caption} for i in (1, 2)],
             'annotations': [ann(1, 3500), ann(2, '3500')]}
     path = photos / 'flickr.json'
     path.write_text(json.dumps(data))
-    ds = FlickrGCGDataset(str(path), str(photos / 'photos'), tokenizer, image_size=SIZE, max_length=256)
+    ds = FlickrGCGDataset(str(path), str(photos / 'photos'), tokenizer, image_size=SIZE,
+                          max_length=256)
     assert supervised(ds[1]) == supervised(ds[0])  # the walk wraps round to row 0
     assert ds.skipped == {'TypeError': 1}
     assert f"skipped row 1 (id '2') of {path}: TypeError: '>' not supported" in log()
@@ -143,7 +150,8 @@ def test_a_string_area_is_skipped(photos, tokenizer, log):
 
 def test_a_lone_surrogate_that_sentencepiece_rejects_is_skipped(photos, tokenizer, log):
     path = photos / 'llava.json'
-    rows = [caption_row('good'), caption_row('surrogate', value='A cat \ud800.'), caption_row('next')]
+    rows = [caption_row('good'), caption_row('surrogate', value='A cat \ud800.'),
+            caption_row('next')]
     path.write_text(json.dumps(rows))  # written as the JSON escape "\ud800", as such files hold it
     assert '\\ud800' in path.read_text()
     ds = LLaVADataset(str(path), str(photos), tokenizer, image_size=SIZE, max_length=256)
@@ -153,18 +161,21 @@ def test_a_lone_surrogate_that_sentencepiece_rejects_is_skipped(photos, tokenize
 
 
 def test_a_decompression_bomb_is_skipped(photos, tokenizer, log, monkeypatch):
-    """GranD-f GCG: PIL refuses an image over twice ``Image.MAX_IMAGE_PIXELS`` (DecompressionBombError, which is not
-    an OSError) while reading its size; here the limit is lowered instead of writing a 180-megapixel file."""
+    """GranD-f GCG: PIL refuses an image over twice ``Image.MAX_IMAGE_PIXELS``
+    (DecompressionBombError, which is not an OSError) while reading its size; here the limit is
+    lowered instead of writing a 180-megapixel file."""
     Image.fromarray(skdata.chelsea()[:20, :30]).save(photos / 'photos' / 'small.png')  # 600 pixels
     monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1000)
 
     def entry(file_name, shape):
         return {'file_name': file_name, 'caption': 'A cat in the photo.',
-                'groundings': {'A cat': {'token_positives': [0, 5], 'rle_masks': [rle(box(shape, 2, 2, 12, 12))]}}}
+                'groundings': {'A cat': {'token_positives': [0, 5],
+                                         'rle_masks': [rle(box(shape, 2, 2, 12, 12))]}}}
 
     path = photos / 'grandf.json'
     path.write_text(json.dumps([entry('small.png', (20, 30)), entry('cat.png', (300, 451))]))
-    ds = GranDfGCGDataset(str(path), str(photos / 'photos'), tokenizer, image_size=SIZE, max_length=256)
+    ds = GranDfGCGDataset(str(path), str(photos / 'photos'), tokenizer, image_size=SIZE,
+                          max_length=256)
     assert supervised(ds[1]) == supervised(ds[0])
     assert ds.skipped == {'DecompressionBombError': 1}
     assert f"skipped row 1 (file_name 'cat.png') of {path}: DecompressionBombError: " in log()
@@ -196,10 +207,11 @@ def test_an_unexpected_error_logs_its_traceback_once_per_type(photos, tokenizer)
 
 # ------------------------------------------------------------------ run totals across workers
 def test_counts_add_up_across_dataloader_workers(photos, tokenizer):
-    """With 2 workers, each a copy of the dataset, the main process reads the run total (a per-worker Counter,
-    as before, left the main process's count at zero)."""
+    """With 2 workers, each a copy of the dataset, the main process reads the run total (a
+    per-worker Counter, as before, left the main process's count at zero)."""
     bad = {1, 4, 7, 10}  # isolated: each is drawn once and walked past once
-    rows = [caption_row(i, image='photos/absent.png' if i in bad else 'photos/cat.png') for i in range(12)]
+    rows = [caption_row(i, image='photos/absent.png' if i in bad else 'photos/cat.png')
+            for i in range(12)]
     path = photos / 'llava.json'
     path.write_text(json.dumps(rows))
     ds = LLaVADataset(str(path), str(photos), tokenizer, image_size=SIZE, max_length=256)
@@ -212,7 +224,8 @@ def test_counts_add_up_across_dataloader_workers(photos, tokenizer):
 
 def test_spawned_workers_share_the_counts_too():
     ds = Numbers(11)
-    loader = DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context='spawn', collate_fn=first)
+    loader = DataLoader(ds, batch_size=1, num_workers=2, multiprocessing_context='spawn',
+                        collate_fn=first)
     assert len(list(loader)) == 11
     # ZeroDivisionError: rows 0, 3, 6, 9 drawn, and row 6 again when the draw of row 5 walks past it
     assert ds.skipped == {'ZeroDivisionError': 5, 'bad number': 1}
@@ -238,18 +251,20 @@ def test_reasons_beyond_the_table_are_counted_together():
 
 
 def test_every_malformed_sample_names_a_fixed_reason_before_its_details():
-    """Counts are keyed by the message up to its first colon: that part must hold no value (path, number,
-    coordinates), or one reason would split into as many keys as rows."""
+    """Counts are keyed by the message up to its first colon: that part must hold no value (path,
+    number, coordinates), or one reason would split into as many keys as rows."""
     offenders = []
     for path in sorted(DATASETS_DIR.glob('*.py')):
         for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and getattr(node.func, 'id', None) == 'MalformedSample'):
+            if not (isinstance(node, ast.Call)
+                    and getattr(node.func, 'id', None) == 'MalformedSample'):
                 continue
             first = node.args[0] if node.args else None
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
                 continue
             head = first.values[0] if isinstance(first, ast.JoinedStr) and first.values else None
-            if not (isinstance(head, ast.Constant) and ':' in head.value and head.value.index(':') > 0):
+            if not (isinstance(head, ast.Constant) and ':' in head.value
+                    and head.value.index(':') > 0):
                 offenders.append(f'{path.name}:{node.lineno}')
     assert not offenders, offenders
 
@@ -271,5 +286,6 @@ def test_the_first_skip_of_a_new_reason_is_logged_after_the_first_ten(log):
     assert ds[0] == 13
     assert ds.skipped == {'bad number': 12, 'ValueError': 1}
     text = log()
-    assert 'skipped row 9 ' in text and 'skipped row 10 ' not in text  # rows 10 and 11: the 11th, 12th skips
+    # rows 10 and 11: the 11th, 12th skips
+    assert 'skipped row 9 ' in text and 'skipped row 10 ' not in text
     assert "skipped row 12 ('12'): ValueError: invalid literal for int()" in text

@@ -23,11 +23,12 @@ def test_samples_geometry_and_skips(tmp_path):
     coco = dict(images=[dict(id=1, file_name='a.png', height=H, width=W),
                         dict(id=2, file_name='b.png', height=H, width=W),
                         dict(id=3, file_name='missing.png', height=H, width=W)],
-                annotations=[dict(id=1, image_id=1, category_id=7, segmentation=_rle(mask), iscrowd=0),
-                             dict(id=2, image_id=1, category_id=3, segmentation=[[0, 0, 10, 0, 10, 10, 0, 10]],
+                annotations=[dict(id=1, image_id=1, category_id=7, segmentation=_rle(mask),
                                   iscrowd=0),
-                             dict(id=3, image_id=2, category_id=3, segmentation={'size': [H, W], 'counts': [5]},
-                                  iscrowd=0)],
+                             dict(id=2, image_id=1, category_id=3,
+                                  segmentation=[[0, 0, 10, 0, 10, 10, 0, 10]], iscrowd=0),
+                             dict(id=3, image_id=2, category_id=3,
+                                  segmentation={'size': [H, W], 'counts': [5]}, iscrowd=0)],
                 categories=[dict(id=7, name='circle'), dict(id=3, name='square')])
     path = tmp_path / 'instances.json'
     path.write_text(json.dumps(coco))
@@ -45,7 +46,8 @@ def test_samples_geometry_and_skips(tmp_path):
     batch = instance_collate_fn([dataset[0], dataset[0]])
     assert batch['data_samples'] is None and batch['data']['pixel_values'].shape == (2, 3, 32, 32)
     assert len(batch['data']['gt_masks']) == 2
-    only_circles = CocoInstanceDataset(str(path), str(tmp_path), image_size=32, category_names=['circle'])
+    only_circles = CocoInstanceDataset(str(path), str(tmp_path), image_size=32,
+                                       category_names=['circle'])
     assert only_circles[0]['gt_labels'].tolist() == [0]
 
 
@@ -60,13 +62,18 @@ def test_referring_expressions_follow_their_instances(tmp_path):
     right[8:20, 18:30] = True
     tiny[3, 3] = True  # between the sample points at 8 px: dropped, with its expression
     coco = dict(images=[dict(id=1, file_name='a.png', height=H, width=W)],
-                annotations=[dict(id=10, image_id=1, category_id=1, segmentation=_rle(tiny), iscrowd=0),
-                             dict(id=11, image_id=1, category_id=1, segmentation=_rle(left), iscrowd=0),
-                             dict(id=12, image_id=1, category_id=2, segmentation=_rle(right), iscrowd=0)],
+                annotations=[dict(id=10, image_id=1, category_id=1, segmentation=_rle(tiny),
+                                  iscrowd=0),
+                             dict(id=11, image_id=1, category_id=1, segmentation=_rle(left),
+                                  iscrowd=0),
+                             dict(id=12, image_id=1, category_id=2, segmentation=_rle(right),
+                                  iscrowd=0)],
                 categories=[dict(id=1, name='circle'), dict(id=2, name='square')])
     (tmp_path / 'instances.json').write_text(json.dumps(coco))
-    refs = [dict(image_id=1, ann_id=12, split='train', sentences=[dict(sent='the square'), dict(sent='right one.')]),
-            dict(image_id=1, ann_id=11, split='train', sentences=[dict(sent='the circle on the left')]),
+    refs = [dict(image_id=1, ann_id=12, split='train',
+                 sentences=[dict(sent='the square'), dict(sent='right one.')]),
+            dict(image_id=1, ann_id=11, split='train',
+                 sentences=[dict(sent='the circle on the left')]),
             dict(image_id=1, ann_id=10, split='train', sentences=[dict(sent='the dot')]),
             dict(image_id=1, ann_id=11, split='val', sentences=[dict(sent='held out')]),
             dict(image_id=9, ann_id=99, split='train', sentences=[dict(sent='another file')])]

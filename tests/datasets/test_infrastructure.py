@@ -1,5 +1,6 @@
-"""Shared data machinery: collate, the combined dataset's length list, the length-grouped sampler and the
-skipping of malformed rows, on tiny in-memory datasets with a real tokenizer and real photos."""
+"""Shared data machinery: collate, the combined dataset's length list, the length-grouped sampler
+and the skipping of malformed rows, on tiny in-memory datasets with a real tokenizer and real
+photos."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from omg_llava.assets import TINY_TOKENIZER_DIR
-from omg_llava.datasets import (CombinedDataset, GroundedConversation, LengthGroupedSampler, MalformedSample,
+from omg_llava.datasets import (CombinedDataset, GroundedConversation, LengthGroupedSampler,
+                                MalformedSample,
                                 OMGDatasetBase, encode_sample, omg_llava_collate_fn)
 from omg_llava.datasets.base import MAX_CONSECUTIVE_SKIPS
 from omg_llava.models.llm import InternLM2Tokenizer
@@ -33,7 +35,8 @@ def photo(tmp_path_factory):
 
 
 class EchoDataset(OMGDatasetBase):
-    """One turn per text: "Repeat." → the text. Record ``bad`` rows raise :class:`MalformedSample`."""
+    """One turn per text: "Repeat." → the text. Record ``bad`` rows raise
+    :class:`MalformedSample`."""
 
     def __init__(self, texts, tokenizer, image_path=None, bad=()):
         self.texts, self.image_path, self.bad = list(texts), image_path, set(bad)
@@ -67,12 +70,17 @@ def test_collate(tokenizer, photo):
     items = [
         encode_sample(GroundedConversation(photo, [Turn('What is <region> near <mark> and <mark>?',
                                                         'The <p> cat </p> [SEG].')],
-                                           masks=[mask], regions=[region_a], points=[(10, 20), (400, 250)]),
+                                           masks=[mask], regions=[region_a],
+                                           points=[(10, 20), (400, 250)]),
                       tokenizer, SIZE, 512),
-        encode_sample(GroundedConversation(None, [Turn('Say hello to everyone in the room.', 'Hello!')]),
+        encode_sample(GroundedConversation(None,
+                                           [Turn('Say hello to everyone in the room.', 'Hello!')]),
                       tokenizer, SIZE, 512),
-        encode_sample(GroundedConversation(photo, [Turn('Compare <region> with <region> at <mark>.', 'Similar.')],
-                                           regions=[region_b, region_c], points=[(30, 40)]), tokenizer, SIZE, 512),
+        encode_sample(GroundedConversation(photo,
+                                           [Turn('Compare <region> with <region> at <mark>.',
+                                                 'Similar.')],
+                                           regions=[region_b, region_c], points=[(30, 40)]),
+                      tokenizer, SIZE, 512),
     ]
     batch = omg_llava_collate_fn(items)
     assert batch['data_samples'] is None
@@ -141,7 +149,8 @@ def test_combined_flags_which_samples_get_the_text_only_pass(tokenizer, photo):
     assert flags == [d == 1 for d, _ in combined.index]
     batch = omg_llava_collate_fn([combined[i] for i in range(len(combined))])['data']
     assert batch['text_only_lm'].tolist() == flags
-    assert 'text_only_lm' not in omg_llava_collate_fn([with_image[0]])['data']  # unflagged data: no flags
+    # unflagged data: no flags
+    assert 'text_only_lm' not in omg_llava_collate_fn([with_image[0]])['data']
     for wrong in ([True], [1, 0]):
         with pytest.raises(ValueError, match='one True/False per dataset'):
             CombinedDataset([with_image, text_only], text_only_lm=wrong)
@@ -185,8 +194,10 @@ def test_malformed_row_is_skipped_and_counted(tokenizer):
 
 def test_all_rows_malformed_is_an_error(tokenizer):
     ds = EchoDataset(['one', 'two'], tokenizer, bad={0, 1})
-    with pytest.raises(RuntimeError, match=r"all 2 rows could not be used \(run total: 2 skipped, 0 served; "
-                                           r"\{'bad row': 2\}.*paths in the config are wrong: check them"):
+    with pytest.raises(RuntimeError,
+                       match=r"all 2 rows could not be used \(run total: 2 skipped, 0 served; "
+                                           r"\{'bad row': 2\}.*paths in the config are wrong: "
+                                           r"check them"):
         ds[0]
 
 
@@ -195,10 +206,12 @@ def test_a_long_run_of_malformed_rows_is_an_error(tokenizer):
     ds = EchoDataset(texts, tokenizer, bad=set(range(5, 5 + MAX_CONSECUTIVE_SKIPS)))
     with pytest.raises(RuntimeError, match=f'{MAX_CONSECUTIVE_SKIPS} consecutive rows from row 5'):
         ds[5]
-    assert supervised(ds[4]) == supervised(EchoDataset(texts, tokenizer)[4])  # a good row is still served
+    # a good row is still served
+    assert supervised(ds[4]) == supervised(EchoDataset(texts, tokenizer)[4])
 
 
 def test_placeholder_count_mismatch_is_malformed(tokenizer, photo):
-    conversation = GroundedConversation(photo, [Turn('Segment it.', '<p> It </p> [SEG].')])  # no mask
+    # no mask
+    conversation = GroundedConversation(photo, [Turn('Segment it.', '<p> It </p> [SEG].')])
     with pytest.raises(MalformedSample):
         encode_sample(conversation, tokenizer, SIZE, 512)

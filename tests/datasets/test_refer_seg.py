@@ -1,4 +1,5 @@
-"""ReferSegDataset on a REFER-layout folder written at test time from real photos and VOC instance masks."""
+"""ReferSegDataset on a REFER-layout folder written at test time from real photos and VOC instance
+masks."""
 import json
 import pickle
 import random
@@ -21,7 +22,8 @@ from omg_llava.models.llm import InternLM2Tokenizer
 from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX, SEG_TOKEN
 
 SIZE = 64
-ORDINALS = ('first', 'second', 'third', 'fourth', 'fifth', 'sixth', 'seventh', 'eighth', 'ninth', 'tenth')
+ORDINALS = ('first', 'second', 'third', 'fourth', 'fifth', 'sixth', 'seventh', 'eighth', 'ninth',
+            'tenth')
 
 
 @pytest.fixture(scope='module')
@@ -52,14 +54,16 @@ class Refer:
         self.images.append(dict(id=image_id, file_name=file_name, height=height, width=width))
 
     def add_ann(self, ann_id, image_id, segmentation, mask=None):
-        self.annotations.append(dict(id=ann_id, image_id=image_id, segmentation=segmentation, bbox=[0, 0, 1, 1],
-                                     category_id=1, iscrowd=0))
+        self.annotations.append(dict(id=ann_id, image_id=image_id, segmentation=segmentation,
+                                     bbox=[0, 0, 1, 1], category_id=1, iscrowd=0))
         self.masks[ann_id] = mask
 
     def add_ref(self, image_id, ann_id, sentences, split='train'):
         ann_ids = ann_id if isinstance(ann_id, list) else [ann_id]
-        self.refs.append(dict(ref_id=len(self.refs), ann_id=ann_id, image_id=image_id, split=split, category_id=1,
-                              sentences=[dict(sent=s, raw=s, tokens=s.split(), sent_id=0) for s in sentences]))
+        self.refs.append(dict(ref_id=len(self.refs), ann_id=ann_id, image_id=image_id, split=split,
+                              category_id=1,
+                              sentences=[dict(sent=s, raw=s, tokens=s.split(), sent_id=0)
+                                         for s in sentences]))
         if split == 'train' and all(self.masks.get(a) is not None for a in ann_ids):
             for s in sentences:  # keyed as the questions write them: stripped, lower-cased
                 key = s.strip().lower()
@@ -69,8 +73,10 @@ class Refer:
         folder.mkdir(parents=True)
         with open(folder / f'refs({split_by}).p', 'wb') as f:
             pickle.dump(self.refs, f, protocol=2)
-        (folder / 'instances.json').write_text(json.dumps(dict(images=self.images, annotations=self.annotations,
-                                                               categories=[dict(id=1, name='thing')])))
+        (folder / 'instances.json').write_text(json.dumps(dict(images=self.images,
+                                                               annotations=self.annotations,
+                                                               categories=[dict(id=1,
+                                                                                name='thing')])))
 
 
 @pytest.fixture(scope='module')
@@ -88,7 +94,8 @@ def refer(tmp_path_factory):
     centres = [np.nonzero(m)[1].mean() for m in voc['masks']]
     for i, (mask, label) in enumerate(zip(voc['masks'], voc['labels'])):
         name = voc['class_names'][label]
-        rank = sum(1 for j, lab in enumerate(voc['labels']) if lab == label and centres[j] < centres[i])
+        rank = sum(1 for j, lab in enumerate(voc['labels']) if lab == label
+                   and centres[j] < centres[i])
         rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
         rle['counts'] = rle['counts'].decode()
         refer.add_ann(100 + i, 1, rle, mask)
@@ -102,7 +109,8 @@ def refer(tmp_path_factory):
     refer.add_image(2, 'coffee.jpg', *shape)
     refer.add_ann(200, 2, [rectangle(100, 50, 300, 200)], box_mask(shape, 100, 50, 300, 200))
     refer.add_ann(201, 2, [rectangle(400, 300, 500, 380)], box_mask(shape, 400, 300, 500, 380))
-    refer.add_ref(2, 200, ['Cup on the LEFT side.'])  # lower-cased in the question, .capitalize()d, '.' kept
+    # lower-cased in the question, .capitalize()d, '.' kept
+    refer.add_ref(2, 200, ['Cup on the LEFT side.'])
     refer.add_ref(2, 201, ['saucer in the bottom right', '  '])  # the blank sentence is not used
 
     # image 3: chelsea, one ref pointing at two annotations (union)
@@ -164,13 +172,17 @@ def check_item(item, tokenizer, refer, original_size, turns):
     assert (item['input_ids'] == seg_id).sum() == turns == (item['labels'] == seg_id).sum()
     assert (item['input_ids'] == IMAGE_TOKEN_INDEX).sum() == 1
     geometry = SquareGeometry(original_size, SIZE)
-    prompt = tokenizer.decode([i for i, lab in zip(item['input_ids'].tolist(), item['labels'].tolist())
+    prompt = tokenizer.decode([i
+                               for i, lab in zip(item['input_ids'].tolist(),
+                                                 item['labels'].tolist())
                                if lab == IGNORE_INDEX and i >= 0])
     for sentence, mask in zip(sentences, item['masks']):
         assert sentence == sentence.lower().capitalize()
         source = sentence.lower()
         assert source in prompt  # the question names the object lower-cased
-        expected = geometry.masks_to_input(torch.from_numpy(refer.sentence_to_mask[source])[None])[0]
+        expected = geometry.masks_to_input(torch.from_numpy(refer.sentence_to_mask[source])[None])[
+            0
+        ]
         assert torch.equal(mask, expected.to(torch.uint8))
     assert len(set(sentences)) == turns  # distinct sentences per conversation
     return sentences
@@ -194,7 +206,8 @@ def test_voc_image_three_turns_with_their_masks(refer, tokenizer):
 def test_polygons_and_sentence_cleaning(refer, tokenizer):
     item = make(refer, tokenizer)[1]
     sentences = check_item(item, tokenizer, refer[1], skdata.coffee().shape[:2], turns=2)
-    assert sentences == ['Cup on the left side.', 'Saucer in the bottom right']  # fewer than 3: all, in order
+    # fewer than 3: all, in order
+    assert sentences == ['Cup on the left side.', 'Saucer in the bottom right']
 
 
 def test_ref_with_several_annotations_gets_their_union(refer, tokenizer):
@@ -211,9 +224,10 @@ def test_num_turns(refer, tokenizer):
 def test_malformed_rows_are_skipped_and_counted(refer, tokenizer):
     ds = make(refer, tokenizer)
     for index in (3, 4, 5, 6):
-        assert torch.equal(ds[index]['input_ids'], ds[0]['input_ids'])  # falls through to row 0 (wraps)
-    assert ds.skipped == {'image not found': 1, 'bad polygon segmentation': 2, 'no referring sentence': 3,
-                          'unknown annotation': 4}
+        # falls through to row 0 (wraps)
+        assert torch.equal(ds[index]['input_ids'], ds[0]['input_ids'])
+    assert ds.skipped == {'image not found': 1, 'bad polygon segmentation': 2,
+                          'no referring sentence': 3, 'unknown annotation': 4}
 
 
 def test_conversations_are_fixed_per_row_by_the_seed(refer, tokenizer):
@@ -221,7 +235,8 @@ def test_conversations_are_fixed_per_row_by_the_seed(refer, tokenizer):
     for index in range(3):
         assert torch.equal(a[index]['input_ids'], b[index]['input_ids'])
         assert torch.equal(a[index]['input_ids'], a[index]['input_ids'])
-    picks = {tuple(referred_sentences(make(refer, tokenizer, seed=seed)[0], tokenizer)) for seed in range(4)}
+    picks = {tuple(referred_sentences(make(refer, tokenizer, seed=seed)[0], tokenizer))
+             for seed in range(4)}
     assert len(picks) > 1
 
 
@@ -229,13 +244,15 @@ def test_questions_come_from_the_templates(refer, tokenizer):
     ds = make(refer, tokenizer)
     conversation = ds.build_conversation(ds.records[0], random.Random(0))
     for turn in conversation.turns:
-        assert any(re.fullmatch(re.escape(t).replace(re.escape('{class_name}'), '.+'), turn.question)
+        assert any(re.fullmatch(re.escape(t).replace(re.escape('{class_name}'), '.+'),
+                                turn.question)
                    for t in REFERRING_SEG_QUESTIONS)
 
 
 def test_refs_pickle_with_code_references_is_refused(tmp_path):
     path = tmp_path / 'refs(unc).p'
-    path.write_bytes(pickle.dumps([dict(image_id=1, ann_id=1, split='train', sentences=[], extra=Fraction(1, 2))]))
+    path.write_bytes(pickle.dumps([dict(image_id=1, ann_id=1, split='train', sentences=[],
+                                        extra=Fraction(1, 2))]))
     with pytest.raises(ValueError, match='refusing to load.*fractions.Fraction'):
         load_refs(path)
 
@@ -259,7 +276,8 @@ def test_missing_files_and_empty_split(refer, tokenizer):
 
 
 def one_image_refer(tmp_path, refs):
-    """A REFER folder (refs pickled as REFER ships them) with the coffee photo and two box annotations."""
+    """A REFER folder (refs pickled as REFER ships them) with the coffee photo and two box
+    annotations."""
     shape = skdata.coffee().shape[:2]
     (tmp_path / 'images').mkdir()
     Image.fromarray(skdata.coffee()).save(tmp_path / 'images' / 'COCO_train2014_000000000001.jpg')
@@ -274,9 +292,11 @@ def one_image_refer(tmp_path, refs):
 
 
 def test_reference_sampling_draws_three_of_all_sentences(tmp_path, tokenizer):
-    """The released sampling: 3 sentences drawn from all sentences of the image (so one object may come twice),
-    each turn answered with its ref's mask; 'refs' sampling takes one sentence of each distinct ref instead."""
-    refer = one_image_refer(tmp_path, [(10, ['the white cup.', 'A Cup On A Saucer', 'cup at the left']),
+    """The released sampling: 3 sentences drawn from all sentences of the image (so one object may
+    come twice), each turn answered with its ref's mask; 'refs' sampling takes one sentence of each
+    distinct ref instead."""
+    refer = one_image_refer(tmp_path,
+                            [(10, ['the white cup.', 'A Cup On A Saucer', 'cup at the left']),
                                        (11, ['the small saucer'])])
     args = dict(dataset='refcocog', split_by='umd', image_size=SIZE, max_length=1024)
     ds = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, **args)
@@ -291,22 +311,32 @@ def test_reference_sampling_draws_three_of_all_sentences(tmp_path, tokenizer):
             seen.add(sentence)
         if len({m.sum() for m in conversation.masks}) == 1:
             seen.add('three turns on the cup')
-    assert {'The white cup.', 'A cup on a saucer', 'The small saucer', 'three turns on the cup'} <= seen
-    per_ref = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, sampling='refs', **args)
+    assert {'The white cup.', 'A cup on a saucer', 'The small saucer',
+            'three turns on the cup'} <= seen
+    per_ref = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, sampling='refs',
+                              **args)
     conversation = per_ref.build_conversation(per_ref.records[0], random.Random(0))
-    assert len(conversation.turns) == 2 and conversation.masks[0].sum() != conversation.masks[1].sum()
+    assert (len(conversation.turns) == 2
+            and conversation.masks[0].sum() != conversation.masks[1].sum())
 
 
 def test_plain_answers_and_own_questions(tmp_path, tokenizer):
     one_image_refer(tmp_path, [(10, ['the cup'])])
     args = dict(dataset='refcocog', split_by='umd', image_size=SIZE, max_length=1024)
-    plain = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, gcg_format=False, **args)
-    answers = {plain.build_conversation(plain.records[0], random.Random(s)).turns[0].answer for s in range(40)}
+    plain = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, gcg_format=False,
+                            **args)
+    answers = {plain.build_conversation(plain.records[0], random.Random(s)).turns[0].answer
+               for s in range(40)}
     assert answers == set(SEG_ANSWERS)
-    own = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, questions=['Find {class_name}!'],
-                          **args)
-    assert own.build_conversation(own.records[0], random.Random(0)).turns[0].question == 'Find the cup!'
+    own = ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer,
+                          questions=['Find {class_name}!'], **args)
+    assert (
+        own.build_conversation(own.records[0], random.Random(0)).turns[0].question
+        == 'Find the cup!'
+    )
     with pytest.raises(ValueError, match='class_name'):
-        ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, questions=['Find {sentence}'], **args)
+        ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer,
+                        questions=['Find {sentence}'], **args)
     with pytest.raises(ValueError, match='sampling'):
-        ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, sampling='images', **args)
+        ReferSegDataset(str(tmp_path), str(tmp_path / 'images'), tokenizer, sampling='images',
+                        **args)

@@ -1,4 +1,5 @@
-"""SemanticSegDataset on ADE20K- and COCO-Stuff-style folders written at test time (VOC photo and labels)."""
+"""SemanticSegDataset on ADE20K- and COCO-Stuff-style folders written at test time (VOC photo and
+labels)."""
 import json
 import random
 import re
@@ -23,7 +24,8 @@ VOC_NAMES = VOC['class_names']  # 'background', 'aeroplane', ...
 VOC_LABEL = VOC['class_label']  # (375, 500): 0, 5 bottle, 9 chair, 11 diningtable, 15 person
 # COCO-Stuff class file: numbered by COCO id, pixels hold id − 1, 255 unlabeled
 COCOSTUFF_TXT = '0: unlabeled\n1: person\n2: bicycle\n3: car\n4: chair\n5: bottle\n6: wall-other\n'
-VOC_TO_COCOSTUFF_PIXEL = {15: 0, 9: 3, 5: 4, 11: 5}  # person, chair, bottle, diningtable → wall-other
+# person, chair, bottle, diningtable → wall-other
+VOC_TO_COCOSTUFF_PIXEL = {15: 0, 9: 3, 5: 4, 11: 5}
 
 
 @pytest.fixture(scope='module')
@@ -64,7 +66,8 @@ def ade(tmp_path_factory):
 @pytest.fixture(scope='module')
 def cocostuff(tmp_path_factory):
     root = tmp_path_factory.mktemp('cocostuff')
-    images, labels = root / 'coco2017' / 'train2017', root / 'stuffthingmaps_trainval2017' / 'train2017'
+    images, labels = (root / 'coco2017' / 'train2017',
+                      root / 'stuffthingmaps_trainval2017' / 'train2017')
     label = np.full(VOC_LABEL.shape, 255, np.uint8)
     for voc_class, pixel in VOC_TO_COCOSTUFF_PIXEL.items():
         label[VOC_LABEL == voc_class] = pixel
@@ -81,7 +84,8 @@ def cocostuff(tmp_path_factory):
 
 def make(folders, tokenizer, **kwargs):
     images, labels, classes = folders
-    return SemanticSegDataset(str(images), str(labels), str(classes), tokenizer, image_size=SIZE, **kwargs)
+    return SemanticSegDataset(str(images), str(labels), str(classes), tokenizer, image_size=SIZE,
+                              **kwargs)
 
 
 def answered_class(item, tokenizer):
@@ -92,7 +96,8 @@ def answered_class(item, tokenizer):
 
 
 def check_item(item, tokenizer, label, name_to_pixel):
-    """The answer names a class present in ``label`` and the mask is that class's pixels after pad/resize."""
+    """The answer names a class present in ``label`` and the mask is that class's pixels after
+    pad/resize."""
     name = answered_class(item, tokenizer)
     assert name[0].isupper()
     pixel = name_to_pixel[name[0].lower() + name[1:]]
@@ -110,7 +115,8 @@ def test_ade20k_one_class_of_the_label_map_per_item(ade, tokenizer):
     for seed in range(12):
         item = make(ade, tokenizer, seed=seed)[0]
         picked.add(check_item(item, tokenizer, VOC_LABEL, ade_pixel))
-    assert picked == {'Bottle', 'Chair', 'Diningtable', 'Person'}  # label 0 ("other") is never asked for
+    # label 0 ("other") is never asked for
+    assert picked == {'Bottle', 'Chair', 'Diningtable', 'Person'}
     item = make(ade, tokenizer)[1]
     astronaut = np.asarray(Image.open(ade[1] / 'ADE_train_00000002.png'))
     assert check_item(item, tokenizer, astronaut, ade_pixel) in {'Bird', 'Car'}
@@ -119,11 +125,13 @@ def test_ade20k_one_class_of_the_label_map_per_item(ade, tokenizer):
 def test_cocostuff_labels_and_hyphenated_classes(cocostuff, tokenizer):
     label = np.asarray(Image.open(cocostuff[1] / '000000000009.png'))
     pixel = {'person': 0, 'chair': 3, 'bottle': 4}
-    picked = {check_item(make(cocostuff, tokenizer, kind='cocostuff', seed=seed)[0], tokenizer, label, pixel)
+    picked = {check_item(make(cocostuff, tokenizer, kind='cocostuff', seed=seed)[0], tokenizer,
+                         label, pixel)
               for seed in range(10)}
     assert picked == {'Person', 'Chair', 'Bottle'}  # wall-other and 255 never
     ds = make(cocostuff, tokenizer, kind='cocostuff')
-    assert torch.equal(ds[1]['input_ids'], ds[0]['input_ids'])  # only wall-other: skipped, wraps to row 0
+    # only wall-other: skipped, wraps to row 0
+    assert torch.equal(ds[1]['input_ids'], ds[0]['input_ids'])
     assert ds.skipped == {'no usable class': 1}
 
 
@@ -144,10 +152,12 @@ def test_length_list_has_one_entry_per_image(ade, tokenizer):
 
 def test_deterministic_per_row_and_templates(ade, tokenizer):
     a, b = make(ade, tokenizer, seed=5), make(ade, tokenizer, seed=5)
-    assert torch.equal(a[0]['input_ids'], b[0]['input_ids']) and torch.equal(a[1]['masks'], b[1]['masks'])
+    assert torch.equal(a[0]['input_ids'], b[0]['input_ids']) and torch.equal(a[1]['masks'],
+                                                                             b[1]['masks'])
     conversation = a.build_conversation(a.records[0], random.Random(1))
     (turn, ) = conversation.turns
-    patterns = [re.escape(t).replace(re.escape('{class_name}'), '(.+)') for t in SEMANTIC_SEG_QUESTIONS]
+    patterns = [re.escape(t).replace(re.escape('{class_name}'), '(.+)')
+                for t in SEMANTIC_SEG_QUESTIONS]
     assert any(re.fullmatch(p, turn.question) for p in patterns)
 
 
@@ -176,15 +186,18 @@ def test_bad_arguments(ade, tokenizer, tmp_path):
 
 
 def test_class_written_as_the_reference_and_plain_answers(ade, tokenizer, tmp_path):
-    """The question names the class lower-cased, the GCG-format answer `.lower().capitalize()`s it; with
-    gcg_format=False the answer is one of the released plain answers."""
+    """The question names the class lower-cased, the GCG-format answer `.lower().capitalize()`s it;
+    with gcg_format=False the answer is one of the released plain answers."""
     images, labels, _ = ade
     names = [n.upper() for n in VOC_NAMES[1:]]  # upper-case names: 'BIRD', 'CAR', ...
-    ds = SemanticSegDataset(str(images), str(labels), names, tokenizer, kind='ade20k', image_size=SIZE)
+    ds = SemanticSegDataset(str(images), str(labels), names, tokenizer, kind='ade20k',
+                            image_size=SIZE)
     (turn, ) = ds.build_conversation(ds.records[1], random.Random(0)).turns
     name = re.fullmatch(r'<p> (.*) </p> \[SEG\]\.', turn.answer).group(1)
-    assert name in ('Bird', 'Car') and name.lower() in turn.question and name.upper() not in turn.question
-    plain = SemanticSegDataset(str(images), str(labels), names, tokenizer, kind='ade20k', image_size=SIZE,
-                               gcg_format=False)
-    answers = {plain.build_conversation(plain.records[1], random.Random(s)).turns[0].answer for s in range(40)}
+    assert (name in ('Bird', 'Car') and name.lower() in turn.question
+            and name.upper() not in turn.question)
+    plain = SemanticSegDataset(str(images), str(labels), names, tokenizer, kind='ade20k',
+                               image_size=SIZE, gcg_format=False)
+    answers = {plain.build_conversation(plain.records[1], random.Random(s)).turns[0].answer
+               for s in range(40)}
     assert answers == set(SEG_ANSWERS)

@@ -1,5 +1,6 @@
-"""`xtuner train` end to end on CPU with the tiny configs and the tiny real data set: the loss falls, checkpoints
-are written, `--resume` continues, the checkpoint converts to the released layout and the chat loads it."""
+"""`xtuner train` end to end on CPU with the tiny configs and the tiny real data set: the loss
+falls, checkpoints are written, `--resume` continues, the checkpoint converts to the released layout
+and the chat loads it."""
 from __future__ import annotations
 
 import json
@@ -27,7 +28,8 @@ def workspace(tmp_path_factory) -> Path:
 def train(workspace: Path, config: Path, work_dir: str, *extra: str, env: dict | None = None,
           entry_point: bool = False) -> subprocess.CompletedProcess:
     cmd = [str(XTUNER), 'train'] if entry_point else [sys.executable, '-m', 'xtuner.tools.train']
-    return subprocess.run(cmd + [str(config), '--work-dir', work_dir, *extra], cwd=workspace, capture_output=True,
+    return subprocess.run(cmd + [str(config), '--work-dir', work_dir, *extra], cwd=workspace,
+                          capture_output=True,
                           text=True, timeout=600, env=dict(os.environ, **(env or {})))
 
 
@@ -35,7 +37,8 @@ def logged(work_dir: Path, key: str) -> list[float]:
     """Values of ``key`` in the runs' scalars.json, in order."""
     values = []
     for scalars in sorted(work_dir.glob('*/vis_data/scalars.json')):
-        values += [json.loads(line)[key] for line in scalars.read_text().splitlines() if key in line]
+        values += [json.loads(line)[key] for line in scalars.read_text().splitlines()
+                   if key in line]
     return values
 
 
@@ -50,8 +53,9 @@ def test_finetune_trains_saves_resumes_and_converts(workspace):
     assert (work / 'eval_chat' / 'iter_40' / 'answers.json').is_file()  # the evaluate-chat hook ran
     assert 'train dataset: 94 samples' in run.stdout + run.stderr  # the dataset-info hook
 
-    # --resume continues from iteration 20 under torch's safe loader: omg_llava.engine allows exactly the types
-    # mmengine's checkpoints hold (docs/training.md), so no TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
+    # --resume continues from iteration 20 under torch's safe loader: omg_llava.engine allows
+    # exactly the types mmengine's checkpoints hold (docs/training.md), so no
+    # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
     assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ
     resumed = train(workspace, TINY_CONFIG, 'work', '--resume', 'work/iter_20.pth')
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -60,8 +64,8 @@ def test_finetune_trains_saves_resumes_and_converts(workspace):
 
     # training output → released layout → chat
     out = workspace / 'tiny_finetune.pth'
-    assert load_tool('convert_to_pth').main([str(TINY_CONFIG), str(work / 'iter_40.pth'), '--save-path', str(out),
-                                             '--trust-checkpoint']) == 0
+    assert load_tool('convert_to_pth').main([str(TINY_CONFIG), str(work / 'iter_40.pth'),
+                                             '--save-path', str(out), '--trust-checkpoint']) == 0
     from omg_llava.inference.chat import OMGLLaVAChat
     chat, notes = OMGLLaVAChat.from_config(str(TINY_CONFIG), pth=str(out))
     assert any(str(out) in n for n in notes)
@@ -70,7 +74,8 @@ def test_finetune_trains_saves_resumes_and_converts(workspace):
 
 
 def test_pretrain_trains_the_alignment(workspace):
-    run = train(workspace, TINY_PRETRAIN_CONFIG, 'work_pretrain', '--cfg-options', 'train_cfg.max_iters=6',
+    run = train(workspace, TINY_PRETRAIN_CONFIG, 'work_pretrain', '--cfg-options',
+                'train_cfg.max_iters=6',
                 'default_hooks.logger.interval=2', 'default_hooks.checkpoint.interval=6')
     assert run.returncode == 0, run.stderr[-3000:]
     proj = logged(workspace / 'work_pretrain', 'loss_proj')
@@ -79,8 +84,8 @@ def test_pretrain_trains_the_alignment(workspace):
 
 
 def test_xtuner_entry_point_trains_too(workspace):
-    """`xtuner train` (whose exit status is always 0, hence the file checks). The entry point starts the `python`
-    found on PATH, so the environment must be activated, as a user's shell would be."""
+    """`xtuner train` (whose exit status is always 0, hence the file checks). The entry point starts
+    the `python` found on PATH, so the environment must be activated, as a user's shell would be."""
     activated = {'PATH': f'{XTUNER.parent}{os.pathsep}{os.environ.get("PATH", "")}'}
     train(workspace, TINY_CONFIG, 'work_cli', '--cfg-options', 'train_cfg.max_iters=2',
           'default_hooks.checkpoint.interval=2', env=activated, entry_point=True)

@@ -1,5 +1,5 @@
-"""The toy regression data with unusable rows, for the skipped-row hook tests (its own module, so that the
-subprocess runs of ``toy_regression`` do not import the datasets package)."""
+"""The toy regression data with unusable rows, for the skipped-row hook tests (its own module, so
+that the subprocess runs of ``toy_regression`` do not import the datasets package)."""
 from omg_llava.datasets.base import SkippingDataset
 from omg_llava.datasets.sample import MalformedSample
 
@@ -7,8 +7,8 @@ from toy_regression import ToyRegressionDataset
 
 
 class FlakyRegressionDataset(SkippingDataset):
-    """:class:`ToyRegressionDataset` whose rows in ``bad`` cannot be used: odd ones raise :class:`MalformedSample`,
-    even ones a ``TypeError`` (a number where a string belongs)."""
+    """:class:`ToyRegressionDataset` whose rows in ``bad`` cannot be used: odd ones raise
+    :class:`MalformedSample`, even ones a ``TypeError`` (a number where a string belongs)."""
 
     def __init__(self, bad=(1, 6, 11)) -> None:
         super().__init__()

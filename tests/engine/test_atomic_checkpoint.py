@@ -1,6 +1,7 @@
-"""AtomicCheckpointHook and omg_llava.utils.atomic: a kill or an error at any moment of a save leaves a complete
-checkpoint named in ``last_checkpoint``, and ``--resume`` continues from it; mmengine's own hook, killed while
-writing with ``max_keep_ckpts=1``, leaves nothing to resume (the loss this hook fixes)."""
+"""AtomicCheckpointHook and omg_llava.utils.atomic: a kill or an error at any moment of a save
+leaves a complete checkpoint named in ``last_checkpoint``, and ``--resume`` continues from it;
+mmengine's own hook, killed while writing with ``max_keep_ckpts=1``, leaves nothing to resume (the
+loss this hook fixes)."""
 from __future__ import annotations
 
 import os
@@ -14,15 +15,16 @@ from mmengine.runner import Runner
 
 import omg_llava.engine.hooks.atomic_checkpoint_hook as hook_module
 from omg_llava.engine.hooks import AtomicCheckpointHook
-from omg_llava.utils.atomic import (atomic_path, atomic_save, atomic_write_text, publish, remove_stale_temporaries,
-                                    temporary_path)
+from omg_llava.utils.atomic import (atomic_path, atomic_save, atomic_write_text, publish,
+                                    remove_stale_temporaries, temporary_path)
 
 from conftest import REPO_ROOT
 
 HERE = Path(__file__).parent
 
-#: A run of the toy regression that saves every 2 iterations keeping 1 checkpoint, and dies (os._exit, as a
-#: SIGKILL: no cleanup, no exception handler) halfway through writing the checkpoint of iteration KILL_AT.
+#: A run of the toy regression that saves every 2 iterations keeping 1 checkpoint, and dies
+#: (os._exit, as a SIGKILL: no cleanup, no exception handler) halfway through writing the checkpoint
+#: of iteration KILL_AT.
 SCRIPT = '''
 import os, sys
 from mmengine.fileio import LocalBackend
@@ -30,8 +32,8 @@ from mmengine.runner import Runner
 from toy_regression import ToyRegression, ToyRegressionDataset
 from omg_llava.engine.hooks import AtomicCheckpointHook
 
-hook, work_dir, kill_at, max_iters, resume = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), \\
-    sys.argv[5] == 'resume'
+hook, work_dir = sys.argv[1], sys.argv[2]
+kill_at, max_iters, resume = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == 'resume'
 put = LocalBackend.put
 
 def dying_put(self, data, filepath):
@@ -45,25 +47,31 @@ LocalBackend.put = dying_put
 runner = Runner(
     model=dict(type=ToyRegression), work_dir=work_dir, experiment_name=f'run_{os.getpid()}',
     train_dataloader=dict(dataset=dict(type=ToyRegressionDataset), batch_size=4, num_workers=0,
-                          sampler=dict(type='DefaultSampler', shuffle=False), collate_fn=dict(type='default_collate')),
+                          sampler=dict(type='DefaultSampler', shuffle=False),
+                          collate_fn=dict(type='default_collate')),
     train_cfg=dict(by_epoch=False, max_iters=max_iters),
     optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1)),
-    default_hooks=dict(checkpoint=dict(type=AtomicCheckpointHook if hook == 'atomic' else 'CheckpointHook',
-                                       interval=2, by_epoch=False, max_keep_ckpts=1)),
+    default_hooks=dict(checkpoint=dict(
+        type=AtomicCheckpointHook if hook == 'atomic' else 'CheckpointHook',
+        interval=2, by_epoch=False, max_keep_ckpts=1)),
     resume=resume, randomness=dict(seed=0), visualizer=dict(type='Visualizer'))
 runner.train()
 print('finished at iteration', runner.iter)
 '''
 
 
-def run(tmp_path: Path, hook: str, kill_at: int, max_iters: int, resume: bool = False) -> subprocess.CompletedProcess:
+def run(tmp_path: Path, hook: str, kill_at: int, max_iters: int,
+        resume: bool = False) -> subprocess.CompletedProcess:
     script = tmp_path / 'train_toy.py'
     script.write_text(SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]),
-               OMP_NUM_THREADS='1', TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')  # our own checkpoints: trusted
-    command = [sys.executable, str(script), hook, str(tmp_path / 'work'), str(kill_at), str(max_iters),
-               'resume' if resume else 'fresh']
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]),
+               # our own checkpoints: trusted
+               OMP_NUM_THREADS='1', TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
+    command = [sys.executable, str(script), hook, str(tmp_path / 'work'), str(kill_at),
+               str(max_iters), 'resume' if resume else 'fresh']
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=300)
 
 
 def last_checkpoint(work: Path) -> Path:
@@ -75,11 +83,13 @@ def load(path: Path) -> dict:
 
 
 def test_mmengine_hook_killed_mid_save_leaves_nothing_to_resume(tmp_path):
-    """The failure this hook exists for (issue 25 item 1), reproduced with mmengine's CheckpointHook."""
+    """The failure this hook exists for (issue 25 item 1), reproduced with mmengine's
+    CheckpointHook."""
     killed = run(tmp_path, 'mmengine', kill_at=6, max_iters=8)
     assert killed.returncode == 137, killed.stderr[-2000:]
     work = tmp_path / 'work'
-    assert not last_checkpoint(work).exists()  # names iter_4.pth, deleted before iter_6.pth was written
+    # names iter_4.pth, deleted before iter_6.pth was written
+    assert not last_checkpoint(work).exists()
     assert sorted(p.name for p in work.glob('*.pth')) == ['iter_6.pth']
     with pytest.raises(Exception):  # the half-written file is all that is left
         load(work / 'iter_6.pth')
@@ -92,7 +102,8 @@ def test_atomic_hook_killed_mid_save_keeps_the_last_checkpoint_and_resumes(tmp_p
     named = last_checkpoint(work)
     assert named == work / 'iter_4.pth'
     assert load(named)['meta']['iter'] == 4  # complete and loadable
-    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_4.pth']  # iter_6 never took the name
+    # iter_6 never took the name
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_4.pth']
     assert len(list(work.glob('.iter_6.pth.*.tmp'))) == 1  # the unfinished temporary
 
     resumed = run(tmp_path, 'atomic', kill_at=0, max_iters=8, resume=True)
@@ -102,7 +113,8 @@ def test_atomic_hook_killed_mid_save_keeps_the_last_checkpoint_and_resumes(tmp_p
     assert 'the unfinished save of an interrupted run' in log
     assert not list(work.glob('.*.tmp'))
     assert last_checkpoint(work) == work / 'iter_8.pth'
-    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_8.pth']  # max_keep_ckpts=1 still holds
+    # max_keep_ckpts=1 still holds
+    assert sorted(p.name for p in work.glob('*.pth')) == ['iter_8.pth']
     assert load(work / 'iter_8.pth')['message_hub']['runtime_info']['keep_ckpt_ids'] == [8]
 
 
@@ -111,9 +123,10 @@ class Interrupted(Exception):
 
 
 @pytest.mark.parametrize('stage', ['write', 'publish', 'last_checkpoint', 'delete'])
-def test_an_error_at_any_step_of_a_save_leaves_a_loadable_last_checkpoint(tmp_path, monkeypatch, stage):
-    """Each step of the save raises in turn (the third save, at iteration 6): what last_checkpoint names exists
-    and loads, and it is the newest checkpoint whose save got past the rename."""
+def test_an_error_at_any_step_of_a_save_leaves_a_loadable_last_checkpoint(tmp_path, monkeypatch,
+                                                                          stage):
+    """Each step of the save raises in turn (the third save, at iteration 6): what last_checkpoint
+    names exists and loads, and it is the newest checkpoint whose save got past the rename."""
     from toy_regression import ToyRegression, ToyRegressionDataset
     targets = dict(write=(Runner, 'save_checkpoint'), publish=(hook_module, 'publish'),
                    last_checkpoint=(hook_module, 'atomic_write_text'),
@@ -142,8 +155,8 @@ def test_an_error_at_any_step_of_a_save_leaves_a_loadable_last_checkpoint(tmp_pa
         randomness=dict(seed=0))
     with pytest.raises(Interrupted):
         runner.train()
-    # the third deletion comes in iteration 8's save, after its rename and last_checkpoint; the other steps
-    # fail in iteration 6's save
+    # the third deletion comes in iteration 8's save, after its rename and last_checkpoint; the
+    # other steps fail in iteration 6's save
     expected = {'write': 4, 'publish': 4, 'last_checkpoint': 4, 'delete': 8}[stage]
     named = last_checkpoint(work)
     assert named == work / f'iter_{expected}.pth'
@@ -159,19 +172,23 @@ def test_atomic_helpers_publish_whole_files_only(tmp_path):
     with pytest.raises(Interrupted), atomic_path(target) as temporary:
         Path(temporary).write_bytes(b'half a file')
         raise Interrupted
-    assert torch.equal(torch.load(target, weights_only=True)['w'], torch.arange(3))  # old content kept
+    # old content kept
+    assert torch.equal(torch.load(target, weights_only=True)['w'], torch.arange(3))
     assert os.listdir(tmp_path) == ['weights.pth']  # temporary gone
 
     atomic_write_text(tmp_path / 'note.txt', 'iter_8.pth')
     assert (tmp_path / 'note.txt').read_text() == 'iter_8.pth'
-    assert Path(temporary_path(target)).parent == tmp_path  # same folder: the rename stays on one file system
+    # same folder: the rename stays on one file system
+    assert Path(temporary_path(target)).parent == tmp_path
 
 
 def test_stale_temporaries_of_dead_writers_only_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                          capture_output=True, text=True)
     stale = tmp_path / f'.iter_6.pth.{int(dead.stdout)}.tmp'
     stale.write_bytes(b'x')
-    live = Path(temporary_path(tmp_path / 'iter_8.pth'))  # this process's own temporary: still being written
+    # this process's own temporary: still being written
+    live = Path(temporary_path(tmp_path / 'iter_8.pth'))
     live.write_bytes(b'y')
     keep = tmp_path / 'iter_4.pth'
     keep.write_bytes(b'z')
@@ -194,7 +211,8 @@ def test_every_config_saves_atomically_and_reports_skipped_rows(config):
 
 
 def test_a_checkpoint_folder_is_published_whole(tmp_path):
-    """DeepSpeed saves a folder per checkpoint (written by every rank under the main process's temporary name)."""
+    """DeepSpeed saves a folder per checkpoint (written by every rank under the main process's
+    temporary name)."""
     target = tmp_path / 'iter_6.pth'
     for content in ('first', 'second'):  # the second publish replaces a folder already there
         temporary = Path(temporary_path(target, pid=12345))

@@ -1,4 +1,5 @@
-"""Training checkpoint → released-format .pth: mmengine files, a real DeepSpeed ZeRO-2 folder, flat dicts."""
+"""Training checkpoint → released-format .pth: mmengine files, a real DeepSpeed ZeRO-2 folder, flat
+dicts."""
 from __future__ import annotations
 
 import os
@@ -14,8 +15,8 @@ from mmengine.logging import HistoryBuffer
 from torch import nn
 
 from omg_llava.checkpoint import CheckpointError, CheckpointMismatchError
-from omg_llava.engine.convert import (DEEPSPEED_FOLDER, MMENGINE_FILE, checkpoint_stage, convert_checkpoint,
-                                      released_state_dict)
+from omg_llava.engine.convert import (DEEPSPEED_FOLDER, MMENGINE_FILE, checkpoint_stage,
+                                      convert_checkpoint, released_state_dict)
 from omg_llava.models.released_weights import load_released_checkpoint
 from omg_llava.registry import build_component
 
@@ -36,7 +37,8 @@ def build_tiny(tiny_cfg: Config, seed: int, **overrides) -> nn.Module:
 
 @pytest.fixture(scope='module')
 def trained_state(tiny_cfg) -> dict[str, torch.Tensor]:
-    """Every tensor of a tiny model (what mmengine's checkpoint holds), trainable ones changed at random."""
+    """Every tensor of a tiny model (what mmengine's checkpoint holds), trainable ones changed at
+    random."""
     model = build_tiny(tiny_cfg, seed=3)
     trainable = {k for k, p in model.named_parameters() if p.requires_grad}
     generator = torch.Generator().manual_seed(1)
@@ -49,10 +51,12 @@ def released_keys(tiny_cfg) -> list[str]:
     return list(build_tiny(tiny_cfg, seed=0).state_dict())
 
 
-def test_mmengine_checkpoint_converts_without_trust_other_pickles_need_it(tiny_cfg, trained_state, released_keys,
+def test_mmengine_checkpoint_converts_without_trust_other_pickles_need_it(tiny_cfg, trained_state,
+                                                                          released_keys,
                                                                          tmp_path, capsys):
-    """An mmengine checkpoint (HistoryBuffer in its message hub) loads with the safe unpickler and the types
-    omg_llava.engine allows; a file holding any other Python object still needs --trust-checkpoint."""
+    """An mmengine checkpoint (HistoryBuffer in its message hub) loads with the safe unpickler and
+    the types omg_llava.engine allows; a file holding any other Python object still needs
+    --trust-checkpoint."""
     import argparse
     out = tmp_path / 'released.pth'
     convert = load_tool('convert_to_pth').main
@@ -70,7 +74,8 @@ def test_mmengine_checkpoint_converts_without_trust_other_pickles_need_it(tiny_c
     assert convert([str(TINY_CONFIG), str(path), '--save-path', str(out)]) == 0
     summary = capsys.readouterr().out
     assert f'({MMENGINE_FILE})' in summary and '39 tensors, finetune (LoRA) checkpoint' in summary
-    assert f'{len(trained_state) - 39} checkpoint tensors outside the released key set were dropped' in summary
+    assert (f'{len(trained_state) - 39} checkpoint tensors outside the released key set were '
+            'dropped') in summary
 
     saved = torch.load(out, weights_only=True)
     assert list(saved) == released_keys and len(saved) == 39
@@ -87,12 +92,14 @@ def test_deepspeed_zero2_folder(tmp_path):
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, DS_ACCELERATOR='cpu', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK='0',
-               WORLD_SIZE='1', LOCAL_RANK='0', LOCAL_SIZE='1', CUDA_VISIBLE_DEVICES='')
+    env = dict(os.environ, DS_ACCELERATOR='cpu', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
+               RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', LOCAL_SIZE='1', CUDA_VISIBLE_DEVICES='')
     expected_path = tmp_path / 'expected.pt'
     work_dir = tmp_path / 'work_dir'
-    run = subprocess.run([sys.executable, str(ZERO_CHECKPOINT_SCRIPT), str(TINY_CONFIG), str(work_dir),
-                          str(expected_path)], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, str(ZERO_CHECKPOINT_SCRIPT), str(TINY_CONFIG),
+                          str(work_dir),
+                          str(expected_path)], env=env, cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     folder = work_dir / 'iter_1.pth'
     assert (folder / 'mp_rank_00_model_states.pt').is_file()
@@ -103,7 +110,8 @@ def test_deepspeed_zero2_folder(tmp_path):
     with pytest.raises(CheckpointError, match='not a DeepSpeed checkpoint'):
         convert_checkpoint(str(TINY_CONFIG), work_dir, tmp_path / 'out.pth', trust_checkpoint=True)
 
-    summary = convert_checkpoint(str(TINY_CONFIG), folder, tmp_path / 'out.pth', trust_checkpoint=True)
+    summary = convert_checkpoint(str(TINY_CONFIG), folder, tmp_path / 'out.pth',
+                                 trust_checkpoint=True)
     assert summary.container == DEEPSPEED_FOLDER and summary.stage == 'finetune (LoRA)'
     assert summary.kept_from_model == [] and summary.dropped == 0
     saved, expected = torch.load(tmp_path / 'out.pth', weights_only=True), torch.load(expected_path)
@@ -111,7 +119,8 @@ def test_deepspeed_zero2_folder(tmp_path):
     for key in saved:
         assert torch.equal(saved[key], expected[key]), key
 
-    (work_dir / 'latest').write_text('iter_1.pth')  # DeepSpeed's own layout: a `latest` file names the tag
+    # DeepSpeed's own layout: a `latest` file names the tag
+    (work_dir / 'latest').write_text('iter_1.pth')
     convert_checkpoint(str(TINY_CONFIG), work_dir, tmp_path / 'out2.pth', trust_checkpoint=True)
     assert all(torch.equal(v, expected[k]) for k, v in torch.load(tmp_path / 'out2.pth').items())
 
@@ -120,15 +129,18 @@ def test_missing_released_key_is_an_error_naming_it(trained_state, released_keys
     flat = {k: trained_state[k] for k in released_keys if k != 'projector.model.query_proj.weight'}
     path = tmp_path / 'flat.pth'
     torch.save(flat, path)
-    with pytest.raises(CheckpointMismatchError, match=r'missing from the file \(1\):\n\s+projector\.model\.query_proj'):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'missing from the file \(1\):\n\s+projector\.model\.query_proj'):
         convert_checkpoint(str(TINY_CONFIG), path, tmp_path / 'out.pth')
-    assert load_tool('convert_to_pth').main([str(TINY_CONFIG), str(path), '--save-path', str(tmp_path / 'o.pth')]) == 2
+    assert load_tool('convert_to_pth').main([str(TINY_CONFIG), str(path), '--save-path',
+                                             str(tmp_path / 'o.pth')]) == 2
     assert 'projector.model.query_proj.weight' in capsys.readouterr().err
 
     pretrain_like = {k: v for k, v in flat.items() if k.startswith('projector')}
     pretrain_like['llm.model.tok_embeddings.weight'] = torch.zeros(1005, 64)
     torch.save(pretrain_like, path)
-    with pytest.raises(CheckpointMismatchError, match='looks like a pretrain checkpoint.*builds a finetune'):
+    with pytest.raises(CheckpointMismatchError,
+                       match='looks like a pretrain checkpoint.*builds a finetune'):
         convert_checkpoint(str(TINY_CONFIG), path, tmp_path / 'out.pth')
 
 
@@ -136,7 +148,8 @@ def test_shape_mismatch_is_an_error(trained_state, released_keys, tmp_path):
     flat = {k: trained_state[k] for k in released_keys}
     flat['projector_text2vision.model.0.bias'] = torch.zeros(3)
     torch.save(flat, tmp_path / 'flat.pth')
-    with pytest.raises(CheckpointMismatchError, match=r'projector_text2vision\.model\.0\.bias: \[3\] vs'):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'projector_text2vision\.model\.0\.bias: \[3\] vs'):
         convert_checkpoint(str(TINY_CONFIG), tmp_path / 'flat.pth', tmp_path / 'out.pth')
 
 
@@ -156,7 +169,8 @@ def test_frozen_released_tensors_absent_from_a_zero_checkpoint_keep_the_built_va
 
 
 def test_cfg_options_rebuild_the_model_the_training_overrode(tiny_cfg, tmp_path, capsys):
-    """A run trained with --cfg-options (here a narrower LLM) converts only when the same options are given."""
+    """A run trained with --cfg-options (here a narrower LLM) converts only when the same options
+    are given."""
     override = {'model.llm.config.hidden_size': 32}
     cfg = Config.fromfile(str(TINY_CONFIG))
     cfg.merge_from_dict(override)
@@ -181,8 +195,10 @@ def test_save_path_that_is_an_input_is_refused_and_kept(trained_state, tmp_path,
     os.symlink(path, tmp_path / 'link.pth')
     before = path.read_bytes()
     convert = load_tool('convert_to_pth').main
-    for save_path in (path, tmp_path / 'link.pth', tmp_path / '..' / tmp_path.name / 'iter_100.pth'):
-        assert convert([str(TINY_CONFIG), str(path), '--save-path', str(save_path), '--trust-checkpoint']) == 2
+    for save_path in (path, tmp_path / 'link.pth',
+                      tmp_path / '..' / tmp_path.name / 'iter_100.pth'):
+        assert convert([str(TINY_CONFIG), str(path), '--save-path', str(save_path),
+                        '--trust-checkpoint']) == 2
         err = capsys.readouterr().err
         assert err.count('\n') == 1 and 'would overwrite the input' in err and '--save-path' in err
     assert path.read_bytes() == before
@@ -200,4 +216,5 @@ def test_converted_file_is_written_atomically(trained_state, tmp_path, monkeypat
     monkeypatch.setattr(torch, 'save', killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
         convert_checkpoint(str(TINY_CONFIG), path, out)
-    assert out.read_bytes() == b'the previous release' and os.listdir(tmp_path) == sorted(['flat.pth', 'released.pth'])
+    assert (out.read_bytes() == b'the previous release'
+            and os.listdir(tmp_path) == sorted(['flat.pth', 'released.pth']))

@@ -1,5 +1,6 @@
-"""CPUDataParallelRunner: `xtuner train` data-parallel over 2 CPU processes (torchrun + gloo) trains exactly what one
-process trains on the same batches; a non-gloo backend is refused with the fix named."""
+"""CPUDataParallelRunner: `xtuner train` data-parallel over 2 CPU processes (torchrun + gloo) trains
+exactly what one process trains on the same batches; a non-gloo backend is refused with the fix
+named."""
 import os
 import subprocess
 import sys
@@ -17,11 +18,12 @@ from toy_regression import ToyRegression, ToyRegressionDataset
 runner_type = CPUDataParallelRunner
 model = dict(type=ToyRegression)
 train_dataloader = dict(dataset=dict(type=ToyRegressionDataset), batch_size=8, num_workers=0,
-                        sampler=dict(type='DefaultSampler', shuffle=False), collate_fn=dict(type='default_collate'))
+                        sampler=dict(type='DefaultSampler', shuffle=False),
+                        collate_fn=dict(type='default_collate'))
 train_cfg = dict(type=TrainLoop, max_iters=6)
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1))
-default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=6, by_epoch=False), logger=None,
-                     param_scheduler=None)
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=6, by_epoch=False),
+                     logger=None, param_scheduler=None)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)
 visualizer = None
@@ -34,22 +36,26 @@ def train(tmp_path: Path, name: str, processes: int, *options: str) -> subproces
     launcher = [] if processes == 1 else ['-m', 'torch.distributed.run', '--standalone',
                                            f'--nproc_per_node={processes}']
     tail = [] if processes == 1 else ['--launcher', 'pytorch']
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]),
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]),
                OMP_NUM_THREADS='1')
-    command = [sys.executable, *launcher, '-m', 'xtuner.tools.train', str(config), *tail, '--work-dir',
-               str(tmp_path / name), *options]
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    command = [sys.executable, *launcher, '-m', 'xtuner.tools.train', str(config), *tail,
+               '--work-dir', str(tmp_path / name), *options]
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=300)
 
 
 def trained_weights(work_dir: Path) -> dict:
-    state = torch.load(work_dir / 'iter_6.pth', map_location='cpu', weights_only=False)['state_dict']
+    state = torch.load(work_dir / 'iter_6.pth', map_location='cpu',
+                       weights_only=False)['state_dict']
     return {k.removeprefix('module.'): v for k, v in state.items()}
 
 
 def test_two_cpu_processes_train_what_one_process_trains(tmp_path):
     single = train(tmp_path, 'single', 1)
     assert single.returncode == 0, single.stderr[-3000:]
-    # batch 8 in one process == batch 4 in each of 2 processes (DefaultSampler gives rank r the samples r::2)
+    # batch 8 in one process == batch 4 in each of 2 processes (DefaultSampler gives rank r the
+    # samples r::2)
     parallel = train(tmp_path, 'parallel', 2, '--cfg-options', 'train_dataloader.batch_size=4')
     assert parallel.returncode == 0, parallel.stderr[-3000:]
     assert 'Distributed training: True' in parallel.stdout + parallel.stderr

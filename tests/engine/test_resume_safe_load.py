@@ -1,5 +1,6 @@
-"""``--resume`` of an mmengine checkpoint under torch's safe loader (no TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD): exactly
-the types mmengine checkpoints hold are allowed (omg_llava.engine.checkpoint_types), nothing else."""
+"""``--resume`` of an mmengine checkpoint under torch's safe loader (no
+TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD): exactly the types mmengine checkpoints hold are allowed
+(omg_llava.engine.checkpoint_types), nothing else."""
 from __future__ import annotations
 
 import io
@@ -18,7 +19,8 @@ from omg_llava.engine.checkpoint_types import mmengine_checkpoint_types
 
 HERE = Path(__file__).parent
 
-#: the toy regression of test_atomic_checkpoint, checkpoint every 2 iterations, AdamW + two LR schedulers
+#: the toy regression of test_atomic_checkpoint, checkpoint every 2 iterations, AdamW + two LR
+#: schedulers
 SCRIPT = '''
 import sys
 if sys.argv[3] == 'plugin':
@@ -29,7 +31,8 @@ from toy_regression import ToyRegression, ToyRegressionDataset
 runner = Runner(
     model=dict(type=ToyRegression), work_dir=sys.argv[1], experiment_name='toy',
     train_dataloader=dict(dataset=dict(type=ToyRegressionDataset), batch_size=4, num_workers=0,
-                          sampler=dict(type='DefaultSampler', shuffle=False), collate_fn=dict(type='default_collate')),
+                          sampler=dict(type='DefaultSampler', shuffle=False),
+                          collate_fn=dict(type='default_collate')),
     train_cfg=dict(by_epoch=False, max_iters=int(sys.argv[2])),
     optim_wrapper=dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=0.1)),
     param_scheduler=[dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2),
@@ -41,14 +44,17 @@ print('finished at iteration', runner.iter)
 '''
 
 
-def train(tmp_path: Path, max_iters: int, plugin: bool, resume: bool) -> subprocess.CompletedProcess:
+def train(tmp_path: Path, max_iters: int, plugin: bool,
+          resume: bool) -> subprocess.CompletedProcess:
     script = tmp_path / 'train_toy.py'
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k != 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'}
-    env.update(PYTHONPATH=os.pathsep.join([str(HERE), env.get('PYTHONPATH', '')]), OMP_NUM_THREADS='1')
-    command = [sys.executable, str(script), str(tmp_path / 'work'), str(max_iters), 'plugin' if plugin else 'plain',
-               'resume' if resume else 'fresh']
-    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    env.update(PYTHONPATH=os.pathsep.join([str(HERE), env.get('PYTHONPATH', '')]),
+               OMP_NUM_THREADS='1')
+    command = [sys.executable, str(script), str(tmp_path / 'work'), str(max_iters),
+               'plugin' if plugin else 'plain', 'resume' if resume else 'fresh']
+    return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=300)
 
 
 @pytest.fixture(scope='module')
@@ -61,7 +67,8 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def no_safe_globals():
-    """torch's allow-list emptied for the test (importing omg_llava.engine filled it for this process)."""
+    """torch's allow-list emptied for the test (importing omg_llava.engine filled it for this
+    process)."""
     saved = torch.serialization.get_safe_globals()
     torch.serialization.clear_safe_globals()
     yield
@@ -71,7 +78,8 @@ def no_safe_globals():
 
 def test_the_checkpoint_needs_exactly_these_types(checkpoint, no_safe_globals):
     unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(checkpoint))
-    assert 'mmengine.logging.history_buffer.HistoryBuffer' in unsafe and 'builtins.getattr' in unsafe
+    assert ('mmengine.logging.history_buffer.HistoryBuffer' in unsafe
+            and 'builtins.getattr' in unsafe)
     with pytest.raises(pickle.UnpicklingError):  # what --resume met before
         torch.load(checkpoint, map_location='cpu', weights_only=True)
     with torch.serialization.safe_globals(mmengine_checkpoint_types()):
@@ -95,7 +103,10 @@ def test_any_other_getattr_is_refused(owner, name, no_safe_globals):
     buffer = io.BytesIO()
     torch.save({'meta': Smuggler()}, buffer)
     buffer.seek(0)
-    with torch.serialization.safe_globals(mmengine_checkpoint_types()), pytest.raises(pickle.UnpicklingError) as info:
+    with (
+        torch.serialization.safe_globals(mmengine_checkpoint_types()),
+        pytest.raises(pickle.UnpicklingError) as info,
+    ):
         torch.load(buffer, weights_only=True)
     assert f'refusing getattr({owner.__name__}, {name!r})' in str(info.value)
 
@@ -105,7 +116,8 @@ def test_resume_without_the_environment_variable(checkpoint, tmp_path):
     work.mkdir()
     (work / 'iter_2.pth').write_bytes(checkpoint.read_bytes())
     (work / 'last_checkpoint').write_text(str(work / 'iter_2.pth'))
-    plain = train(tmp_path, 4, plugin=False, resume=True)  # mmengine alone: torch's safe loader refuses it
+    # mmengine alone: torch's safe loader refuses it
+    plain = train(tmp_path, 4, plugin=False, resume=True)
     assert plain.returncode != 0 and 'Weights only load failed' in plain.stderr
     done = train(tmp_path, 4, plugin=True, resume=True)
     assert done.returncode == 0, done.stderr[-3000:]

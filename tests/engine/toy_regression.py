@@ -1,11 +1,13 @@
-"""A linear regression for runner tests, importable by configs run in a subprocess (``tests/engine`` on the path)."""
+"""A linear regression for runner tests, importable by configs run in a subprocess (``tests/engine``
+on the path)."""
 import torch
 from mmengine.model import BaseModel
 from torch.utils.data import Dataset
 
 
 class ToyRegressionDataset(Dataset):
-    """16 samples: inputs (3,) from a fixed generator, target = a fixed linear function plus the index."""
+    """16 samples: inputs (3,) from a fixed generator, target = a fixed linear function plus the
+    index."""
 
     def __init__(self) -> None:
         generator = torch.Generator().manual_seed(0)

@@ -8,7 +8,8 @@ from omg_llava.evaluation.captions import caption_metrics, find_java, ptb_tokeni
 REFERENCES = {1: ['A man rides a brown horse on the beach.', 'a person riding a horse'],
               2: ['Two dogs play with a red ball in the park.'],
               3: ['A plate of pasta next to a glass of wine.']}
-IDENTICAL = {1: 'A man rides a brown horse on the beach.', 2: 'Two dogs play with a red ball in the park.',
+IDENTICAL = {1: 'A man rides a brown horse on the beach.',
+             2: 'Two dogs play with a red ball in the park.',
              3: 'A plate of pasta next to a glass of wine.'}
 OTHER = {1: 'a cat sleeping', 2: 'a car', 3: ''}
 
@@ -40,7 +41,8 @@ def test_java_absent_from_path_is_a_documented_fallback(monkeypatch, tmp_path):
     monkeypatch.setenv('PATH', str(tmp_path))
     assert find_java() is None
     metrics = caption_metrics(REFERENCES, IDENTICAL)
-    assert metrics['METEOR'] is None and metrics['tokenizer'] == 'python' and metrics['BLEU-1'] == pytest.approx(1)
+    assert (metrics['METEOR'] is None and metrics['tokenizer'] == 'python'
+            and metrics['BLEU-1'] == pytest.approx(1))
 
 
 def test_predictions_need_references():
@@ -51,6 +53,7 @@ def test_predictions_need_references():
 
 @needs_java
 def test_meteor_with_java():
-    metrics = caption_metrics(REFERENCES, IDENTICAL)  # the one METEOR run of the suite (~15 s on 2 cores)
+    # the one METEOR run of the suite (~15 s on 2 cores)
+    metrics = caption_metrics(REFERENCES, IDENTICAL)
     assert metrics['tokenizer'] == 'ptb' and metrics['BLEU-1'] == pytest.approx(1.0)
     assert 0.95 < metrics['METEOR'] <= 1.0

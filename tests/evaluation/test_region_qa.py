@@ -1,4 +1,5 @@
-"""Closed region questions: manifest reading, prompts, answer parsing and accuracy with injected answers."""
+"""Closed region questions: manifest reading, prompts, answer parsing and accuracy with injected
+answers."""
 from __future__ import annotations
 
 import json
@@ -29,7 +30,8 @@ def root(tmp_path_factory):
     left[2:6, 1:5], right[6:10, 9:15] = True, True
     regions = [dict(segmentation=rle_of(left), colour='red', kind='circle'),
                dict(segmentation=rle_of(right), colour='blue', kind='square')]
-    manifest = dict(colours=COLOURS, kinds=KINDS, chance=dict(colour=0.5, kind=0.5, colour_kind=0.25),
+    manifest = dict(colours=COLOURS, kinds=KINDS,
+                    chance=dict(colour=0.5, kind=0.5, colour_kind=0.25),
                     images=[dict(image='a.jpg', height=12, width=16, regions=regions)])
     (root / 'region_questions_val.json').write_text(json.dumps(manifest))
     return root
@@ -39,7 +41,8 @@ def test_samples_prompts_and_masks(root):
     split = load_split('region_qa', str(root), 'unused', 'val')
     assert len(split.samples) == 2 * len(QUESTIONS)
     first = split.samples[0]
-    assert first['question'] == 'There are some regions: region1 <region>, region2 <region>.\nWhat is region1?'
+    assert first['question'] == ('There are some regions: region1 <region>, region2 '
+                                 '<region>.\nWhat is region1?')
     masks = split.region_masks(first)
     assert [m.sum() for m in masks] == [16, 24] and masks[0][2, 1] and masks[1][6, 9]
     assert question_prompt(1, 'Q?') == 'There are some regions: region1 <region>.\nQ?'
@@ -65,8 +68,10 @@ def test_accuracy_against_injected_answers(root, tmp_path):
 
     metrics = evaluate(split, predict, str(tmp_path), progress=False)
     assert metrics['accuracy_colour'] == 1.0 and metrics['accuracy_shape'] == 0.5
-    assert metrics['accuracy_what'] == 0.5 and metrics['chance_what'] == 0.25 and metrics['num_what'] == 2
-    records = [json.loads(line) for line in (tmp_path / 'predictions.jsonl').read_text().splitlines()]
+    assert (metrics['accuracy_what'] == 0.5 and metrics['chance_what'] == 0.25
+            and metrics['num_what'] == 2)
+    records = [json.loads(line)
+               for line in (tmp_path / 'predictions.jsonl').read_text().splitlines()]
     assert records[-1]['said_kind'] == 'circle' and records[-1]['correct'] is False
 
 

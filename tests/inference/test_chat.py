@@ -26,7 +26,8 @@ def chat() -> OMGLLaVAChat:
 def test_answer_with_one_mask_per_generated_seg(chat):
     chat.set_image(CAT)
     seg = chat.model.token_ids.seg
-    answer = chat.ask('Please segment the cat in this image.', max_new_tokens=3, sequence_bias={(seg, ): 100.0})
+    answer = chat.ask('Please segment the cat in this image.', max_new_tokens=3,
+                      sequence_bias={(seg, ): 100.0})
     assert answer.token_ids.count(seg) == 3 and len(answer.masks) == 3
     for mask in answer.masks:
         assert mask.shape == CAT.shape[:2] and mask.dtype == bool
@@ -38,7 +39,8 @@ def test_phrases_are_parsed_from_the_answer(chat):
     chat.set_image(CAT)
     ids = chat.tokenizer.encode('<p> cat </p> [SEG]', add_special_tokens=False)
 
-    def force_phrase(generated, scores):  # steer decoding through the phrase (a random model would not)
+    # steer decoding through the phrase (a random model would not)
+    def force_phrase(generated, scores):
         forced = torch.full_like(scores, -float('inf'))
         forced[:, ids[generated.shape[1]]] = 0.0
         return forced
@@ -61,32 +63,40 @@ def _forcing(ids):
 def _recording_prompts(chat, monkeypatch) -> list[list[int]]:
     prompts, generate = [], chat.model.generate
     monkeypatch.setattr(chat.model, 'generate',
-                        lambda input_ids, **kw: prompts.append(input_ids[0].tolist()) or generate(input_ids, **kw))
+                        lambda input_ids, **kw: prompts.append(input_ids[0].tolist())
+                        or generate(input_ids, **kw))
     return prompts
 
 
 def test_later_turns_see_exactly_the_generated_ids(chat, monkeypatch):
     chat.set_image(CAT)
     tok = chat.tokenizer
-    p, p_end, seg, at, im_end = tok.convert_tokens_to_ids(['<p>', '</p>', '[SEG]', 'at', '<|im_end|>'])
-    # 'at' without the word-start mark: decoded as '<p> at </p> [SEG]', it re-tokenises into '▁at', not 'at'
+    p, p_end, seg, at, im_end = tok.convert_tokens_to_ids(['<p>', '</p>', '[SEG]', 'at',
+                                                           '<|im_end|>'])
+    # 'at' without the word-start mark: decoded as '<p> at </p> [SEG]', it re-tokenises into '▁at',
+    # not 'at'
     generated = [p, at, p_end, seg, im_end]
     prompts = _recording_prompts(chat, monkeypatch)
     q1, q2, q3 = 'Please segment the cat in this image.', 'What is it doing?', 'And then?'
     first = chat.ask(q1, max_new_tokens=8, logits_processor=_forcing(generated))
     assert first.token_ids == generated and first.text == '<p> at </p> [SEG]'
-    second = chat.ask(q2, max_new_tokens=2, logits_processor=_forcing([at, at]))  # cut by max_new_tokens
+    # cut by max_new_tokens
+    second = chat.ask(q2, max_new_tokens=2, logits_processor=_forcing([at, at]))
     chat.ask(q3, max_new_tokens=1)
     turn1, turn2, turn3 = prompts
 
-    # turn 2 = turn-1 prompt + the turn-1 ids as generated (closing <|im_end|> included) + the template's
-    # separator and next prompt, as encode_conversation lays them out after a first answer
+    # turn 2 = turn-1 prompt + the turn-1 ids as generated (closing <|im_end|> included) + the
+    # template's separator and next prompt, as encode_conversation lays them out after a first
+    # answer
     layout = encode_conversation(tok, [Turn(q1, 'x'), Turn(q2)], with_image=True)
-    after_answer = layout.input_ids[max(i for i, label in enumerate(layout.labels) if label != -100) + 1:]
+    after_answer = layout.input_ids[max(i for i, label in enumerate(layout.labels)
+                                        if label != -100) + 1:]
     assert turn2 == turn1 + generated + after_answer
-    assert turn2[0] == tok.bos_token_id and turn2.count(tok.bos_token_id) == 1  # BOS once (the reference drops it)
+    # BOS once (the reference drops it)
+    assert turn2[0] == tok.bos_token_id and turn2.count(tok.bos_token_id) == 1
     # what the history held before (the decoded text, re-tokenised) is not what the model produced
-    retokenised = encode_conversation(tok, [Turn(q1, first.text), Turn(q2)], with_image=True).input_ids
+    retokenised = encode_conversation(tok, [Turn(q1, first.text), Turn(q2)],
+                                      with_image=True).input_ids
     assert retokenised[len(turn1):len(turn1) + 3] == [p, tok.convert_tokens_to_ids('▁at'), p_end]
 
     # an answer cut by max_new_tokens is closed by the template's suffix (encode('<|im_end|>'))
@@ -102,8 +112,10 @@ def test_visual_prompts_across_turns(chat):
     chat.ask('What is at <mark>?', points=[(200, 120)], max_new_tokens=2)
     region = np.zeros(CAT.shape[:2], dtype=bool)
     region[50:150, 100:300] = True
-    chat.ask('Compare <region> with <region>.', regions=[(10, 20, 200, 280), region], max_new_tokens=2)
-    chat.ask('And now?', max_new_tokens=2)  # the history still holds 1 <mark> and 2 <region>: prompts are kept
+    chat.ask('Compare <region> with <region>.', regions=[(10, 20, 200, 280), region],
+             max_new_tokens=2)
+    # the history still holds 1 <mark> and 2 <region>: prompts are kept
+    chat.ask('And now?', max_new_tokens=2)
     assert len(chat.history) == 3
     chat.reset()
     assert chat.history == []
@@ -142,7 +154,8 @@ def test_unreadable_image(tmp_path, chat):
         chat.set_image(tmp_path / 'missing.png')
 
 
-@pytest.mark.parametrize('points, regions', [([(float('nan'), 10.0)], []), ([(5.0, float('inf'))], []),
+@pytest.mark.parametrize('points, regions',
+                         [([(float('nan'), 10.0)], []), ([(5.0, float('inf'))], []),
                                              ([], [(10.0, 10.0, float('nan'), 50.0)])])
 def test_non_finite_coordinates_are_refused(chat, points, regions):
     chat.set_image(CAT)
@@ -152,7 +165,8 @@ def test_non_finite_coordinates_are_refused(chat, points, regions):
     assert chat.history == []
 
 
-@pytest.mark.parametrize('question, message', [('', 'the question is empty'), (' \n\t', 'the question is empty'),
+@pytest.mark.parametrize('question, message',
+                         [('', 'the question is empty'), (' \n\t', 'the question is empty'),
                                                ('caf\udce9?', 'invalid character at position 3')])
 def test_empty_and_undecodable_questions_are_refused(chat, question, message):
     chat.set_image(CAT)
@@ -166,7 +180,8 @@ def test_float_image_arrays_read_like_their_uint8_and_bad_arrays_are_refused(cha
     as_bytes = chat._conversation.encoded
     chat.set_image(CAT / 255.0)
     as_floats = chat._conversation.encoded
-    assert all(torch.equal(a, b) for a, b in zip(as_bytes.visual_sequences, as_floats.visual_sequences))
+    assert all(torch.equal(a, b)
+               for a, b in zip(as_bytes.visual_sequences, as_floats.visual_sequences))
     assert chat._conversation.geometry.original_size == CAT.shape[:2]
     with pytest.raises(ValueError, match='must be uint8'):
         chat.set_image(CAT.astype(np.int64))

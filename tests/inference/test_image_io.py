@@ -1,6 +1,6 @@
-"""Images read as a viewer shows them (EXIF orientation, 16-bit grey, float arrays, alpha masks), refused with a
-clear message when they cannot be, and preprocessed in memory bounded by the network input: the result equals the
-reference's pad-to-square-then-resize, computed here the direct way."""
+"""Images read as a viewer shows them (EXIF orientation, 16-bit grey, float arrays, alpha masks),
+refused with a clear message when they cannot be, and preprocessed in memory bounded by the network
+input: the result equals the reference's pad-to-square-then-resize, computed here the direct way."""
 from __future__ import annotations
 
 import json
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from omg_llava.inference import image_io
-from omg_llava.inference.image_io import (MAX_ASPECT_RATIO, PAD_COLOR, SquareGeometry, load_image, load_mask,
-                                          preprocess_image, to_rgb_image)
+from omg_llava.inference.image_io import (MAX_ASPECT_RATIO, PAD_COLOR, SquareGeometry, load_image,
+                                          load_mask, preprocess_image, to_rgb_image)
 
 from conftest import REPO_ROOT
 
@@ -37,7 +37,8 @@ def _save_with_orientation(path, array: np.ndarray, orientation: int) -> None:
 
 
 def test_exif_orientation_is_applied_to_images_and_masks(tmp_path):
-    # stored 40 wide x 20 high; orientation 6 = "rotate 90° clockwise to display": shown 20 wide x 40 high
+    # stored 40 wide x 20 high; orientation 6 = "rotate 90° clockwise to display": shown 20 wide x
+    # 40 high
     stored = np.zeros((20, 40, 3), np.uint8)
     stored[:, :10] = 255  # the stored image's left band becomes the displayed top band
     _save_with_orientation(tmp_path / 'photo.png', stored, 6)
@@ -56,10 +57,12 @@ def _png16(path, grey: np.ndarray) -> None:
     raw = b''.join(b'\x00' + grey[y].astype('>u2').tobytes() for y in range(H))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I',
+                                                                        zlib.crc32(kind + data))
 
     header = struct.pack('>IIBBBBB', W, H, 16, 0, 0, 0, 0)
-    (path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(raw))
+    (path).write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT',
+                                                                             zlib.compress(raw))
                        + chunk(b'IEND', b''))
 
 
@@ -78,7 +81,8 @@ def test_float_arrays_in_unit_range_are_scaled_and_others_refused():
     assert np.array_equal(np.asarray(to_rgb_image(photo.astype(np.float32) / 255)), photo)
     grey = to_rgb_image(np.full((3, 4), 0.5))
     assert np.asarray(grey).shape == (3, 4, 3) and (np.asarray(grey) == 128).all()
-    assert np.array_equal(np.asarray(to_rgb_image(np.dstack([photo, photo[..., :1]]))), photo)  # alpha dropped
+    # alpha dropped
+    assert np.array_equal(np.asarray(to_rgb_image(np.dstack([photo, photo[..., :1]]))), photo)
     with pytest.raises(ValueError, match=r'values in \[0, 1\], got values in \[0, 2\d\d\]'):
         to_rgb_image(photo.astype(np.float32))
     with pytest.raises(ValueError, match='NaN or infinite'):
@@ -92,7 +96,8 @@ def test_float_arrays_in_unit_range_are_scaled_and_others_refused():
 
 
 def test_alpha_only_mask_reads_as_drawn(tmp_path):
-    rgba = np.zeros((8, 10, 4), np.uint8)  # black everywhere, the shape drawn only in the alpha channel
+    # black everywhere, the shape drawn only in the alpha channel
+    rgba = np.zeros((8, 10, 4), np.uint8)
     rgba[2:5, 3:7, 3] = 255
     Image.fromarray(rgba).save(tmp_path / 'alpha.png')
     mask = load_mask(tmp_path / 'alpha.png')
@@ -137,7 +142,9 @@ def _reference_preprocess(image: Image.Image, side_out: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(canvas.resize((side_out, side_out), Image.BICUBIC)).copy())
 
 
-@pytest.mark.parametrize('H, W, S', [(300, 451, 1024), (451, 300, 256), (127, 91, 64), (5, 97, 32), (17, 9, 256),
+@pytest.mark.parametrize('H, W, S',
+                         [(300, 451, 1024), (451, 300, 256), (127, 91, 64), (5, 97, 32),
+                          (17, 9, 256),
                                      (1000, 20000, 512), (64, 64, 64), (799, 801, 256)])
 def test_preprocessing_equals_the_full_square_reference(H, W, S):
     image = Image.fromarray(_rng_image(H, W, seed=H + W))
@@ -158,7 +165,8 @@ def test_logits_beyond_the_exact_side_follow_the_full_interpolation(monkeypatch)
     geometry = SquareGeometry((300, 451), 1024)
     logits = torch.randn(2, 64, 64, generator=torch.Generator().manual_seed(0))
     exact = geometry.logits_to_original(logits)
-    square = F.interpolate(logits[:, None], size=(451, 451), mode='bilinear', align_corners=False)[:, 0]
+    square = F.interpolate(logits[:, None], size=(451, 451), mode='bilinear',
+                           align_corners=False)[:, 0]
     assert torch.equal(exact, square[:, 75:375])
     monkeypatch.setattr(image_io, 'EXACT_OUTPUT_SIDE', 100)
     rows = geometry.logits_to_original(logits)
@@ -181,10 +189,11 @@ print(json.dumps({'added_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def test_memory_follows_the_input_size_not_the_square_of_the_long_side(tmp_path):
-    # 400 x 8000: the full square would be 8000² (192 MB as RGB, 256 MB per float mask); bounded, ~20 MB here
+    # 400 x 8000: the full square would be 8000² (192 MB as RGB, 256 MB per float mask); bounded,
+    # ~20 MB here
     Image.fromarray(np.full((8000, 400, 3), 90, np.uint8)).save(tmp_path / 'tall.png')
-    done = subprocess.run([sys.executable, '-c', MEMORY_SCRIPT, str(tmp_path / 'tall.png')], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, '-c', MEMORY_SCRIPT, str(tmp_path / 'tall.png')],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     added_mb = json.loads(done.stdout.strip().splitlines()[-1])['added_kb'] / 1024
     assert added_mb < 80, f'{added_mb:.0f} MB added while preprocessing a 400x8000 image'

@@ -1,5 +1,6 @@
-"""Inference builds: SDPA attention by default (eager on request, same answers) and ``quantization='int8'``
-(CPU weight-only; equal to quantizing a bf16 build; close to bf16; refused on CUDA)."""
+"""Inference builds: SDPA attention by default (eager on request, same answers) and
+``quantization='int8'`` (CPU weight-only; equal to quantizing a bf16 build; close to bf16; refused
+on CUDA)."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,20 +45,23 @@ def test_sdpa_by_default_eager_on_request_same_answers():
 def test_int8_build_streams_and_equals_quantizing_a_bf16_build(tiny_bundle, monkeypatch):
     from omg_llava.inference import quantize
     skeletons, float_linears = [], []
-    make_skeleton, from_weight = quantize.llm_skeleton, quantize.Int8WeightOnlyLinear.from_weight.__func__
+    make_skeleton, from_weight = (quantize.llm_skeleton,
+                                  quantize.Int8WeightOnlyLinear.from_weight.__func__)
 
     def skeleton(*args, **kwargs):
         skeletons.append(make_skeleton(*args, **kwargs))
         return skeletons[-1]
 
-    def quantize_one(cls, weight, *args, **kwargs):  # at each quantization: no other float linear weight exists
+    # at each quantization: no other float linear weight exists
+    def quantize_one(cls, weight, *args, **kwargs):
         float_linears.append(sum(m.weight.device.type != 'meta' for m in skeletons[0].modules()
                                  if type(m) is torch.nn.Linear))
         return from_weight(cls, weight, *args, **kwargs)
 
     monkeypatch.setattr(quantize, 'llm_skeleton', skeleton)
     monkeypatch.setattr(quantize.Int8WeightOnlyLinear, 'from_weight', classmethod(quantize_one))
-    int8, _, notes = build_model(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='bf16', quantization='int8')
+    int8, _, notes = build_model(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='bf16',
+                                 quantization='int8')
     monkeypatch.undo()
     assert any('streamed' in n for n in notes) and len(skeletons) == 1
     assert float_linears and set(float_linears) == {0}
@@ -73,8 +77,8 @@ def test_int8_build_streams_and_equals_quantizing_a_bf16_build(tiny_bundle, monk
 
 
 def test_int8_answers_agree_with_bf16(tiny_bundle):
-    """Tolerance: at least 3 of 4 greedy tokens equal and every mask IoU > 0.5 (int8 rounds each weight by up to
-    half a step of max|row| / 127)."""
+    """Tolerance: at least 3 of 4 greedy tokens equal and every mask IoU > 0.5 (int8 rounds each
+    weight by up to half a step of max|row| / 127)."""
     chats = {q: OMGLLaVAChat.from_config(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='bf16',
                                          quantization=q)[0] for q in ('none', 'int8')}
     (ids_b, masks_b), (ids_q, masks_q) = _answer(chats['none']), _answer(chats['int8'])

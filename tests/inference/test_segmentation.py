@@ -1,4 +1,5 @@
-"""Preprocessing geometry, panoptic fusion on the original image, and the visual-encoder demo tool (tools/segment_image.py)."""
+"""Preprocessing geometry, panoptic fusion on the original image, and the visual-encoder demo tool
+(tools/segment_image.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,8 @@ def test_pad_to_square_geometry_round_trip():
     red = (1.0 - 0.4814) / 0.2686
     pad = (PAD_COLOR[0] / 255 - 0.4814) / 0.2686
     assert abs(pixels[0, 75, 75].item() - red) < 1e-3 and abs(pixels[0, 5, 75].item() - pad) < 1e-3
-    assert torch.equal(geometry.points_to_input(torch.tensor([[100.0, 20.0]])), torch.tensor([[50.0, 35.0]]))
+    assert torch.equal(geometry.points_to_input(torch.tensor([[100.0, 20.0]])),
+                       torch.tensor([[50.0, 35.0]]))
     assert torch.equal(geometry.boxes_to_input(torch.tensor([[0.0, 0.0, 300.0, 200.0]])),
                        torch.tensor([[0.0, 25.0, 150.0, 125.0]]))
     logits = torch.full((1, 10, 10), -5.0)
@@ -29,8 +31,9 @@ def test_pad_to_square_geometry_round_trip():
 
 
 def test_normalisation_uses_the_released_statistics():
-    # The released configs give the image processor mean (0.4814, 0.4578, 0.4082) and std (0.2686, 0.2613, 0.2757);
-    # OpenAI's full-precision values would put a white pixel 6.4e-4 lower in the blue channel.
+    # The released configs give the image processor mean (0.4814, 0.4578, 0.4082) and std (0.2686,
+    # 0.2613, 0.2757); OpenAI's full-precision values would put a white pixel 6.4e-4 lower in the
+    # blue channel.
     white = Image.new('RGB', (8, 8), (255, 255, 255))
     pixels, _ = preprocess_image(white, 8)
     released = torch.tensor([(1 - 0.4814) / 0.2686, (1 - 0.4578) / 0.2613, (1 - 0.4082) / 0.2757])
@@ -69,15 +72,27 @@ def test_panoptic_segments_on_the_original_image():
     names = sorted(s.name for s in segments)
     assert names == sorted(['person', coco_panoptic_class_names()[100]])
     person = next(s for s in segments if s.name == 'person')
-    assert person.mask.shape == (40, 80) and person.mask[:, :38].all() and not person.mask[:, 42:].any()
+    assert (person.mask.shape == (40, 80) and person.mask[:, :38].all()
+            and not person.mask[:, 42:].any())
     assert person.is_thing and person.score > 0.99
 
 
 def test_readme_demo_writes_an_overlay(tmp_path, capsys):
     from skimage import data
     Image.fromarray(data.chelsea()).save(tmp_path / 'chelsea.png')
-    assert load_tool('segment_image').main(['--out-dir', str(tmp_path), '--image', str(tmp_path / 'chelsea.png'),
-                      '--config', str(REPO_ROOT / 'configs' / 'tiny' / 'omg_llava_tiny_finetune.py')]) == 0
+    assert (
+        load_tool('segment_image').main(
+            [
+                '--out-dir',
+                str(tmp_path),
+                '--image',
+                str(tmp_path / 'chelsea.png'),
+                '--config',
+                str(REPO_ROOT / 'configs' / 'tiny' / 'omg_llava_tiny_finetune.py'),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert 'random weights' in out and 'network input 256px' in out
     overlay = np.asarray(Image.open(tmp_path / 'panoptic_overlay.png'))
@@ -99,6 +114,7 @@ def test_instance_segments_keep_things_ranked_by_score():
     mask_logits[0, 2, 8:12, 12:16] = 0.5
     output = type('Out', (), dict(class_logits=class_logits, mask_logits=mask_logits))()
     encoder = type('Enc', (), dict(panoptic_head=_Head()))()
-    segments = instance_segments(encoder, output, geometry, coco_panoptic_class_names(), max_per_image=10)
+    segments = instance_segments(encoder, output, geometry, coco_panoptic_class_names(),
+                                 max_per_image=10)
     assert [s.name for s in segments] == ['car', 'person']
     assert segments[0].score > segments[1].score and segments[0].mask[:, :38].all()

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from omg_llava.checkpoint import CheckpointError, CheckpointMismatchError, load_into
-from omg_llava.models.backbones.convnext_clip import ConvNeXtBlock, ConvNeXtCLIPBackbone, load_open_clip_weights
+from omg_llava.models.backbones.convnext_clip import (ConvNeXtBlock, ConvNeXtCLIPBackbone,
+                                                      load_open_clip_weights)
 from omg_llava.registry import MODELS
 
 from conftest import DATA_DIR, KEYS_DIR
@@ -56,7 +57,8 @@ def test_tiny_output_shapes():
     _randomize(model)
     x = torch.randn(2, 3, 64, 64)
     feats = model(x)
-    assert [tuple(f.shape) for f in feats] == [(2, 32, 16, 16), (2, 64, 8, 8), (2, 128, 4, 4), (2, 256, 2, 2)]
+    assert [tuple(f.shape) for f in feats] == [(2, 32, 16, 16), (2, 64, 8, 8), (2, 128, 4, 4),
+                                               (2, 256, 2, 2)]
     assert tuple(model.embed_image(x).shape) == (2, 32)
     assert all(torch.isfinite(f).all() for f in feats)
 
@@ -82,7 +84,8 @@ def test_block_matches_direct_computation():
 
 
 def test_golden_fixture_parity():
-    path = DATA_DIR / 'fixtures' / 'omg_llava_reference_tiny.pt'  # the sizes below are this fixture's
+    # the sizes below are this fixture's
+    path = DATA_DIR / 'fixtures' / 'omg_llava_reference_tiny.pt'
     fx = torch.load(path, weights_only=True)
     head = 'state_dict/' + PREFIX
     weights = {k[len(head):]: v for k, v in fx.items() if k.startswith(head)}
@@ -115,7 +118,7 @@ def test_not_frozen_trains_normally():
     assert model.stem[0].weight.grad is not None
 
 
-# ---------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # open_clip loading
 
 def _to_open_clip(name: str) -> str:

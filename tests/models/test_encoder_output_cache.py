@@ -1,4 +1,5 @@
-"""The frozen encoder's output cache: same results as encoding, the encoder runs only on unseen pixels."""
+"""The frozen encoder's output cache: same results as encoding, the encoder runs only on unseen
+pixels."""
 from __future__ import annotations
 
 import pytest
@@ -33,11 +34,14 @@ def _images(n: int, seed: int) -> torch.Tensor:
 
 
 def _assert_same_output(cached, plain):
-    """Equal up to float rounding: another batch composition sums in another order (logits ~50: 2e-5 apart)."""
+    """Equal up to float rounding: another batch composition sums in another order (logits ~50: 2e-5
+    apart)."""
     close = dict(rtol=1e-5, atol=1e-4)
-    for name in ('pixel_tokens', 'query_tokens', 'query_blocked', 'class_logits', 'iou_logits', 'mask_logits'):
+    for name in ('pixel_tokens', 'query_tokens', 'query_blocked', 'class_logits', 'iou_logits',
+                 'mask_logits'):
         torch.testing.assert_close(getattr(cached, name), getattr(plain, name), msg=name, **close)
-    torch.testing.assert_close(cached.image_features.mask_features, plain.image_features.mask_features, **close)
+    torch.testing.assert_close(cached.image_features.mask_features,
+                               plain.image_features.mask_features, **close)
     assert len(cached.image_features.memories) == len(plain.image_features.memories)
     for c, p in zip(cached.image_features.memories, plain.image_features.memories):
         torch.testing.assert_close(c, p, **close)
@@ -98,7 +102,8 @@ def test_cache_refuses_a_training_encoder():
     encoder.frozen = False
     with pytest.raises(RuntimeError, match='frozen encoder only'):
         encoder(_images(1, 5))
-    config = dict(type='OMGSegVisualEncoder', backbone=encoder.backbone, panoptic_head=encoder.panoptic_head)
+    config = dict(type='OMGSegVisualEncoder', backbone=encoder.backbone,
+                  panoptic_head=encoder.panoptic_head)
     with pytest.raises(ValueError, match='needs frozen=True'):
         from omg_llava.registry import MODELS
         MODELS.build(dict(config, frozen=False, cache_images=4))

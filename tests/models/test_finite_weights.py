@@ -1,4 +1,5 @@
-"""non_finite_keys: the tensors of a state dict holding NaN or infinities, by name, checked in bounded chunks."""
+"""non_finite_keys: the tensors of a state dict holding NaN or infinities, by name, checked in
+bounded chunks."""
 from __future__ import annotations
 
 import torch
@@ -14,15 +15,16 @@ def test_names_every_non_finite_float_tensor_in_order(monkeypatch):
     state = {'fine': torch.randn(3, 3), 'late_nan': late_nan, 'ints': torch.arange(4),
              'half_inf': torch.tensor([1.0, -float('inf')], dtype=torch.float16),
              'flags': torch.ones(2, dtype=torch.bool),
-             'bf16_nan': torch.full((2,), float('nan'), dtype=torch.bfloat16), 'empty': torch.zeros(0),
-             'meta': torch.empty(3, device='meta')}
+             'bf16_nan': torch.full((2,), float('nan'), dtype=torch.bfloat16),
+             'empty': torch.zeros(0), 'meta': torch.empty(3, device='meta')}
     assert non_finite_keys(state) == ['late_nan', 'half_inf', 'bf16_nan']
     assert non_finite_keys({'a': torch.ones(2)}) == []
 
 
 def test_message_is_one_line_with_the_first_keys():
     message = non_finite_message([f'layer{i}.weight' for i in range(8)], 'ckpt.pth', limit=3)
-    assert '\n' not in message and message.startswith('ckpt.pth: 8 tensor(s) hold NaN or infinite values')
+    assert ('\n' not in message
+            and message.startswith('ckpt.pth: 8 tensor(s) hold NaN or infinite values'))
     assert 'layer2.weight and 5 more' in message and 'layer3' not in message
 
 
@@ -41,7 +43,8 @@ def test_load_into_names_the_non_finite_tensors_of_a_file(tmp_path):
         message = str(exc)
     else:
         raise AssertionError('a checkpoint holding NaN loaded silently')
-    assert '\n' not in message and message.startswith(f'{tmp_path / "nan.pth"}: 2 tensor(s) hold NaN or infinite')
+    assert ('\n' not in message
+            and message.startswith(f'{tmp_path / "nan.pth"}: 2 tensor(s) hold NaN or infinite'))
     assert '(0.bias, 1.weight)' in message
     state['0.bias'][1] = 0.0
     model[1].float()
@@ -53,10 +56,12 @@ def test_chat_refuses_a_checkpoint_full_of_nan(tmp_path, capsys):
 
     from omg_llava.inference.model_builder import build_model
     model, _, _ = build_model(str(TINY_CONFIG), merge_lora=False)
-    state = {k: torch.full_like(v, float('nan')) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = {k: torch.full_like(v, float('nan')) if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
     torch.save(state, tmp_path / 'diverged.pth')
-    code = load_tool('chat').main([str(TINY_CONFIG), '--pth', str(tmp_path / 'diverged.pth'), '--prompt', 'hi',
-                                   '--out-dir', str(tmp_path / 'out')])
+    code = load_tool('chat').main([str(TINY_CONFIG), '--pth', str(tmp_path / 'diverged.pth'),
+                                   '--prompt', 'hi', '--out-dir', str(tmp_path / 'out')])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith(f'error: {tmp_path / "diverged.pth"}: ')
-    assert 'hold NaN or infinite values' in err[-1] and not (tmp_path / 'out' / 'answer.json').exists()
+    assert ('hold NaN or infinite values' in err[-1]
+            and not (tmp_path / 'out' / 'answer.json').exists())

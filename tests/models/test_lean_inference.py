@@ -1,5 +1,6 @@
-"""The lean inference build: in-place LoRA merge, adapters kept in the LLM dtype, memory-mapped checkpoints whose
-pages are dropped, the chunked object prior, and the memory estimate that refuses builds which cannot fit."""
+"""The lean inference build: in-place LoRA merge, adapters kept in the LLM dtype, memory-mapped
+checkpoints whose pages are dropped, the chunked object prior, and the memory estimate that refuses
+builds which cannot fit."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +9,8 @@ import torch
 from omg_llava.checkpoint import CheckpointMismatchError, FilePages, read_weights
 from omg_llava.inference import model_builder
 from omg_llava.models.llm import InternLM2Config, InternLM2ForCausalLM
-from omg_llava.models.lora import add_inference_lora, merge_lora_, merge_lora_delta_, wrap_llm_with_lora
+from omg_llava.models.lora import (add_inference_lora, merge_lora_, merge_lora_delta_,
+                                   wrap_llm_with_lora)
 from omg_llava.models.object_tokens import object_prior
 from omg_llava.models.released_weights import merge_released_lora_
 
@@ -19,8 +21,8 @@ LORA = dict(r=8, lora_alpha=4, lora_dropout=0.0, bias='none', task_type='CAUSAL_
 
 def tiny_llm(dtype=torch.float32) -> InternLM2ForCausalLM:
     torch.manual_seed(0)
-    config = InternLM2Config(vocab_size=100, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2)
+    config = InternLM2Config(vocab_size=100, hidden_size=64, intermediate_size=96,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
     return InternLM2ForCausalLM(config).to(dtype).eval()
 
 
@@ -49,7 +51,9 @@ def test_in_place_merge_gives_the_adapter_outputs():
     ids = torch.randint(0, 100, (2, 9))
     with torch.no_grad():
         want = peft_llm(input_ids=ids).logits
-        storage = peft_llm.get_base_model().model.layers[0].attention.wqkv.base_layer.weight.data_ptr()
+        storage = (
+            peft_llm.get_base_model().model.layers[0].attention.wqkv.base_layer.weight.data_ptr()
+        )
         plain = merge_lora_(peft_llm)
         got = plain(input_ids=ids).logits
     assert not any('lora_' in n for n, _ in plain.named_parameters())
@@ -62,11 +66,13 @@ def test_inference_adapters_stay_in_the_llm_dtype_while_training_upcasts():
     assert {p.dtype for p in kept.parameters()} == {torch.bfloat16}
     assert not any(p.requires_grad for p in kept.parameters()) and not kept.training
     trained = wrap_llm_with_lora(tiny_llm(torch.bfloat16), LORA, use_gradient_checkpointing=False)
-    assert torch.float32 in {p.dtype for p in trained.parameters()}  # peft's k-bit preparation, training only
+    # peft's k-bit preparation, training only
+    assert torch.float32 in {p.dtype for p in trained.parameters()}
 
 
 def finetune_state(peft_llm) -> dict:
-    """The finetune-file layout of a peft LLM (``llm.base_model.model.…``, vocabulary and LoRA pairs)."""
+    """The finetune-file layout of a peft LLM (``llm.base_model.model.…``, vocabulary and LoRA
+    pairs)."""
     return {'llm.' + k: v.clone() for k, v in peft_llm.state_dict().items()
             if '.lora_' in k or 'tok_embeddings' in k or 'output.base_layer' in k}
 
@@ -77,16 +83,21 @@ def test_merging_a_finetune_state_into_a_plain_llm_matches_the_adapters():
     state = finetune_state(peft_llm)
     plain = tiny_llm()
     with torch.no_grad():
-        plain.output.weight.add_(1.0)  # the file's LM head must replace it before its LoRA goes on top
+        # the file's LM head must replace it before its LoRA goes on top
+        plain.output.weight.add_(1.0)
     rest, merged = merge_released_lora_(plain, state, LORA, source='finetune.pth')
     assert sum('.lora_' in k for k in merged) == 2 * 11  # 2 layers x 5 linears + the LM head
-    assert set(merged) - {k for k in merged if '.lora_' in k} == {'llm.base_model.model.output.base_layer.weight'}
+    assert set(merged) - {k for k in merged if '.lora_' in k} == {
+        'llm.base_model.model.output.base_layer.weight'
+    }
     assert set(rest) == {'llm.model.tok_embeddings.weight'}
     ids = torch.randint(0, 100, (1, 7))
     with torch.no_grad():
-        torch.testing.assert_close(plain(input_ids=ids).logits, peft_llm(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(plain(input_ids=ids).logits, peft_llm(input_ids=ids).logits,
+                                   atol=1e-5, rtol=1e-5)
     broken = {k: v for k, v in state.items() if 'layers.1.feed_forward.w2.lora_B' not in k}
-    with pytest.raises(CheckpointMismatchError, match=r'missing from the file \(1\)[\s\S]*layers\.1\.feed_forward\.w2'):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'missing from the file \(1\)[\s\S]*layers\.1\.feed_forward\.w2'):
         merge_released_lora_(tiny_llm(), broken, LORA, source='finetune.pth')
     with pytest.raises(CheckpointMismatchError, match='rank 16'):
         merge_released_lora_(tiny_llm(), state, dict(LORA, r=16), source='finetune.pth')
@@ -117,7 +128,8 @@ def test_chunked_object_prior_equals_upsampling_every_query_at_once():
     full = torch.nn.functional.interpolate(low, size=(64, 64), mode='bilinear', align_corners=False)
     want = object_prior(class_logits, full, tokens, (4, 4))
     got = object_prior(class_logits, low, tokens, (4, 4), mask_size=(64, 64), query_chunk=5)
-    torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=1e-6)  # the same ops per query; SIMD order only
+    # the same ops per query; SIMD order only
+    torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=1e-6)
     assert torch.equal(got[1], want[1])
 
 
@@ -125,10 +137,11 @@ def test_memory_estimate_of_the_7b_model_refuses_fp32_on_a_24gb_machine():
     fp32 = model_builder.estimate_memory(str(FINETUNE_CONFIG), 'fp32')
     assert fp32.llm == 7_737_741_312 and fp32.lora == 0 and 200e6 < fp32.encoder < 300e6
     with pytest.raises(model_builder.InsufficientMemoryError,
-                       match=r'needs ~34 GB \(LLM 31\.0 GB in fp32.*22 GB available on cpu; use --dtype bf16'):
+                       match=r'needs ~34 GB \(LLM 31\.0 GB in fp32.*22 GB available on cpu; use '
+                             r'--dtype bf16'):
         model_builder.ensure_fits(fp32, 'cpu', 'fp32', available=int(22e9))
-    model_builder.ensure_fits(model_builder.estimate_memory(str(FINETUNE_CONFIG), 'bf16'), 'cpu', 'bf16',
-                              available=int(22e9))
+    model_builder.ensure_fits(model_builder.estimate_memory(str(FINETUNE_CONFIG), 'bf16'), 'cpu',
+                              'bf16', available=int(22e9))
     kept = model_builder.estimate_memory(str(FINETUNE_CONFIG), 'bf16', keep_lora=True)
     assert 1.2e9 < kept.lora < 1.3e9  # r=512 on every linear layer
     with pytest.raises(model_builder.InsufficientMemoryError, match='drop --keep-lora'):
@@ -137,7 +150,8 @@ def test_memory_estimate_of_the_7b_model_refuses_fp32_on_a_24gb_machine():
 
 def test_a_build_that_cannot_fit_is_refused_before_loading(monkeypatch, capsys):
     monkeypatch.setattr(model_builder, 'available_memory', lambda device: 10 ** 6)
-    monkeypatch.setattr(model_builder, 'build_component', lambda cfg: pytest.fail('built despite the estimate'))
+    monkeypatch.setattr(model_builder, 'build_component',
+                        lambda cfg: pytest.fail('built despite the estimate'))
     with pytest.raises(model_builder.InsufficientMemoryError, match='MB|GB available on cpu'):
         model_builder.build_model(str(TINY_CONFIG))
     assert load_tool('chat').main([str(TINY_CONFIG), '--prompt', 'hi', '--dtype', 'fp32']) == 2

@@ -1,5 +1,6 @@
-"""The OMG-LLaVA model on the tiny config: loss / predict / tensor modes, trainable parts, save filter and the
-count-mismatch rules of spec §6, on real photos (skimage) with a real (committed) sentencepiece tokenizer."""
+"""The OMG-LLaVA model on the tiny config: loss / predict / tensor modes, trainable parts, save
+filter and the count-mismatch rules of spec §6, on real photos (skimage) with a real (committed)
+sentencepiece tokenizer."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,8 @@ from mmengine.config import Config
 from skimage import data
 
 from omg_llava.inference.image_io import preprocess_image
-from omg_llava.models.multimodal_inputs import PromptCountError, image_start_positions, object_token_positions
+from omg_llava.models.multimodal_inputs import (PromptCountError, image_start_positions,
+                                                object_token_positions)
 from omg_llava.models.omg_llava import GenerationOutput, OMGLLaVA, PromptTooLongError
 from omg_llava.registry import build_component
 from omg_llava.utils.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -56,8 +58,8 @@ def batch(model: OMGLLaVA, conversations, masks_per_sample, regions=None, points
         labels[b, :n] = torch.tensor(e.labels)
         mask[b, :n] = True
     pixels = torch.stack([preprocess_image(p, IMAGE_SIZE)[0] for p in photos()[:len(encoded)]])
-    return dict(pixel_values=pixels, input_ids=ids, labels=labels, attention_mask=mask, masks=masks_per_sample,
-                regions=regions, points=points)
+    return dict(pixel_values=pixels, input_ids=ids, labels=labels, attention_mask=mask,
+                masks=masks_per_sample, regions=regions, points=points)
 
 
 def box_mask(y0, y1, x0, x1):
@@ -72,7 +74,8 @@ def seg_batch(model):
         [Turn('There are some regions: region1 <region>. What is at <mark>?',
               '<p> A person </p> [SEG] next to <p> a rocket </p> [SEG].')],
     ]
-    masks = [box_mask(40, 200, 30, 220)[None], torch.stack([box_mask(20, 250, 60, 190), box_mask(0, 120, 0, 60)])]
+    masks = [box_mask(40, 200, 30, 220)[None],
+             torch.stack([box_mask(20, 250, 60, 190), box_mask(0, 120, 0, 60)])]
     return batch(model, conversations, masks, regions=box_mask(50, 150, 50, 150)[None],
                  points=torch.tensor([[128.0, 64.0]]))
 
@@ -85,12 +88,16 @@ def test_loss_mode_trains_exactly_the_saved_parts(model):
     assert all(torch.isfinite(v) and v > 0 for v in losses.values())
     model.zero_grad()
     sum(losses.values()).backward()
-    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None
+                 and p.grad.abs().sum() > 0}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == set(model.state_dict())  # what trains is what a checkpoint holds (spec §5.3)
+    # what trains is what a checkpoint holds (spec §5.3)
+    assert trainable == set(model.state_dict())
     assert with_grad <= trainable
-    assert any(n.startswith('projector_text2vision.') for n in with_grad)  # the [SEG] path is trained
-    assert any('lora_B' in n for n in with_grad) and any(n.startswith('projector.') for n in with_grad)
+    # the [SEG] path is trained
+    assert any(n.startswith('projector_text2vision.') for n in with_grad)
+    assert any('lora_B' in n for n in with_grad) and any(n.startswith('projector.')
+                                                         for n in with_grad)
     assert not any(n.startswith('visual_encoder.') for n in trainable)
     model.eval()
 
@@ -101,8 +108,10 @@ def test_pretrain_stage_adds_the_alignment_loss_and_trains_only_projectors():
     losses = model(data_batch, mode='loss')
     assert set(losses) == {'loss_lm', 'loss_proj'} and losses['loss_proj'] > 0
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable and all(n.startswith(('projector.', 'projector_text2vision.')) for n in trainable)
-    assert sorted(model.state_dict()) == sorted(trainable | {'llm.model.tok_embeddings.weight', 'llm.output.weight'})
+    assert trainable and all(n.startswith(('projector.', 'projector_text2vision.'))
+                             for n in trainable)
+    assert sorted(model.state_dict()) == sorted(trainable | {'llm.model.tok_embeddings.weight',
+                                                             'llm.output.weight'})
 
 
 def test_object_token_positions_point_at_the_projected_queries_in_the_spliced_sequence(model):
@@ -118,8 +127,8 @@ def test_object_token_positions_point_at_the_projected_queries_in_the_spliced_se
     for b in range(len(ids)):
         queries = valid[b].nonzero()[:, 0]
         n = len(queries)
-        cols = object_token_positions(starts[b].expand(n), enc.pixel_tokens.shape[1], valid[b].expand(n, -1),
-                                      queries)
+        cols = object_token_positions(starts[b].expand(n), enc.pixel_tokens.shape[1],
+                                      valid[b].expand(n, -1), queries)
         with torch.no_grad():
             expected = model.projector.project_queries(enc.query_tokens[b, queries])
         torch.testing.assert_close(spliced.inputs_embeds[b, cols], expected)
@@ -128,7 +137,8 @@ def test_object_token_positions_point_at_the_projected_queries_in_the_spliced_se
 
 def test_seg_count_mismatch_drops_only_the_mask_losses(model):
     data_batch = seg_batch(model)
-    data_batch['masks'] = [None, data_batch['masks'][1]]  # sample 0 has a [SEG] but no mask (e.g. truncation)
+    # sample 0 has a [SEG] but no mask (e.g. truncation)
+    data_batch['masks'] = [None, data_batch['masks'][1]]
     losses = model(data_batch, mode='loss')
     assert losses['loss_lm'] > 0
     data_batch['masks'] = [None, None]
@@ -160,9 +170,12 @@ def test_tensor_and_predict_modes(model):
 
 
 def test_batched_generation_equals_one_by_one(model):
-    questions = [[Turn('Please segment the cat in this image.')], [Turn('Describe the picture in detail, please.')]]
-    both = model(batch(model, questions, [None, None]), mode='predict', max_new_tokens=6)  # left-padded inside
-    alone = [model.generate(*_single_with_photo(model, q, i), max_new_tokens=6)[0] for i, q in enumerate(questions)]
+    questions = [[Turn('Please segment the cat in this image.')],
+                 [Turn('Describe the picture in detail, please.')]]
+    # left-padded inside
+    both = model(batch(model, questions, [None, None]), mode='predict', max_new_tokens=6)
+    alone = [model.generate(*_single_with_photo(model, q, i), max_new_tokens=6)[0]
+             for i, q in enumerate(questions)]
     assert torch.equal(both[0].token_ids, alone[0].token_ids)
     assert torch.equal(both[1].token_ids, alone[1].token_ids)
 
@@ -176,7 +189,8 @@ def _single_with_photo(model, turns, photo_index):
 
 def test_generated_seg_tokens_each_get_a_mask(model):
     ids, _, images = _single_with_photo(model, [Turn('Please segment the cat in this image.')], 0)
-    out = model.generate(ids, images=images, max_new_tokens=3, sequence_bias={(model.token_ids.seg, ): 100.0})[0]
+    out = model.generate(ids, images=images, max_new_tokens=3,
+                         sequence_bias={(model.token_ids.seg, ): 100.0})[0]
     assert out.token_ids.tolist() == [model.token_ids.seg] * 3
     assert out.seg_positions.tolist() == [0, 1, 2]
     assert out.mask_logits.shape == (3, IMAGE_SIZE // 4, IMAGE_SIZE // 4)
@@ -191,7 +205,8 @@ def test_image_placeholder_without_an_image_is_refused(model):
 
 
 def test_text_only_question_needs_no_image(model):
-    ids = torch.tensor([encode_conversation(model.tokenizer, [Turn('Hello there!')], with_image=False).input_ids])
+    ids = torch.tensor([encode_conversation(model.tokenizer, [Turn('Hello there!')],
+                                            with_image=False).input_ids])
     assert IMAGE_TOKEN_INDEX not in ids
     out = model.generate(ids, images=None, max_new_tokens=3)[0]
     assert len(out.token_ids) > 0 and out.mask_logits.numel() == 0
@@ -208,8 +223,10 @@ def test_state_dict_is_the_reference_filter(model):
     keys = list(model.state_dict())
     assert 'llm.base_model.model.model.tok_embeddings.weight' in keys
     assert 'llm.base_model.model.output.base_layer.weight' in keys
-    assert not any(k.startswith('visual_encoder.') or 'base_layer' in k and 'output' not in k for k in keys)
-    assert sum('lora_' in k for k in keys) == 2 * (2 * 5 + 1)  # 2 layers × 5 linears + LM head, A and B
+    assert not any(k.startswith('visual_encoder.') or 'base_layer' in k and 'output' not in k
+                   for k in keys)
+    # 2 layers × 5 linears + LM head, A and B
+    assert sum('lora_' in k for k in keys) == 2 * (2 * 5 + 1)
     assert sum(k.startswith('projector') for k in keys) == 15
     # the full module still has everything (load_into and exports read it)
     assert len(torch.nn.Module.state_dict(model)) > len(keys)
@@ -218,11 +235,19 @@ def test_state_dict_is_the_reference_filter(model):
 def test_special_tokens_follow_the_tokenizer_vocabulary(model):
     ids = model.token_ids
     base = model.tokenizer.vocab_size
-    assert (ids.seg, ids.phrase_start, ids.phrase_end, ids.region, ids.mark) == tuple(range(base, base + 5))
-    assert model.llm.get_input_embeddings().num_embeddings == base + 4  # <mark> has no row (spec §5.2)
-    assert model.tokenizer.encode('<p> cat </p> [SEG]', add_special_tokens=False)[0] == ids.phrase_start
-    np.testing.assert_array_equal(model.stop_token_ids, [model.tokenizer.eos_token_id,
-                                                         model.tokenizer.convert_tokens_to_ids('<|im_end|>')])
+    assert (ids.seg, ids.phrase_start, ids.phrase_end, ids.region, ids.mark) == tuple(
+        range(base, base + 5)
+    )
+    # <mark> has no row (spec §5.2)
+    assert model.llm.get_input_embeddings().num_embeddings == base + 4
+    assert (
+        model.tokenizer.encode('<p> cat </p> [SEG]', add_special_tokens=False)[0]
+        == ids.phrase_start
+    )
+    np.testing.assert_array_equal(
+        model.stop_token_ids,
+        [model.tokenizer.eos_token_id, model.tokenizer.convert_tokens_to_ids('<|im_end|>')],
+    )
 
 
 def test_xtuner_builder_builds_the_model():
@@ -234,14 +259,16 @@ def test_xtuner_builder_builds_the_model():
 
 
 def test_mmengine_train_step_overfits_one_batch():
-    """The mmengine training API (data preprocessor → loss → optimizer) drives the model: loss falls."""
+    """The mmengine training API (data preprocessor → loss → optimizer) drives the model: loss
+    falls."""
     from mmengine.optim import OptimWrapper
     model = build_tiny()
     params = [p for p in model.parameters() if p.requires_grad]
     optim = OptimWrapper(torch.optim.AdamW(params, lr=1e-2))
     data_batch = {'data': seg_batch(model), 'data_samples': None}  # the xtuner collate layout
     model.train()
-    history = [float(model.train_step(data_batch, optim)['loss'].detach()) for _ in range(12)]  # sum of loss_*
+    # sum of loss_*
+    history = [float(model.train_step(data_batch, optim)['loss'].detach()) for _ in range(12)]
     assert history[-1] < 0.6 * history[0], history
     model.eval()
     assert len(model.val_step(data_batch)) == 2  # predict mode through the mmengine API

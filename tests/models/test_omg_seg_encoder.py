@@ -1,4 +1,5 @@
-"""The visual encoder: token layout, object prior, prompts, frozen semantics, stateless decoding, registries."""
+"""The visual encoder: token layout, object prior, prompts, frozen semantics, stateless decoding,
+registries."""
 from __future__ import annotations
 
 import pytest
@@ -59,11 +60,14 @@ def test_forward_shapes_and_valid_queries(encoder, images):
     n_pixel = (SIZE // 64) ** 2
     assert out.pixel_tokens.shape == (2, n_pixel, 4 * 256 + 2 * 64)
     assert out.query_tokens.shape == (2, head.num_queries, 128)
-    assert out.query_blocked.shape == (2, head.num_queries, n_pixel) and out.query_blocked.dtype == torch.bool
+    assert (out.query_blocked.shape == (2, head.num_queries, n_pixel)
+            and out.query_blocked.dtype == torch.bool)
     # exactly one winner per cell
     assert ((~out.query_blocked).sum(1) == 1).all()
-    torch.testing.assert_close(out.query_tokens[..., 64:], head.query_embed.weight.expand(2, -1, -1))
-    assert out.class_logits.shape == (2, head.num_queries, 134) and out.iou_logits.shape == (2, head.num_queries, 1)
+    torch.testing.assert_close(out.query_tokens[..., 64:],
+                               head.query_embed.weight.expand(2, -1, -1))
+    assert (out.class_logits.shape == (2, head.num_queries, 134)
+            and out.iou_logits.shape == (2, head.num_queries, 1))
     assert len(out.visual_tokens()) == 3
 
 
@@ -108,9 +112,11 @@ def test_bad_prompts_are_clear_errors(encoder, images):
     with pytest.raises(ValueError, match=r'outside the 128x128 image'):
         encoder.encode_point_prompts(torch.tensor([[130.0, 5.0]]), torch.tensor([0]), features)
     with pytest.raises(ValueError, match='box prompts'):
-        encoder.encode_box_prompts(torch.tensor([[50.0, 10.0, 40.0, 20.0]]), torch.tensor([0]), features)
+        encoder.encode_box_prompts(torch.tensor([[50.0, 10.0, 40.0, 20.0]]), torch.tensor([0]),
+                                   features)
     with pytest.raises(ValueError, match='box prompts'):
-        encoder.encode_box_prompts(torch.tensor([[0.0, 0.0, 140.0, 20.0]]), torch.tensor([0]), features)
+        encoder.encode_box_prompts(torch.tensor([[0.0, 0.0, 140.0, 20.0]]), torch.tensor([0]),
+                                   features)
     with pytest.raises(ValueError, match='empty'):
         encoder.encode_region_prompts(torch.zeros(1, SIZE, SIZE), torch.tensor([0]), features)
     with pytest.raises(ValueError, match='network input size'):
@@ -120,7 +126,8 @@ def test_bad_prompts_are_clear_errors(encoder, images):
 def test_seg_queries_decode_to_masks(encoder, images):
     features = encoder(images).image_features
     decode = encoder.decode_seg_queries(torch.randn(3, 128), torch.tensor([0, 1, 1]), features)
-    assert len(decode.mask_logits) == 4 and decode.mask_logits[-1].shape == (3, 1, SIZE // 4, SIZE // 4)
+    assert len(decode.mask_logits) == 4 and decode.mask_logits[-1].shape == (3, 1, SIZE // 4,
+                                                                             SIZE // 4)
 
 
 def test_decode_alone_equals_decoding_each_query_by_itself(encoder, images):
@@ -129,15 +136,24 @@ def test_decode_alone_equals_decoding_each_query_by_itself(encoder, images):
     features = encoder(torch.cat([images, images.flip(-1)])).image_features  # 4 images
     torch.manual_seed(3)
     content, pos = torch.randn(6, head.feat_channels), torch.randn(6, head.feat_channels)
-    image_idxs = torch.tensor([2, 0, 2, 3, 2, 0])  # unsorted, 1-3 queries per image, image 1 without any
-    boxes = torch.tensor([[0.0, 0.0, 64.0, 128.0], [10.0, 20.0, 60.0, 90.0], [64.0, 0.0, 128.0, 128.0],
-                          [0.0, 0.0, 128.0, 128.0], [30.0, 30.0, 100.0, 100.0], [0.0, 64.0, 128.0, 128.0]])
+    # unsorted, 1-3 queries per image, image 1 without any
+    image_idxs = torch.tensor([2, 0, 2, 3, 2, 0])
+    boxes = torch.tensor([[0.0, 0.0, 64.0, 128.0], [10.0, 20.0, 60.0, 90.0],
+                          [64.0, 0.0, 128.0, 128.0],
+                          [0.0, 0.0, 128.0, 128.0], [30.0, 30.0, 100.0, 100.0],
+                          [0.0, 64.0, 128.0, 128.0]])
     for policy in (own_prediction_policy, box_policy(boxes, (SIZE, SIZE))):
         together = head.decode_alone(content, pos, image_idxs, features, policy, with_classes=True)
         for i in range(6):
-            alone = head.decode(content[i, None, None], pos[i, None, None], features.select(image_idxs[i, None]),
-                                (lambda step, logits, i=i: policy(step, logits.expand(6, -1, -1, -1))[i:i + 1])
-                                if policy is not own_prediction_policy else policy, with_classes=True)
+            alone = head.decode(
+                content[i, None, None],
+                pos[i, None, None],
+                features.select(image_idxs[i, None]),
+                (lambda step, logits, i=i: policy(step, logits.expand(6, -1, -1, -1))[i : i + 1])
+                if policy is not own_prediction_policy
+                else policy,
+                with_classes=True,
+            )
             for name in ('queries', 'mask_logits', 'class_logits'):
                 for a, b in zip(getattr(together, name), getattr(alone, name)):
                     torch.testing.assert_close(a[i:i + 1], b, atol=1e-4, rtol=1e-4)
@@ -149,26 +165,31 @@ def test_decode_alone_equals_decoding_each_query_by_itself(encoder, images):
 
 
 def test_llm_decoder_copy_starts_from_the_omg_decoder():
-    head = OMGSegHead(in_channels=(32, 64, 128, 256), feat_channels=64, num_queries=4, num_synonyms=2,
-                      clip_embed_dim=32, num_heads=4, pixel_decoder_layers=1, pixel_decoder_ffn_channels=64,
+    head = OMGSegHead(in_channels=(32, 64, 128, 256), feat_channels=64, num_queries=4,
+                      num_synonyms=2,
+                      clip_embed_dim=32, num_heads=4, pixel_decoder_layers=1,
+                      pixel_decoder_ffn_channels=64,
                       decoder_layers=3, decoder_ffn_channels=64, with_llm_decoder_copy=True)
     with torch.no_grad():
         head.transformer_decoder.post_norm.weight.fill_(3.0)
     head.copy_decoder_for_llm()
-    assert torch.equal(head.transformer_decoder_llm.post_norm.weight, head.transformer_decoder.post_norm.weight)
+    assert torch.equal(head.transformer_decoder_llm.post_norm.weight,
+                       head.transformer_decoder.post_norm.weight)
     assert sum(k.startswith('transformer_decoder_llm.') for k in head.state_dict()) == 3 * 18 + 2
 
 
 def test_registries_and_xtuner_builder_build_components():
     from mmengine.registry import MODELS as MMENGINE_MODELS
     from xtuner.registry import BUILDER
-    kwargs = dict(in_channels=(32, 64, 128, 256), feat_channels=64, num_queries=4, num_synonyms=2, clip_embed_dim=32,
-                  num_heads=4, pixel_decoder_layers=1, decoder_layers=3)
+    kwargs = dict(in_channels=(32, 64, 128, 256), feat_channels=64, num_queries=4, num_synonyms=2,
+                  clip_embed_dim=32, num_heads=4, pixel_decoder_layers=1, decoder_layers=3)
     assert isinstance(MODELS.build(dict(type='OMGSegHead', **kwargs)), OMGSegHead)
     assert isinstance(BUILDER.build(dict(type=OMGSegHead, **kwargs)), OMGSegHead)
-    assert isinstance(MMENGINE_MODELS.build(dict(type='omg_llava.OMGSegHead', **kwargs)), OMGSegHead)
+    assert isinstance(MMENGINE_MODELS.build(dict(type='omg_llava.OMGSegHead', **kwargs)),
+                      OMGSegHead)
     encoder = MMENGINE_MODELS.build(dict(
         type='omg_llava.OMGSegVisualEncoder',
-        backbone=dict(type='ConvNeXtCLIPBackbone', depths=(1, 1, 1, 1), dims=(32, 64, 128, 256), clip_embed_dim=32),
+        backbone=dict(type='ConvNeXtCLIPBackbone', depths=(1, 1, 1, 1), dims=(32, 64, 128, 256),
+                      clip_embed_dim=32),
         panoptic_head=dict(type='OMGSegHead', **kwargs)))
     assert isinstance(encoder, OMGSegVisualEncoder)

@@ -20,12 +20,15 @@ def tiny_encoder_cfg() -> dict:
     """The visual encoder of configs/tiny/omg_llava_tiny_finetune.py (fewer queries for speed)."""
     return dict(
         type='OMGSegVisualEncoder',
-        backbone=dict(type='ConvNeXtCLIPBackbone', depths=(1, 1, 2, 1), dims=(32, 64, 128, 256), clip_embed_dim=32),
-        panoptic_head=dict(type='OMGSegHead', in_channels=(32, 64, 128, 256), strides=(4, 8, 16, 32),
-                           feat_channels=64, num_queries=10, num_things_classes=80, num_stuff_classes=53,
+        backbone=dict(type='ConvNeXtCLIPBackbone', depths=(1, 1, 2, 1), dims=(32, 64, 128, 256),
+                      clip_embed_dim=32),
+        panoptic_head=dict(type='OMGSegHead', in_channels=(32, 64, 128, 256),
+                           strides=(4, 8, 16, 32),
+                           feat_channels=64, num_queries=10, num_things_classes=80,
+                           num_stuff_classes=53,
                            num_synonyms=2, clip_embed_dim=32, num_heads=4, pixel_decoder_layers=1,
-                           pixel_decoder_ffn_channels=128, decoder_layers=3, decoder_ffn_channels=128,
-                           num_feature_levels=3),
+                           pixel_decoder_ffn_channels=128, decoder_layers=3,
+                           decoder_ffn_channels=128, num_feature_levels=3),
         pixel_shuffle_ratio=2, frozen=True)
 
 
@@ -63,13 +66,15 @@ def test_overfits_two_images(batch):
         mask_totals.append((losses['loss_mask'] + losses['loss_dice']).item())
     print('total loss', [round(t, 2) for t in totals])
     assert min(totals[-3:]) < 0.7 * totals[0]
-    assert min(mask_totals[-3:]) < 0.9 * mask_totals[0]  # not only the class loss (cosine x 100 logits)
+    # not only the class loss (cosine x 100 logits)
+    assert min(mask_totals[-3:]) < 0.9 * mask_totals[0]
     model.eval()
     with torch.no_grad():
         preds = model(batch, mode='predict')
     assert len(preds) == 2
     assert preds[0]['masks'].shape == (10, S, S) and preds[0]['masks'].dtype == torch.bool
-    assert preds[0]['labels'].max() < 4 and (preds[0]['scores'][:-1] >= preds[0]['scores'][1:]).all()
+    assert (preds[0]['labels'].max() < 4
+            and (preds[0]['scores'][:-1] >= preds[0]['scores'][1:]).all())
 
 
 def test_random_mask_points_fall_inside_their_masks():
@@ -101,7 +106,8 @@ def test_single_query_losses_train_the_decoder_to_decode_one_query(batch):
     single = []
     for _ in range(15):
         losses = model(batch, mode='loss')
-        assert set(losses) == {'loss_cls', 'loss_mask', 'loss_dice', 'loss_single_dice', 'loss_single_mask'}
+        assert set(losses) == {'loss_cls', 'loss_mask', 'loss_dice', 'loss_single_dice',
+                               'loss_single_mask'}
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
@@ -115,8 +121,10 @@ def test_single_query_losses_train_the_decoder_to_decode_one_query(batch):
     _, matches = model.criterion.losses_and_matches(decode, batch['gt_labels'], batch['gt_masks'])
     losses = model.single_query_losses(features, decode, batch['gt_masks'], matches)
     sum(losses.values()).backward()
-    assert head.pos_linear.weight.grad.abs().sum() > 0 and head.mask_tokens.weight.grad.abs().sum() > 0
-    assert head.query_feat.weight.grad is None or head.query_feat.weight.grad.abs().sum() == 0  # queries detached
+    assert (head.pos_linear.weight.grad.abs().sum() > 0
+            and head.mask_tokens.weight.grad.abs().sum() > 0)
+    # queries detached
+    assert head.query_feat.weight.grad is None or head.query_feat.weight.grad.abs().sum() == 0
 
 
 def test_save_encoder_round_trip(tmp_path):
@@ -129,9 +137,11 @@ def test_save_encoder_round_trip(tmp_path):
     model.save_encoder(*paths[:2])
     model.save_class_embeddings(paths[2])
     head_file = torch.load(paths[0], weights_only=True)
-    assert set(head_file) == {'state_dict'} and all(k.startswith('panoptic_head.') for k in head_file['state_dict'])
+    assert set(head_file) == {'state_dict'} and all(k.startswith('panoptic_head.')
+                                                    for k in head_file['state_dict'])
     fresh: OMGSegVisualEncoder = MODELS.build(tiny_encoder_cfg())
-    reports = load_visual_encoder_weights(fresh, omg_seg=str(paths[0]), clip=str(paths[1]), class_embed=str(paths[2]))
+    reports = load_visual_encoder_weights(fresh, omg_seg=str(paths[0]), clip=str(paths[1]),
+                                          class_embed=str(paths[2]))
     assert all(r.ok for r in reports)
     trained = model.visual_encoder.eval()
     x = torch.randn(1, 3, S, S)
@@ -150,7 +160,8 @@ def test_export_hook_writes_the_files_the_encoder_loaders_read(tmp_path):
     from omg_llava.models.omg_seg_trainer import ENCODER_FILES
     torch.manual_seed(2)
     model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4)
-    runner = SimpleNamespace(model=model, work_dir=str(tmp_path), logger=MMLogger.get_instance('export_hook_test'))
+    runner = SimpleNamespace(model=model, work_dir=str(tmp_path),
+                             logger=MMLogger.get_instance('export_hook_test'))
     ExportStageOutputHook().after_train(runner)
     paths = {k: str(tmp_path / name) for k, name in ENCODER_FILES.items()}
     fresh: OMGSegVisualEncoder = MODELS.build(tiny_encoder_cfg())
@@ -158,9 +169,11 @@ def test_export_hook_writes_the_files_the_encoder_loaders_read(tmp_path):
     expected = model.visual_encoder.panoptic_head.state_dict()
     for key, value in fresh.panoptic_head.state_dict().items():
         assert torch.equal(value, expected[key]), key
-    assert sorted(os.listdir(tmp_path)) == sorted(ENCODER_FILES.values())  # no referring term, no encoder of it
+    # no referring term, no encoder of it
+    assert sorted(os.listdir(tmp_path)) == sorted(ENCODER_FILES.values())
     with pytest.raises(TypeError, match='export'):
-        ExportStageOutputHook().after_train(SimpleNamespace(model=torch.nn.Linear(1, 1), work_dir=str(tmp_path)))
+        ExportStageOutputHook().after_train(SimpleNamespace(model=torch.nn.Linear(1, 1),
+                                                            work_dir=str(tmp_path)))
 
 
 def test_mask_pooled_features_average_each_mask_over_the_map_cells():
@@ -181,7 +194,8 @@ def test_region_class_loss_trains_the_trunk_stage_it_reads(batch):
     plain = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256))
     assert plain.region_classifier is None and 'loss_region_cls' not in plain(batch, mode='loss')
     with pytest.raises(ValueError, match='region_class_stage'):
-        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, region_class_weight=1.0, region_class_stage=4)
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, region_class_weight=1.0,
+                      region_class_stage=4)
     with pytest.raises(ValueError, match='region_class_weight'):
         OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, region_class_weight=-1.0)
     torch.manual_seed(0)
@@ -189,7 +203,9 @@ def test_region_class_loss_trains_the_trunk_stage_it_reads(batch):
                           region_class_weight=1.0, region_class_stage=2)
     assert 'loss_region_cls' in model(batch, mode='loss')
     backbone = model.visual_encoder.backbone
-    optimizer = torch.optim.AdamW(list(backbone.parameters()) + list(model.region_classifier.parameters()), lr=3e-3)
+    optimizer = torch.optim.AdamW(
+        list(backbone.parameters()) + list(model.region_classifier.parameters()), lr=3e-3
+    )
     losses = []
     for _ in range(20):
         maps = backbone(batch['pixel_values'])
@@ -216,9 +232,11 @@ def test_word_bag_class_embeddings_share_a_direction_per_word():
     e = embeds[:, 0]
     # a name is the normalised sum of its words' vectors (a one-word name is its word's vector)
     torch.testing.assert_close(e[2], F.normalize(e[0] + e[1], dim=0))
-    assert e[2] @ e[3] > 0.2 and abs(float(e[2] @ e[4])) < 0.5  # a shared word relates names (random 64-d: ~0.5)
+    # a shared word relates names (random 64-d: ~0.5)
+    assert e[2] @ e[3] > 0.2 and abs(float(e[2] @ e[4])) < 0.5
     # reproducible, independent of the order the names come in
-    torch.testing.assert_close(word_bag_class_embeddings(names[::-1], 1, 64, seed=0)[:, 0], e.flip(0))
+    torch.testing.assert_close(word_bag_class_embeddings(names[::-1], 1, 64, seed=0)[:, 0],
+                               e.flip(0))
     assert not torch.allclose(word_bag_class_embeddings(names, 1, 64, seed=1)[:, 0], e)
     with pytest.raises(ValueError, match='empty class name'):
         word_bag_class_embeddings(['red star', ' '], 1, 64)
@@ -229,7 +247,8 @@ def test_class_names_set_the_head_class_embeddings():
     from omg_llava.models.omg_seg_trainer import word_bag_class_embeddings
     model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, class_names=names)
     cls_embed = model.visual_encoder.panoptic_head.cls_embed  # (clip_dim, K_head + 1, synonyms)
-    torch.testing.assert_close(cls_embed[:, :4].permute(1, 2, 0), word_bag_class_embeddings(names, 2, 32))
+    torch.testing.assert_close(cls_embed[:, :4].permute(1, 2, 0),
+                               word_bag_class_embeddings(names, 2, 32))
     with pytest.raises(ValueError, match='class_names'):
         OMGSegTrainer(tiny_encoder_cfg(), num_classes=3, class_names=names)
 
@@ -251,7 +270,8 @@ def test_box_loss_teaches_the_final_queries_where_their_object_is(batch):
     with pytest.raises(ValueError, match='box_weight'):
         OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, box_weight=-1.0)
     torch.manual_seed(0)
-    model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256), box_weight=5.0)
+    model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256),
+                          box_weight=5.0)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     boxes = []
@@ -263,14 +283,16 @@ def test_box_loss_teaches_the_final_queries_where_their_object_is(batch):
         boxes.append(losses['loss_box'].item())
     print('box loss', [round(b, 3) for b in boxes])
     assert min(boxes[-3:]) < 0.7 * boxes[0]
-    # the gradient reaches the decoder through the final queries; the head is not part of the exported encoder
+    # the gradient reaches the decoder through the final queries; the head is not part of the
+    # exported encoder
     assert model.visual_encoder.panoptic_head.query_feat.weight.grad.abs().sum() > 0
     assert not any('box_head' in k for k in model.visual_encoder.state_dict())
 
 
 @pytest.fixture(scope='module')
 def referring_batch(gen, batch):
-    """``batch`` plus each image's referring expressions (the generator's grammar) and their instances."""
+    """``batch`` plus each image's referring expressions (the generator's grammar) and their
+    instances."""
     sentences, targets = [], []
     for k in range(2):
         scene = gen.sample_scene(np.random.default_rng([3, k]), S)
@@ -285,7 +307,8 @@ def test_referring_losses_teach_the_decoder_text_derived_queries(referring_batch
     model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256),
                           referring_weight=2.0, referring_per_image=3, single_query_points=256)
     assert model.referring_queries is not None
-    assert not any(name.startswith('referring_queries') for name in model.visual_encoder.state_dict())  # not exported
+    assert not any(name.startswith('referring_queries')
+                   for name in model.visual_encoder.state_dict())  # not exported
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     referring = []
@@ -298,19 +321,22 @@ def test_referring_losses_teach_the_decoder_text_derived_queries(referring_batch
         referring.append((losses['loss_ref_dice'] + losses['loss_ref_mask']).item())
     print('referring loss', [round(t, 2) for t in referring])
     assert min(referring[-3:]) < 0.8 * referring[0]
-    # the term reaches the text side and the decoder; at most referring_per_image expressions per image
+    # the term reaches the text side and the decoder; at most referring_per_image expressions per
+    # image
     optimizer.zero_grad()
     _, features, _ = model.encode(referring_batch['pixel_values'])
-    losses = model.referring_losses(features, referring_batch['ref_sentences'], referring_batch['ref_targets'],
-                                    referring_batch['gt_masks'])
+    losses = model.referring_losses(features, referring_batch['ref_sentences'],
+                                    referring_batch['ref_targets'], referring_batch['gt_masks'])
     sum(losses.values()).backward()
     head = model.visual_encoder.panoptic_head
     assert model.referring_queries.embed.weight.grad.abs().sum() > 0
     assert head.mask_embed[0].weight.grad.abs().sum() > 0
-    no_sentences = model.referring_losses(features, [[], []], [torch.zeros(0, dtype=torch.long)] * 2,
+    no_sentences = model.referring_losses(features, [[], []],
+                                          [torch.zeros(0, dtype=torch.long)] * 2,
                                           referring_batch['gt_masks'])
     assert no_sentences['loss_ref_dice'].item() == 0 and no_sentences['loss_ref_dice'].requires_grad
-    # the export keeps the expression encoder beside the encoder files, for evaluating the pre-stage's lookups
+    # the export keeps the expression encoder beside the encoder files, for evaluating the
+    # pre-stage's lookups
     from omg_llava.models.omg_seg_trainer import REFERRING_QUERIES_FILE
     written = model.export(tmp_path)
     saved = torch.load(tmp_path / REFERRING_QUERIES_FILE, weights_only=True)
@@ -328,6 +354,7 @@ def test_referring_weight_needs_expressions_in_the_batch(batch):
     with pytest.raises(ValueError, match='referring_weight'):
         OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, referring_weight=-1.0)
     with pytest.raises(ValueError, match='referring_per_image'):
-        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, referring_weight=1.0, referring_per_image=0)
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, referring_weight=1.0,
+                      referring_per_image=0)
     with pytest.raises(ValueError, match='referring_weight > 0'):
         OMGSegTrainer(tiny_encoder_cfg(), num_classes=4).decode_referring(None, ['the circle'], [0])

@@ -12,7 +12,8 @@ def test_full_size_projector_keys_equal_the_pretrain_checkpoint():
     with torch.device('meta'):
         projector, text2vision = OMGVisualProjector(), Text2VisionProjector()
     got = {f'projector.{k}': tuple(v.shape) for k, v in projector.state_dict().items()}
-    got.update({f'projector_text2vision.{k}': tuple(v.shape) for k, v in text2vision.state_dict().items()})
+    got.update({f'projector_text2vision.{k}': tuple(v.shape)
+                for k, v in text2vision.state_dict().items()})
     expected = {k: v for k, v in read_key_manifest('omg_llava_7b_pretrain_8gpus.tsv').items()
                 if k.startswith('projector')}
     assert len(expected) == 15 and got == expected

@@ -10,7 +10,8 @@ def test_word_features_are_stable_case_blind_and_see_word_order():
     assert a == hashed_word_features('the circle  left of the SQUARE', 4096)  # case and spacing
     assert len(a) == 6 + 5  # words and adjacent pairs
     swapped = hashed_word_features('the square left of the circle', 4096)
-    assert sorted(a[:6]) == sorted(swapped[:6]) and sorted(a[6:]) != sorted(swapped[6:])  # the pairs differ
+    # the pairs differ
+    assert sorted(a[:6]) == sorted(swapped[:6]) and sorted(a[6:]) != sorted(swapped[6:])
     assert all(0 <= i < 4096 for i in a)
     assert hashed_word_features('star', 4096) == hashed_word_features('star', 4096)
 
@@ -21,7 +22,8 @@ def test_encoder_gives_one_query_per_sentence_and_learns():
     sentences = ['the red circle', 'the star', 'the square left of the red circle']
     queries = encoder(sentences)
     assert queries.shape == (3, 16)
-    torch.testing.assert_close(encoder(sentences[1:2])[0], queries[1])  # each row depends on its sentence only
+    # each row depends on its sentence only
+    torch.testing.assert_close(encoder(sentences[1:2])[0], queries[1])
     targets = torch.randn(3, 16)
     optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-2)
     first = None

@@ -1,5 +1,6 @@
-"""Loading released-format OMG-LLaVA checkpoints (spec §5.3, §7): flat ``torch.save`` dicts of what the save filter
-keeps, written here from tiny fixture-sized models with random values so that copies can be checked."""
+"""Loading released-format OMG-LLaVA checkpoints (spec §5.3, §7): flat ``torch.save`` dicts of what
+the save filter keeps, written here from tiny fixture-sized models with random values so that copies
+can be checked."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,8 @@ from omg_llava.checkpoint import CheckpointError, CheckpointMismatchError
 from omg_llava.models import OMGLLaVA
 from omg_llava.models import released_weights
 from omg_llava.models.released_weights import PRETRAIN_VOCAB_KEYS, load_released_checkpoint
-from omg_llava.verification.reference_fixture import build_llm, build_model, build_visual_encoder, load_fixture
+from omg_llava.verification.reference_fixture import (build_llm, build_model, build_visual_encoder,
+                                                      load_fixture)
 
 PROJECTOR_KEYS = 11 + 4  # projector.model.* and projector_text2vision.model.* at depth 2
 LORA_TENSORS = 2 * (5 * 2 + 1)  # A and B of wqkv, wo, w1, w2, w3 in 2 layers, and of the LM head
@@ -22,18 +24,20 @@ def config(reference_fixture_path):
 
 def special_ids(config) -> dict[str, int]:
     ids = config['special_tokens']
-    return dict(seg=ids['[SEG]'], phrase_start=ids['<p>'], phrase_end=ids['</p>'], region=ids['<region>'],
-                mark=ids['<mark>'])
+    return dict(seg=ids['[SEG]'], phrase_start=ids['<p>'], phrase_end=ids['</p>'],
+                region=ids['<region>'], mark=ids['<mark>'])
 
 
 def pretrain_model(config) -> OMGLLaVA:
-    return OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage='pretrain',
-                    llm_lora=None, projector_depth=config['projector']['depth'], use_activation_checkpointing=False,
-                    special_token_ids=special_ids(config))
+    return OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config),
+                    stage='pretrain',
+                    llm_lora=None, projector_depth=config['projector']['depth'],
+                    use_activation_checkpointing=False, special_token_ids=special_ids(config))
 
 
 def full_llm_model(config, stage: str = 'finetune') -> OMGLLaVA:
-    """A model that trains (and saves) its whole LLM, as the tiny synthetic recipe's pretrain and finetune."""
+    """A model that trains (and saves) its whole LLM, as the tiny synthetic recipe's pretrain and
+    finetune."""
     return OMGLLaVA(llm=build_llm(config), visual_encoder=build_visual_encoder(config), stage=stage,
                     llm_lora=None, freeze_llm=False, projector_depth=config['projector']['depth'],
                     use_activation_checkpointing=False, special_token_ids=special_ids(config))
@@ -45,8 +49,10 @@ def lora_model_with_decoder_copy(config) -> OMGLLaVA:
     return model
 
 
-def random_checkpoint(model: OMGLLaVA, path, seed: int = 0, extra: dict | None = None) -> dict[str, torch.Tensor]:
-    """Write ``model.state_dict()`` (the save filter) with random values, as the released files are written."""
+def random_checkpoint(model: OMGLLaVA, path, seed: int = 0,
+                      extra: dict | None = None) -> dict[str, torch.Tensor]:
+    """Write ``model.state_dict()`` (the save filter) with random values, as the released files are
+    written."""
     gen = torch.Generator().manual_seed(seed)
     state = {k: torch.randn(v.shape, generator=gen) for k, v in model.state_dict().items()}
     state.update(extra or {})
@@ -84,7 +90,8 @@ def test_finetune_file_with_unknown_keys_warns_and_lists_them(config, tmp_path, 
              'projector.model.extra_head.bias': torch.zeros(5)}
     state = random_checkpoint(build_model(config), tmp_path / 'finetune_449.pth', extra=extra)
     logged = []
-    monkeypatch.setattr(released_weights, 'print_log', lambda msg, **kw: logged.append((msg, kw.get('level'))))
+    monkeypatch.setattr(released_weights, 'print_log',
+                        lambda msg, **kw: logged.append((msg, kw.get('level'))))
     model = build_model(config)
     report = load_released_checkpoint(model, tmp_path / 'finetune_449.pth')
     assert report.unexpected == sorted(extra)
@@ -122,7 +129,8 @@ def test_misshaped_tensor_names_both_shapes(config, tmp_path):
     before = torch.nn.Module.state_dict(model)['projector.model.seperate_embed.weight'].clone()
     with pytest.raises(CheckpointMismatchError, match=rf'{key}: \[8, 64\] vs \[16, 64\]'):
         load_released_checkpoint(model, tmp_path / 'bad.pth')
-    assert torch.equal(torch.nn.Module.state_dict(model)['projector.model.seperate_embed.weight'], before)
+    assert torch.equal(torch.nn.Module.state_dict(model)['projector.model.seperate_embed.weight'],
+                       before)
 
 
 def test_truncated_file(config, tmp_path):
@@ -142,9 +150,12 @@ def test_omg_seg_file_given_as_model_checkpoint_is_named(config, tmp_path):
 
 
 def test_task_finetune_file_needs_the_decoder_copies(config, tmp_path):
-    state = random_checkpoint(lora_model_with_decoder_copy(config), tmp_path / 'finetuned_refseg.pth')
-    copies = [k for k in state if k.startswith('visual_encoder.panoptic_head.transformer_decoder_llm.')]
-    assert copies and any(k.startswith('visual_encoder.panoptic_head.mask_embed_llm.') for k in state)
+    state = random_checkpoint(lora_model_with_decoder_copy(config),
+                              tmp_path / 'finetuned_refseg.pth')
+    copies = [k for k in state
+              if k.startswith('visual_encoder.panoptic_head.transformer_decoder_llm.')]
+    assert copies and any(k.startswith('visual_encoder.panoptic_head.mask_embed_llm.')
+                          for k in state)
     with pytest.raises(CheckpointMismatchError, match='task config'):
         load_released_checkpoint(build_model(config), tmp_path / 'finetuned_refseg.pth')
     model = lora_model_with_decoder_copy(config)
@@ -154,7 +165,8 @@ def test_task_finetune_file_needs_the_decoder_copies(config, tmp_path):
 
 
 def test_general_finetune_file_starts_a_task_finetune(config, tmp_path):
-    """The task configs' pretrained_pth is the general finetune file: the decoder copies keep their init."""
+    """The task configs' pretrained_pth is the general finetune file: the decoder copies keep their
+    init."""
     state = random_checkpoint(build_model(config), tmp_path / 'finetune.pth')
     model = lora_model_with_decoder_copy(config)
     head = model.visual_encoder.panoptic_head
@@ -175,15 +187,18 @@ def test_python_objects_are_refused_unless_trusted(config, tmp_path):
     torch.save(dict(state, meta=_Opaque()), tmp_path / 'pickled.pth')
     with pytest.raises(CheckpointError, match='--trust-checkpoint'):
         load_released_checkpoint(pretrain_model(config), tmp_path / 'pickled.pth')
-    with pytest.raises(CheckpointError, match='not tensors'):  # trusted, but still not a flat state dict
-        load_released_checkpoint(pretrain_model(config), tmp_path / 'pickled.pth', weights_only=False)
+    # trusted, but still not a flat state dict
+    with pytest.raises(CheckpointError, match='not tensors'):
+        load_released_checkpoint(pretrain_model(config), tmp_path / 'pickled.pth',
+                                 weights_only=False)
 
 
 def test_model_with_a_trained_llm_saves_and_loads_all_of_it(config, tmp_path):
     model = full_llm_model(config)
     llm_keys = [k for k in torch.nn.Module.state_dict(model) if k.startswith('llm.')]
     state = random_checkpoint(model, tmp_path / 'full.pth')
-    assert len(llm_keys) > 2 and set(state) == set(llm_keys) | {k for k in state if k.startswith('projector')}
+    assert len(llm_keys) > 2 and set(state) == set(llm_keys) | {k for k in state
+                                                                if k.startswith('projector')}
     assert len(state) == len(llm_keys) + PROJECTOR_KEYS
     fresh = full_llm_model(config)
     assert load_released_checkpoint(fresh, tmp_path / 'full.pth').ok
@@ -196,8 +211,9 @@ def test_model_with_a_trained_llm_saves_and_loads_all_of_it(config, tmp_path):
 
 
 def test_pretrain_file_into_a_model_with_a_trained_llm_keeps_its_built_llm(config, tmp_path):
-    """A pretrain stage that froze the LLM (the 7B recipe; the file holds projectors and vocabulary only) before
-    a finetune that trains the whole LLM: the finetune starts from the LLM it was built with."""
+    """A pretrain stage that froze the LLM (the 7B recipe; the file holds projectors and vocabulary
+    only) before a finetune that trains the whole LLM: the finetune starts from the LLM it was built
+    with."""
     state = random_checkpoint(pretrain_model(config), tmp_path / 'pretrain.pth')
     model = full_llm_model(config)
     layer_key = next(k for k in torch.nn.Module.state_dict(model) if '.layers.0.' in k)
@@ -208,8 +224,9 @@ def test_pretrain_file_into_a_model_with_a_trained_llm_keeps_its_built_llm(confi
 
 
 def test_pretrain_stage_with_a_trained_llm_hands_its_llm_to_the_finetune(config, tmp_path):
-    """The tiny synthetic recipe: its pretrain stage trains the LLM too (it learns to read the image there), so the
-    pretrain file holds the whole LLM and the finetune starts from that LLM, not from the one it was built with."""
+    """The tiny synthetic recipe: its pretrain stage trains the LLM too (it learns to read the image
+    there), so the pretrain file holds the whole LLM and the finetune starts from that LLM, not from
+    the one it was built with."""
     pretrain = full_llm_model(config, stage='pretrain')
     state = random_checkpoint(pretrain, tmp_path / 'pretrain.pth')
     llm_keys = [k for k in torch.nn.Module.state_dict(pretrain) if k.startswith('llm.')]

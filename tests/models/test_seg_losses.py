@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from omg_llava.models.seg_losses import MaskLossConfig, dice_loss, pretrain_alignment_loss, seg_mask_losses
+from omg_llava.models.seg_losses import (MaskLossConfig, dice_loss, pretrain_alignment_loss,
+                                         seg_mask_losses)
 
 
 def test_dice_by_hand():
@@ -23,12 +24,14 @@ def test_mask_losses_follow_the_weights_and_sum_over_steps():
     gt[0, 8:40, 8:40] = 1
     gt[1, 30:60, 10:50] = 1
     cfg = MaskLossConfig(num_points=256)
-    perfect = (gt[:, None, ::4, ::4] * 2 - 1) * 50  # (2, 1, 16, 16) confident and right, except at edges
+    # (2, 1, 16, 16) confident and right, except at edges
+    perfect = (gt[:, None, ::4, ::4] * 2 - 1) * 50
     wrong = -perfect
     good = seg_mask_losses([perfect], gt, cfg)
     bad = seg_mask_losses([wrong], gt, cfg)
     assert good['loss_mask'] < 0.1 * bad['loss_mask'] and good['loss_dice'] < 0.2 * bad['loss_dice']
-    # a uniform 0-logit prediction: BCE = ln 2 at every point, so loss_mask = 0.4 · 5 · ln 2 per step
+    # a uniform 0-logit prediction: BCE = ln 2 at every point, so loss_mask = 0.4 · 5 · ln 2 per
+    # step
     flat = torch.zeros(2, 1, 16, 16)
     two_steps = seg_mask_losses([flat, flat], gt, cfg)
     expected = 2 * 0.4 * 5.0 * torch.log(torch.tensor(2.0)) * (2 * 256) / (2 * 256 + 1e-4)

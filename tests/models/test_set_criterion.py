@@ -16,9 +16,10 @@ def _gt():
     return torch.tensor([2, 0]), masks
 
 
-def _decode(query_masks: dict[int, torch.Tensor], query_labels: dict[int, int], steps: int = 2) -> DecodeOutput:
-    """Queries in ``query_masks`` predict those masks (others: empty), queries in ``query_labels`` those classes
-    (others: no-object); same predictions at every step."""
+def _decode(query_masks: dict[int, torch.Tensor], query_labels: dict[int, int],
+            steps: int = 2) -> DecodeOutput:
+    """Queries in ``query_masks`` predict those masks (others: empty), queries in ``query_labels``
+    those classes (others: no-object); same predictions at every step."""
     cls = torch.full((1, Q, K + 2), -LOGIT)
     cls[0, :, K] = LOGIT  # no-object
     cls[..., -1] = 0.3  # IoU channel, ignored
@@ -41,24 +42,29 @@ def criterion():
 def test_perfect_prediction_matches_and_has_near_zero_loss(criterion):
     labels, masks = _gt()
     decode = _decode({3: masks[0], 1: masks[1]}, {3: 2, 1: 0})
-    query_idxs, gt_idxs = criterion.match(decode.class_logits[0][0, :, :K + 1], decode.mask_logits[0][0], labels,
-                                          masks)
+    query_idxs, gt_idxs = criterion.match(decode.class_logits[0][0, :, :K + 1],
+                                          decode.mask_logits[0][0], labels, masks)
     assert dict(zip(query_idxs.tolist(), gt_idxs.tolist())) == {1: 1, 3: 0}
     losses = criterion(decode, [labels], [masks])
     assert set(losses) == {'loss_cls', 'loss_mask', 'loss_dice'}
     _, matches = criterion.losses_and_matches(decode, [labels], [masks])
-    assert [dict(zip(q.tolist(), g.tolist())) for q, g in matches] == [{1: 1, 3: 0}]  # the last step's pairs
-    # the class loss vanishes; the mask losses keep a floor from the sampled points on mask edges, where the
-    # bilinearly read targets are fractional (uncertainty sampling puts 75 % of the points there)
+    # the last step's pairs
+    assert [dict(zip(q.tolist(), g.tolist())) for q, g in matches] == [{1: 1, 3: 0}]
+    # the class loss vanishes; the mask losses keep a floor from the sampled points on mask edges,
+    # where the bilinearly read targets are fractional (uncertainty sampling puts 75 % of the points
+    # there)
     assert losses['loss_cls'].item() < 1e-3
     total = sum(losses.values())
     assert total.item() < 5
     # the same masks shifted by 6 px
-    shifted = sum(criterion(_decode({3: masks[0].roll(6, -1), 1: masks[1].roll(6, -2)}, {3: 2, 1: 0}), [labels],
+    shifted = sum(criterion(_decode({3: masks[0].roll(6, -1), 1: masks[1].roll(6, -2)},
+                                    {3: 2, 1: 0}), [labels],
                             [masks]).values())
     assert shifted.item() > 4 * total.item()
-    # swapped classes (masks kept): the matching follows the masks (cost 5 + 5 > 2), so the class loss explodes
-    shuffled = sum(criterion(_decode({3: masks[0], 1: masks[1]}, {3: 0, 1: 2}), [labels], [masks]).values())
+    # swapped classes (masks kept): the matching follows the masks (cost 5 + 5 > 2), so the class
+    # loss explodes
+    shuffled = sum(criterion(_decode({3: masks[0], 1: masks[1]}, {3: 0, 1: 2}), [labels],
+                             [masks]).values())
     assert shuffled.item() > 20
     # a missed object: everything predicts no-object
     missed = sum(criterion(_decode({}, {}), [labels], [masks]).values())
@@ -85,7 +91,8 @@ def test_images_without_objects(criterion):
     decode = _decode({3: masks[0]}, {3: 2})
     for step in decode.mask_logits + decode.class_logits:
         step.requires_grad_(True)
-    empty_labels, empty_masks = torch.zeros(0, dtype=torch.long), torch.zeros(0, S, S, dtype=torch.uint8)
+    empty_labels, empty_masks = torch.zeros(0, dtype=torch.long), torch.zeros(0, S, S,
+                                                                              dtype=torch.uint8)
     both = DecodeOutput(mask_logits=[torch.cat([m, m]) for m in decode.mask_logits],
                         class_logits=[torch.cat([c, c]) for c in decode.class_logits])
     losses = criterion(both, [labels, empty_labels], [masks, empty_masks])

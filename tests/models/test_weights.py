@@ -1,4 +1,5 @@
-"""Loading the released visual-encoder files: strict reports, wrong files, truncation, untrusted pickles."""
+"""Loading the released visual-encoder files: strict reports, wrong files, truncation, untrusted
+pickles."""
 from __future__ import annotations
 
 import pytest
@@ -20,7 +21,8 @@ def encoder():
 
 
 def _omg_seg_file(encoder, path, mutate=None):
-    sd = {k: torch.randn_like(v) for k, v in encoder.state_dict().items() if k in head_checkpoint_keys(encoder)}
+    sd = {k: torch.randn_like(v) for k, v in encoder.state_dict().items()
+          if k in head_checkpoint_keys(encoder)}
     if mutate:
         mutate(sd)
     torch.save({'state_dict': sd, 'meta': {'mmengine_version': '0.10.7', 'epoch': 12}}, path)
@@ -41,7 +43,8 @@ def test_shape_mismatch_is_reported_by_name_and_nothing_is_copied(encoder, tmp_p
     def mutate(sd):
         sd['panoptic_head.query_embed.weight'] = torch.zeros(21, 64)
     _omg_seg_file(encoder, tmp_path / 'bad.pth', mutate)
-    with pytest.raises(CheckpointMismatchError, match=r'query_embed\.weight: \[21, 64\] vs \[20, 64\]'):
+    with pytest.raises(CheckpointMismatchError,
+                       match=r'query_embed\.weight: \[21, 64\] vs \[20, 64\]'):
         load_visual_encoder_weights(encoder, omg_seg=str(tmp_path / 'bad.pth'))
     assert torch.equal(encoder.state_dict()['panoptic_head.query_feat.weight'], before)
 
@@ -59,11 +62,13 @@ def test_missing_and_unexpected_keys_are_listed(encoder, tmp_path):
 
 
 def test_pretrain_checkpoint_given_as_omg_seg_file_is_named(encoder, tmp_path):
-    pretrain = {'llm.model.tok_embeddings.weight': torch.zeros(4, 2), 'llm.output.weight': torch.zeros(4, 2),
+    pretrain = {'llm.model.tok_embeddings.weight': torch.zeros(4, 2),
+                'llm.output.weight': torch.zeros(4, 2),
                 'projector.model.seperate_embed.weight': torch.zeros(1, 2)}
     torch.save(pretrain, tmp_path / 'omg_llava_7b_pretrain_8gpus.pth')
     with pytest.raises(CheckpointMismatchError, match='OMG-LLaVA pretrain checkpoint') as err:
-        load_visual_encoder_weights(encoder, omg_seg=str(tmp_path / 'omg_llava_7b_pretrain_8gpus.pth'))
+        load_visual_encoder_weights(encoder,
+                                    omg_seg=str(tmp_path / 'omg_llava_7b_pretrain_8gpus.pth'))
     assert f'missing from the file ({len(head_checkpoint_keys(encoder))})' in str(err.value)
 
 
@@ -76,10 +81,12 @@ def test_truncated_file(encoder, tmp_path):
 
 
 def test_pickled_objects_are_refused_unless_trusted(tmp_path):
-    torch.save({'state_dict': {'w': torch.zeros(1)}, 'optimizer': _Opaque()}, tmp_path / 'train_state.pth')
+    torch.save({'state_dict': {'w': torch.zeros(1)}, 'optimizer': _Opaque()},
+               tmp_path / 'train_state.pth')
     with pytest.raises(CheckpointError, match='weights_only=False'):
         read_weights(tmp_path / 'train_state.pth')
-    assert isinstance(read_weights(tmp_path / 'train_state.pth', weights_only=False)['optimizer'], _Opaque)
+    assert isinstance(read_weights(tmp_path / 'train_state.pth', weights_only=False)['optimizer'],
+                      _Opaque)
 
 
 class _Opaque:
@@ -91,7 +98,8 @@ def test_class_embedding_file(encoder, tmp_path):
     torch.save(embed, tmp_path / 'ov.pth')
     load_visual_encoder_weights(encoder, class_embed=str(tmp_path / 'ov.pth'))
     buffer = encoder.panoptic_head.cls_embed  # (clip_dim, K+1, synonyms)
-    assert torch.equal(buffer[:, :133], embed.permute(2, 0, 1)) and torch.equal(buffer[:, 133], torch.zeros(32, 2))
+    assert torch.equal(buffer[:, :133], embed.permute(2, 0, 1)) and torch.equal(buffer[:, 133],
+                                                                                torch.zeros(32, 2))
     torch.save(embed * 2, tmp_path / 'not_normalised.pth')
     with pytest.raises(CheckpointError, match='unit-norm'):
         load_visual_encoder_weights(encoder, class_embed=str(tmp_path / 'not_normalised.pth'))
@@ -117,8 +125,10 @@ def test_missing_file_names_the_path(encoder, tmp_path):
 @pytest.mark.parametrize('kind, content, named', [
     ('empty', b'', 'is an empty file (0 bytes): an interrupted download or copy? Fetch it again'),
     ('png', b'\x89PNG\r\n\x1a\n' + bytes(64), 'is a PNG image, not a weight file'),
-    ('html', b'<!DOCTYPE html><html>403 Forbidden</html>', 'is an HTML page (a download that returned an error'),
-    ('text', b'model = dict(type="OMGLLaVA")\n', 'is a text file (a config or a list given in place of the'),
+    ('html', b'<!DOCTYPE html><html>403 Forbidden</html>',
+     'is an HTML page (a download that returned an error'),
+    ('text', b'model = dict(type="OMGLLaVA")\n',
+     'is a text file (a config or a list given in place of the'),
     ('directory', None, 'is a directory, not a file: give the file inside it'),
 ])
 def test_a_file_that_is_no_weight_file_is_named_for_what_it_is(tmp_path, kind, content, named):
@@ -128,4 +138,5 @@ def test_a_file_that_is_no_weight_file_is_named_for_what_it_is(tmp_path, kind, c
         read_weights(path)
     message = str(err.value)
     assert message == f'weight file {path} {message.split(f"{path} ", 1)[1]}' and named in message
-    assert '\n' not in message and 'trust-checkpoint' not in message and 'weights_only' not in message
+    assert ('\n' not in message and 'trust-checkpoint' not in message
+            and 'weights_only' not in message)

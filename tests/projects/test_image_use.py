@@ -1,4 +1,5 @@
-"""image_use.py: the committed tiny model reads the image (teacher-forced caption words, own vs another image)."""
+"""image_use.py: the committed tiny model reads the image (teacher-forced caption words, own vs
+another image)."""
 from __future__ import annotations
 
 import pytest
@@ -30,26 +31,31 @@ def test_committed_model_reads_colour_and_kind_from_the_image(image_use, tmp_pat
     shapes = load_project_module('synthetic_shapes')
     shapes.write_dataset(str(tmp_path), num_train=40, num_val=12, num_test=0)
     figures = image_use.main(['--data-root', str(tmp_path), '--batches', '5'])
-    # the committed model on 200 training captions (docs/tiny_model.md): colour words 68% right with the image's
-    # own tokens, 13% with another image's; kind words 74% / 28%. The previous default, whose LLM never learnt to
-    # read the image: colour 19% / 16% (chance 17%), kind 42% / 24%
-    assert figures['colour_own'] > 0.5 and figures['colour_own'] - figures['colour_other'] > 0.25, figures
-    assert figures['kind_own'] > 0.55 and figures['kind_own'] - figures['kind_other'] > 0.25, figures
+    # the committed model on 200 training captions (docs/tiny_model.md): colour words 68% right with
+    # the image's own tokens, 13% with another image's; kind words 74% / 28%. The previous default,
+    # whose LLM never learnt to read the image: colour 19% / 16% (chance 17%), kind 42% / 24%
+    assert (figures['colour_own'] > 0.5
+            and figures['colour_own'] - figures['colour_other'] > 0.25), figures
+    assert (figures['kind_own'] > 0.55
+            and figures['kind_own'] - figures['kind_other'] > 0.25), figures
     assert 0.3 < figures['seg_ciou_own'] <= 1 and 0 <= figures['seg_ciou_other'] <= 1, figures
     assert 0 <= figures['seg_looks_at_object'] <= 1, figures
 
 
 def test_points_at_object_compares_the_attention_on_the_image_object_tokens(image_use):
     from types import SimpleNamespace
-    # one image of 2 pixel tokens and 3 queries, query 1 not a visual token: rows 1-2 pixels, 3 separator,
-    # 4 = query 0, 5 = query 2; the [SEG] sits at 7 and its ground truth is query 2's own mask
+    # one image of 2 pixel tokens and 3 queries, query 1 not a visual token: rows 1-2 pixels, 3
+    # separator, 4 = query 0, 5 = query 2; the [SEG] sits at 7 and its ground truth is query 2's own
+    # mask
     mask_logits = torch.full((1, 3, 4, 4), -5.0)
     mask_logits[0, 0, :2] = 5.0
     mask_logits[0, 2, 2:] = 5.0
     blocked = torch.tensor([[[False, True], [True, True], [True, False]]])
-    encoder_output = SimpleNamespace(query_blocked=blocked, mask_logits=mask_logits, pixel_tokens=torch.zeros(1, 2, 4))
+    encoder_output = SimpleNamespace(query_blocked=blocked, mask_logits=mask_logits,
+                                     pixel_tokens=torch.zeros(1, 2, 4))
     images = SimpleNamespace(encoder_output=encoder_output)
-    data = dict(input_ids=torch.tensor([[1, -200, 5, 6, 7]]), attention_mask=torch.ones(1, 5, dtype=torch.bool))
+    data = dict(input_ids=torch.tensor([[1, -200, 5, 6, 7]]),
+                attention_mask=torch.ones(1, 5, dtype=torch.bool))
     seg = torch.zeros(1, 8, dtype=torch.bool)
     seg[0, 7] = True
     gt = torch.zeros(1, 8, 8)

@@ -1,5 +1,6 @@
-"""Per-kind referring figures (projects/tiny_omg_llava/referring_figures.py): sums, shares and clear refusals.
-The pre-stage evaluation itself runs on the CI short run (tests/e2e/test_tiny_synthetic_training.py)."""
+"""Per-kind referring figures (projects/tiny_omg_llava/referring_figures.py): sums, shares and clear
+refusals. The pre-stage evaluation itself runs on the CI short run
+(tests/e2e/test_tiny_synthetic_training.py)."""
 from __future__ import annotations
 
 import pytest
@@ -13,10 +14,11 @@ def figures_module():
 
 
 def test_kind_figures_sum_intersections_and_unions_per_kind(figures_module):
-    records = [('the circle', 8, 10), ('the red circle', 0, 10), ('the star left of the red square', 3, 10),
-               ('the largest shape', 6, 10)]
+    records = [('the circle', 8, 10), ('the red circle', 0, 10),
+               ('the star left of the red square', 3, 10), ('the largest shape', 6, 10)]
     figures = figures_module.kind_figures(records)
-    assert list(figures) == ['attribute', 'superlative', 'relation', 'all']  # grammar order, absent kinds left out
+    # grammar order, absent kinds left out
+    assert list(figures) == ['attribute', 'superlative', 'relation', 'all']
     assert figures['attribute'] == dict(cIoU=0.4, right_object=0.5, expressions=2)
     assert figures['relation'] == dict(cIoU=0.3, right_object=0.0, expressions=1)
     assert figures['superlative']['right_object'] == 1.0

@@ -1,4 +1,5 @@
-"""train_tiny.py's command line and the options it gives `xtuner train` (the run itself: tests/e2e)."""
+"""train_tiny.py's command line and the options it gives `xtuner train` (the run itself:
+tests/e2e)."""
 from __future__ import annotations
 
 import pytest
@@ -25,7 +26,8 @@ def test_iteration_options_reach_the_loop_and_the_cosine_end(stage):
 
 @pytest.mark.parametrize('stage', ['language', 'omg_seg', 'pretrain', 'finetune'])
 def test_each_config_alone_runs_the_full_recipes_schedule(stage):
-    """`xtuner train CONFIG` without options trains as long as train_tiny.py's full run (docs/tiny_model.md)."""
+    """`xtuner train CONFIG` without options trains as long as train_tiny.py's full run
+    (docs/tiny_model.md)."""
     train_tiny = load_project_module('train_tiny')
     cfg = Config.fromfile(str(REPO_ROOT / train_tiny.CONFIGS[stage]))
     full = train_tiny.FULL[{'omg_seg': 'pre_iters'}.get(stage, f'{stage}_iters')]
@@ -34,18 +36,21 @@ def test_each_config_alone_runs_the_full_recipes_schedule(stage):
 
 @pytest.mark.parametrize('stage', ['language', 'omg_seg', 'pretrain', 'finetune'])
 def test_two_processes_share_each_step_of_the_same_size(stage):
-    """With --processes 2 each process takes half of every per-step count, so a step trains on as many rows."""
+    """With --processes 2 each process takes half of every per-step count, so a step trains on as
+    many rows."""
     train_tiny = load_project_module('train_tiny')
     path = str(REPO_ROOT / train_tiny.CONFIGS[stage])
     cfg = Config.fromfile(path)
-    assert cfg.runner_type.__name__ == 'CPUDataParallelRunner' and cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert (cfg.runner_type.__name__ == 'CPUDataParallelRunner'
+            and cfg.env_cfg.dist_cfg.backend == 'gloo')
     assert train_tiny.per_process_batch(path, 1) == []
     halved = dict(option.split('=') for option in train_tiny.per_process_batch(path, 2))
     assert int(halved['train_dataloader.batch_size']) * 2 == cfg.train_dataloader.batch_size
     for i, term in enumerate(cfg.model.get('auxiliary_losses', ())):
         if term.get('rows'):
             assert int(halved[f'model.auxiliary_losses.{i}.rows']) * 2 == term['rows']
-        else:  # None (TextOnlyLMLoss: every allowed row of each process's batch) or no such argument
+        # None (TextOnlyLMLoss: every allowed row of each process's batch) or no such argument
+        else:
             assert f'model.auxiliary_losses.{i}.rows' not in halved
     with pytest.raises(SystemExit, match='does not split over 3 processes'):
         train_tiny.per_process_batch(path, 3)

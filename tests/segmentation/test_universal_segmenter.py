@@ -1,5 +1,6 @@
-"""OMG-Seg alone on tiny random weights: panoptic / instance / semantic fusion (checked against mmdet's
-MaskFormerFusionHead), interactive point and box prompts, own vocabularies, and tools/segment_image.py."""
+"""OMG-Seg alone on tiny random weights: panoptic / instance / semantic fusion (checked against
+mmdet's MaskFormerFusionHead), interactive point and box prompts, own vocabularies, and
+tools/segment_image.py."""
 from __future__ import annotations
 
 import json
@@ -32,8 +33,15 @@ def _random_logits(seed, q=12, k=6, h=20, w=24):
 def test_panoptic_fusion_equals_mmdet(seed, thr):
     cls, masks = _random_logits(seed)
     ours = panoptic_fusion(cls, masks, num_things=4, score_thr=thr)
-    mmdet = MaskFormerFusionHead(num_things_classes=4, num_stuff_classes=2, test_cfg=dict(
-        object_mask_thr=thr, iou_thr=0.8, filter_low_score=True)).panoptic_postprocess(cls, masks).sem_seg[0]
+    mmdet = (
+        MaskFormerFusionHead(
+            num_things_classes=4,
+            num_stuff_classes=2,
+            test_cfg=dict(object_mask_thr=thr, iou_thr=0.8, filter_low_score=True),
+        )
+        .panoptic_postprocess(cls, masks)
+        .sem_seg[0]
+    )
     assert torch.equal(ours.labels, (mmdet % INSTANCE_OFFSET).long())
     assert ((ours.queries >= 0) == (ours.labels < 6)).all()
     for query, label, _ in ours.segments:  # every painted pixel of a query carries its class
@@ -78,7 +86,8 @@ def test_panoptic_semantic_instance_shapes_on_original_image(segmenter, photo):
     inst = segmenter.instance(out, max_per_image=30)
     assert inst.masks.shape[1:] == (91, 127) and len(inst.masks) <= 30 and (inst.labels < 80).all()
     assert (inst.scores[:-1] >= inst.scores[1:]).all()
-    # same as fusing the full-resolution logits of every query (the segmenter upsamples only what can win)
+    # same as fusing the full-resolution logits of every query (the segmenter upsamples only what
+    # can win)
     full = out.geometry.logits_to_original(out.mask_logits)
     ref = panoptic_fusion(out.class_logits, full, 80)
     assert torch.equal(pan.labels, ref.labels) and torch.equal(pan.queries, ref.queries)
@@ -94,35 +103,43 @@ def test_interactive_points_and_boxes(segmenter, photo):
     alone = torch.cat([segmenter.interactive_logits(out, points=[p]) for p in points]
                       + [segmenter.interactive_logits(out, boxes=boxes)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-4)
-    # a point prompt is the same query as OMG-LLaVA's point prompt (pseudo box, pb_embedding[0] + mask token)
-    llava = segmenter.encoder.encode_point_prompts(out.geometry.points_to_input(torch.tensor(points[:1], dtype=torch.float)),
-                                                   torch.zeros(1, dtype=torch.long), out.features)
-    torch.testing.assert_close(llava.decode.mask_logits[-1][:, 0], together[:1], rtol=1e-4, atol=1e-4)
+    # a point prompt is the same query as OMG-LLaVA's point prompt (pseudo box, pb_embedding[0] +
+    # mask token)
+    llava = segmenter.encoder.encode_point_prompts(
+        out.geometry.points_to_input(torch.tensor(points[:1], dtype=torch.float)),
+        torch.zeros(1, dtype=torch.long),
+        out.features,
+    )
+    torch.testing.assert_close(llava.decode.mask_logits[-1][:, 0], together[:1], rtol=1e-4,
+                               atol=1e-4)
     assert segmenter.interactive(out).shape == (0, 91, 127)
     with pytest.raises(ValueError, match='outside'):
         segmenter.interactive(out, points=[[500, 10]])
 
 
 def test_own_vocabulary_embedded_once_and_cached(tmp_path, photo, monkeypatch):
-    weights, gz, _ = write_tiny_text_tower(tmp_path)  # projection 32 = the tiny head's clip_embed_dim
+    # projection 32 = the tiny head's clip_embed_dim
+    weights, gz, _ = write_tiny_text_tower(tmp_path)
     cache = tmp_path / 'cache'
-    seg, notes = build_segmenter(str(TINY_CONFIG), classes='cat,dog/puppy,stuff:grass', text_weights=str(weights),
-                                 tokenizer=str(gz), cache_dir=str(cache))
+    seg, notes = build_segmenter(str(TINY_CONFIG), classes='cat,dog/puppy,stuff:grass',
+                                 text_weights=str(weights), tokenizer=str(gz), cache_dir=str(cache))
     assert any('cached in' in n for n in notes) and len(list(cache.glob('*.pth'))) == 1
     head = seg.encoder.panoptic_head
-    assert head.cls_embed.shape == (32, 4, 2) and (head.num_classes, head.num_things_classes) == (3, 2)
+    assert head.cls_embed.shape == (32, 4, 2) and (head.num_classes, head.num_things_classes) == (3,
+                                                                                                  2)
     assert torch.equal(head.cls_embed[:, 3], torch.zeros(32, 2))  # no-object stays a zero vector
     out = seg.encode(photo)
     assert out.class_logits.shape == (20, 4)
     pan = seg.panoptic(out)
     assert pan.labels.max() <= 3 and all(label < 3 for _, label, _ in pan.segments)
     # second build: no text tower is loaded (memory cache), then from disk only
-    monkeypatch.setattr(embedding_cache, 'build_text_encoder', lambda *a, **k: pytest.fail('re-embedded'))
-    seg2, _ = build_segmenter(str(TINY_CONFIG), classes='cat,dog/puppy,stuff:grass', text_weights=str(weights),
-                              tokenizer=str(gz), cache_dir=str(cache))
+    monkeypatch.setattr(embedding_cache, 'build_text_encoder',
+                        lambda *a, **k: pytest.fail('re-embedded'))
+    seg2, _ = build_segmenter(str(TINY_CONFIG), classes='cat,dog/puppy,stuff:grass',
+                              text_weights=str(weights), tokenizer=str(gz), cache_dir=str(cache))
     embedding_cache._MEMORY.clear()
-    seg3, _ = build_segmenter(str(TINY_CONFIG), classes='cat,dog/puppy,stuff:grass', text_weights=str(weights),
-                              tokenizer=str(gz), cache_dir=str(cache))
+    seg3, _ = build_segmenter(str(TINY_CONFIG), classes='cat,dog/puppy,stuff:grass',
+                              text_weights=str(weights), tokenizer=str(gz), cache_dir=str(cache))
     assert torch.equal(seg2.encoder.panoptic_head.cls_embed, head.cls_embed)
     assert torch.equal(seg3.encoder.panoptic_head.cls_embed, head.cls_embed)
     with pytest.raises(ValueError, match='--tokenizer'):
@@ -133,7 +150,8 @@ def test_own_vocabulary_embedded_once_and_cached(tmp_path, photo, monkeypatch):
 def test_segment_image_tool_tasks(task, tmp_path, photo, capsys):
     image = tmp_path / 'photo.png'
     Image.fromarray(photo).save(image)
-    argv = ['--config', str(TINY_CONFIG), '--image', str(image), '--out-dir', str(tmp_path), '--task', task]
+    argv = ['--config', str(TINY_CONFIG), '--image', str(image), '--out-dir', str(tmp_path),
+            '--task', task]
     if task == 'interactive':
         argv += ['--point', '30,40', '--box', '10,10,90,80']
     if task == 'instance':
@@ -147,7 +165,8 @@ def test_segment_image_tool_tasks(task, tmp_path, photo, capsys):
         assert all(s['area'] == int((ids == s['id']).sum()) for s in info)
     elif task == 'semantic':
         labels = np.asarray(Image.open(tmp_path / 'semantic.png'))
-        assert labels.shape == (91, 127) and labels.dtype == np.uint8 and ((labels < 133) | (labels == 255)).all()
+        assert (labels.shape == (91, 127) and labels.dtype == np.uint8
+                and ((labels < 133) | (labels == 255)).all())
     else:
         name = 'prompts' if task == 'interactive' else 'instances'
         records = json.loads((tmp_path / f'{name}.json').read_text())[name]
@@ -161,14 +180,16 @@ def test_segment_image_tool_tasks(task, tmp_path, photo, capsys):
 def test_segment_image_tool_rejects_bad_prompts(tmp_path):
     tool = load_tool('segment_image')
     with pytest.raises(SystemExit):
-        tool.main(['--config', str(TINY_CONFIG), '--task', 'interactive', '--out-dir', str(tmp_path)])
+        tool.main(['--config', str(TINY_CONFIG), '--task', 'interactive', '--out-dir',
+                   str(tmp_path)])
     with pytest.raises(SystemExit):
-        tool.main(['--config', str(TINY_CONFIG), '--task', 'interactive', '--point', '1,2,3', '--out-dir', str(tmp_path)])
+        tool.main(['--config', str(TINY_CONFIG), '--task', 'interactive', '--point', '1,2,3',
+                   '--out-dir', str(tmp_path)])
 
 
 def test_encode_reads_float_and_grey_arrays_as_chat_does(segmenter, photo):
-    """The segmenter takes images through the shared reader: a float array in [0, 1] encodes like its uint8
-    source, and an out-of-range float array is refused with the reader's message."""
+    """The segmenter takes images through the shared reader: a float array in [0, 1] encodes like
+    its uint8 source, and an out-of-range float array is refused with the reader's message."""
     as_uint8 = segmenter.encode(photo).mask_logits
     as_float = segmenter.encode(photo.astype(np.float32) / 255).mask_logits
     torch.testing.assert_close(as_float, as_uint8)

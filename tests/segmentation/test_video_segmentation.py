@@ -1,5 +1,6 @@
-"""Video with OMG-Seg alone on the tiny random encoder: clip split, 3-D clip decoding, Hungarian linking of
-clips, constant track ids and classes across frames, and tools/segment_video.py on synthetic and skimage frames."""
+"""Video with OMG-Seg alone on the tiny random encoder: clip split, 3-D clip decoding, Hungarian
+linking of clips, constant track ids and classes across frames, and tools/segment_video.py on
+synthetic and skimage frames."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import torch
 from PIL import Image
 
 from omg_llava.segmentation.builder import build_segmenter
-from omg_llava.segmentation.video import (frame_instances, frame_panoptic, match_queries, read_frames, segment_clip,
-                                          split_clips, track_video)
+from omg_llava.segmentation.video import (frame_instances, frame_panoptic, match_queries,
+                                          read_frames, segment_clip, split_clips, track_video)
 
 from conftest import TINY_CONFIG, load_tool
 
@@ -66,7 +67,8 @@ def test_clip_is_decoded_jointly(segmenter):
     cls, masks, queries, _ = segment_clip(segmenter, frames)
     assert cls.shape == (20, 134) and masks.shape == (20, 3, 64, 64) and queries.shape == (20, 64)
     alone = segment_clip(segmenter, frames[:1])[1][:, 0]
-    assert not torch.allclose(masks[:, 0], alone, atol=1e-3)  # other frames (and the 3-D positions) take part
+    # other frames (and the 3-D positions) take part
+    assert not torch.allclose(masks[:, 0], alone, atol=1e-3)
 
 
 def test_track_ids_and_classes_constant_over_moving_shapes(segmenter):
@@ -83,7 +85,8 @@ def test_track_ids_and_classes_constant_over_moving_shapes(segmenter):
             assert classes_of_track.setdefault(query, label) == label  # a track never changes class
         inst = frame_instances(segmenter, video, index, max_per_image=10)
         instance_sets.append(sorted(zip(inst.queries.tolist(), inst.labels.tolist())))
-    assert all(s == instance_sets[0] for s in instance_sets)  # same (track, class) pairs in every frame
+    # same (track, class) pairs in every frame
+    assert all(s == instance_sets[0] for s in instance_sets)
     # a static video keeps each query in its slot: linking is the identity permutation
     still = track_video(segmenter, [frames[0]] * 6, clip_size=3)
     torch.testing.assert_close(still.mask_logits[0], still.mask_logits[3], rtol=1e-4, atol=1e-4)
@@ -108,10 +111,13 @@ def test_segment_video_tool_on_frames_folder_and_video_file(tmp_path, capsys):
             assert names.setdefault(seg['id'], seg['name']) == seg['name']
     assert np.asarray(Image.open(out / 'frames' / '00004.png')).shape == (128, 160, 3)
     assert len(read_frames(tmp_path / 'overlay.mp4')) == 5  # the overlay video reads back
-    assert tool.main(['--video', str(tmp_path / 'overlay.mp4'), '--config', str(TINY_CONFIG), '--task', 'instance',
-                      '--out-dir', str(tmp_path / 'out2'), '--score-thr', '0', '--max-frames', '3']) == 0
+    assert tool.main(['--video', str(tmp_path / 'overlay.mp4'), '--config', str(TINY_CONFIG),
+                      '--task', 'instance',
+                      '--out-dir', str(tmp_path / 'out2'), '--score-thr', '0', '--max-frames',
+                      '3']) == 0
     frames = json.loads((tmp_path / 'out2' / 'tracks.json').read_text())['frames']
     pairs = [sorted((s['id'], s['category_id']) for s in f['segments']) for f in frames]
-    assert len(frames) == 3 and pairs[0] == pairs[1] == pairs[2]  # order follows each frame's mask scores
+    # order follows each frame's mask scores
+    assert len(frames) == 3 and pairs[0] == pairs[1] == pairs[2]
     assert tool.main(['--video', str(tmp_path / 'missing'), '--config', str(TINY_CONFIG)]) == 2
     assert 'not found' in capsys.readouterr().err

@@ -1,5 +1,6 @@
-"""Test helpers: a CLIP BPE trained here in milliseconds, a tiny random open_clip text tower, and open_clip's text
-forward written from the spec (OMG-Seg spec §1.3) as the reference the transformers tower must equal."""
+"""Test helpers: a CLIP BPE trained here in milliseconds, a tiny random open_clip text tower, and
+open_clip's text forward written from the spec (OMG-Seg spec §1.3) as the reference the transformers
+tower must equal."""
 from __future__ import annotations
 
 import collections
@@ -16,7 +17,8 @@ WORDS_SOURCE = ' '.join(TEMPLATES).replace('{}', 'cat dog traffic light person s
 
 
 def train_merges(text: str, num_merges: int) -> list[str]:
-    """Greedy byte-level BPE over the lowercased words of ``text`` (most frequent pair first, ties by name)."""
+    """Greedy byte-level BPE over the lowercased words of ``text`` (most frequent pair first, ties
+    by name)."""
     to_symbol = dict(enumerate(byte_symbols()))
     printable = sorted(set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256)))
     others = [b for b in range(256) if b not in printable]
@@ -59,9 +61,11 @@ def write_bpe_gz(path: Path, num_merges: int = 40) -> tuple[Path, list[str]]:
     return path, merges
 
 
-def tiny_open_clip_state_dict(vocab_size: int, width: int = 64, layers: int = 2, embed_dim: int = 32,
+def tiny_open_clip_state_dict(vocab_size: int, width: int = 64, layers: int = 2,
+                              embed_dim: int = 32,
                               context: int = 77, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random weights under open_clip's names, plus a visual key and ``logit_scale`` the loader must skip."""
+    """Random weights under open_clip's names, plus a visual key and ``logit_scale`` the loader must
+    skip."""
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=0.2):
@@ -72,21 +76,26 @@ def tiny_open_clip_state_dict(vocab_size: int, width: int = 64, layers: int = 2,
     for i in range(layers):
         p = f'transformer.resblocks.{i}.'
         sd.update({p + 'ln_1.weight': 1 + rand(width), p + 'ln_1.bias': rand(width),
-                   p + 'attn.in_proj_weight': rand(3 * width, width), p + 'attn.in_proj_bias': rand(3 * width),
-                   p + 'attn.out_proj.weight': rand(width, width), p + 'attn.out_proj.bias': rand(width),
+                   p + 'attn.in_proj_weight': rand(3 * width, width),
+                   p + 'attn.in_proj_bias': rand(3 * width),
+                   p + 'attn.out_proj.weight': rand(width, width),
+                   p + 'attn.out_proj.bias': rand(width),
                    p + 'ln_2.weight': 1 + rand(width), p + 'ln_2.bias': rand(width),
-                   p + 'mlp.c_fc.weight': rand(4 * width, width), p + 'mlp.c_fc.bias': rand(4 * width),
-                   p + 'mlp.c_proj.weight': rand(width, 4 * width), p + 'mlp.c_proj.bias': rand(width)})
-    sd.update({'token_embedding.weight': rand(vocab_size, width), 'ln_final.weight': 1 + rand(width),
-               'ln_final.bias': rand(width)})
+                   p + 'mlp.c_fc.weight': rand(4 * width, width),
+                   p + 'mlp.c_fc.bias': rand(4 * width),
+                   p + 'mlp.c_proj.weight': rand(width, 4 * width),
+                   p + 'mlp.c_proj.bias': rand(width)})
+    sd.update({'token_embedding.weight': rand(vocab_size, width),
+               'ln_final.weight': 1 + rand(width), 'ln_final.bias': rand(width)})
     return sd
 
 
 @torch.no_grad()
-def open_clip_text_forward(sd: dict[str, torch.Tensor], ids: torch.Tensor, heads: int) -> torch.Tensor:
-    """open_clip ``encode_text`` as the spec states it: sequence-first ``nn.MultiheadAttention`` with the packed
-    in-projection and an additive causal mask, pre-LN blocks, exact GELU, ``ln_final``, the state at
-    ``argmax(ids)``, ``@ text_projection``."""
+def open_clip_text_forward(sd: dict[str, torch.Tensor], ids: torch.Tensor,
+                           heads: int) -> torch.Tensor:
+    """open_clip ``encode_text`` as the spec states it: sequence-first ``nn.MultiheadAttention``
+    with the packed in-projection and an additive causal mask, pre-LN blocks, exact GELU,
+    ``ln_final``, the state at ``argmax(ids)``, ``@ text_projection``."""
     width = sd['token_embedding.weight'].shape[1]
     n_ctx = ids.shape[1]
     x = sd['token_embedding.weight'][ids] + sd['positional_embedding'][:n_ctx]  # (N, L, W)
@@ -109,7 +118,8 @@ def open_clip_text_forward(sd: dict[str, torch.Tensor], ids: torch.Tensor, heads
     return x[torch.arange(len(ids)), ids.argmax(-1)] @ sd['text_projection']
 
 
-def write_tiny_text_tower(tmp_path: Path, embed_dim: int = 32) -> tuple[Path, Path, dict[str, torch.Tensor]]:
+def write_tiny_text_tower(tmp_path: Path,
+                          embed_dim: int = 32) -> tuple[Path, Path, dict[str, torch.Tensor]]:
     """(open_clip-format weight file, tokenizer gz, its state dict) for a 2-layer width-64 tower."""
     gz, merges = write_bpe_gz(tmp_path / 'bpe_tiny.txt.gz')
     sd = tiny_open_clip_state_dict(512 + len(merges) + 2, embed_dim=embed_dim)

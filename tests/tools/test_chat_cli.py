@@ -1,4 +1,5 @@
-"""tools/chat.py on the tiny model and the bundled photo, and the output writer it uses (chat_outputs)."""
+"""tools/chat.py on the tiny model and the bundled photo, and the output writer it uses
+(chat_outputs)."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,14 +15,15 @@ from pycocotools import mask as mask_utils
 from omg_llava.assets import ASSET_DIR
 from omg_llava.cli_errors import UsageError
 from omg_llava.inference.chat import ChatAnswer, OMGLLaVAChat
-from omg_llava.inference.chat_outputs import (PALETTE, PhraseStreamer, decode_rle, encode_rle, render_answer,
-                                              write_answer)
+from omg_llava.inference.chat_outputs import (PALETTE, PhraseStreamer, decode_rle, encode_rle,
+                                              render_answer, write_answer)
 from omg_llava.inference.model_builder import build_model
 
 from conftest import TINY_CONFIG, load_tool
 
 chat_tool = load_tool('chat')
-PHOTO_PATH = os.path.join(ASSET_DIR, 'demo.jpg')  # skimage's chelsea, bundled for the random-weight tests
+# skimage's chelsea, bundled for the random-weight tests
+PHOTO_PATH = os.path.join(ASSET_DIR, 'demo.jpg')
 PHOTO = np.asarray(Image.open(PHOTO_PATH))  # 451 x 300
 H, W = PHOTO.shape[:2]
 
@@ -43,15 +45,17 @@ def test_writer_outputs_overlay_mask_pngs_and_rle(tmp_path):
     longer = ChatAnswer('[SEG] [SEG] [SEG]', '', [], _masks(3), [1])
     write_answer(tmp_path, longer, PHOTO)  # an earlier, longer answer: its mask_2.png goes
     (tmp_path / 'mask_7.png').write_bytes(b'mine')  # not written by the chat: kept
-    answer = ChatAnswer('<p> cat </p> [SEG] on <p> a mat </p> [SEG].', 'cat on a mat .', ['cat', 'a mat'],
-                        _masks(2), [1, 2, 3])
+    answer = ChatAnswer('<p> cat </p> [SEG] on <p> a mat </p> [SEG].', 'cat on a mat .',
+                        ['cat', 'a mat'], _masks(2), [1, 2, 3])
     paths = write_answer(tmp_path, answer, PHOTO, question='Segment the cat.', image='demo.jpg')
-    assert sorted(os.listdir(tmp_path)) == ['answer.json', 'mask_0.png', 'mask_1.png', 'mask_7.png', 'overlay.png']
+    assert sorted(os.listdir(tmp_path)) == ['answer.json', 'mask_0.png', 'mask_1.png', 'mask_7.png',
+                                            'overlay.png']
     assert (tmp_path / 'mask_7.png').read_bytes() == b'mine'
     overlay = np.asarray(Image.open(paths['overlay']))
     assert overlay.shape == PHOTO.shape
     outside = ~answer.masks[0] & ~answer.masks[1]
-    assert (overlay[outside] == PHOTO[outside]).all() and not (overlay[answer.masks[0]] == PHOTO[answer.masks[0]]).all()
+    assert ((overlay[outside] == PHOTO[outside]).all()
+            and not (overlay[answer.masks[0]] == PHOTO[answer.masks[0]]).all())
     for path, mask in zip(paths['masks'], answer.masks):
         assert ((np.asarray(Image.open(path)) > 0) == mask).all()
     record = json.loads(open(paths['json']).read())
@@ -68,7 +72,8 @@ def test_writer_outputs_overlay_mask_pngs_and_rle(tmp_path):
 @pytest.mark.parametrize('link', ['same', 'symlink', 'hardlink', 'stale'])
 def test_writer_never_replaces_or_deletes_an_input(tmp_path, link):
     out = tmp_path / 'out'
-    write_answer(out, ChatAnswer('[SEG] [SEG]', '', [], _masks(2), [1]), PHOTO)  # mask_0.png, mask_1.png
+    # mask_0.png, mask_1.png
+    write_answer(out, ChatAnswer('[SEG] [SEG]', '', [], _masks(2), [1]), PHOTO)
     given = out / 'mask_1.png'
     if link != 'same' and link != 'stale':
         given = tmp_path / 'my_mask.png'
@@ -76,11 +81,14 @@ def test_writer_never_replaces_or_deletes_an_input(tmp_path, link):
         (out / 'mask_1.png').unlink()
         (os.symlink if link == 'symlink' else os.link)(given, out / 'mask_1.png')
     before = given.read_bytes()
-    if link == 'stale':  # a one-mask answer would delete the earlier mask_1.png: not when it is an input
+    # a one-mask answer would delete the earlier mask_1.png: not when it is an input
+    if link == 'stale':
         write_answer(out, ChatAnswer('[SEG]', '', [], _masks(1), [1]), PHOTO, inputs=[str(given)])
     else:
-        with pytest.raises(UsageError, match=r'--out-dir: output .*mask_1.png would overwrite the input'):
-            write_answer(out, ChatAnswer('[SEG] [SEG]', '', [], _masks(2), [1]), PHOTO, inputs=[str(given)])
+        with pytest.raises(UsageError,
+                           match=r'--out-dir: output .*mask_1.png would overwrite the input'):
+            write_answer(out, ChatAnswer('[SEG] [SEG]', '', [], _masks(2), [1]), PHOTO,
+                         inputs=[str(given)])
     assert given.read_bytes() == before
 
 
@@ -102,7 +110,8 @@ def test_streamer_prints_the_rendered_answer_token_by_token(chat):
     ids = chat.tokenizer.encode('The <p> cat </p> [SEG] is here.', add_special_tokens=False)
     ids += chat.model.stop_token_ids[:1]
     stream = io.StringIO()
-    streamer = PhraseStreamer(chat.tokenizer, chat.model.stop_token_ids, prefix='answer: ', stream=stream)
+    streamer = PhraseStreamer(chat.tokenizer, chat.model.stop_token_ids, prefix='answer: ',
+                              stream=stream)
     streamer.put(torch.zeros((1, 0), dtype=torch.long))  # generate puts the (empty) prompt first
     for i in ids:
         streamer.put(torch.tensor([i]))
@@ -128,14 +137,15 @@ def force_seg(monkeypatch):
 
 
 def test_one_shot_writes_overlay_masks_and_json(tmp_path, capsys, force_seg):
-    code, out, err = _run(capsys, '--prompt', 'Please segment the main object in this image.', '--out-dir',
-                          str(tmp_path))
+    code, out, err = _run(capsys, '--prompt', 'Please segment the main object in this image.',
+                          '--out-dir', str(tmp_path))
     assert code == 0
     assert 'random' in err and 'answer: ' in out and '3 mask(s)' in out and '(red)' in out
     assert np.asarray(Image.open(tmp_path / 'overlay.png')).shape == PHOTO.shape
     record = json.loads((tmp_path / 'answer.json').read_text())
     assert record['image'] == os.path.abspath(PHOTO_PATH) and record['image_size'] == [H, W]
-    assert record['text'].count('[SEG]') == 3 and record['mask_files'] == ['mask_0.png', 'mask_1.png', 'mask_2.png']
+    assert (record['text'].count('[SEG]') == 3
+            and record['mask_files'] == ['mask_0.png', 'mask_1.png', 'mask_2.png'])
     for rle in record['masks']:
         assert decode_rle(rle).shape == (H, W)
 
@@ -143,9 +153,10 @@ def test_one_shot_writes_overlay_masks_and_json(tmp_path, capsys, force_seg):
 def test_boxes_and_masks_fill_region_in_command_line_order(tmp_path, capsys):
     mask_path = tmp_path / 'region.png'
     Image.fromarray(_masks(1)[0].astype(np.uint8) * 255).save(mask_path)
-    code, out, _ = _run(capsys, '--prompt', 'Compare <region>, <region> and <region> at <mark>.', '--box',
-                        '10,10,200,150', '--mask', str(mask_path), '--box', '0,0,451,300', '--point', '100,50',
-                        '--out-dir', str(tmp_path / 'out'))
+    code, out, _ = _run(capsys, '--prompt', 'Compare <region>, <region> and <region> at <mark>.',
+                        '--box',
+                        '10,10,200,150', '--mask', str(mask_path), '--box', '0,0,451,300',
+                        '--point', '100,50', '--out-dir', str(tmp_path / 'out'))
     assert code == 0, out
     prompts = json.loads((tmp_path / 'out' / 'answer.json').read_text())['prompts']
     assert prompts == {'points': [[100.0, 50.0]], 'regions': [{'box': [10.0, 10.0, 200.0, 150.0]},
@@ -154,7 +165,8 @@ def test_boxes_and_masks_fill_region_in_command_line_order(tmp_path, capsys):
 
 
 def test_interactive_turns_reset_and_exit(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr('sys.stdin', io.StringIO('What is at <mark>?\nAnd then?\n\nreset\nWhat is this?\nexit\n'
+    monkeypatch.setattr('sys.stdin',
+                        io.StringIO('What is at <mark>?\nAnd then?\n\nreset\nWhat is this?\nexit\n'
                                                  'never asked\n'))
     code, out, _ = _run(capsys, '--point', '120,80', '--out-dir', str(tmp_path))
     assert code == 0
@@ -174,12 +186,14 @@ def test_interactive_bad_question_is_reported_and_the_chat_goes_on(tmp_path, cap
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--prompt', 'What is at <mark>?', '--point', '451,10'], '--point 451,10 lies outside the 451x300 image'),
+    (['--prompt', 'What is at <mark>?', '--point', '451,10'],
+     '--point 451,10 lies outside the 451x300 image'),
     (['--prompt', 'What is <region>?', '--box', '0,0,500,100'], 'leaves the 451x300 image'),
     (['--prompt', 'Compare <region>.', '--box', '1,1,5,5', '--box', '2,2,6,6'],
      'the prompt holds 1 <region> but 2 --box/--mask were given'),
     (['--prompt', 'What is this?', '--point', '3,3'], 'the prompt holds 0 <mark> but 1 --point'),
-    (['--prompt', 'hi', '--pth', 'missing/omg_llava.pth'], '--pth file not found: missing/omg_llava.pth'),
+    (['--prompt', 'hi', '--pth', 'missing/omg_llava.pth'],
+     '--pth file not found: missing/omg_llava.pth'),
     (['--prompt', 'hi', '--load-in-4bit'], '--load-in-4bit needs a CUDA GPU with bitsandbytes'),
     (['--prompt', 'hi', '--device', 'warp9'], "--device 'warp9' is not a torch device"),
 ])
@@ -200,10 +214,14 @@ def test_unreadable_image_and_mask(tmp_path, capsys):
     assert code == 2 and 'is 10x10 but the image is 451x300' in err
 
 
-@pytest.mark.parametrize('argv, message', [(['--point', '1,2,3'], '--point takes 2 comma-separated finite numbers'),
-                                           (['--point', 'nan,5'], "--point takes 2 comma-separated finite numbers"),
-                                           (['--box', '1,1,nan,5'], '--box takes 4 comma-separated finite numbers'),
-                                           (['--box', '1,1,inf,5'], '--box takes 4 comma-separated finite numbers')])
+@pytest.mark.parametrize('argv, message',
+                         [(['--point', '1,2,3'], '--point takes 2 comma-separated finite numbers'),
+                                           (['--point', 'nan,5'],
+                                            "--point takes 2 comma-separated finite numbers"),
+                                           (['--box', '1,1,nan,5'],
+                                            '--box takes 4 comma-separated finite numbers'),
+                                           (['--box', '1,1,inf,5'],
+                                            '--box takes 4 comma-separated finite numbers')])
 def test_malformed_flags_are_argparse_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         chat_tool.main(argv)
@@ -218,15 +236,17 @@ def test_build_model_quantization_needs_a_gpu_and_bitsandbytes():
     if importlib.util.find_spec('bitsandbytes') is None:  # checked before any CUDA call
         with pytest.raises(ImportError, match='pip install bitsandbytes'):
             build_model(str(TINY_CONFIG), quantization='8bit', device='cuda')
-    model, _, _ = build_model(str(TINY_CONFIG), quantization='none')  # no quantization_config: unchanged
+    # no quantization_config: unchanged
+    model, _, _ = build_model(str(TINY_CONFIG), quantization='none')
     assert next(model.llm.parameters()).dtype.is_floating_point
 
 
-# ----------------------------------------------------------------------------------------------- nothing crashes
+# ---------------------------------------------------------------------------------- nothing crashes
 @pytest.fixture
 def no_build(monkeypatch):
     """Fail the test if the model is built (bad inputs must be answered before)."""
-    monkeypatch.setattr(OMGLLaVAChat, 'from_config', lambda *a, **k: pytest.fail('the model was built'))
+    monkeypatch.setattr(OMGLLaVAChat, 'from_config',
+                        lambda *a, **k: pytest.fail('the model was built'))
 
 
 def _weight_file(tmp_path, kind):
@@ -247,8 +267,10 @@ def test_a_weight_file_that_is_something_else_is_named(tmp_path, capsys, no_buil
     path, message = _weight_file(tmp_path, kind)
     code, _, err = _run(capsys, '--prompt', 'hi', '--pth', str(path))
     assert code == 2 and err.strip() == f'error: --pth {path} {message}' + (
-        ', not a weight file: give the .pth / .bin / .safetensors file' if kind in ('png', 'html') else
-        ': an interrupted download or copy? Fetch it again' if kind == 'empty' else ': give the file inside it')
+        ', not a weight file: give the .pth / .bin / .safetensors file' if kind in ('png', 'html')
+        else
+        ': an interrupted download or copy? Fetch it again' if kind == 'empty'
+        else ': give the file inside it')
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -258,14 +280,16 @@ def test_a_weight_file_that_is_something_else_is_named(tmp_path, capsys, no_buil
     (['--prompt', 'hi', '--device', 'cuda'], '--device cuda: torch sees no CUDA GPU here'),
     (['--prompt', 'hi', '--device', 'cuda:0'], '--device cuda:0: torch sees no CUDA GPU here'),
 ])
-def test_bad_text_and_device_are_refused_before_the_build(capsys, monkeypatch, no_build, argv, message):
+def test_bad_text_and_device_are_refused_before_the_build(capsys, monkeypatch, no_build, argv,
+                                                          message):
     monkeypatch.setattr('torch.cuda.is_available', lambda: False)
     code, _, err = _run(capsys, *argv)
     assert code == 2 and err.strip().startswith(f'error: {message}') and err.count('\n') == 1
 
 
 @pytest.mark.parametrize('interactive', [False, True])
-def test_an_input_mask_in_out_dir_is_refused_before_the_build(tmp_path, capsys, monkeypatch, no_build, interactive):
+def test_an_input_mask_in_out_dir_is_refused_before_the_build(tmp_path, capsys, monkeypatch,
+                                                              no_build, interactive):
     out = tmp_path / 'out'
     folder = out / 'turn_1' if interactive else out
     folder.mkdir(parents=True)
@@ -273,9 +297,11 @@ def test_an_input_mask_in_out_dir_is_refused_before_the_build(tmp_path, capsys, 
     before = (folder / 'mask_0.png').read_bytes()
     monkeypatch.chdir(tmp_path)
     prompt = [] if interactive else ['--prompt', 'Describe <region>.']
-    code, _, err = _run(capsys, *prompt, '--mask', os.path.join('out', 'turn_1' if interactive else '', 'mask_0.png'),
+    code, _, err = _run(capsys, *prompt, '--mask',
+                        os.path.join('out', 'turn_1' if interactive else '', 'mask_0.png'),
                         '--out-dir', os.path.join('.', 'out', '..', 'out'))
-    assert code == 2 and err.count('\n') == 1 and 'would overwrite the input' in err and 'mask_0.png' in err
+    assert (code == 2 and err.count('\n') == 1 and 'would overwrite the input' in err
+            and 'mask_0.png' in err)
     assert (folder / 'mask_0.png').read_bytes() == before
 
 
@@ -301,22 +327,27 @@ def test_interactive_chat_survives_bad_bytes_and_failing_questions(tmp_path, cap
     assert code == 0
     assert 'error: the question holds an invalid character at position 3' in out
     assert 'error: CUDA error: device-side assert triggered' in out
-    assert out.count('answer: ') == 1 and os.listdir(tmp_path) == ['turn_1']  # the last question was answered
+    # the last question was answered
+    assert out.count('answer: ') == 1 and os.listdir(tmp_path) == ['turn_1']
 
 
 def test_mask_prompts_are_read_upright_and_from_alpha(tmp_path, capsys, monkeypatch):
     seen = []
     ask = OMGLLaVAChat.ask
-    monkeypatch.setattr(OMGLLaVAChat, 'ask', lambda self, q, **kw: seen.append(kw['regions']) or ask(self, q, **kw))
+    monkeypatch.setattr(OMGLLaVAChat, 'ask',
+                        lambda self, q, **kw: seen.append(kw['regions']) or ask(self, q, **kw))
     region = _masks(1)[0]
     alpha = np.zeros((H, W, 4), np.uint8)
     alpha[..., 3] = region * 255  # drawn only in the alpha channel
     Image.fromarray(alpha).save(tmp_path / 'alpha.png')
-    rotated = Image.fromarray(np.rot90(region).astype(np.uint8) * 255)  # stored turned left, EXIF turns it back
+    # stored turned left, EXIF turns it back
+    rotated = Image.fromarray(np.rot90(region).astype(np.uint8) * 255)
     exif = rotated.getexif()
     exif[0x0112] = 6
     rotated.save(tmp_path / 'rotated.png', exif=exif.tobytes())
-    code, out, err = _run(capsys, '--prompt', 'Compare <region> and <region>.', '--mask', str(tmp_path / 'alpha.png'),
-                          '--mask', str(tmp_path / 'rotated.png'), '--out-dir', str(tmp_path / 'out'))
+    code, out, err = _run(capsys, '--prompt', 'Compare <region> and <region>.', '--mask',
+                          str(tmp_path / 'alpha.png'),
+                          '--mask', str(tmp_path / 'rotated.png'), '--out-dir',
+                          str(tmp_path / 'out'))
     assert code == 0, err
     assert [np.array_equal(m, region) for m in seen[0]] == [True, True]

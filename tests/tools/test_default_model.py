@@ -1,5 +1,5 @@
-"""The built-in default: the committed tiny synthetic model segments what it is asked for, on the demo image
-(`make demo`'s command) and on freshly generated held-out images."""
+"""The built-in default: the committed tiny synthetic model segments what it is asked for, on the
+demo image (`make demo`'s command) and on freshly generated held-out images."""
 from __future__ import annotations
 
 import json
@@ -16,9 +16,10 @@ from omg_llava.inference import defaults
 from omg_llava.inference.chat import OMGLLaVAChat
 from omg_llava.inference.chat_outputs import decode_rle
 
-#: held-out cIoU the committed model must keep on the first 40 val expressions (it scores 0.70 there; 0.77 on the
-#: whole val split, docs/tiny_model.md; the previous defaults scored 0.75, 0.73, 0.66, 0.60, 0.54, 0.57, 0.59 and
-#: 0.32 there). The untrained pipeline never answers [SEG] (cIoU 0).
+#: held-out cIoU the committed model must keep on the first 40 val expressions (it scores 0.70
+#: there; 0.77 on the whole val split, docs/tiny_model.md; the previous defaults scored 0.75, 0.73,
+#: 0.66, 0.60, 0.54, 0.57, 0.59 and 0.32 there). The untrained pipeline never answers [SEG] (cIoU
+#: 0).
 MIN_HELD_OUT_CIOU = 0.6
 
 
@@ -33,7 +34,8 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_committed_files_are_small_and_named_by_the_config():
     import os
-    sizes = {k: os.path.getsize(p) for k, p in dict(TINY_SYNTHETIC_ENCODER, pth=TINY_SYNTHETIC_PTH).items()}
+    sizes = {k: os.path.getsize(p)
+             for k, p in dict(TINY_SYNTHETIC_ENCODER, pth=TINY_SYNTHETIC_PTH).items()}
     assert sum(sizes.values()) < 12 * 2 ** 20, sizes
     assert defaults.checkpoint_for(defaults.DEFAULT_CONFIG, None) == TINY_SYNTHETIC_PTH
     assert defaults.checkpoint_for('configs/tiny/omg_llava_tiny_finetune.py', None) is None
@@ -48,8 +50,10 @@ def test_make_demo_command_segments_the_largest_shape(shapes, tmp_path, capsys):
     assert record['text'].count('[SEG]') == 1 and len(record['masks']) == 1, record['text']
     scene = shapes.sample_scene(np.random.default_rng([0, 1, defaults.DEMO_VAL_INDEX]), 128)
     demo = np.asarray(Image.open(defaults.DEFAULT_IMAGE).convert('RGB')).astype(int)
-    assert np.abs(demo - scene.image.astype(int)).mean() < 6  # that val image, JPEG-compressed (another one: ~40)
-    index = next(i for i, sentence in shapes.referring_expressions(scene) if sentence == 'the largest shape')
+    # that val image, JPEG-compressed (another one: ~40)
+    assert np.abs(demo - scene.image.astype(int)).mean() < 6
+    index = next(i for i, sentence in shapes.referring_expressions(scene)
+                 if sentence == 'the largest shape')
     assert iou(decode_rle(record['masks'][0]), scene.objects[index].mask) > 0.7
 
 
@@ -58,5 +62,6 @@ def test_held_out_referring_segmentation(shapes, tmp_path):
     chat, _ = OMGLLaVAChat.from_config(defaults.DEFAULT_CONFIG, pth=TINY_SYNTHETIC_PTH)
     split = load_split('refseg', str(tmp_path / 'ref_seg'), 'refcoco', 'val',
                        image_folder=str(tmp_path / 'glamm_data/images/coco2014/train2014'))
-    metrics = evaluate(split, ModelPredictor(chat, max_new_tokens=24), None, max_samples=40, progress=False)
+    metrics = evaluate(split, ModelPredictor(chat, max_new_tokens=24), None, max_samples=40,
+                       progress=False)
     assert metrics['num_expressions'] == 40 and metrics['cIoU'] >= MIN_HELD_OUT_CIOU, metrics

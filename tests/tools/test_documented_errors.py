@@ -1,6 +1,6 @@
-"""docs/troubleshooting.md lists errors the code raises: each documented message shares at least three consecutive
-literal words (between its placeholders) with the sources of omg_llava/ and tools/, so a message that the code no
-longer raises shows up here."""
+"""docs/troubleshooting.md lists errors the code raises: each documented message shares at least
+three consecutive literal words (between its placeholders) with the sources of omg_llava/ and
+tools/, so a message that the code no longer raises shows up here."""
 from __future__ import annotations
 
 import re
@@ -12,15 +12,21 @@ from conftest import REPO_ROOT
 DOC = REPO_ROOT / 'docs' / 'troubleshooting.md'
 #: Sections whose messages come from other programs (pip, mmcv, xtuner, transformers, Java).
 FOREIGN = ('## Set-up',)
-#: A placeholder inside a documented message: N, M, K, X, Y, R, H, W, WxH, [a, b], …, ... and quoted names.
-PLACEHOLDER = re.compile(r"…|\.\.\.|\[[^\]]*\]|'[^']*'|\b(?:[NMKXYRHW]|WxH|W'xH'|CONFIG)\b|\([^)]*…[^)]*\)")
+#: A placeholder inside a documented message: N, M, K, X, Y, R, H, W, WxH, [a, b], …, ... and quoted
+#: names.
+PLACEHOLDER = re.compile(
+    r"…|\.\.\.|\[[^\]]*\]|'[^']*'|\b(?:[NMKXYRHW]|WxH|W'xH'|CONFIG)\b|\([^)]*…[^)]*\)"
+)
 
 
 def _sources() -> str:
     text = []
-    for path in sorted((REPO_ROOT / 'omg_llava').rglob('*.py')) + sorted((REPO_ROOT / 'tools').glob('*.py')):
+    for path in sorted((REPO_ROOT / 'omg_llava').rglob('*.py')) + sorted(
+        (REPO_ROOT / 'tools').glob('*.py')
+    ):
         source = path.read_text(encoding='utf-8')
-        text.append(re.sub(r"['\"]\s*\n\s*(?:f|rf|fr|r)?['\"]", '', source))  # implicit concatenation joined
+        # implicit concatenation joined
+        text.append(re.sub(r"['\"]\s*\n\s*(?:f|rf|fr|r)?['\"]", '', source))
     return '\n'.join(text)
 
 

@@ -1,5 +1,6 @@
-"""One error style in every tool (issue 25 item 9): a bad input gives one ``error:`` line and exit status 2, before
-any model is built, and a file that is not what it should be is named for what it is."""
+"""One error style in every tool (issue 25 item 9): a bad input gives one ``error:`` line and exit
+status 2, before any model is built, and a file that is not what it should be is named for what it
+is."""
 from __future__ import annotations
 
 import pytest
@@ -14,19 +15,22 @@ from conftest import TINY_CONFIG, load_tool
 
 @pytest.fixture
 def files(tmp_path):
-    """A PNG, an empty file, an HTML error page, a text file, a folder, a torch file and an OMG-Seg-like file."""
+    """A PNG, an empty file, an HTML error page, a text file, a folder, a torch file and an
+    OMG-Seg-like file."""
     Image.new('RGB', (4, 4)).save(tmp_path / 'photo.png')
     (tmp_path / 'empty.pth').write_bytes(b'')
     (tmp_path / 'page.pth').write_text('<!doctype html><html><body>Not Found</body></html>')
     (tmp_path / 'config.txt').write_text('model = dict(type="OMGLLaVA")\n')
     (tmp_path / 'folder').mkdir()
     torch.save({'w': torch.zeros(2)}, tmp_path / 'weights.pth')
-    torch.save({'panoptic_head.cls_embed.weight': torch.zeros(2, 3)}, tmp_path / 'omg_seg_convl.pth')
+    torch.save({'panoptic_head.cls_embed.weight': torch.zeros(2, 3)},
+               tmp_path / 'omg_seg_convl.pth')
     return tmp_path
 
 
 def test_describe_file_names_what_a_file_is(files):
-    assert [describe_file(files / n) for n in ('photo.png', 'empty.pth', 'page.pth', 'config.txt', 'folder',
+    assert [describe_file(files / n)
+            for n in ('photo.png', 'empty.pth', 'page.pth', 'config.txt', 'folder',
                                                'weights.pth', 'absent.pth')] == [
         'a PNG image', 'an empty file (0 bytes)', 'an HTML page', 'a text file', 'a directory',
         'a torch zip checkpoint', 'missing']
@@ -35,7 +39,8 @@ def test_describe_file_names_what_a_file_is(files):
 def test_wrapper_prints_input_errors_and_keeps_tracebacks_of_bugs(capsys, monkeypatch):
     @one_line_errors
     def main(argv=None):
-        raise {'usage': UsageError('--x is wrong; use --y'), 'key': KeyError('no `model` in the config'),
+        raise {'usage': UsageError('--x is wrong; use --y'),
+               'key': KeyError('no `model` in the config'),
                'empty': ValueError(''), 'bug': ZeroDivisionError('division by zero')}[argv]
 
     assert main('usage') == 2 and capsys.readouterr().err == 'error: --x is wrong; use --y\n'
@@ -57,17 +62,19 @@ def _one_line(capsys) -> str:
 
 @pytest.mark.parametrize('name, message', [
     ('photo.png', 'is a PNG image, not a weight file'), ('empty.pth', 'is an empty file (0 bytes)'),
-    ('page.pth', 'is an HTML page'), ('config.txt', 'is a text file'), ('folder', 'is a directory, not a file'),
-    ('absent.pth', 'file not found')])
+    ('page.pth', 'is an HTML page'), ('config.txt', 'is a text file'),
+    ('folder', 'is a directory, not a file'), ('absent.pth', 'file not found')])
 def test_export_names_the_file_given_as_pth(files, capsys, name, message):
     assert load_tool('export_hf').main([str(TINY_CONFIG), '--pth', str(files / name), '--out',
                                         str(files / 'export')]) == 2
     assert message in _one_line(capsys) and not (files / 'export').exists()
 
 
-@pytest.mark.parametrize('name, message', [('photo.png', 'is a PNG image'), ('empty.pth', 'is an empty file'),
+@pytest.mark.parametrize('name, message',
+                         [('photo.png', 'is a PNG image'), ('empty.pth', 'is an empty file'),
                                            ('absent.pth', 'file not found'),
-                                           ('folder', 'is a folder but not a DeepSpeed checkpoint')])
+                                           ('folder',
+                                            'is a folder but not a DeepSpeed checkpoint')])
 def test_converter_names_the_file_it_was_given(files, capsys, name, message):
     assert load_tool('convert_to_pth').main([str(TINY_CONFIG), str(files / name), '--save-path',
                                              str(files / 'out.pth')]) == 2
@@ -75,10 +82,11 @@ def test_converter_names_the_file_it_was_given(files, capsys, name, message):
 
 
 def test_converter_recognises_the_omg_seg_file(files, capsys):
-    assert load_tool('convert_to_pth').main([str(TINY_CONFIG), str(files / 'omg_seg_convl.pth'), '--save-path',
-                                             str(files / 'out.pth')]) == 2
+    assert load_tool('convert_to_pth').main([str(TINY_CONFIG), str(files / 'omg_seg_convl.pth'),
+                                             '--save-path', str(files / 'out.pth')]) == 2
     err = capsys.readouterr().err
-    assert err.startswith('error: ') and 'looks like the OMG-Seg checkpoint (omg_seg_convl.pth)' in err
+    assert (err.startswith('error: ')
+            and 'looks like the OMG-Seg checkpoint (omg_seg_convl.pth)' in err)
     assert 'unrecognised' not in err
 
 
@@ -96,13 +104,16 @@ def test_cuda_without_a_gpu_is_refused_before_the_build(files, capsys, monkeypat
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--image', '{files}/config.txt'], 'cannot read'), (['--image', '{files}/absent.png'], 'image not found'),
+    (['--image', '{files}/config.txt'], 'cannot read'),
+    (['--image', '{files}/absent.png'], 'image not found'),
     (['--omg-seg-pth', '{files}/photo.png'], '--omg-seg-pth {files}/photo.png is a PNG image'),
-    (['--out-dir', '{files}/config.txt'], 'is a file, not a folder'), (['--device', 'warp9'], 'is not a torch device'),
+    (['--out-dir', '{files}/config.txt'], 'is a file, not a folder'),
+    (['--device', 'warp9'], 'is not a torch device'),
 ])
 def test_segment_image_bad_inputs_are_one_line(files, capsys, monkeypatch, argv, message):
     from omg_llava.segmentation import builder
-    monkeypatch.setattr(builder, 'build_segmenter', lambda *a, **k: pytest.fail('the model was built'))
+    monkeypatch.setattr(builder, 'build_segmenter',
+                        lambda *a, **k: pytest.fail('the model was built'))
     argv = [a.format(files=files) for a in argv]
     out_dir = [] if '--out-dir' in argv else ['--out-dir', str(files / 'seg')]
     assert load_tool('segment_image').main(['--config', str(TINY_CONFIG), *out_dir, *argv]) == 2

@@ -1,5 +1,5 @@
-"""The inference entry points (chat, app, test, export, segment_image) import and run with xtuner blocked:
-xtuner is a training dependency only."""
+"""The inference entry points (chat, app, test, export, segment_image) import and run with xtuner
+blocked: xtuner is a training dependency only."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,8 +10,8 @@ import textwrap
 
 from conftest import REPO_ROOT
 
-# Runs in a fresh interpreter: any import of xtuner (or a submodule) raises, then every entry point's modules are
-# imported and the README's one-shot chat runs on the built-in default model.
+# Runs in a fresh interpreter: any import of xtuner (or a submodule) raises, then every entry
+# point's modules are imported and the README's one-shot chat runs on the built-in default model.
 SCRIPT = textwrap.dedent('''
     import importlib.abc, importlib.util, json, sys
 
@@ -31,27 +31,32 @@ SCRIPT = textwrap.dedent('''
         spec.loader.exec_module(module)
         return module
 
-    tools = {name: load_tool(name) for name in ('chat', 'app', 'test', 'export_hf', 'segment_image')}
+    tools = {name: load_tool(name)
+             for name in ('chat', 'app', 'test', 'export_hf', 'segment_image')}
     # what the tools import when they run (their heavy imports are deferred to main)
-    import omg_llava.checkpoint, omg_llava.export, omg_llava.evaluation.gcg, omg_llava.evaluation.runner
-    import omg_llava.evaluation.splits, omg_llava.inference.app_ui, omg_llava.inference.chat
-    import omg_llava.inference.chat_outputs, omg_llava.inference.image_io, omg_llava.inference.model_builder
-    import omg_llava.segmentation.builder, omg_llava.segmentation.outputs, omg_llava.models.llm
+    import omg_llava.checkpoint, omg_llava.export, omg_llava.evaluation.gcg
+    import omg_llava.evaluation.runner, omg_llava.evaluation.splits, omg_llava.inference.app_ui
+    import omg_llava.inference.chat, omg_llava.inference.chat_outputs, omg_llava.inference.image_io
+    import omg_llava.inference.model_builder, omg_llava.segmentation.builder
+    import omg_llava.segmentation.outputs, omg_llava.models.llm
 
-    code = tools['chat'].main(['--prompt', 'Please segment the largest shape in this image.', '--out-dir', out_dir])
+    code = tools['chat'].main(['--prompt', 'Please segment the largest shape in this image.',
+                               '--out-dir', out_dir])
     from omg_llava.inference.app_ui import build_demo
     from omg_llava.inference.chat import OMGLLaVAChat
     from omg_llava.inference.defaults import DEFAULT_CONFIG
     demo = build_demo(OMGLLaVAChat.from_config(DEFAULT_CONFIG, seed=0)[0])
-    print(json.dumps({'code': code, 'xtuner': sorted(m for m in sys.modules if m.split('.')[0] == 'xtuner'),
+    print(json.dumps({'code': code,
+                      'xtuner': sorted(m for m in sys.modules if m.split('.')[0] == 'xtuner'),
                       'demo': type(demo).__name__}))
 ''')
 
 
 def test_entry_points_run_with_xtuner_blocked(tmp_path):
-    assert importlib.util.find_spec('xtuner') is not None  # installed: the block is what keeps it out
-    done = subprocess.run([sys.executable, '-c', SCRIPT, str(tmp_path)], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600)
+    # installed: the block is what keeps it out
+    assert importlib.util.find_spec('xtuner') is not None
+    done = subprocess.run([sys.executable, '-c', SCRIPT, str(tmp_path)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {'code': 0, 'xtuner': [], 'demo': 'Blocks'}

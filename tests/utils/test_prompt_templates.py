@@ -1,4 +1,5 @@
-"""internlm2_chat template: owned by the plugin, registered in xtuner's PROMPT_TEMPLATE for training runs only."""
+"""internlm2_chat template: owned by the plugin, registered in xtuner's PROMPT_TEMPLATE for training
+runs only."""
 import subprocess
 import sys
 
@@ -15,8 +16,12 @@ def run_python(code: str) -> str:
 
 
 def test_template_strings():
-    assert INTERNLM2_CHAT.INSTRUCTION.format(input='hi') == '<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n'
-    assert INTERNLM2_CHAT.SYSTEM.format(system='be brief') == '<|im_start|>system\nbe brief<|im_end|>\n'
+    assert (
+        INTERNLM2_CHAT.INSTRUCTION.format(input='hi')
+        == '<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n'
+    )
+    assert INTERNLM2_CHAT.SYSTEM.format(system='be brief') == ('<|im_start|>system\nbe '
+                                                               'brief<|im_end|>\n')
     assert INTERNLM2_CHAT.SUFFIX == '<|im_end|>' and INTERNLM2_CHAT.SUFFIX_AS_EOS is True
     assert INTERNLM2_CHAT.SEP == '\n' and INTERNLM2_CHAT.STOP_WORDS == ['<|im_end|>']
 
@@ -66,4 +71,5 @@ def test_constants():
     # 255 * mean gives the (122, 116, 104) padding colour of spec §1.1
     assert tuple(int(255 * m) for m in constants.CLIP_MEAN) == (122, 116, 104)
     # the released configs' 4-decimal statistics, which the weights were trained with
-    assert constants.CLIP_MEAN == (0.4814, 0.4578, 0.4082) and constants.CLIP_STD == (0.2686, 0.2613, 0.2757)
+    assert (constants.CLIP_MEAN == (0.4814, 0.4578, 0.4082)
+            and constants.CLIP_STD == (0.2686, 0.2613, 0.2757))

@@ -22,7 +22,8 @@ def test_trunk_keys_equal_the_open_clip_file_after_renaming():
     open_clip = read_key_manifest('clip_convnext_large_d_320.tsv')
     visual = {k: v for k, v in open_clip.items() if k.startswith('visual.')}
     renamed, _ = rename_keys(visual, OPEN_CLIP_RENAMES)
-    trunk = {k[len('backbone.'):]: v for k, v in part_key_shapes(str(FINETUNE_CONFIG), 'visual_encoder').items()
+    trunk = {k[len('backbone.'):]: v
+             for k, v in part_key_shapes(str(FINETUNE_CONFIG), 'visual_encoder').items()
              if k.startswith('backbone.')}
     assert renamed == trunk
 
@@ -30,7 +31,8 @@ def test_trunk_keys_equal_the_open_clip_file_after_renaming():
 def test_built_on_meta_without_memory():
     encoder = build_model_on_meta(str(FINETUNE_CONFIG), 'visual_encoder')
     assert all(p.is_meta for p in encoder.parameters())
-    assert tuple(encoder.panoptic_head.cls_embed.shape) == (768, 134, 17)  # non-persistent, in no file
+    # non-persistent, in no file
+    assert tuple(encoder.panoptic_head.cls_embed.shape) == (768, 134, 17)
     assert 'panoptic_head.cls_embed' not in encoder.state_dict()
 
 
@@ -43,7 +45,8 @@ def test_cli_output_format(capsys):
 
 
 def test_pretrain_checkpoint_keys_equal_the_manifest(capsys):
-    """The 17 tensors of omg_llava_7b_pretrain_8gpus.pth: vocabulary (92548 rows) and both projectors."""
+    """The 17 tensors of omg_llava_7b_pretrain_8gpus.pth: vocabulary (92548 rows) and both
+    projectors."""
     assert load_tool('model_keys').main([str(PRETRAIN_CONFIG), '--part', 'pretrain']) == 0
     printed = capsys.readouterr().out.splitlines()
     expected = read_key_manifest('omg_llava_7b_pretrain_8gpus.tsv')
@@ -52,7 +55,8 @@ def test_pretrain_checkpoint_keys_equal_the_manifest(capsys):
 
 
 def test_finetune_checkpoint_keys_equal_the_manifest(capsys):
-    """The 339 tensors the public code saves in omg_llava_7b_finetune_8gpus.pth (LoRA r=512 incl. the LM head)."""
+    """The 339 tensors the public code saves in omg_llava_7b_finetune_8gpus.pth (LoRA r=512 incl.
+    the LM head)."""
     assert load_tool('model_keys').main([str(FINETUNE_CONFIG), '--part', 'finetune']) == 0
     printed = capsys.readouterr().out.splitlines()
     expected = read_key_manifest('omg_llava_7b_finetune_8gpus.tsv')
@@ -74,7 +78,9 @@ def test_finetune_part_needs_a_lora_config():
 
 def test_task_finetune_keys_add_the_decoder_copies():
     from conftest import REPO_ROOT
-    shapes = part_key_shapes(str(REPO_ROOT / 'configs' / 'specific_tasks_finetune' / 'finetune_refseg.py'), 'finetune')
+    shapes = part_key_shapes(
+        str(REPO_ROOT / 'configs' / 'specific_tasks_finetune' / 'finetune_refseg.py'), 'finetune'
+    )
     expected = dict(read_key_manifest('omg_llava_7b_finetune_8gpus.tsv'))
     expected.update(read_key_manifest('finetuned_task_extra.tsv'))
     assert shapes == expected and len(shapes) == 339 + 170

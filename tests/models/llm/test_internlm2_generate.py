@@ -1,5 +1,5 @@
-"""InternLM2 KV cache and generate() on the installed transformers (4.48 … 5.x): cached decoding equals full
-recomputation under either cache argument name; padding; peft LoRA wrapping."""
+"""InternLM2 KV cache and generate() on the installed transformers (4.48 … 5.x): cached decoding
+equals full recomputation under either cache argument name; padding; peft LoRA wrapping."""
 from __future__ import annotations
 
 import copy
@@ -17,7 +17,8 @@ NEW_TOKENS = 8
 
 def tiny_model(seed: int = 0) -> InternLM2ForCausalLM:
     torch.manual_seed(seed)
-    config = InternLM2Config(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+    config = InternLM2Config(vocab_size=128, hidden_size=64, intermediate_size=96,
+                             num_hidden_layers=2,
                              num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2)
     return InternLM2ForCausalLM(config).eval()
 
@@ -55,7 +56,8 @@ def test_forward_with_cache_equals_forward_without():
         assert cache_of(full) is None and cache.get_seq_length() == 12
         again = cache_of(model(ids[:, :7], use_cache=True))
         rest_old_name = model(ids[:, 7:], past_key_values=again).logits  # the 4.x name
-    torch.testing.assert_close(torch.cat([first.logits, rest], dim=1), full.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat([first.logits, rest], dim=1), full.logits, atol=1e-5,
+                               rtol=1e-5)
     torch.testing.assert_close(rest_old_name, rest, atol=0, rtol=0)
 
 
@@ -65,9 +67,11 @@ def test_cache_position_gives_the_past_length():
         cache = cache_of(model(ids[:, :6], use_cache=True))
         by_cache = model(ids[:, 6:], cache=copy.deepcopy(cache)).logits
         by_position = model(ids[:, 6:], cache=cache, cache_position=torch.arange(6, 10)).logits
-        # a cache_position that disagrees with the cache is what the model follows (the rotary positions move)
+        # a cache_position that disagrees with the cache is what the model follows (the rotary
+        # positions move)
         shifted = model(ids[:, 6:], cache=cache_of(model(ids[:, :6], use_cache=True)),
-                        cache_position=torch.arange(6, 10), position_ids=torch.arange(16, 20)[None]).logits
+                        cache_position=torch.arange(6, 10),
+                        position_ids=torch.arange(16, 20)[None]).logits
     torch.testing.assert_close(by_position, by_cache, atol=0, rtol=0)
     assert (shifted - by_cache).abs().max() > 1e-4
 
@@ -99,7 +103,8 @@ def test_boolean_4d_mask_equals_the_2d_padding_mask():
     model, ids = tiny_model(), torch.randint(0, 128, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[0, :2] = 0
-    allowed = torch.ones(7, 7, dtype=torch.bool).tril()[None, None] & mask[:, None, None, :].bool()  # (2, 1, 7, 7)
+    # (2, 1, 7, 7)
+    allowed = torch.ones(7, 7, dtype=torch.bool).tril()[None, None] & mask[:, None, None, :].bool()
     with torch.no_grad():
         from_2d = model(ids, attention_mask=mask).logits
         from_4d = model(ids, attention_mask=allowed).logits
@@ -111,12 +116,14 @@ def test_greedy_generate_with_and_without_cache():
     model, ids = tiny_model(), torch.randint(3, 128, (1, 6))
     cached, uncached = gen(model, input_ids=ids), gen(model, input_ids=ids, use_cache=False)
     assert cached.shape == (1, 6 + NEW_TOKENS) and torch.equal(cached, uncached)
-    assert torch.equal(cached[:, 6:], greedy_without_cache(model, model.get_input_embeddings()(ids)))
+    assert torch.equal(cached[:, 6:],
+                       greedy_without_cache(model, model.get_input_embeddings()(ids)))
 
 
 def test_greedy_generate_from_inputs_embeds():
     model, ids = tiny_model(), torch.randint(3, 128, (1, 6))
-    embeds = model.get_input_embeddings()(ids).detach() + 0.1 * torch.randn(1, 6, 64)  # not a token row
+    # not a token row
+    embeds = model.get_input_embeddings()(ids).detach() + 0.1 * torch.randn(1, 6, 64)
     mask = torch.ones(1, 6, dtype=torch.long)
     new = gen(model, inputs_embeds=embeds, attention_mask=mask)
     assert new.shape == (1, NEW_TOKENS)  # only the generated tokens come back
@@ -129,7 +136,8 @@ def test_sampling_with_a_seed_is_the_same_with_and_without_cache():
     outputs = []
     for use_cache in (True, False):
         torch.manual_seed(123)
-        outputs.append(gen(model, input_ids=ids, do_sample=True, top_k=0, temperature=1.0, use_cache=use_cache))
+        outputs.append(gen(model, input_ids=ids, do_sample=True, top_k=0, temperature=1.0,
+                           use_cache=use_cache))
     assert torch.equal(outputs[0], outputs[1])
 
 
@@ -145,7 +153,8 @@ def test_left_padded_batch_equals_single_runs():
 
 
 def test_peft_lora_names_and_training_step():
-    model = prepare_model_for_kbit_training(tiny_model())  # what xtuner runs before wrapping (no-op unquantized)
+    # what xtuner runs before wrapping (no-op unquantized)
+    model = prepare_model_for_kbit_training(tiny_model())
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': True})
     model.enable_input_require_grads()  # reentrant checkpointing needs an input that requires grad
     assert model.is_gradient_checkpointing
@@ -170,7 +179,8 @@ def test_left_padding_in_half_precision_stays_finite():
     bias = causal_attention_bias(mask, torch.arange(6), 6, 2, torch.float16)  # (2, 1, 6, 6)
     assert (bias[0, 0, :3] == 0).all()  # fully masked rows are opened: no all -inf softmax in fp16
     future = torch.ones(6, 6, dtype=torch.bool).triu(1)
-    assert (bias[0, 0, 3:, :3] == torch.finfo(torch.float16).min).all() and (bias[1, 0][future] < 0).all()
+    assert ((bias[0, 0, 3:, :3] == torch.finfo(torch.float16).min).all()
+            and (bias[1, 0][future] < 0).all())
     for implementation in ('eager', 'sdpa'):
         model = tiny_model().to(torch.float16)
         model.config._attn_implementation = implementation
@@ -182,7 +192,8 @@ def test_left_padding_in_half_precision_stays_finite():
 def test_left_padded_inputs_embeds_batch_equals_single_runs():
     model = tiny_model()
     short, long = torch.randn(1, 3, 64), torch.randn(1, 7, 64)
-    batch = torch.cat([torch.cat([torch.zeros(1, 4, 64), short], dim=1), long])  # (2, 7, 64), row 0 left-padded
+    # (2, 7, 64), row 0 left-padded
+    batch = torch.cat([torch.cat([torch.zeros(1, 4, 64), short], dim=1), long])
     mask = (torch.arange(7) >= torch.tensor([[4], [0]])).long()
     batched = gen(model, inputs_embeds=batch, attention_mask=mask)
     assert torch.equal(batched[0], gen(model, inputs_embeds=short)[0])

@@ -1,5 +1,6 @@
-"""InternLM2 ``save_pretrained`` / ``from_pretrained`` round trips and the tied-weights declaration, on the installed
-transformers (the declaration is a {tied: source} mapping, which 5.x requires and 4.x reads by its keys)."""
+"""InternLM2 ``save_pretrained`` / ``from_pretrained`` round trips and the tied-weights declaration,
+on the installed transformers (the declaration is a {tied: source} mapping, which 5.x requires and
+4.x reads by its keys)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ from omg_llava.models.llm.internlm2.configuration import rope_settings
 
 def tiny_model(seed: int = 0, **overrides) -> InternLM2ForCausalLM:
     torch.manual_seed(seed)
-    kwargs = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+    kwargs = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4,
                   num_key_value_heads=2, initializer_range=0.2, max_position_embeddings=16)
     return InternLM2ForCausalLM(InternLM2Config(**{**kwargs, **overrides})).eval()
 
@@ -24,7 +26,8 @@ def test_tied_weights_declaration_is_a_mapping_onto_the_embedding():
     assert dict(model._tied_weights_keys) == {'output.weight': 'model.tok_embeddings.weight'}
     names = {name for name, _ in model.named_parameters()}
     assert set(model._tied_weights_keys) | set(model._tied_weights_keys.values()) <= names
-    assert model.output.weight.data_ptr() != model.model.tok_embeddings.weight.data_ptr()  # InternLM2 is untied
+    # InternLM2 is untied
+    assert model.output.weight.data_ptr() != model.model.tok_embeddings.weight.data_ptr()
 
 
 @pytest.mark.parametrize('safe', [True, False])
@@ -52,7 +55,8 @@ def test_tied_embeddings_stay_tied_through_a_round_trip(tmp_path):
     assert not info['unexpected_keys'] and not info['mismatched_keys']
     assert set(info['missing_keys']) <= {'output.weight'}  # the tied copy need not be stored
     assert reloaded.output.weight.data_ptr() == reloaded.model.tok_embeddings.weight.data_ptr()
-    torch.testing.assert_close(reloaded.output.weight, model.model.tok_embeddings.weight, atol=0, rtol=0)
+    torch.testing.assert_close(reloaded.output.weight, model.model.tok_embeddings.weight, atol=0,
+                               rtol=0)
 
 
 def test_a_config_saved_in_either_rope_spelling_loads(tmp_path):
@@ -61,8 +65,10 @@ def test_a_config_saved_in_either_rope_spelling_loads(tmp_path):
     config = json.loads((tmp_path / 'config.json').read_text())
     for key in ('rope_parameters', 'rope_scaling', 'rope_theta'):
         config.pop(key, None)
-    spellings = [dict(rope_theta=1e6, rope_scaling={'type': 'dynamic', 'factor': 2.0}),  # the released file
-                 dict(rope_parameters={'rope_type': 'dynamic', 'factor': 2.0, 'rope_theta': 1e6})]  # 5.x
+    # the released file
+    spellings = [dict(rope_theta=1e6, rope_scaling={'type': 'dynamic', 'factor': 2.0}),
+                 # 5.x
+                 dict(rope_parameters={'rope_type': 'dynamic', 'factor': 2.0, 'rope_theta': 1e6})]
     ids = torch.randint(0, 128, (1, 20))
     with torch.no_grad():
         expected = model(ids).logits
