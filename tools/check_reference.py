@@ -12,9 +12,12 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('fixture', help='path to the fixture .pt (its .json sidecar must sit next to it)')
-    parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('fixture',
+                        help='path to the fixture .pt (its .json sidecar must sit next to it)')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch CPU threads (default: torch default)')
     args = parser.parse_args(argv)
     import torch  # after the arguments: --help stays fast
     if args.threads:
@@ -24,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print(result.line())
     counts = {s: sum(r.status == s for r in results) for s in ('PASS', 'FAIL', 'SKIP')}
-    print(f"\n{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped (not implemented yet)")
+    print(f"\n{counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIP']} skipped (not "
+          "implemented yet)")
     return 1 if counts['FAIL'] else 0
 
 
