@@ -162,7 +162,8 @@ class OMGSegVisualEncoder(nn.Module):
     def _own_precision(self) -> contextlib.AbstractContextManager:
         """Autocast to the encoder's dtype when its weights are bf16/fp16 (inference's
         ``encoder_dtype``): mmdet's pixel decoder adds float32 positional encodings to its inputs,
-        which a plain cast of the weights alone would leave mismatched. fp32 (the reference): no-op."""
+        which a plain cast of the weights alone would leave mismatched. fp32 (the reference):
+        no-op."""
         weight = next(self.parameters())
         if weight.dtype == torch.float32:
             return contextlib.nullcontext()
@@ -196,7 +197,10 @@ class OMGSegVisualEncoder(nn.Module):
     def encode(self, pixel_values: Tensor) -> VisualEncoderOutput:
         """Run the trunk and the head on (B, 3, H, W) images → :class:`VisualEncoderOutput` (every
         field)."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen), self._own_precision():
+        with (
+            torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen),
+            self._own_precision(),
+        ):
             pixel_values = pixel_values.to(next(self.parameters()).dtype)
             image_size = tuple(pixel_values.shape[-2:])
             feats = self.backbone(pixel_values)
@@ -224,7 +228,10 @@ class OMGSegVisualEncoder(nn.Module):
                         policy: Any) -> PromptOutput:
         head = self.panoptic_head
         content, pos = prompt_queries(head, points, features.image_size)  # (N, 1, C) each
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen), self._own_precision():
+        with (
+            torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen),
+            self._own_precision(),
+        ):
             decode = head.decode_alone(content[:, 0], pos[:, 0], batch_idxs, features, policy)
         return PromptOutput(torch.cat([decode.queries[-1], pos], dim=-1), points, decode)
 
@@ -290,4 +297,5 @@ def check_boxes_inside(boxes: Tensor, image_size: tuple[int, int]) -> None:
     bad = (x1 < 0) | (y1 < 0) | (x2 > W) | (y2 > H) | (x2 <= x1) | (y2 <= y1)
     if bad.any():
         raise ValueError(f'box prompts {boxes[bad].tolist()} are empty or outside the {W}x{H} '
-                         'image; give (x1, y1, x2, y2) with 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H')
+                         'image; give (x1, y1, x2, y2) with 0 <= x1 < x2 <= W and 0 <= y1 < y2 '
+                         '<= H')
