@@ -2,14 +2,16 @@
 
 Two measures that change no number the model computes:
 
-* :func:`map_embedding_to_file_` moves the LLM's input embedding table (92544 × 4096, 0.76 GB in bf16 at 7B)
-  out of anonymous memory into a private mapping of an unlinked temporary file. An embedding lookup reads only
-  the rows of the tokens it embeds, so only those pages become resident (a few hundred rows, a few MB), while
-  the LM head, which every decoded token reads whole, stays in memory. The file lives in the temporary
-  directory (``TMPDIR``); it disappears when the process ends. On a RAM-backed temporary directory (tmpfs)
-  the table still occupies memory, as shared memory instead of the process's own.
-* :func:`release_free_memory` hands the pages glibc's allocator keeps after large temporary tensors are freed
-  (the fp32 chunks of the LoRA merge, the encoder's activations) back to the system (``malloc_trim``).
+* :func:`map_embedding_to_file_` moves the LLM's input embedding table (92544 × 4096, 0.76 GB in
+  bf16 at 7B) out of anonymous memory into a private mapping of an unlinked temporary file. An
+  embedding lookup reads only the rows of the tokens it embeds, so only those pages become resident
+  (a few hundred rows, a few MB), while the LM head, which every decoded token reads whole, stays in
+  memory. The file lives in the temporary directory (``TMPDIR``); it disappears when the process
+  ends. On a RAM-backed temporary directory (tmpfs) the table still occupies memory, as shared
+  memory instead of the process's own.
+* :func:`release_free_memory` hands the pages glibc's allocator keeps after large temporary tensors
+  are freed (the fp32 chunks of the LoRA merge, the encoder's activations) back to the system
+  (``malloc_trim``).
 """
 from __future__ import annotations
 
@@ -25,18 +27,19 @@ _CHUNK_ROWS = 8192
 
 
 def map_embedding_to_file_(embedding: nn.Embedding, directory: str | None = None) -> int:
-    """Replace ``embedding.weight``'s storage by a private mapping of an unlinked temporary file, in place.
+    """Replace ``embedding.weight``'s storage by a private mapping of an unlinked temporary file, in
+    place.
 
-    The values, dtype, shape and ``requires_grad`` stay the same; the table's rows are written to the file in
-    chunks of 8192 rows (no second full copy), then the resident tensor is released.
+    The values, dtype, shape and ``requires_grad`` stay the same; the table's rows are written to
+    the file in chunks of 8192 rows (no second full copy), then the resident tensor is released.
 
     Args:
         embedding: an ``nn.Embedding`` on the CPU, shape (V, D), contiguous.
         directory: where the temporary file goes (default: Python's temporary directory).
 
     Returns:
-        The number of bytes moved out of anonymous memory (0 when the weight is not a CPU tensor or already
-        mapped).
+        The number of bytes moved out of anonymous memory (0 when the weight is not a CPU tensor or
+        already mapped).
     """
     weight = embedding.weight
     if weight.device.type != 'cpu' or is_file_mapped(embedding):
@@ -46,26 +49,30 @@ def map_embedding_to_file_(embedding: nn.Embedding, directory: str | None = None
     if size == 0:
         return 0
     rows = data.view(data.shape[0], -1)
-    with tempfile.TemporaryFile(dir=directory) as file:  # unlinked at once; the mapping keeps it alive
+    # unlinked at once; the mapping keeps it alive
+    with tempfile.TemporaryFile(dir=directory) as file:
         for start in range(0, rows.shape[0], _CHUNK_ROWS):
             chunk = rows[start:start + _CHUNK_ROWS].view(torch.uint8)  # (rows, D * itemsize) bytes
             file.write(memoryview(chunk.numpy()).cast('B'))
         file.flush()
-        mapping = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY)  # private: writes stay in memory
-    mapped = torch.frombuffer(mapping, dtype=data.dtype).view(data.shape)  # the tensor keeps `mapping` alive
+        # private: writes stay in memory
+        mapping = mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY)
+    # the tensor keeps `mapping` alive
+    mapped = torch.frombuffer(mapping, dtype=data.dtype).view(data.shape)
     weight.data = mapped
     embedding._file_mapped_at = mapped.data_ptr()
     return size
 
 
 def is_file_mapped(embedding: nn.Embedding) -> bool:
-    """Whether ``embedding.weight`` is the mapping :func:`map_embedding_to_file_` made (a later cast or move
-    makes a resident copy again)."""
+    """Whether ``embedding.weight`` is the mapping :func:`map_embedding_to_file_` made (a later cast
+    or move makes a resident copy again)."""
     return getattr(embedding, '_file_mapped_at', None) == embedding.weight.data_ptr()
 
 
 def release_free_memory() -> bool:
-    """Return the free pages glibc's allocator holds to the system; ``False`` where there is no glibc."""
+    """Return the free pages glibc's allocator holds to the system; ``False`` where there is no
+    glibc."""
     name = ctypes.util.find_library('c')
     if name is None:
         return False

@@ -1,11 +1,12 @@
-"""``encoder_dtype='bf16'`` (``--encoder-dtype bf16``): the trained built-in model's answers and masks agree with the
-reference's fp32 encoder within bf16 rounding; fp32 stays the default."""
+"""``encoder_dtype='bf16'`` (``--encoder-dtype bf16``): the trained built-in model's answers and
+masks agree with the reference's fp32 encoder within bf16 rounding; fp32 stays the default."""
 import numpy as np
 import pytest
 import torch
 
 from omg_llava.inference.chat import OMGLLaVAChat
-from omg_llava.inference.defaults import DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT, checkpoint_for
+from omg_llava.inference.defaults import (DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT,
+                                          checkpoint_for)
 from omg_llava.inference.model_builder import estimate_memory
 
 QUESTIONS = (DEFAULT_PROMPT, 'Please segment the smallest shape in this image.')
@@ -15,10 +16,12 @@ QUESTIONS = (DEFAULT_PROMPT, 'Please segment the smallest shape in this image.')
 def answers():
     results = {}
     for encoder_dtype in ('fp32', 'bf16'):
-        chat, notes = OMGLLaVAChat.from_config(DEFAULT_CONFIG, pth=checkpoint_for(DEFAULT_CONFIG, None),
+        chat, notes = OMGLLaVAChat.from_config(DEFAULT_CONFIG,
+                                               pth=checkpoint_for(DEFAULT_CONFIG, None),
                                                dtype='bf16', encoder_dtype=encoder_dtype)
-        assert next(chat.model.visual_encoder.parameters()).dtype == getattr(torch, {'fp32': 'float32',
-                                                                                     'bf16': 'bfloat16'}[encoder_dtype])
+        assert next(chat.model.visual_encoder.parameters()).dtype == getattr(
+            torch, {'fp32': 'float32', 'bf16': 'bfloat16'}[encoder_dtype]
+        )
         assert any('visual encoder: bf16' in n for n in notes) == (encoder_dtype == 'bf16')
         chat.set_image(str(DEFAULT_IMAGE))
         results[encoder_dtype] = [chat.ask(q, max_new_tokens=24) for q in QUESTIONS]

@@ -1,4 +1,5 @@
-"""The inference memory measures change no number: a file-mapped embedding table looks up the same rows."""
+"""The inference memory measures change no number: a file-mapped embedding table looks up the same
+rows."""
 import torch
 from torch import nn
 

@@ -1,4 +1,5 @@
-"""The plain-read safetensors reader gives exactly what the safetensors library loads, and refuses bad files."""
+"""The plain-read safetensors reader gives exactly what the safetensors library loads, and refuses
+bad files."""
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
