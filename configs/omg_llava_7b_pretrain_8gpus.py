@@ -1,7 +1,7 @@
-# Copyright (c) omg-llava contributors. OMG-LLaVA 7B pretrain (reference:
-# omg_llava_7b_pretrain_8gpus). Run with:  NPROC_PER_NODE=8 python -m xtuner.tools.train
-# configs/omg_llava_7b_pretrain_8gpus.py \
-#                --deepspeed deepspeed_zero2
+# Copyright (c) omg-llava contributors.
+# OMG-LLaVA 7B pretrain (reference: omg_llava_7b_pretrain_8gpus). Run with:
+#   NPROC_PER_NODE=8 python -m xtuner.tools.train configs/omg_llava_7b_pretrain_8gpus.py \
+#       --deepspeed deepspeed_zero2
 # Trains the two projectors (LM loss + 10 x MSE alignment of projector_text2vision) on
 # LLaVA-Pretrain captions; the 4-bit LLM and the visual encoder stay frozen.
 from mmengine.config import read_base

@@ -2,9 +2,8 @@
 # finetune_refseg.py). Starts from the general finetune checkpoint and also trains copies of the OMG
 # mask decoder that decode [SEG] (require_omg_decoder in the reference; with_llm_decoder_copy here).
 # Data: the 12 referring-seg entries.
-#   NPROC_PER_NODE=8 python -m xtuner.tools.train configs/specific_tasks_finetune/finetune_refseg.py
-#   \
-#       --deepspeed deepspeed_zero2
+#   NPROC_PER_NODE=8 python -m xtuner.tools.train \
+#       configs/specific_tasks_finetune/finetune_refseg.py --deepspeed deepspeed_zero2
 from mmengine.config import read_base
 
 from omg_llava.datasets import CombinedDataset
