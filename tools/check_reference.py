@@ -1,9 +1,9 @@
 """Compare this implementation with a reference fixture, stage by stage.
 
-    python tools/check_reference.py ../shared/fixtures/omg_llava_reference_tiny.pt
+    python tools/check_reference.py tests/data/fixtures/omg_llava_reference_tiny.pt
 
 Prints ``name  max_abs_diff  tolerance  PASS|FAIL|SKIP`` per recorded output; exits 1 if any FAILs.
-The fixture format is described in shared/fixtures/README.md (X.pt + X.json sidecar).
+The fixture format is described in tests/data/fixtures/README.md (X.pt + X.json sidecar).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ device.
 
     python tools/model_keys.py configs/omg_llava_7b_finetune_8gpus.py --part visual_encoder
 
-Output: ``key<TAB>a,b,c`` per line, sorted. Compare with shared/spec/keys/*.tsv to check that the
+Output: ``key<TAB>a,b,c`` per line, sorted. Compare with tests/data/keys/*.tsv to check that the
 released checkpoints will load.
 """
 from __future__ import annotations

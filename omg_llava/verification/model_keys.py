@@ -2,7 +2,7 @@
 files).
 
 Used by ``tools/model_keys.py`` and the key-compatibility tests: the printed lists must equal the
-manifests in ``shared/spec/keys/`` (what the released checkpoints hold).
+manifests in ``tests/data/keys/`` (what the released checkpoints hold).
 
 Parts:
     ``visual_encoder``: the encoder's persistent tensors (``panoptic_head.*`` as in

@@ -243,8 +243,11 @@ def test_documented_make_targets_exist():
 
 
 def test_docs_do_not_point_outside_the_repository():
-    """A clone has no ``../shared`` folder: the docs name the copies in the repository."""
-    bad = [f'{p.relative_to(REPO_ROOT)}:{n}' for p in DOCS
+    """A clone has no ``../shared`` folder: the docs (and the tools' help) name the copies in the
+    repository (``docs/spec/``, ``tests/data/``)."""
+    texts = DOCS + sorted((REPO_ROOT / 'tools').glob('*.py')) + sorted(
+        (REPO_ROOT / 'tests' / 'data').rglob('README.md'))
+    bad = [f'{p.relative_to(REPO_ROOT)}:{n}' for p in texts
            for n, line in enumerate(p.read_text(encoding='utf-8').splitlines(), 1)
            if re.search(r'(?<![\w/])(?:\.\./)*shared/(?:spec|fixtures)\b', line)]
     assert not bad, bad
