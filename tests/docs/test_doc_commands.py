@@ -2,8 +2,8 @@
 
 A fenced block whose line before is ``<!-- runs-offline -->`` is run (bash, ``set -eo pipefail``)
 in a scratch folder that links the repository's files (so what it writes, ``outputs/``, ``data/``,
-``exports/``, lands there, not in the tree), with this interpreter's ``bin/`` for ``.venv/bin/``
-and first on ``PATH`` (a bare ``python`` is the venv's). It must exit 0, and each
+``exports/``, lands there, not in the tree), with this interpreter's ``bin/`` for any
+``.../.venv/bin/`` and first on ``PATH`` (a bare ``python`` is the venv's). It must exit 0, and each
 ``# prints: TEXT`` comment in it must appear in its output. Only fast offline blocks are marked
 (the built-in tiny model); every other shell block is checked without running it: the project
 tools it calls must exist and take the ``--flags`` it gives them (their ``--help``), and the
@@ -107,11 +107,11 @@ def _environment() -> dict[str, str]:
 
 @pytest.mark.parametrize('block', OFFLINE, ids=[b.where for b in OFFLINE])
 def test_marked_block_runs(block: Block, tmp_path):
-    script = block.text.replace('.venv/bin/', f'{BINDIR}/')
+    script = re.sub(r'[^\s\'"=]*\.venv/bin/', f'{BINDIR}/', block.text)  # $REPO/.venv/bin/ too
     start = time.perf_counter()
+    env = dict(_environment(), TMPDIR=str(tmp_path))  # mktemp stays in the scratch folder
     run = subprocess.run(['bash', '-eo', 'pipefail', '-c', script], cwd=_scratch(tmp_path),
-                         env=_environment(), capture_output=True, text=True,
-                         timeout=BLOCK_TIMEOUT)
+                         env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
     output = run.stdout + run.stderr
     assert run.returncode == 0, f'{block.where} exit {run.returncode}:\n{output[-4000:]}'
     flat = ' '.join(output.split())
