@@ -253,14 +253,39 @@ def test_docs_do_not_point_outside_the_repository():
     assert not bad, bad
 
 
+def heading_anchors(path: Path) -> set[str]:
+    """The anchors GitHub gives the headings of a Markdown file (lower case, punctuation but
+    ``-``/``_`` dropped, spaces to ``-``, ``-1``, ``-2`` ... for repeats)."""
+    anchors, seen, inside = set(), {}, False
+    for line in path.read_text(encoding='utf-8').splitlines():
+        if line.strip().startswith('```'):
+            inside = not inside
+        heading = None if inside else re.match(r'#{1,6} (.*)', line)
+        if heading:
+            slug = re.sub(r'[^\w\- ]', '', heading.group(1).strip().lower()).replace(' ', '-')
+            anchors.add(f'{slug}-{seen[slug]}' if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_heading_anchors():
+    assert {'inference-modepredict-generate-the-chat-api', 'loading-the-released-checkpoints'} \
+        <= heading_anchors(REPO_ROOT / 'docs' / 'model.md')
+
+
 def test_relative_links_resolve():
-    """Every relative Markdown link of the docs names a file or folder of the repository."""
+    """Every relative Markdown link of the docs names a file or folder of the repository, and its
+    ``#anchor`` a heading of that file."""
     broken = []
     for path in DOCS:
         text = path.read_text(encoding='utf-8')
         for target in re.findall(r'\]\(([^)\s]+)\)', text):
-            if re.match(r'[a-z]+://|#|mailto:', target):
+            if re.match(r'[a-z]+://|mailto:', target):
                 continue
-            if not (path.parent / target.split('#')[0]).exists():
+            name, _, anchor = target.partition('#')
+            linked = path.parent / name if name else path
+            if not linked.exists():
                 broken.append(f'{path.relative_to(REPO_ROOT)}: {target}')
+            elif anchor and linked.suffix == '.md' and anchor not in heading_anchors(linked):
+                broken.append(f'{path.relative_to(REPO_ROOT)}: {target} (no such heading)')
     assert not broken, broken
