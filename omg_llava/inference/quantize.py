@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,7 @@ from omg_llava.models.lora import ADAPTER, LORA_KEY, build_lora_config, lora_sca
     merge_lora_delta_
 from omg_llava.models.released_weights import PEFT_PREFIX
 
+from .memory import map_embedding_to_file_
 from .safetensors_reader import iter_tensors
 
 #: Up to this many rows (batch x positions) the fused int8 kernel is used; above it, dequantize + matmul.
@@ -51,14 +52,25 @@ class Int8WeightOnlyLinear(nn.Module):
     def from_weight(cls, weight: Tensor, bias: Tensor | None = None,
                     rows_per_chunk: int = 4096) -> 'Int8WeightOnlyLinear':
         """Quantize an (out, in) ``weight`` (its dtype becomes the compute dtype) and an optional (out,) bias."""
-        q = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
-        scales = torch.empty(weight.shape[0], dtype=torch.float32, device=weight.device)
-        for start in range(0, weight.shape[0], rows_per_chunk):
-            rows = weight[start:start + rows_per_chunk].float()
+        return cls.from_rows(lambda rows: weight[rows], tuple(weight.shape), weight.dtype, bias,
+                             rows_per_chunk, weight.device)
+
+    @classmethod
+    def from_rows(cls, read_rows: Callable[[slice], Tensor], shape: tuple[int, int], dtype: torch.dtype,
+                  bias: Tensor | None = None, rows_per_chunk: int = 4096,
+                  device: torch.device | str = 'cpu') -> 'Int8WeightOnlyLinear':
+        """Quantize an (out, in) weight that ``read_rows(slice)`` hands over ``rows_per_chunk`` rows at a time,
+        each piece in ``dtype`` (the compute dtype): the whole float weight never exists. Rows are quantized
+        independently (one scale each), so the result equals :meth:`from_weight` of the assembled weight."""
+        q = torch.empty(shape, dtype=torch.int8, device=device)
+        scales = torch.empty(shape[0], dtype=torch.float32, device=device)
+        for start in range(0, shape[0], rows_per_chunk):
+            span = slice(start, min(start + rows_per_chunk, shape[0]))
+            rows = read_rows(span).float()  # (n, in)
             scale = rows.abs().amax(dim=1).clamp(min=1e-12) / 127.0
-            q[start:start + rows_per_chunk] = torch.round(rows / scale[:, None]).clamp(-128, 127).to(torch.int8)
-            scales[start:start + rows_per_chunk] = scale
-        return cls(q, scales.to(weight.dtype), bias)
+            q[span] = torch.round(rows / scale[:, None]).clamp(-128, 127).to(torch.int8)
+            scales[span] = scale
+        return cls(q, scales.to(dtype), bias)
 
     def dequantized(self) -> Tensor:
         """(out, in) weight in the compute dtype."""
@@ -186,19 +198,30 @@ def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *, weigh
         parent_name, _, child = path.rpartition('.')
         module = llm.get_submodule(path)
         if path in linears and attr == 'weight':
-            weight = tensor if owned and tensor.dtype == dtype else _converted(tensor, dtype, pages)
-            if path in pairs:
-                merge_lora_delta_(weight, pairs[path]['A'], pairs[path]['B'], scale)
-                pages.release(pairs[path]['A'])
-                pages.release(pairs[path]['B'])
+            pair = pairs.get(path)
+
+            def read_rows(rows: slice) -> Tensor:  # (n, in) in dtype, LoRA merged
+                piece = tensor[rows] if owned and tensor.dtype == dtype else tensor[rows].to(dtype, copy=True)
+                if not owned:
+                    pages.release(tensor[rows])
+                if pair is not None:
+                    merge_lora_delta_(piece, pair['A'], pair['B'][rows], scale)
+                return piece
+
             bias = module.bias if module.bias is not None and module.bias.device.type != 'meta' else None
-            quantized = Int8WeightOnlyLinear.from_weight(weight, None if bias is None else bias.data)
+            quantized = Int8WeightOnlyLinear.from_rows(read_rows, tuple(tensor.shape), dtype,
+                                                       None if bias is None else bias.data)
+            if pair is not None:
+                pages.release(pair['A'])
+                pages.release(pair['B'])
             if module.bias is not None and bias is None:
                 quantized.bias = module.bias  # still on meta: its tensor comes later
             setattr(llm.get_submodule(parent_name) if parent_name else llm, child, quantized)
         else:
             value = tensor if owned and tensor.dtype == dtype else _converted(tensor, dtype, pages)
             setattr(module, attr, nn.Parameter(value, requires_grad=False))
+            if module is llm.get_input_embeddings():  # out of memory before the LM head is quantized
+                map_embedding_to_file_(module)
         done.add(name)
 
     for shard in _shards(llm_dir):  # read tensor by tensor: no shard is ever mapped whole

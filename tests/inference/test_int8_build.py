@@ -44,27 +44,35 @@ def test_sdpa_by_default_eager_on_request_same_answers():
 
 def test_int8_build_streams_and_equals_quantizing_a_bf16_build(tiny_bundle, monkeypatch):
     from omg_llava.inference import quantize
-    skeletons, float_linears = [], []
-    make_skeleton, from_weight = (quantize.llm_skeleton,
-                                  quantize.Int8WeightOnlyLinear.from_weight.__func__)
+    skeletons, float_linears, pieces = [], [], []
+    make_skeleton, from_rows = (quantize.llm_skeleton,
+                                quantize.Int8WeightOnlyLinear.from_rows.__func__)
 
     def skeleton(*args, **kwargs):
         skeletons.append(make_skeleton(*args, **kwargs))
         return skeletons[-1]
 
-    # at each quantization: no other float linear weight exists
-    def quantize_one(cls, weight, *args, **kwargs):
+    # at each quantization: no other float linear weight exists, and the weight comes in row pieces
+    def quantize_one(cls, read_rows, shape, dtype, bias=None, rows_per_chunk=4096, *args, **kw):
         float_linears.append(sum(m.weight.device.type != 'meta' for m in skeletons[0].modules()
                                  if type(m) is torch.nn.Linear))
-        return from_weight(cls, weight, *args, **kwargs)
+
+        def recorded(rows):
+            piece = read_rows(rows)
+            pieces.append((piece.shape[0], rows_per_chunk, piece.dtype))
+            return piece
+        return from_rows(cls, recorded, shape, dtype, bias, 2, *args, **kw)  # 2-row pieces
 
     monkeypatch.setattr(quantize, 'llm_skeleton', skeleton)
-    monkeypatch.setattr(quantize.Int8WeightOnlyLinear, 'from_weight', classmethod(quantize_one))
+    monkeypatch.setattr(quantize.Int8WeightOnlyLinear, 'from_rows', classmethod(quantize_one))
     int8, _, notes = build_model(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='bf16',
                                  quantization='int8')
     monkeypatch.undo()
     assert any('streamed' in n for n in notes) and len(skeletons) == 1
     assert float_linears and set(float_linears) == {0}
+    assert pieces and {(n, d) for n, _, d in pieces} == {(2, torch.bfloat16)}
+    from omg_llava.inference.memory import is_file_mapped
+    assert is_file_mapped(int8.llm.get_input_embeddings())
     bf16, _, _ = build_model(tiny_bundle.config, pth=tiny_bundle.finetune, dtype='bf16')
     replaced = quantize_llm_int8(bf16)
     layers = {n: m for n, m in int8.llm.named_modules() if isinstance(m, Int8WeightOnlyLinear)}
