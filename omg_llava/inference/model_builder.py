@@ -155,6 +155,7 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         from .quantize import quantize_llm_int8
         notes.append(f'LLM: int8 weight-only ({quantize_llm_int8(model)} linear layers), activations in {dtype}')
     model.visual_encoder.to(DTYPES[encoder_dtype])
+    model.visual_encoder.keep_decoder_steps = False  # inference reads the last decoder step only
     if encoder_dtype != 'fp32':
         notes.append(f'visual encoder: {encoder_dtype} (the reference runs it in fp32)')
     model.llm.config._attn_implementation = attn_implementation

@@ -138,40 +138,59 @@ class UniversalSegmenter:
             raise ValueError(f'frames of one clip must share a size, got {sorted(sizes)}')
         tensors, geometries = zip(*(preprocess_image(p, self.input_side) for p in pils))
         pixels = torch.stack(tensors).to(self.device, next(self.encoder.parameters()).dtype)
-        features = self.encoder.panoptic_head.encode_image(self.encoder.backbone(pixels),
-                                                           tuple(pixels.shape[-2:]))
+        features = self.encoder.panoptic_head.encode_image(
+            self.encoder.backbone(pixels), tuple(pixels.shape[-2:])
+        )
         return features, geometries[0]
 
     @torch.no_grad()
     def encode(self, image: Image.Image | np.ndarray) -> ImageOutput:
         """Run the trunk, pixel decoder and the 300 object queries on one image."""
         features, geometry = self.encode_frames([image])
-        decode = self.encoder.panoptic_head.decode_object_queries(features)
-        return ImageOutput(geometry, features, decode.class_logits[-1][0, :, :-1],
-                           decode.mask_logits[-1][0], decode.queries[-1][0])
+        decode = self.encoder.panoptic_head.decode_object_queries(features, keep_steps=False)
+        return ImageOutput(
+            geometry,
+            features,
+            decode.class_logits[-1][0, :, :-1],
+            decode.mask_logits[-1][0],
+            decode.queries[-1][0],
+        )
 
     def _output(self, image) -> ImageOutput:
         return image if isinstance(image, ImageOutput) else self.encode(image)
 
     # ------------------------------------------------------------------ tasks
     @torch.no_grad()
-    def panoptic(self, image, *, score_thr: float = 0.0,
-                 overlap_thr: float = 0.8) -> PanopticOutput:
+    def panoptic(
+        self, image, *, score_thr: float = 0.0, overlap_thr: float = 0.8
+    ) -> PanopticOutput:
         """Panoptic segmentation on the original image (spec §3.3; thresholds of the OMG-Seg
         configs)."""
         out = self._output(image)
-        return self._panoptic(out.class_logits, out.mask_logits, out.geometry, score_thr,
-                              overlap_thr)
+        return self._panoptic(
+            out.class_logits, out.mask_logits, out.geometry, score_thr, overlap_thr
+        )
 
-    def _panoptic(self, class_logits: Tensor, mask_logits: Tensor, geometry: SquareGeometry,
-                  score_thr: float, overlap_thr: float) -> PanopticOutput:
+    def _panoptic(
+        self,
+        class_logits: Tensor,
+        mask_logits: Tensor,
+        geometry: SquareGeometry,
+        score_thr: float,
+        overlap_thr: float,
+    ) -> PanopticOutput:
         num_classes = class_logits.shape[-1] - 1
         scores, labels = class_logits.float().softmax(-1).max(-1)
         # only kept queries can paint pixels: upsample just those (same result, far less memory)
         kept = ((labels != num_classes) & (scores > score_thr)).nonzero().flatten()
         full = geometry.logits_to_original(mask_logits[kept])  # (k, H, W)
-        result = panoptic_fusion(class_logits[kept], full, self.vocabulary.num_things,
-                                 score_thr=score_thr, overlap_thr=overlap_thr)
+        result = panoptic_fusion(
+            class_logits[kept],
+            full,
+            self.vocabulary.num_things,
+            score_thr=score_thr,
+            overlap_thr=overlap_thr,
+        )
         painted = result.queries >= 0
         result.queries[painted] = kept[result.queries[painted]]
         result.segments = [(int(kept[q]), label, score) for q, label, score in result.segments]
@@ -184,23 +203,28 @@ class UniversalSegmenter:
         return semantic_map(self.panoptic(image, **kwargs))
 
     @torch.no_grad()
-    def instance(self, image, *, max_per_image: int = 100,
-                 score_thr: float = 0.0) -> InstanceOutput:
+    def instance(
+        self, image, *, max_per_image: int = 100, score_thr: float = 0.0
+    ) -> InstanceOutput:
         """Instance segmentation (things) on the original image (spec §3.4)."""
         out = self._output(image)
         probs = out.class_logits.float().softmax(-1)[:, :-1]
         top = probs.flatten().topk(min(max_per_image, probs.numel())).indices // probs.shape[1]
         queries = top.unique()  # only these queries can be instances: upsample just them
-        result = instance_fusion(out.class_logits[queries],
-                                 out.geometry.logits_to_original(out.mask_logits[queries]),
-                                 self.vocabulary.num_things, max_per_image=max_per_image,
-                                 score_thr=score_thr)
+        result = instance_fusion(
+            out.class_logits[queries],
+            out.geometry.logits_to_original(out.mask_logits[queries]),
+            self.vocabulary.num_things,
+            max_per_image=max_per_image,
+            score_thr=score_thr,
+        )
         result.queries = queries[result.queries]
         return result
 
     @torch.no_grad()
-    def interactive_logits(self, output: ImageOutput, points: Tensor | None = None,
-                           boxes: Tensor | None = None) -> Tensor:
+    def interactive_logits(
+        self, output: ImageOutput, points: Tensor | None = None, boxes: Tensor | None = None
+    ) -> Tensor:
         """Mask logits (N, S/4, S/4) of point prompts then box prompts, given in original-image
         pixels.
 
@@ -214,8 +238,9 @@ class UniversalSegmenter:
         H, W = size
         encodings = []
         if points is not None and len(points):
-            points = geometry.points_to_input(torch.as_tensor(points, dtype=torch.float).view(-1,
-                                                                                              2))
+            points = geometry.points_to_input(
+                torch.as_tensor(points, dtype=torch.float).view(-1, 2)
+            )
             check_points_inside(points, size)
             encodings.append(pseudo_box_cxcywh(points, size)[:, 0])
         if boxes is not None and len(boxes):
@@ -231,13 +256,18 @@ class UniversalSegmenter:
         cxcywh = torch.cat(encodings).to(self.device)
         content, pos = prompt_box_queries(self.encoder, cxcywh)
         image_idxs = torch.zeros(len(cxcywh), dtype=torch.long, device=self.device)
-        decode = self.encoder.panoptic_head.decode_alone(content, pos, image_idxs, features,
-                                                         own_prediction_policy)
+        decode = self.encoder.panoptic_head.decode_alone(
+            content, pos, image_idxs, features, own_prediction_policy
+        )
         return decode.mask_logits[-1][:, 0]
 
     @torch.no_grad()
-    def interactive(self, image, points: Sequence[Sequence[float]] | Tensor | None = None,
-                    boxes: Sequence[Sequence[float]] | Tensor | None = None) -> Tensor:
+    def interactive(
+        self,
+        image,
+        points: Sequence[Sequence[float]] | Tensor | None = None,
+        boxes: Sequence[Sequence[float]] | Tensor | None = None,
+    ) -> Tensor:
         """One (H, W) bool mask per prompt on the original image, points first then boxes (spec
         §4.3: mask logits → original size → sigmoid > 0.5). No prompt gives (0, H, W)."""
         out = self._output(image)

@@ -94,7 +94,7 @@ def segment_clip(segmenter: UniversalSegmenter,
     features, geometry = segmenter.encode_frames(frames)
     T = len(frames)
     decode = segmenter.encoder.panoptic_head.decode_object_queries(stack_frames(features),
-                                                                   num_frames=T)
+                                                                   num_frames=T, keep_steps=False)
     masks = decode.mask_logits[-1][0]  # (Q, T*h, w)
     masks = masks.view(masks.shape[0], T, masks.shape[1] // T, masks.shape[2])
     return decode.class_logits[-1][0, :, :-1], masks, decode.queries[-1][0], geometry

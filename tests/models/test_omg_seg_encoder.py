@@ -193,3 +193,22 @@ def test_registries_and_xtuner_builder_build_components():
                       clip_embed_dim=32),
         panoptic_head=dict(type='OMGSegHead', **kwargs)))
     assert isinstance(encoder, OMGSegVisualEncoder)
+
+
+def test_last_decoder_step_only_gives_the_same_outputs(encoder, images):
+    every = encoder(images)
+    encoder.keep_decoder_steps = False
+    try:
+        last = encoder(images)
+    finally:
+        encoder.keep_decoder_steps = True
+    steps = encoder.panoptic_head.num_decoder_layers + 1
+    assert len(every.decode.mask_logits) == steps and len(last.decode.mask_logits) == 1
+    for field in ('queries', 'mask_logits', 'attn_masks', 'class_logits'):
+        assert len(getattr(last.decode, field)) == 1, field
+        torch.testing.assert_close(getattr(last.decode, field)[0], getattr(every.decode, field)[-1])
+    for field in ('pixel_tokens', 'query_tokens', 'query_blocked', 'class_logits', 'mask_logits'):
+        torch.testing.assert_close(getattr(last, field), getattr(every, field))
+    lean = last.without_intermediates()
+    assert lean.decode is None and lean.backbone_features is None
+    assert lean.image_features is last.image_features

@@ -231,9 +231,10 @@ class OMGSegHead(nn.Module):
         mask_features, memories = self.pixel_decoder(list(backbone_features))
         return ImageFeatures(mask_features, list(memories), tuple(image_size))
 
-    def decode_object_queries(self, features: ImageFeatures, num_frames: int = 1) -> DecodeOutput:
+    def decode_object_queries(self, features: ImageFeatures, num_frames: int = 1,
+                              keep_steps: bool = True) -> DecodeOutput:
         """Decode the Q learned object queries of every image, with class and IoU logits at every
-        step.
+        step (``keep_steps=False``: the last step only, see :meth:`decode`).
 
         With ``num_frames`` T > 1, each row of ``features`` is a clip whose T frames are stacked
         along the height (see :meth:`decode`): every query is then a tube over the clip, with one
@@ -243,13 +244,14 @@ class OMGSegHead(nn.Module):
         content = self.query_feat.weight.unsqueeze(0).expand(B, -1, -1)  # (B, Q, C)
         pos = self.query_embed.weight.unsqueeze(0).expand(B, -1, -1)
         return self.decode(content, pos, features, own_prediction_policy, with_classes=True,
-                           num_frames=num_frames)
+                           num_frames=num_frames, keep_steps=keep_steps)
 
     # ------------------------------------------------------------------ decoding
     def decode(self, content: Tensor, pos: Tensor, features: ImageFeatures,
                attn_mask_policy: AttentionMaskPolicy,
                *, with_classes: bool = False, use_llm_decoder: bool = False,
-               self_attn_mask: Tensor | None = None, num_frames: int = 1) -> DecodeOutput:
+               self_attn_mask: Tensor | None = None, num_frames: int = 1,
+               keep_steps: bool = True) -> DecodeOutput:
         """Masked-attention decoding of queries over the memories of their images (spec §3.3).
 
         Args:
@@ -267,6 +269,9 @@ class OMGSegHead(nn.Module):
                 (N, C, T*H4, W4), memories (N, C, T*h_l, w_l)); keys then carry the 3-D sine
                 position of their frame (OMG-Seg spec §5.1). Mask logits come out stacked the same
                 way.
+            keep_steps: keep every step's outputs (training's deep supervision, parity checks);
+                ``False`` keeps only the last step's (inference: at 1024² each step's (N, 300,
+                256, 256) mask logits are 79 MB per image), with the same values.
         """
         decoder = self.transformer_decoder_llm if use_llm_decoder else self.transformer_decoder
         mask_embed = self.mask_embed_llm if use_llm_decoder else self.mask_embed
@@ -298,6 +303,9 @@ class OMGSegHead(nn.Module):
             if with_classes:
                 out.class_logits.append(self._class_logits(normed, mask_logits,
                                                            features.mask_features))
+            if not keep_steps:  # the next step reads only attn_masks[-1]
+                for outputs in (out.queries, out.mask_logits, out.attn_masks, out.class_logits):
+                    del outputs[:-1]
         return out
 
     def decode_alone(self, content: Tensor, pos: Tensor, image_idxs: Tensor,
@@ -344,19 +352,29 @@ class OMGSegHead(nn.Module):
             return grouped(blocked)
 
         alone = ~torch.eye(rows[1], dtype=torch.bool, device=content.device)
-        out = self.decode(grouped(content), grouped(pos), features.select(images), grouped_policy,
-                          with_classes=with_classes, use_llm_decoder=use_llm_decoder,
-                          self_attn_mask=alone)
+        out = self.decode(
+            grouped(content),
+            grouped(pos),
+            features.select(images),
+            grouped_policy,
+            with_classes=with_classes,
+            use_llm_decoder=use_llm_decoder,
+            self_attn_mask=alone,
+        )
         heads = self.num_heads
         return DecodeOutput(
             queries=[q[group, slot][:, None] for q in out.queries],
             mask_logits=[m[group, slot][:, None] for m in out.mask_logits],
-            attn_masks=[a.unflatten(0, (rows[0], heads))[group, :, slot].flatten(0, 1)[:, None]
-                        for a in out.attn_masks],
-            class_logits=[c[group, slot][:, None] for c in out.class_logits])
+            attn_masks=[
+                a.unflatten(0, (rows[0], heads))[group, :, slot].flatten(0, 1)[:, None]
+                for a in out.attn_masks
+            ],
+            class_logits=[c[group, slot][:, None] for c in out.class_logits],
+        )
 
-    def _decoder_keys(self, memories: Sequence[Tensor],
-                      num_frames: int = 1) -> tuple[list[Tensor], list[Tensor]]:
+    def _decoder_keys(
+        self, memories: Sequence[Tensor], num_frames: int = 1
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """Flattened memories + level embedding, and their 3-D sine positions, each (N, T*h_l*w_l,
         C), frame-major (memories hold T frames stacked along the height)."""
         keys, key_pos = [], []
@@ -371,8 +389,9 @@ class OMGSegHead(nn.Module):
             key_pos.append(pos.flatten(3).permute(0, 1, 3, 2).flatten(1, 2))
         return keys, key_pos
 
-    def _class_logits(self, normed_query: Tensor, mask_logits: Tensor,
-                      mask_features: Tensor) -> Tensor:
+    def _class_logits(
+        self, normed_query: Tensor, mask_logits: Tensor, mask_features: Tensor
+    ) -> Tensor:
         """Open-vocabulary class logits and IoU logit → (N, Q, K+2) = [K classes | no-object |
         IoU]."""
         pooled = masked_average_pool(mask_features, mask_logits)  # (N, Q, C)
