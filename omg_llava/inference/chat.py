@@ -27,9 +27,9 @@ from omg_llava.models.omg_llava import EncodedImages, OMGLLaVA
 from omg_llava.models.visual_prompts import VisualPrompt
 from omg_llava.utils.constants import IGNORE_INDEX, MARK_TOKEN, REGION_TOKEN
 from omg_llava.utils.conversation import Turn, encode_conversation
+from omg_llava.utils.allocator import release_free_memory
 
 from .image_io import SquareGeometry, load_image, preprocess_image, to_rgb_image
-from .memory import release_free_memory
 
 PHRASE_PATTERN = re.compile(r'<p>(.*?)</p>', re.S)
 TAG_PATTERN = re.compile(r'<\|im_end\|>|</?p>|\[SEG\]|</s>')

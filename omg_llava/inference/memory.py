@@ -15,8 +15,6 @@ Two measures that change no number the model computes:
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import mmap
 import tempfile
 
@@ -68,18 +66,3 @@ def is_file_mapped(embedding: nn.Embedding) -> bool:
     """Whether ``embedding.weight`` is the mapping :func:`map_embedding_to_file_` made (a later cast
     or move makes a resident copy again)."""
     return getattr(embedding, '_file_mapped_at', None) == embedding.weight.data_ptr()
-
-
-def release_free_memory() -> bool:
-    """Return the free pages glibc's allocator holds to the system; ``False`` where there is no
-    glibc."""
-    name = ctypes.util.find_library('c')
-    if name is None:
-        return False
-    try:
-        trim = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
-        return False
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
-    return True

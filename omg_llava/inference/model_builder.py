@@ -25,10 +25,11 @@ from omg_llava.models.lora import add_inference_lora
 from omg_llava.models.omg_llava import OMGLLaVA
 from omg_llava.models.released_weights import load_released_checkpoint
 from omg_llava.models.special_tokens import SpecialTokenIds, add_special_tokens, fit_embeddings
+from omg_llava.utils.allocator import release_free_memory
 from omg_llava.registry import build_component
 
 from .encoder_builder import load_encoder_weights_or_random, resolve_encoder_weights, visual_encoder_config
-from .memory import is_file_mapped, map_embedding_to_file_, release_free_memory
+from .memory import is_file_mapped, map_embedding_to_file_
 
 #: LLM attention implementations an inference build can select (InternLM2 reads the config at every forward).
 ATTN_IMPLEMENTATIONS = ('sdpa', 'eager')

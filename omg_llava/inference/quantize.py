@@ -24,6 +24,7 @@ from omg_llava.checkpoint import (CheckpointMismatchError, FilePages, copy_in_ch
 from omg_llava.models.lora import ADAPTER, LORA_KEY, build_lora_config, lora_scaling, lora_target_paths, \
     merge_lora_delta_
 from omg_llava.models.released_weights import PEFT_PREFIX
+from omg_llava.utils.allocator import release_free_memory
 
 from .memory import map_embedding_to_file_
 from .safetensors_reader import iter_tensors
@@ -43,21 +44,21 @@ class Int8WeightOnlyLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rows_per_chunk: int = 4096) -> 'Int8WeightOnlyLinear':
+    def from_linear(cls, linear: nn.Linear, rows_per_chunk: int = 1024) -> 'Int8WeightOnlyLinear':
         """Quantize ``linear`` (its weight dtype becomes the compute dtype), a chunk of rows at a time so no fp32
         copy of a whole large weight (the LM head) is made."""
         return cls.from_weight(linear.weight.data, None if linear.bias is None else linear.bias.data, rows_per_chunk)
 
     @classmethod
     def from_weight(cls, weight: Tensor, bias: Tensor | None = None,
-                    rows_per_chunk: int = 4096) -> 'Int8WeightOnlyLinear':
+                    rows_per_chunk: int = 1024) -> 'Int8WeightOnlyLinear':
         """Quantize an (out, in) ``weight`` (its dtype becomes the compute dtype) and an optional (out,) bias."""
         return cls.from_rows(lambda rows: weight[rows], tuple(weight.shape), weight.dtype, bias,
                              rows_per_chunk, weight.device)
 
     @classmethod
     def from_rows(cls, read_rows: Callable[[slice], Tensor], shape: tuple[int, int], dtype: torch.dtype,
-                  bias: Tensor | None = None, rows_per_chunk: int = 4096,
+                  bias: Tensor | None = None, rows_per_chunk: int = 1024,
                   device: torch.device | str = 'cpu') -> 'Int8WeightOnlyLinear':
         """Quantize an (out, in) weight that ``read_rows(slice)`` hands over ``rows_per_chunk`` rows at a time,
         each piece in ``dtype`` (the compute dtype): the whole float weight never exists. Rows are quantized
@@ -229,6 +230,7 @@ def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *, weigh
             if key not in plain:
                 place(key, tensor, shard, owned=True)
             del tensor
+            release_free_memory()  # freed work buffers (< 32 MB each) would otherwise pile up in the heap
     for name, tensor in plain.items():  # the vocabulary tensors, fp32 in the file: converted in row chunks
         place(name, tensor, pth)
         pages.release(tensor)

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from omg_llava.checkpoint import (CheckpointMismatchError, FilePages, LoadReport, copy_in_chunks,
                                   describe_checkpoint, load_into, read_weights, unwrap_state_dict)
+from omg_llava.utils.allocator import release_free_memory
 
 from .lora import (ADAPTER, LORA_KEY, build_lora_config, lora_scaling, lora_target_paths,
                    merge_lora_delta_)
@@ -269,3 +270,4 @@ def apply_lora_merges_(steps: list[LoraMergeStep], after_merge=None) -> None:
         if after_merge is not None:
             after_merge(step.lora_A)
             after_merge(step.lora_B)
+        release_free_memory()  # the merge's freed work buffers would otherwise pile up in the heap

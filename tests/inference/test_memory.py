@@ -3,7 +3,8 @@ rows."""
 import torch
 from torch import nn
 
-from omg_llava.inference.memory import map_embedding_to_file_, release_free_memory
+from omg_llava.inference.memory import map_embedding_to_file_
+from omg_llava.utils.allocator import release_free_memory
 
 
 def _mapped_files() -> str:
