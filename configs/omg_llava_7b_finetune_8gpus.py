@@ -1,7 +1,7 @@
-# Copyright (c) omg-llava contributors. OMG-LLaVA 7B finetune (reference:
-# omg_llava_7b_finetune_8gpus). Run with:  NPROC_PER_NODE=8 python -m xtuner.tools.train
-# configs/omg_llava_7b_finetune_8gpus.py \
-#                --deepspeed deepspeed_zero2
+# Copyright (c) omg-llava contributors.
+# OMG-LLaVA 7B finetune (reference: omg_llava_7b_finetune_8gpus). Run with:
+#   NPROC_PER_NODE=8 python -m xtuner.tools.train configs/omg_llava_7b_finetune_8gpus.py \
+#       --deepspeed deepspeed_zero2
 # LoRA (r=512) on the 4-bit LLM + both projectors + the vocabulary, on the 42-entry data mixture of
 # spec §8.3.
 from mmengine.config import read_base
