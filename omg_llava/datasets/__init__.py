@@ -9,6 +9,7 @@ from .gcg import FlickrGCGDataset, GranDfGCGDataset, OpenPsgGCGDataset, RefCOCOg
 from .llava import LLaVADataset
 from .mdpv import MDPVPointDataset
 from .osprey import OspreyRegionCaptionDataset, OspreyRegionConversationDataset
+from .prompt_conversation import PromptConversationDataset
 from .refer_seg import ReferSegDataset
 from .sample import GroundedConversation, MalformedSample
 from .samplers import LengthGroupedSampler
@@ -18,4 +19,4 @@ __all__ = ['OMGDatasetBase', 'omg_llava_collate_fn', 'CombinedDataset', 'encode_
            'MalformedSample', 'LengthGroupedSampler', 'LLaVADataset', 'ReferSegDataset', 'SemanticSegDataset',
            'GranDfGCGDataset', 'OpenPsgGCGDataset', 'RefCOCOgGCGDataset', 'FlickrGCGDataset',
            'OspreyRegionCaptionDataset', 'OspreyRegionConversationDataset', 'MDPVPointDataset',
-           'CocoInstanceDataset', 'instance_collate_fn']
+           'PromptConversationDataset', 'CocoInstanceDataset', 'instance_collate_fn']

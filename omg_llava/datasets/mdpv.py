@@ -75,7 +75,7 @@ class MDPVPointDataset(OMGDatasetBase):
         if not isinstance(record, dict) or not isinstance(record.get('image'), str):
             raise MalformedSample('MDPV entry without an image path')
         image_path = self.image_path(record['image'])
-        points = _parse_points(record.get('points'), image_path)
+        points = parse_points(record.get('points'), image_path)
         turns = llava_turns(record.get('conversations'), image_path, clean=_remove_angle_brackets)
         check_mentions(turns, _MARK_MENTION, len(points), image_path)
         turns[0] = Turn(marks_preamble(len(points)) + turns[0].question, turns[0].answer)
@@ -100,7 +100,7 @@ class MDPVPointDataset(OMGDatasetBase):
         return 20 + chars // CHARS_PER_TOKEN + 5 * len(record.get('points') or [])
 
 
-def _parse_points(points: Any, what: str) -> list[tuple[float, float]]:
+def parse_points(points: Any, what: str) -> list[tuple[float, float]]:
     if not isinstance(points, list) or not points:
         raise MalformedSample(f'no points: {what}')
     parsed = []
@@ -116,4 +116,4 @@ def _remove_angle_brackets(text: str) -> str:
     return text.replace('<', '').replace('>', '')
 
 
-__all__ = ['MDPVPointDataset', 'marks_preamble']
+__all__ = ['MDPVPointDataset', 'marks_preamble', 'parse_points']
