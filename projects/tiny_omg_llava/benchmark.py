@@ -4,9 +4,10 @@
 
 Prints wall time and peak memory of every step, the first / last logged losses of the four trainings, the
 held-out referring-segmentation metrics (also per expression kind, the share of answers repeating the expression,
-and the OMG-Seg pre-stage's own referring lookups: ``referring_figures.py``) and the region-question accuracies next
-to chance; writes ``curves.png`` (losses per iteration: raw logs faint, moving averages of 10 logs bold) and
-``figures.json``.
+and the OMG-Seg pre-stage's own referring lookups: ``referring_figures.py``), the region-question
+accuracies next to chance and the colour / shape accuracy per prompt kind (point, box, mask:
+``prompt_qa.py``); writes ``curves.png`` (losses per iteration: raw logs faint, moving averages of
+10 logs bold) and ``figures.json``.
 """
 from __future__ import annotations
 
@@ -89,10 +90,14 @@ def referring_breakdown(work_dir: str) -> dict:
 
 def report(work_dir: str) -> dict:
     """Print the figures of ``work_dir``, write ``curves.png`` and ``figures.json``; return the figures."""
-    curves = {stage: read_scalars(os.path.join(work_dir, stage)) for stage in STAGES}
+    # a --committed-stages run trained the pretrain and the finetune only
+    curves = {stage: read_scalars(os.path.join(work_dir, stage)) for stage in STAGES
+              if os.path.isdir(os.path.join(work_dir, stage))}
     timings = _read_json(os.path.join(work_dir, 'timings.json'))
     refseg = _read_json(os.path.join(work_dir, 'test', 'refseg', 'metrics.json'))
     region_qa = _read_json(os.path.join(work_dir, 'test', 'region_qa', 'metrics.json'))
+    prompt_qa_path = os.path.join(work_dir, 'test', 'prompt_qa', 'metrics.json')
+    prompt_qa = _read_json(prompt_qa_path) if os.path.exists(prompt_qa_path) else None
     plan_path = os.path.join(work_dir, 'plan.json')
     plan = _read_json(plan_path) if os.path.exists(plan_path) else {}
     if plan:
@@ -101,7 +106,8 @@ def report(work_dir: str) -> dict:
     print('\nstep                    wall s   peak RSS so far (MiB)')
     for name, t in timings.items():
         print(f'{name:<22} {t["seconds"]:>7.0f}   {t["peak_rss_mib_so_far"]:>8}')
-    training = sum(timings[k]['seconds'] for k in ('language_stage', 'omg_seg_pre_stage', 'pretrain', 'finetune'))
+    steps = ('language_stage', 'omg_seg_pre_stage', 'pretrain', 'finetune')
+    training = sum(timings[k]['seconds'] for k in steps if k in timings)
     print(f'training total          {training:>6.0f} s ({training / 60:.1f} min)')
     print('\nlosses (first logged → last logged)')
     for stage, series in curves.items():
@@ -121,11 +127,16 @@ def report(work_dir: str) -> dict:
             print(f'  {kind:<7} accuracy {region_qa[f"accuracy_{kind}"]:.3f}  '
                   f'(chance {region_qa[f"chance_{kind}"]:.3f}, '
                   f'{region_qa[f"num_{kind}"]} questions)')
+    if prompt_qa:
+        from prompt_qa import format_table
+        print(f'questions about a point / box / mask prompt, held-out val (prompt_qa.py):\n'
+              f'{format_table(prompt_qa)}')
+        prompt_qa = {k: v for k, v in prompt_qa.items() if k != 'answers'}
     png = os.path.join(work_dir, 'curves.png')
     plot_curves(curves, png)
     print(f'\ntraining curves: {png}')
     figures = dict(plan=plan, timings=timings, training_seconds=training, refseg=refseg, referring=referring,
-                   region_qa=region_qa,
+                   region_qa=region_qa, prompt_qa=prompt_qa,
                    losses={stage: {name: dict(first=points[0][1], last=points[-1][1]) for name, points in s.items()}
                            for stage, s in curves.items()})
     with open(os.path.join(work_dir, 'figures.json'), 'w', encoding='utf-8') as f:

@@ -18,12 +18,17 @@ Steps (each one a command a user could type; the script only chains them and tim
    ``omg_llava_tiny_synthetic_pretrain.pth``.
 5. ``xtuner train configs/tiny/omg_llava_tiny_synthetic_finetune.py`` from it, then ``tools/convert_to_pth.py`` →
    the released-format ``omg_llava_tiny_synthetic.pth``.
-6. ``tools/test.py``: referring segmentation (cIoU, gIoU) and closed region questions on the held-out val images.
+6. ``tools/test.py``: referring segmentation (cIoU, gIoU) and closed region questions on the
+   held-out val images; ``prompt_qa.py``: colour and shape questions about point, box and mask
+   prompts (per-kind table).
 7. ``benchmark.py``: the figures and the training curves (PNG) of this work dir.
 
 ``--install`` copies the weight files and the LLM folder into ``omg_llava/assets/tiny_synthetic/`` (what the tiny
 synthetic config, ``tools/chat.py`` and ``tools/app.py`` load by default). ``--short`` trains far less (the CI test
-uses it) and never installs. ``--processes`` (default 2 on 2 or more cores) runs each training stage data-parallel
+uses it) and never installs. ``--committed-stages`` runs steps 1 and 4-7 only, on the committed
+outputs of steps 2-3 (the language-stage LLM and the encoder of
+``omg_llava/assets/tiny_synthetic/``).
+``--processes`` (default 2 on 2 or more cores) runs each training stage data-parallel
 over that many CPU processes with the same batch per step (``CPUDataParallelRunner``, docs/training.md).
 """
 from __future__ import annotations
@@ -51,9 +56,9 @@ PRETRAIN_CHECKPOINT_NAME = 'omg_llava_tiny_synthetic_pretrain.pth'
 
 #: images per split, iterations per stage, evaluated samples (None: the whole val split)
 FULL = dict(train=6000, val=100, test=50, language_iters=600, pre_iters=3000, pretrain_iters=2500,
-            finetune_iters=3500, refseg_samples=None, qa_samples=None)
+            finetune_iters=3500, refseg_samples=None, qa_samples=None, prompt_images=50)
 SHORT = dict(train=300, val=20, test=5, language_iters=200, pre_iters=800, pretrain_iters=60, finetune_iters=500,
-             refseg_samples=60, qa_samples=60)
+             refseg_samples=60, qa_samples=60, prompt_images=5)
 
 
 def run_stage(name: str, command: list[str], timings: dict, log_dir: str, cwd: str = REPO_ROOT,
@@ -117,9 +122,11 @@ def _iterations(n: int) -> list[str]:
     return [f'train_cfg.max_iters={n}', f'param_scheduler.1.end={n}']
 
 
-def train(work_dir: str, plan: dict, processes: int = 1) -> dict:
+def train(work_dir: str, plan: dict, processes: int = 1, committed_stages: bool = False) -> dict:
     """Steps 1-5 into ``work_dir``, each training stage on ``processes`` CPU processes; returns the timings (also
-    written to ``work_dir/timings.json``).
+    written to ``work_dir/timings.json``). ``committed_stages`` skips steps 2-3 and takes their
+    outputs from ``omg_llava/assets/tiny_synthetic/`` (the committed language-stage LLM and
+    encoder).
 
     The training steps run with ``work_dir`` as working directory, so the configs' ``./data/synthetic_shapes/``
     is ``work_dir/data/synthetic_shapes/``."""
@@ -142,11 +149,16 @@ def train(work_dir: str, plan: dict, processes: int = 1) -> dict:
     run_stage('data', [py, os.path.join(REPO_ROOT, 'projects/tiny_omg_llava/synthetic_shapes.py'), '--root',
                        data_root, '--train', str(plan['train']), '--val', str(plan['val']), '--test',
                        str(plan['test'])], timings, logs)
-    run_training('language_stage', 'language', plan['language_iters'], [])
     llm_dir = os.path.join(work_dir, LANGUAGE_MODEL_FOLDER)
-    shutil.copytree(os.path.join(work_dir, 'language', LANGUAGE_MODEL_FOLDER), llm_dir, dirs_exist_ok=True)
-    run_training('omg_seg_pre_stage', 'omg_seg', plan['pre_iters'], [])
-    stage_inputs = [f'model.visual_encoder.weights.{k}={os.path.join(work_dir, "omg_seg", name)}'
+    encoder_dir = ASSET_DIR if committed_stages else os.path.join(work_dir, 'omg_seg')
+    if committed_stages:
+        shutil.copytree(os.path.join(ASSET_DIR, LANGUAGE_MODEL_FOLDER), llm_dir, dirs_exist_ok=True)
+    else:
+        run_training('language_stage', 'language', plan['language_iters'], [])
+        shutil.copytree(os.path.join(work_dir, 'language', LANGUAGE_MODEL_FOLDER), llm_dir,
+                        dirs_exist_ok=True)
+        run_training('omg_seg_pre_stage', 'omg_seg', plan['pre_iters'], [])
+    stage_inputs = [f'model.visual_encoder.weights.{k}={os.path.join(encoder_dir, name)}'
                     for k, name in ENCODER_FILES.items()] + [f'model.llm.pretrained_model_name_or_path={llm_dir}']
     pretrain_pth = os.path.join(work_dir, PRETRAIN_CHECKPOINT_NAME)
     checkpoint = os.path.join(work_dir, CHECKPOINT_NAME)
@@ -159,7 +171,7 @@ def train(work_dir: str, plan: dict, processes: int = 1) -> dict:
         run_stage(f'convert_{stage}', [py, 'tools/convert_to_pth.py', config[stage], last, '--save-path', output,
                                        '--trust-checkpoint'], timings, logs)
     for name in ENCODER_FILES.values():
-        shutil.copy(os.path.join(work_dir, 'omg_seg', name), os.path.join(work_dir, name))
+        shutil.copy(os.path.join(encoder_dir, name), os.path.join(work_dir, name))
     weights = ['--pth', checkpoint] + [f'--{k.replace("_", "-")}-pth={os.path.join(work_dir, name)}'
                                        for k, name in ENCODER_FILES.items()]
     images = os.path.join(data_root, 'glamm_data/images/coco2014/train2014')
@@ -170,6 +182,9 @@ def train(work_dir: str, plan: dict, processes: int = 1) -> dict:
         command = [py, 'tools/test.py', config['finetune'], *weights, '--task', task, '--split', 'val', *extra,
                    '--device', 'cpu', '--no-progress', '--out-dir', os.path.join(work_dir, 'test', task)]
         run_stage(f'test_{task}', command + (['--max-samples', str(limit)] if limit else []), timings, logs)
+    prompt_qa = os.path.join(REPO_ROOT, 'projects/tiny_omg_llava/prompt_qa.py')
+    run_stage('test_prompt_qa', [py, prompt_qa, '--work-dir', work_dir, '--images',
+                                 str(plan['prompt_images'])], timings, logs)
     with open(os.path.join(work_dir, 'timings.json'), 'w', encoding='utf-8') as f:
         json.dump(timings, f, indent=2)
     return timings
@@ -190,6 +205,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--work-dir', default='work_dirs/tiny_synthetic', help='where everything is written')
     parser.add_argument('--short', action='store_true', help='the few-minute CI version (never installed)')
     parser.add_argument('--install', action='store_true', help='copy the trained files into omg_llava/assets/')
+    parser.add_argument('--committed-stages', action='store_true',
+                        help='skip the language stage and the OMG-Seg pre-stage: take the '
+                             'committed LLM and encoder from omg_llava/assets/tiny_synthetic/ '
+                             '(pretrain and finetune only)')
     parser.add_argument('--processes', type=int, default=default_processes(),
                         help='CPU processes per training stage (data-parallel, one share of the cores each; the '
                              'batch per step stays the same); default 2 on 2 or more cores, else 1')
@@ -199,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.short and args.install:
         parser.error('--short trains a weaker model; it is never installed as the default')
     plan = SHORT if args.short else FULL
-    train(os.path.abspath(args.work_dir), plan, args.processes)
+    train(os.path.abspath(args.work_dir), plan, args.processes, args.committed_stages)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from benchmark import report
     figures = report(os.path.abspath(args.work_dir))
