@@ -1,14 +1,16 @@
 """The public inference API: a conversation about one image, answered with text and masks.
 
-    chat = OMGLLaVAChat.from_config('configs/omg_llava_7b_finetune_8gpus.py', pth='omg_llava_7b_finetune_8gpus.pth')
+    chat = OMGLLaVAChat.from_config('configs/omg_llava_7b_finetune_8gpus.py',
+                                    pth='omg_llava_7b_finetune_8gpus.pth')
     chat.set_image('photo.jpg')                      # encoded once per conversation
     answer = chat.ask('Please segment the cat in this image.')
-    answer.text, answer.phrases, answer.masks        # masks: one (H, W) bool array per generated [SEG]
+    answer.text, answer.phrases, answer.masks  # masks: one (H, W) bool array per generated [SEG]
     chat.ask('What is <mark> doing?', points=[(120, 80)])   # <mark> ← point, <region> ← box or mask
 
-Coordinates and masks are in original-image pixels; the padding/resizing of spec §1.1 is applied here and
-undone for the output masks (spec §10.19). Later turns see each earlier answer as the ids the model generated
-(not its decoded text re-tokenised), with BOS once at the very start (docs/reference_differences.md).
+Coordinates and masks are in original-image pixels; the padding/resizing of spec §1.1 is applied
+here and undone for the output masks (spec §10.19). Later turns see each earlier answer as the ids
+the model generated (not its decoded text re-tokenised), with BOS once at the very start
+(docs/reference_differences.md).
 """
 from __future__ import annotations
 
@@ -63,14 +65,16 @@ class _Conversation:
     geometry: SquareGeometry | None = None
     encoded: EncodedImages | None = None
     turns: list[Turn] = field(default_factory=list)
-    answer_ids: list[list[int]] = field(default_factory=list)  # the generated ids of each answer in turns
+    # the generated ids of each answer in turns
+    answer_ids: list[list[int]] = field(default_factory=list)
     region_prompts: list[VisualPrompt] = field(default_factory=list)
     mark_prompts: list[VisualPrompt] = field(default_factory=list)
     kv_cache: KVCache = field(default_factory=KVCache)  # a follow-up prefills only its new tokens
 
 
 class OMGLLaVAChat:
-    """Multi-turn chat about one image with an :class:`~omg_llava.models.OMGLLaVA` and its tokenizer.
+    """Multi-turn chat about one image with an :class:`~omg_llava.models.OMGLLaVA` and its
+    tokenizer.
 
     Args:
         model: the model (eval mode), with ``model.tokenizer``.
@@ -79,7 +83,8 @@ class OMGLLaVAChat:
 
     def __init__(self, model: OMGLLaVA, image_size: int) -> None:
         if model.tokenizer is None:
-            raise ValueError('the chat needs the model built with its tokenizer (config `tokenizer=`)')
+            raise ValueError('the chat needs the model built with its tokenizer (config '
+                             '`tokenizer=`)')
         self.model = model
         self.tokenizer = model.tokenizer
         self.image_size = image_size
@@ -87,10 +92,11 @@ class OMGLLaVAChat:
 
     @classmethod
     def from_config(cls, config_path: str, **build_kwargs) -> tuple['OMGLLaVAChat', list[str]]:
-        """Build the model of a config (see :func:`omg_llava.inference.model_builder.build_model` for the
-        keyword arguments: ``pth``, ``device``, ``dtype``, ``seed``, ``weights_only``, encoder files).
-        ``config_path`` is a path or a built-in config's name (``'omg_llava_7b_finetune_8gpus'``,
-        ``'configs/tiny/...'``), found from any working directory (:func:`omg_llava.config_paths.find_config`)."""
+        """Build the model of a config (see :func:`omg_llava.inference.model_builder.build_model`
+        for the keyword arguments: ``pth``, ``device``, ``dtype``, ``seed``, ``weights_only``,
+        encoder files). ``config_path`` is a path or a built-in config's name
+        (``'omg_llava_7b_finetune_8gpus'``, ``'configs/tiny/...'``), found from any working
+        directory (:func:`omg_llava.config_paths.find_config`)."""
         from omg_llava.config_paths import find_config
 
         from .model_builder import build_model
@@ -103,16 +109,17 @@ class OMGLLaVAChat:
 
     # ------------------------------------------------------------------ conversation state
     def set_image(self, image: str | os.PathLike | Image.Image | np.ndarray | None) -> None:
-        """Start a new conversation about ``image`` (``None`` for a text-only conversation). The image is encoded
-        once here.
+        """Start a new conversation about ``image`` (``None`` for a text-only conversation). The
+        image is encoded once here.
 
         Args:
-            image: a path (read upright, :func:`~omg_llava.inference.image_io.load_image`), a PIL image or an
-                array: ``uint8`` or float in [0, 1], (H, W) or (H, W, 3) (see
+            image: a path (read upright, :func:`~omg_llava.inference.image_io.load_image`), a PIL
+                image or an array: ``uint8`` or float in [0, 1], (H, W) or (H, W, 3) (see
                 :func:`~omg_llava.inference.image_io.to_rgb_image`).
 
         Raises:
-            ValueError: an unreadable file, another array type or range, an image over the size limits.
+            ValueError: an unreadable file, another array type or range, an image over the size
+                limits.
         """
         self._conversation = _Conversation()
         if image is None:
@@ -129,7 +136,8 @@ class OMGLLaVAChat:
     def reset(self) -> None:
         """Forget the history, keep the image."""
         conv = self._conversation
-        self._conversation = _Conversation(image=conv.image, geometry=conv.geometry, encoded=conv.encoded)
+        self._conversation = _Conversation(image=conv.image, geometry=conv.geometry,
+                                           encoded=conv.encoded)
 
     @property
     def history(self) -> list[Turn]:
@@ -137,25 +145,27 @@ class OMGLLaVAChat:
 
     # ------------------------------------------------------------------ asking
     def ask(self, question: str, *, points: Sequence[Sequence[float]] = (),
-            regions: Sequence[Sequence[float] | np.ndarray] = (), max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-            temperature: float = 0.0, top_p: float = 0.75, top_k: int = 40, repetition_penalty: float = 1.0,
-            streamer=None, **generation_kwargs) -> ChatAnswer:
+            regions: Sequence[Sequence[float] | np.ndarray] = (),
+            max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+            temperature: float = 0.0, top_p: float = 0.75, top_k: int = 40,
+            repetition_penalty: float = 1.0, streamer=None, **generation_kwargs) -> ChatAnswer:
         """Answer ``question`` given the history.
 
         Args:
-            question: the text; each ``<mark>`` takes the next of ``points`` and each ``<region>`` the next of
-                ``regions``, in order.
+            question: the text; each ``<mark>`` takes the next of ``points`` and each ``<region>``
+                the next of ``regions``, in order.
             points: (x, y) in original-image pixels.
-            regions: boxes (x1, y1, x2, y2) in original-image pixels or (H, W) binary masks of the image size.
-            max_new_tokens / temperature / top_p / top_k / repetition_penalty: decoding (sampling iff
-                temperature > 0; the reference chat samples with T=0.1, top-p 0.75, top-k 40).
+            regions: boxes (x1, y1, x2, y2) in original-image pixels or (H, W) binary masks of the
+                image size.
+            max_new_tokens / temperature / top_p / top_k / repetition_penalty: decoding (sampling
+                iff temperature > 0; the reference chat samples with T=0.1, top-p 0.75, top-k 40).
             streamer: a transformers streamer (e.g. ``TextStreamer``) for live output.
             generation_kwargs: ``sequence_bias`` or ``logits_processor`` (see
                 :class:`~omg_llava.models.generation.DecodingOptions`).
 
         Raises:
-            PromptCountError: the numbers of ``<mark>`` / ``<region>`` and of prompts differ, or prompts are
-                given without an image.
+            PromptCountError: the numbers of ``<mark>`` / ``<region>`` and of prompts differ, or
+                prompts are given without an image.
             ValueError: a point or box lies outside the image, a mask has the wrong size.
             PromptTooLongError: the conversation no longer fits; call :meth:`reset`.
             ValueError: an empty question or one holding text that is not valid Unicode.
@@ -165,11 +175,12 @@ class OMGLLaVAChat:
         marks = self._point_prompts(question, points)
         region_prompts = self._region_prompts(question, regions)
         input_ids = torch.tensor([self._prompt_ids(question)], device=self.device)
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k) if temperature > 0 \
-            else dict(do_sample=False)
+        sampling = (dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
+                    if temperature > 0 else dict(do_sample=False))
         output = self.model.generate(input_ids, images=conv.encoded,
                                      region_prompts=conv.region_prompts + region_prompts,
-                                     mark_prompts=conv.mark_prompts + marks, max_new_tokens=max_new_tokens,
+                                     mark_prompts=conv.mark_prompts + marks,
+                                     max_new_tokens=max_new_tokens,
                                      repetition_penalty=repetition_penalty, streamer=streamer,
                                      kv_cache=conv.kv_cache, **sampling, **generation_kwargs)[0]
         ids = output.token_ids.tolist()
@@ -177,7 +188,8 @@ class OMGLLaVAChat:
                                      skip_special_tokens=False).strip()
         masks = []
         if len(output.mask_logits) and conv.geometry is not None:
-            masks = [m.cpu().numpy() for m in conv.geometry.logits_to_original(output.mask_logits) > 0]
+            masks = [m.cpu().numpy()
+                     for m in conv.geometry.logits_to_original(output.mask_logits) > 0]
         conv.turns.append(Turn(question, text))
         conv.answer_ids.append(ids)
         conv.region_prompts += region_prompts
@@ -186,14 +198,16 @@ class OMGLLaVAChat:
                           [p.strip() for p in PHRASE_PATTERN.findall(text)], masks, ids)
 
     def _prompt_ids(self, question: str) -> list[int]:
-        """Input ids of the history plus ``question``, every earlier answer as exactly the ids generated for it.
+        """Input ids of the history plus ``question``, every earlier answer as exactly the ids
+        generated for it.
 
-        Decoding puts spaces around ``<p>``, ``</p>`` and ``[SEG]``, and re-tokenising decoded text can split it
-        into other pieces than the model produced. So the history is encoded with empty answers, which leaves
-        only the template's answer suffix (``<|im_end|>``) in each answered turn's supervised span, and each span
-        becomes the ids generated for that turn: as generated when they end with the suffix's last id (the model
-        closed its answer itself), else without their stop id and followed by the suffix (stopped by EOS or by
-        ``max_new_tokens``). Template, BOS (once, at the very start) and the ``<image>`` rules stay those of
+        Decoding puts spaces around ``<p>``, ``</p>`` and ``[SEG]``, and re-tokenising decoded text
+        can split it into other pieces than the model produced. So the history is encoded with empty
+        answers, which leaves only the template's answer suffix (``<|im_end|>``) in each answered
+        turn's supervised span, and each span becomes the ids generated for that turn: as generated
+        when they end with the suffix's last id (the model closed its answer itself), else without
+        their stop id and followed by the suffix (stopped by EOS or by ``max_new_tokens``).
+        Template, BOS (once, at the very start) and the ``<image>`` rules stay those of
         :func:`~omg_llava.utils.conversation.encode_conversation`.
         """
         conv = self._conversation
@@ -201,8 +215,9 @@ class OMGLLaVAChat:
         encoded = encode_conversation(self.tokenizer, turns, with_image=conv.encoded is not None)
         spans = _supervised_spans(encoded.labels)
         if len(spans) != len(conv.answer_ids):
-            raise ValueError(f'the chat template gives {len(spans)} answer spans for {len(conv.answer_ids)} '
-                             'answers; use a template with an answer suffix (internlm2_chat)')
+            raise ValueError(f'the chat template gives {len(spans)} answer spans for '
+                             f'{len(conv.answer_ids)} answers; use a template with an answer '
+                             'suffix (internlm2_chat)')
         ids = encoded.input_ids
         for (start, end), generated in reversed(list(zip(spans, conv.answer_ids))):
             suffix = ids[start:end]
@@ -214,10 +229,12 @@ class OMGLLaVAChat:
     # ------------------------------------------------------------------ visual prompts
     def _require_image(self, what: str) -> SquareGeometry:
         if self._conversation.geometry is None:
-            raise PromptCountError(f'{what} given but the conversation has no image; call set_image() first')
+            raise PromptCountError(f'{what} given but the conversation has no image; call '
+                                   'set_image() first')
         return self._conversation.geometry
 
-    def _point_prompts(self, question: str, points: Sequence[Sequence[float]]) -> list[VisualPrompt]:
+    def _point_prompts(self, question: str,
+                       points: Sequence[Sequence[float]]) -> list[VisualPrompt]:
         _check_count(question, MARK_TOKEN, len(points), 'points')
         if not points:
             return []
@@ -238,16 +255,18 @@ class OMGLLaVAChat:
             array = np.asarray(region)
             if array.ndim == 2:
                 if tuple(array.shape) != geometry.original_size:
-                    raise ValueError(f'a region mask must have the image size {geometry.original_size} (H, W), got '
-                                     f'{array.shape}')
+                    raise ValueError('a region mask must have the image size '
+                                     f'{geometry.original_size} (H, W), got {array.shape}')
                 mask = geometry.masks_to_input(torch.from_numpy(array > 0)[None])[0]
                 prompts.append(VisualPrompt('mask', mask.to(self.device)))
             elif array.shape == (4, ):
                 box = torch.tensor(array, dtype=torch.float)
                 _check_inside(box.view(2, 2), geometry, 'box corner', inclusive_end=True)
-                prompts.append(VisualPrompt('box', geometry.boxes_to_input(box[None])[0].to(self.device)))
+                prompts.append(VisualPrompt('box',
+                                            geometry.boxes_to_input(box[None])[0].to(self.device)))
             else:
-                raise ValueError(f'a region is a box (x1, y1, x2, y2) or an (H, W) mask, got shape {array.shape}')
+                raise ValueError('a region is a box (x1, y1, x2, y2) or an (H, W) mask, got shape '
+                                 f'{array.shape}')
         return prompts
 
 
@@ -266,31 +285,36 @@ def _supervised_spans(labels: Sequence[int]) -> list[tuple[int, int]]:
 def _check_count(question: str, token: str, given: int, what: str) -> None:
     needed = question.count(token)
     if needed != given:
-        raise PromptCountError(f'the question holds {needed} {token} but {given} {what} were given: put one {token} '
-                               f'in the text for each of the {what}, in the same order')
+        raise PromptCountError(f'the question holds {needed} {token} but {given} {what} were '
+                               f'given: put one {token} in the text for each of the {what}, in the '
+                               'same order')
 
 
 def check_question(question: str) -> None:
-    """Raise ``ValueError`` for a question that is not text, is empty or whitespace only, or holds lone
-    surrogates (undecodable bytes that Python kept as ``\\udcXX``; the tokenizer cannot encode them)."""
+    """Raise ``ValueError`` for a question that is not text, is empty or whitespace only, or holds
+    lone surrogates (undecodable bytes that Python kept as ``\\udcXX``; the tokenizer cannot encode
+    them)."""
     if not isinstance(question, str):
         raise ValueError(f'the question must be text, got {type(question).__name__}')
     if not question.strip():
-        raise ValueError('the question is empty: ask something, e.g. "Please segment the cat in this image."')
+        raise ValueError('the question is empty: ask something, e.g. "Please segment the cat in '
+                         'this image."')
     bad = next((i for i, c in enumerate(question) if '\ud800' <= c <= '\udfff'), None)
     if bad is not None:
-        raise ValueError(f'the question holds an invalid character at position {bad} ({question[bad]!r}: a byte '
+        raise ValueError(f'the question holds an invalid character at position {bad} '
+                         f'({question[bad]!r}: a byte '
                          'that was not UTF-8?): give the text as UTF-8')
 
 
-def _check_inside(xy: torch.Tensor, geometry: SquareGeometry, what: str, inclusive_end: bool = False) -> None:
+def _check_inside(xy: torch.Tensor, geometry: SquareGeometry, what: str,
+                  inclusive_end: bool = False) -> None:
     if not torch.isfinite(xy).all():
-        raise ValueError(f'{what} {xy.tolist()} is not a finite number: give pixel coordinates (x from the left, '
-                         'y from the top)')
+        raise ValueError(f'{what} {xy.tolist()} is not a finite number: give pixel coordinates (x '
+                         'from the left, y from the top)')
     H, W = geometry.original_size
     x, y = xy[:, 0], xy[:, 1]
     beyond = (x > W) | (y > H) if inclusive_end else (x >= W) | (y >= H)
     bad = (x < 0) | (y < 0) | beyond
     if bad.any():
-        raise ValueError(f'{what} {xy[bad].tolist()} lies outside the {W}x{H} image; give original-image pixel '
-                         'coordinates (x from the left, y from the top)')
+        raise ValueError(f'{what} {xy[bad].tolist()} lies outside the {W}x{H} image; give '
+                         'original-image pixel coordinates (x from the left, y from the top)')
