@@ -1,14 +1,16 @@
-"""Run a bundle through the user path stage by stage and relate decode speed to the machine's memory bandwidth.
+"""Run a bundle through the user path stage by stage and relate decode speed to the machine's memory
+bandwidth.
 
-Stages (each with wall time, peak RSS and RSS after it): ``build`` (``OMGLLaVAChat.from_config``: construction +
-weights), ``encode`` (``set_image`` of a 640x480 image), then per turn ``prefill`` (the first LLM call, up to the first
-token's logits), ``decode`` (the remaining tokens, tokens/s), ``masks`` (the ``[SEG]`` masks) and the whole turn. The
-turns go through ``OMGLLaVAChat.ask``; the answers are steered (stop ids suppressed, the last token forced to
-``[SEG]``) so that a random-weight model decodes the full ``max_new_tokens`` and yields a mask.
+Stages (each with wall time, peak RSS and RSS after it): ``build`` (``OMGLLaVAChat.from_config``:
+construction + weights), ``encode`` (``set_image`` of a 640x480 image), then per turn ``prefill``
+(the first LLM call, up to the first token's logits), ``decode`` (the remaining tokens, tokens/s),
+``masks`` (the ``[SEG]`` masks) and the whole turn. The turns go through ``OMGLLaVAChat.ask``; the
+answers are steered (stop ids suppressed, the last token forced to ``[SEG]``) so that a
+random-weight model decodes the full ``max_new_tokens`` and yields a mask.
 
-Decode is memory-bound: each token reads every LLM weight but the input embedding once, so the speed limit is
-``bandwidth / bytes_per_token``. :func:`measure_read_bandwidth` sums a large tensor with the benchmark's threads;
-the report gives decode tokens/s as a fraction of that limit.
+Decode is memory-bound: each token reads every LLM weight but the input embedding once, so the speed
+limit is ``bandwidth / bytes_per_token``. :func:`measure_read_bandwidth` sums a large tensor with
+the benchmark's threads; the report gives decode tokens/s as a fraction of that limit.
 """
 from __future__ import annotations
 
@@ -38,8 +40,8 @@ def rss_gb() -> float:
 
 
 def measure_read_bandwidth(device: str = 'cpu', gigabytes: float = 2.0, repeats: int = 5) -> float:
-    """Best-of-``repeats`` read bandwidth (GB/s) of summing a ``gigabytes`` float32 tensor with torch's current
-    threads on ``device`` (the array is written once first, so its pages exist)."""
+    """Best-of-``repeats`` read bandwidth (GB/s) of summing a ``gigabytes`` float32 tensor with
+    torch's current threads on ``device`` (the array is written once first, so its pages exist)."""
     data = torch.ones(int(gigabytes * 1e9) // 4, dtype=torch.float32, device=device)
     best = float('inf')
     for _ in range(repeats):
@@ -59,8 +61,8 @@ def _sync(device: str) -> None:
 
 
 def decode_bytes_per_token(llm: nn.Module) -> int:
-    """Bytes of LLM weights read to decode one token: every parameter and buffer (quantized weights as stored)
-    except the input embedding, of which one row is read."""
+    """Bytes of LLM weights read to decode one token: every parameter and buffer (quantized weights
+    as stored) except the input embedding, of which one row is read."""
     skip = llm.get_input_embeddings().weight.data_ptr()
     seen, total = {skip}, 0
     for tensor in list(llm.parameters()) + list(llm.buffers()):
@@ -71,12 +73,14 @@ def decode_bytes_per_token(llm: nn.Module) -> int:
 
 
 def _packed_bytes(module: nn.Module) -> int:
-    """Weights that a module keeps outside its parameters and buffers (``quantize_dynamic``'s packed int8)."""
+    """Weights that a module keeps outside its parameters and buffers (``quantize_dynamic``'s packed
+    int8)."""
     params = getattr(module, '_packed_params', None)
     if params is None or not hasattr(params, '_weight_bias'):
         return 0
     weight, bias = params._weight_bias()
-    return weight.numel() * weight.element_size() + (0 if bias is None else bias.numel() * bias.element_size())
+    return weight.numel() * weight.element_size() + (0 if bias is None
+                                                     else bias.numel() * bias.element_size())
 
 
 @dataclass
@@ -102,7 +106,8 @@ class Stage:
 
 
 class LLMCallTimer:
-    """Times of the LLM decoder's calls and of the start of ``[SEG]`` decoding, from module hooks."""
+    """Times of the LLM decoder's calls and of the start of ``[SEG]`` decoding, from module
+    hooks."""
 
     def __init__(self, decoder: nn.Module, seg_projector: nn.Module, device: str) -> None:
         self.device = device
@@ -129,8 +134,8 @@ class LLMCallTimer:
 
 
 def steering(seg_id: int, stop_ids: list[int], new_tokens: int) -> Callable:
-    """A logits processor: no stop id before the last step, ``[SEG]`` at the last (a random model would stop or
-    never segment)."""
+    """A logits processor: no stop id before the last step, ``[SEG]`` at the last (a random model
+    would stop or never segment)."""
     def steer(generated: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.clone()
         if generated.shape[1] == new_tokens - 1:
@@ -143,12 +148,13 @@ def steering(seg_id: int, stop_ids: list[int], new_tokens: int) -> Callable:
 
 
 def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_lora: bool = True,
-                  attn: str = 'sdpa', quantize: str = 'none', max_new_tokens: int = 16, turns: int = 2,
+                  attn: str = 'sdpa', quantize: str = 'none', max_new_tokens: int = 16,
+                  turns: int = 2,
                   seed: int = 0, bandwidth_gb: float = 2.0, masks_out: str | None = None,
                   encoder_dtype: str = 'fp32', log: Callable[[str], None] = print) -> dict:
-    """Measure the stages of the module docstring on the bundle under ``bundle``; returns the JSON record.
-    ``masks_out``: also save each turn's masks there (``.npz``, ``turn{t}`` → (n, H, W) bool) for
-    :func:`compare_runs`."""
+    """Measure the stages of the module docstring on the bundle under ``bundle``; returns the JSON
+    record. ``masks_out``: also save each turn's masks there (``.npz``, ``turn{t}`` → (n, H, W)
+    bool) for :func:`compare_runs`."""
     from transformers import LogitsProcessorList
 
     from omg_llava.inference.chat import OMGLLaVAChat
@@ -159,13 +165,15 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
     stages: list[Stage] = []
 
     def stage(name: str, seconds: float, **extra) -> None:
-        stages.append(Stage(name, round(seconds, 3), round(peak_rss_gb(), 2), round(rss_gb(), 2), extra))
+        stages.append(Stage(name, round(seconds, 3), round(peak_rss_gb(), 2), round(rss_gb(), 2),
+                            extra))
         log(format_stage(stages[-1]))
 
     start = time.perf_counter()
-    chat, notes = OMGLLaVAChat.from_config(paths.config, pth=paths.finetune, device=device, dtype=dtype,
-                                           merge_lora=merge_lora, attn_implementation=attn, quantization=quantize,
-                                           encoder_dtype=encoder_dtype)
+    chat, notes = OMGLLaVAChat.from_config(paths.config, pth=paths.finetune, device=device,
+                                           dtype=dtype,
+                                           merge_lora=merge_lora, attn_implementation=attn,
+                                           quantization=quantize, encoder_dtype=encoder_dtype)
     model = chat.model
     stage('build', time.perf_counter() - start, notes=notes)
     llm_bytes = decode_bytes_per_token(model.llm)
@@ -178,7 +186,8 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
 
     causal_lm = model.llm.get_base_model() if hasattr(model.llm, 'get_base_model') else model.llm
     timer = LLMCallTimer(causal_lm.get_decoder(), model.projector_text2vision, device)
-    steer = LogitsProcessorList([steering(model.token_ids.seg, model.stop_token_ids, max_new_tokens)])
+    steer = LogitsProcessorList([steering(model.token_ids.seg, model.stop_token_ids,
+                                          max_new_tokens)])
     answers, masks = [], {}
     try:
         for turn, question in enumerate(QUESTIONS[:turns], start=1):
@@ -189,19 +198,24 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
             _sync(device)
             end = time.perf_counter()
             answers.append(answer.token_ids)
-            masks[f'turn{turn}'] = np.stack(answer.masks) if answer.masks else np.zeros((0, 1, 1), bool)
+            masks[f'turn{turn}'] = np.stack(answer.masks) if answer.masks else np.zeros((0, 1, 1),
+                                                                                        bool)
             calls = timer.calls
-            # a final [SEG] is fed once more for its state: that call belongs to the masks, not to decoding
-            extra_fed = answer.token_ids[-1] == model.token_ids.seg and len(calls) > len(answer.token_ids)
+            # a final [SEG] is fed once more for its state: that call belongs to the masks, not to
+            # decoding
+            extra_fed = (answer.token_ids[-1] == model.token_ids.seg
+                         and len(calls) > len(answer.token_ids))
             decode_end = calls[-1][0] if extra_fed else timer.masks_start or end
             steps = len(calls) - 1 - extra_fed  # one token per call after the prefill
             stage(f'turn {turn} prefill', (calls[1][0] if len(calls) > 1 else decode_end) - start,
                   positions=calls[0][1])
             decode_seconds = decode_end - calls[1][0] if len(calls) > 1 else 0.0
             tokens_per_s = steps / decode_seconds if decode_seconds else 0.0
-            stage(f'turn {turn} decode', decode_seconds, tokens=steps, tokens_per_s=round(tokens_per_s, 3),
+            stage(f'turn {turn} decode', decode_seconds, tokens=steps,
+                  tokens_per_s=round(tokens_per_s, 3),
                   of_bandwidth_limit=round(tokens_per_s * llm_bytes / (bandwidth * 1e9), 3))
-            stage(f'turn {turn} masks', end - decode_end if answer.masks else 0.0, masks=len(answer.masks))
+            stage(f'turn {turn} masks', end - decode_end if answer.masks else 0.0,
+                  masks=len(answer.masks))
             stage(f'turn {turn}', end - start, new_tokens=len(answer.token_ids))
     finally:
         timer.remove()
@@ -225,9 +239,9 @@ def format_report(record: dict) -> str:
     """The table of a :func:`run_benchmark` record."""
     lines = [f'{"stage":<16} {"seconds":>11}  {"peak RSS":>14}  {"RSS":>9}  details']
     lines += [format_stage(Stage.from_flat(s)) for s in record['stages']]
-    lines.append(f'read bandwidth {record["read_bandwidth_gb_s"]} GB/s ({record["threads"]} threads); LLM weights read '
-                 f'per token {record["llm_bytes_per_token"] / 1e9:.2f} GB -> limit '
-                 f'{record["decode_limit_tokens_per_s"]} tokens/s')
+    lines.append(f'read bandwidth {record["read_bandwidth_gb_s"]} GB/s ({record["threads"]} '
+                 f'threads); LLM weights read per token {record["llm_bytes_per_token"] / 1e9:.2f} '
+                 f'GB -> limit {record["decode_limit_tokens_per_s"]} tokens/s')
     return '\n'.join(lines)
 
 
@@ -237,11 +251,14 @@ def write_record(record: dict, path: str) -> None:
         file.write('\n')
 
 
-def compare_runs(record_a: dict, record_b: dict, masks_a: str | None = None, masks_b: str | None = None) -> dict:
-    """Agreement of two runs on the same bundle (e.g. bf16 and int8): the fraction of answer positions with the
-    same token, and the IoU of each pair of masks (both saved with ``masks_out``)."""
+def compare_runs(record_a: dict, record_b: dict, masks_a: str | None = None,
+                 masks_b: str | None = None) -> dict:
+    """Agreement of two runs on the same bundle (e.g. bf16 and int8): the fraction of answer
+    positions with the same token, and the IoU of each pair of masks (both saved with
+    ``masks_out``)."""
     pairs = [(x, y) for a, b in zip(record_a['answers'], record_b['answers']) for x, y in zip(a, b)]
-    out = dict(tokens=len(pairs), token_agreement=round(sum(x == y for x, y in pairs) / max(len(pairs), 1), 4))
+    out = dict(tokens=len(pairs),
+               token_agreement=round(sum(x == y for x, y in pairs) / max(len(pairs), 1), 4))
     if masks_a and masks_b:
         with np.load(masks_a) as a, np.load(masks_b) as b:
             ious = []

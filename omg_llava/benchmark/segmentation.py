@@ -1,10 +1,12 @@
-"""Time and size each universal-segmentation mode of a bundle's visual encoder (OMG-Seg alone, no LLM).
+"""Time and size each universal-segmentation mode of a bundle's visual encoder (OMG-Seg alone, no
+LLM).
 
-One mode per process, so that each peak RSS is the mode's own. Stages: ``build`` (the encoder with its three
-files, :func:`~omg_llava.segmentation.builder.build_segmenter`), ``encode`` (trunk, pixel decoder and the 300
-object queries of one image; for ``video`` the whole clip with its linking) and ``post`` (the task on top:
-panoptic fusion, semantic map, instance selection, prompt decoding, or per-frame panoptic output for video).
-The input is a random RGB image of ``side``×``side`` pixels (1024: no resizing at the released input size).
+One mode per process, so that each peak RSS is the mode's own. Stages: ``build`` (the encoder with
+its three files, :func:`~omg_llava.segmentation.builder.build_segmenter`), ``encode`` (trunk, pixel
+decoder and the 300 object queries of one image; for ``video`` the whole clip with its linking) and
+``post`` (the task on top: panoptic fusion, semantic map, instance selection, prompt decoding, or
+per-frame panoptic output for video). The input is a random RGB image of ``side``×``side`` pixels
+(1024: no resizing at the released input size).
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ BOXES = ((200.0, 200.0, 600.0, 700.0), )
 def run_segmentation_benchmark(bundle: str, task: str, *, side: int = 1024, frames: int = 3,
                                device: str = 'cpu', seed: int = 0,
                                log: Callable[[str], None] = print) -> dict:
-    """Measure ``task`` (one of :data:`SEGMENTATION_TASKS`) on the bundle's encoder; returns the JSON record
-    (``stages`` with seconds, peak RSS and RSS after each, and what the task produced)."""
+    """Measure ``task`` (one of :data:`SEGMENTATION_TASKS`) on the bundle's encoder; returns the
+    JSON record (``stages`` with seconds, peak RSS and RSS after each, and what the task
+    produced)."""
     if task not in SEGMENTATION_TASKS:
         raise ValueError(f'task must be one of {SEGMENTATION_TASKS}, got {task!r}')
     from omg_llava.segmentation.builder import build_segmenter
@@ -36,7 +39,8 @@ def run_segmentation_benchmark(bundle: str, task: str, *, side: int = 1024, fram
     stages: list[Stage] = []
 
     def stage(name: str, seconds: float, **extra) -> None:
-        stages.append(Stage(name, round(seconds, 3), round(peak_rss_gb(), 2), round(rss_gb(), 2), extra))
+        stages.append(Stage(name, round(seconds, 3), round(peak_rss_gb(), 2), round(rss_gb(), 2),
+                            extra))
         log(format_stage(stages[-1]))
 
     start = time.perf_counter()
@@ -45,7 +49,8 @@ def run_segmentation_benchmark(bundle: str, task: str, *, side: int = 1024, fram
                                        input_side=side)
     stage('build', time.perf_counter() - start, notes=notes)
     rng = np.random.default_rng(seed)
-    images = [(rng.random((side, side, 3)) * 255).astype(np.uint8) for _ in range(frames if task == 'video'
+    images = [(rng.random((side, side, 3)) * 255).astype(np.uint8)
+              for _ in range(frames if task == 'video'
                                                                                     else 1)]
     scale = side / 1024
     with torch.no_grad():
@@ -60,13 +65,15 @@ def run_segmentation_benchmark(bundle: str, task: str, *, side: int = 1024, fram
         elif task == 'instance':
             result = dict(instances=len(segmenter.instance(output).scores))
         elif task == 'interactive':
-            masks = segmenter.interactive(output, points=[(x * scale, y * scale) for x, y in POINTS],
+            masks = segmenter.interactive(output,
+                                          points=[(x * scale, y * scale) for x, y in POINTS],
                                           boxes=[tuple(v * scale for v in box) for box in BOXES])
             result = dict(masks=int(masks.shape[0]))
         else:
             result = dict(segments_per_frame=[len(frame_panoptic(segmenter, output, i).segments)
                                               for i in range(len(images))])
         stage('post', time.perf_counter() - start, **result)
-    return dict(bundle=paths.root, task=task, side=side, device=device, threads=torch.get_num_threads(),
+    return dict(bundle=paths.root, task=task, side=side, device=device,
+                threads=torch.get_num_threads(),
                 parameters=sum(p.numel() for p in segmenter.encoder.parameters()),
                 stages=[s.flat() for s in stages])

@@ -1,15 +1,16 @@
-"""Random weight files written tensor by tensor, so writing a 7B bundle holds one chunk of one tensor at a time.
+"""Random weight files written tensor by tensor, so writing a 7B bundle holds one chunk of one
+tensor at a time.
 
-* :func:`write_safetensors`: the header first (names, dtypes, shapes, offsets), then each tensor's bytes,
-  generated in row chunks.
+* :func:`write_safetensors`: the header first (names, dtypes, shapes, offsets), then each tensor's
+  bytes, generated in row chunks.
 * :func:`write_torch_file`: a ``torch.save`` zip whose storages are reserved but not written
-  (``torch.serialization.skip_data`` over never-touched ``torch.empty`` tensors), then filled in place through a
-  shared memory map, each tensor's pages dropped once written.
+  (``torch.serialization.skip_data`` over never-touched ``torch.empty`` tensors), then filled in
+  place through a shared memory map, each tensor's pages dropped once written.
 
-Values are reproducible per key and seed: 1-D ``weight`` tensors (norm scales) are ones, biases zeros, everything
-else N(0, 0.02²) samples taken from one pool of 2²⁴ draws at a random offset per chunk (drawing 7.7 B fresh normal
-values would take most of an hour on a shared 2-core machine; a benchmark needs the sizes and a sane scale, not
-independent draws).
+Values are reproducible per key and seed: 1-D ``weight`` tensors (norm scales) are ones, biases
+zeros, everything else N(0, 0.02²) samples taken from one pool of 2²⁴ draws at a random offset per
+chunk (drawing 7.7 B fresh normal values would take most of an hour on a shared 2-core machine; a
+benchmark needs the sizes and a sane scale, not independent draws).
 """
 from __future__ import annotations
 
@@ -49,13 +50,16 @@ class TensorSpec:
 
 @functools.lru_cache(maxsize=2)
 def _pool(seed: int) -> torch.Tensor:
-    """(2 · CHUNK_ELEMENTS,) float32 N(0, INIT_STD²) draws: any CHUNK_ELEMENTS-long window is a chunk's values."""
-    draws = torch.empty(CHUNK_ELEMENTS).normal_(0.0, INIT_STD, generator=torch.Generator().manual_seed(seed))
+    """(2 · CHUNK_ELEMENTS,) float32 N(0, INIT_STD²) draws: any CHUNK_ELEMENTS-long window is a
+    chunk's values."""
+    draws = torch.empty(CHUNK_ELEMENTS).normal_(0.0, INIT_STD,
+                                                generator=torch.Generator().manual_seed(seed))
     return torch.cat([draws, draws])
 
 
 def _chunks(spec: TensorSpec, seed: int) -> Iterable[tuple[slice, torch.Tensor]]:
-    """``(rows, values)`` covering the tensor in order: float32 values in chunks of leading-dimension rows."""
+    """``(rows, values)`` covering the tensor in order: float32 values in chunks of
+    leading-dimension rows."""
     shape = spec.shape or (1, )
     row = max(1, spec.nbytes // spec.dtype.itemsize // shape[0])
     step = max(1, CHUNK_ELEMENTS // row)
@@ -76,7 +80,8 @@ def _chunks(spec: TensorSpec, seed: int) -> Iterable[tuple[slice, torch.Tensor]]
 
 
 def write_safetensors(path: str | os.PathLike, specs: Sequence[TensorSpec], seed: int = 0) -> int:
-    """Write random tensors as a ``.safetensors`` file, streaming. Returns the bytes of tensor data."""
+    """Write random tensors as a ``.safetensors`` file, streaming. Returns the bytes of tensor
+    data."""
     header, offset = {}, 0
     for spec in specs:
         header[spec.key] = dict(dtype=SAFETENSORS_DTYPES[spec.dtype], shape=list(spec.shape),
@@ -96,9 +101,10 @@ def write_safetensors(path: str | os.PathLike, specs: Sequence[TensorSpec], seed
 
 def write_torch_file(path: str | os.PathLike, specs: Sequence[TensorSpec], seed: int = 0,
                      wrap_key: str | None = None) -> int:
-    """Write random tensors as a ``torch.save`` file (a flat dict, or ``{wrap_key: dict}`` such as mmengine's
-    ``state_dict``), one tensor at a time. Returns the bytes of tensor data."""
-    skeleton = {spec.key: torch.empty(spec.shape, dtype=spec.dtype) for spec in specs}  # never touched: no memory
+    """Write random tensors as a ``torch.save`` file (a flat dict, or ``{wrap_key: dict}`` such as
+    mmengine's ``state_dict``), one tensor at a time. Returns the bytes of tensor data."""
+    # never touched: no memory
+    skeleton = {spec.key: torch.empty(spec.shape, dtype=spec.dtype) for spec in specs}
     with torch.serialization.skip_data():
         torch.save({wrap_key: skeleton} if wrap_key else skeleton, path)
     del skeleton
@@ -122,7 +128,8 @@ def write_torch_file(path: str | os.PathLike, specs: Sequence[TensorSpec], seed:
 
 
 def shard_specs(specs: Sequence[TensorSpec], shard_bytes: int) -> list[list[TensorSpec]]:
-    """Split ``specs`` in order into shards of at most ``shard_bytes`` (a larger tensor gets its own shard)."""
+    """Split ``specs`` in order into shards of at most ``shard_bytes`` (a larger tensor gets its own
+    shard)."""
     shards: list[list[TensorSpec]] = [[]]
     size = 0
     for spec in specs:

@@ -1,9 +1,9 @@
 """Giving freed memory back to the system.
 
-glibc serves allocations under its mmap threshold (up to 32 MB, raised as large blocks are freed) from the heap,
-and keeps the pages of freed blocks for reuse. A load that allocates and frees many work buffers between
-long-lived weights (a LoRA merge, int8 quantization, an image encoding) leaves gigabytes of such free pages
-resident; ``malloc_trim`` returns them.
+glibc serves allocations under its mmap threshold (up to 32 MB, raised as large blocks are freed)
+from the heap, and keeps the pages of freed blocks for reuse. A load that allocates and frees many
+work buffers between long-lived weights (a LoRA merge, int8 quantization, an image encoding) leaves
+gigabytes of such free pages resident; ``malloc_trim`` returns them.
 """
 from __future__ import annotations
 
