@@ -1,13 +1,13 @@
-"""Gradio demo of OMG-LLaVA (spec §9.2): ask about an image with point and box prompts, or segment what you
-click; see docs/app.md.
+"""Gradio demo of OMG-LLaVA (spec §9.2): ask about an image with point and box prompts, or segment
+what you click; see docs/app.md.
 
-    python tools/app.py                  # built-in default: the trained tiny synthetic-shapes model, CPU
-    python tools/app.py configs/omg_llava_7b_finetune_8gpus.py --pth omg_llava_7b_finetune_8gpus.pth \\
-        --device cuda --dtype fp16
+    python tools/app.py  # built-in default: the trained tiny synthetic-shapes model, CPU
+    python tools/app.py configs/omg_llava_7b_finetune_8gpus.py \\
+        --pth omg_llava_7b_finetune_8gpus.pth --device cuda --dtype fp16
 
-Then open http://127.0.0.1:7860. Click on the image to add a point (write <mark> in the question), drag a
-rectangle to add a box (write <region>), or choose "Segment" to see the mask of what you click at once.
-The files, the port and the device are checked before the model is built.
+Then open http://127.0.0.1:7860. Click on the image to add a point (write <mark> in the question),
+drag a rectangle to add a box (write <region>), or choose "Segment" to see the mask of what you
+click at once. The files, the port and the device are checked before the model is built.
 """
 from __future__ import annotations
 
@@ -20,70 +20,83 @@ import zipfile
 
 from omg_llava.cli_errors import OneLineParser, UsageError
 from omg_llava.config_paths import config_argument
-from omg_llava.inference.defaults import (DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT, checkpoint_for,
-                                         is_default_config)
+from omg_llava.inference.defaults import (DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT,
+                                          checkpoint_for, is_default_config)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', nargs='?', default=DEFAULT_CONFIG, type=config_argument,
                         help=f'model config: a path or a built-in name (default {DEFAULT_CONFIG})')
-    parser.add_argument('--pth', help='released-format OMG-LLaVA checkpoint; default: the committed one for the '
-                        'default config, none (random projectors) for any other')
+    parser.add_argument('--pth',
+                        help='released-format OMG-LLaVA checkpoint; default: the committed one for '
+                        'the default config, none (random projectors) for any other')
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
     parser.add_argument('--quantize', choices=('int8', ),
-                        help='int8 weight-only LLM on the CPU (about half the memory of bf16; not on CUDA)')
+                        help='int8 weight-only LLM on the CPU (about half the memory of bf16; not '
+                             'on CUDA)')
     parser.add_argument('--attn', choices=('sdpa', 'eager'), default='sdpa',
-                        help='LLM attention: sdpa (default, fused) or eager (the reference numerics)')
+                        help='LLM attention: sdpa (default, fused) or eager (the reference '
+                             'numerics)')
     parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='bf16',
                         help='dtype of the LLM and projectors')
     parser.add_argument('--encoder-dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
-                        help='visual encoder dtype: fp32 (default, as the reference) or bf16 (half its memory; '
-                             'masks agree within rounding)')
-    parser.add_argument('--seed', type=int, default=0, help='seed of the weights the files do not cover')
+                        help='visual encoder dtype: fp32 (default, as the reference) or bf16 (half '
+                             'its memory; masks agree within rounding)')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the weights the files do not cover')
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='load weight files with the full unpickler (only for files you trust)')
     parser.add_argument('--max-new-tokens', type=int, default=256, help='answer length limit')
-    parser.add_argument('--host', default='127.0.0.1', help='address to serve on (0.0.0.0: every interface)')
+    parser.add_argument('--host', default='127.0.0.1',
+                        help='address to serve on (0.0.0.0: every interface)')
     parser.add_argument('--port', type=int, default=7860, help='port to serve on')
-    parser.add_argument('--share', action='store_true', help='also open a public gradio.live link (needs internet)')
+    parser.add_argument('--share', action='store_true',
+                        help='also open a public gradio.live link (needs internet)')
     return parser
 
 
 def check_port_free(host: str, port: int) -> None:
-    """Raise :class:`UsageError` when ``host:port`` cannot be bound (busy, or not an address of this machine)."""
+    """Raise :class:`UsageError` when ``host:port`` cannot be bound (busy, or not an address of this
+    machine)."""
     if not 0 < port < 65536:
         raise UsageError(f'--port must be in 1..65535, got {port}')
     with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is not busy
+        # as the server does: TIME_WAIT is not busy
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise UsageError(f'port {port} on {host} is already in use (address already in use): pass another '
-                                 f'--port, e.g. --port {port + 1}, or stop the server using it') from exc
-            raise UsageError(f'cannot serve on {host}:{port} ({exc.strerror}): use --host 127.0.0.1 or '
-                             '0.0.0.0') from exc
+                raise UsageError(f'port {port} on {host} is already in use (address already in '
+                                 f'use): pass another --port, e.g. --port {port + 1}, or stop the '
+                                 'server using it') from exc
+            raise UsageError(f'cannot serve on {host}:{port} ({exc.strerror}): use --host '
+                             '127.0.0.1 or 0.0.0.0') from exc
 
 
 def check_weight_file(path: str) -> None:
-    """Raise :class:`UsageError` unless ``path`` looks like a weight file: a torch zip checkpoint, a legacy torch
-    pickle or safetensors (a cheap look at its first bytes; the loader checks the content)."""
+    """Raise :class:`UsageError` unless ``path`` looks like a weight file: a torch zip checkpoint, a
+    legacy torch pickle or safetensors (a cheap look at its first bytes; the loader checks the
+    content)."""
     with open(path, 'rb') as f:
         head = f.read(9)
     legacy_pickle = head[:1] == b'\x80'  # pickle protocol marker
     safetensors = len(head) == 9 and head[8:9] == b'{'  # 8-byte header length, then the JSON header
     if not (zipfile.is_zipfile(path) or legacy_pickle or safetensors):
-        raise UsageError(f'--pth {path} is not a weight file (neither a torch checkpoint nor safetensors; a '
-                         'truncated download?): pass the released-format .pth, see docs/model_zoo.md')
+        raise UsageError(f'--pth {path} is not a weight file (neither a torch checkpoint nor '
+                         'safetensors; a truncated download?): pass the released-format .pth, see '
+                         'docs/model_zoo.md')
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Everything that can be wrong with the command line, checked before the (slow) model build."""
     for flag, path in (('config', args.config), ('--pth', args.pth)):
         if path and not os.path.isfile(path):
-            raise UsageError(f'{flag} file not found: {path}' + (' (pass the released-format .pth file; see '
-                                                                  'docs/model_zoo.md)' if flag == '--pth' else ''))
+            raise UsageError(f'{flag} file not found: {path}'
+                             + (' (pass the released-format .pth file; see docs/model_zoo.md)'
+                                if flag == '--pth' else ''))
     if args.pth:
         check_weight_file(args.pth)
     if args.max_new_tokens < 1:
@@ -93,7 +106,8 @@ def check_args(args: argparse.Namespace) -> None:
     try:
         torch.device(args.device)
     except RuntimeError as exc:
-        raise UsageError(f'--device {args.device!r} is not a torch device; use cpu, cuda or cuda:N') from exc
+        raise UsageError(f'--device {args.device!r} is not a torch device; use cpu, cuda or '
+                         'cuda:N') from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,12 +126,14 @@ def _run(args: argparse.Namespace) -> int:
     from omg_llava.inference.app_ui import build_demo, launch_demo
     from omg_llava.inference.chat import OMGLLaVAChat
 
-    print(f'building {args.config} on {args.device} ({args.dtype}); OMG-LLaVA weights: {args.pth or "none"} ...',
-          flush=True)
+    print(f'building {args.config} on {args.device} ({args.dtype}); OMG-LLaVA weights: '
+          f'{args.pth or "none"} ...', flush=True)
     try:
-        chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=args.device, dtype=args.dtype,
-                                               seed=args.seed, weights_only=not args.trust_checkpoint,
-                                               quantization=args.quantize or 'none', attn_implementation=args.attn,
+        chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=args.device,
+                                               dtype=args.dtype, seed=args.seed,
+                                               weights_only=not args.trust_checkpoint,
+                                               quantization=args.quantize or 'none',
+                                               attn_implementation=args.attn,
                                                encoder_dtype=args.encoder_dtype)
     except (FileNotFoundError, ValueError, KeyError, ImportError, CheckpointError) as exc:
         raise UsageError(str(exc).strip('"')) from exc
@@ -128,7 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         launch_demo(demo, host=args.host, port=args.port, share=args.share)
     except OSError as exc:  # the port was taken while the model loaded
-        raise UsageError(f'cannot serve on {args.host}:{args.port}: {exc}; pass another --port') from exc
+        raise UsageError(f'cannot serve on {args.host}:{args.port}: {exc}; pass another '
+                         '--port') from exc
     return 0
 
 
