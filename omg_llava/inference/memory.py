@@ -15,13 +15,16 @@ Two measures that change no number the model computes:
 """
 from __future__ import annotations
 
+import ctypes
 import mmap
+import os
 import tempfile
 
 import torch
 from torch import nn
 
 _CHUNK_ROWS = 8192
+_MADV_PAGEOUT = 21
 
 
 def map_embedding_to_file_(embedding: nn.Embedding, directory: str | None = None) -> int:
@@ -60,6 +63,37 @@ def map_embedding_to_file_(embedding: nn.Embedding, directory: str | None = None
     weight.data = mapped
     embedding._file_mapped_at = mapped.data_ptr()
     return size
+
+
+def page_out_file_mappings(directory: str | os.PathLike) -> int:
+    """Ask the kernel to reclaim the resident pages of this process's mappings of files under
+    ``directory`` (``madvise(MADV_PAGEOUT)``, Linux 5.4+; elsewhere nothing happens).
+
+    transformers maps an LLM's safetensors shards and keeps a shard mapped while any tensor of it
+    lives (a norm weight), so the pages of tensors that were read once and then replaced (the
+    base vocabulary tensors, copied when the vocabulary is resized) stay counted in the process's
+    memory. Only clean file pages are reclaimed: pages that were written (a weight merged in place
+    through the private mapping) are anonymous and stay, so no value changes; a page that is read
+    again comes back from the file.
+
+    Returns:
+        The number of mappings advised.
+    """
+    root = os.path.realpath(directory) + os.sep
+    try:
+        with open('/proc/self/maps') as maps:
+            spans = [line.split() for line in maps]
+    except OSError:
+        return 0
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    advised = 0
+    for fields in spans:
+        if len(fields) < 6 or not fields[5].startswith(root):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split('-'))
+        if madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_PAGEOUT) == 0:
+            advised += 1
+    return advised
 
 
 def is_file_mapped(embedding: nn.Embedding) -> bool:

@@ -17,6 +17,7 @@ The build is lean (docs/performance.md has the figures at 7B):
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,7 @@ from omg_llava.registry import build_component
 
 from .encoder_builder import (load_encoder_weights_or_random, resolve_encoder_weights,
                               visual_encoder_config)
-from .memory import is_file_mapped, map_embedding_to_file_
+from .memory import is_file_mapped, map_embedding_to_file_, page_out_file_mappings
 
 #: LLM attention implementations an inference build can select (InternLM2 reads the config at every
 #: forward).
@@ -131,6 +132,8 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     notes = []
     lora = model_cfg.get('llm_lora')
     merge = lora is not None and not quantized and merge_lora
+    llm_files = (model_cfg['llm'].get('pretrained_model_name_or_path')
+                 if _is_from_pretrained(model_cfg['llm']) else None)  # a folder, or a hub name
     stream = int8 and bool(pth) and _is_from_pretrained(model_cfg['llm'])
     if stream:  # the LLM is built empty and streamed in below, int8 layer by layer
         from .quantize import llm_skeleton
@@ -141,6 +144,8 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         if not pth and merge_lora:
             notes.append('LoRA: left out (no checkpoint: an untrained adapter changes nothing)')
     model: OMGLLaVA = build_component(model_cfg)
+    if llm_files and os.path.isdir(llm_files):  # base vocabulary read by the resize, then dropped
+        page_out_file_mappings(llm_files)
     notes += load_encoder_weights_or_random(model.visual_encoder, weights, seed=seed,
                                             weights_only=weights_only)
     if stream:
@@ -188,6 +193,8 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
             notes.append(f'LLM input embedding: mapped from a temporary file ({size / GB:.2f} GB, '
                          'only the rows looked up become resident)')
     release_free_memory()
+    if llm_files and os.path.isdir(llm_files):
+        page_out_file_mappings(llm_files)
     return model.eval(), cfg, notes
 
 

@@ -53,3 +53,21 @@ def test_mapped_embedding_survives_state_dict_round_trip(tmp_path):
 def test_release_free_memory_runs():
     # glibc on Linux (this project's platform): the call must be found and succeed
     assert release_free_memory() is True
+
+
+def test_page_out_keeps_written_and_clean_pages_of_a_private_mapping(tmp_path):
+    import mmap
+
+    from omg_llava.inference.memory import page_out_file_mappings
+    data = torch.arange(4 * 2 ** 20, dtype=torch.int32)  # 16 MB
+    path = tmp_path / 'weights.bin'
+    path.write_bytes(data.numpy().tobytes())
+    with open(path, 'r+b') as file:
+        mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+    mapped = torch.frombuffer(mapping, dtype=torch.int32)
+    assert int(mapped.sum()) == int(data.sum())  # every page read once
+    mapped[: 2 ** 20] = -1  # a quarter written in place: private (anonymous) copies
+    assert page_out_file_mappings(tmp_path) == 1
+    assert page_out_file_mappings(tmp_path / 'elsewhere') == 0
+    assert (mapped[: 2 ** 20] == -1).all()  # written pages kept
+    assert torch.equal(mapped[2 ** 20:], data[2 ** 20:])  # clean pages read back from the file
