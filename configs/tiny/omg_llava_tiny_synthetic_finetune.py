@@ -24,7 +24,6 @@ from omg_llava.assets import TINY_SYNTHETIC_LLM_DIR
 
 from omg_llava.datasets.mdpv import MDPVPointDataset
 from omg_llava.datasets.osprey import OspreyRegionConversationDataset
-from omg_llava.datasets.prompt_conversation import PromptConversationDataset
 from omg_llava.datasets.tiny_templates import TINY_GCG_QUESTIONS
 from omg_llava.datasets.tiny_templates import TINY_REFERRING_SEG_QUESTIONS
 from omg_llava.models.auxiliary_losses import ObjectTokenHintLoss
@@ -110,15 +109,9 @@ train_dataset = dict(
              image_folder=coco2014_train, **common),
         dict(type=MDPVPointDataset, annotation_file=data_root + 'mdpv_point/gpt4v_tiny_point.json',
              image_folder=data_root + 'mdpv_point/images/', **common),
-        # questions with <region> / <mark> inline, as the chat and the app take them ("What
-        # colour is <region>?"); the Osprey and MDPV rows teach the released templates
-        dict(type=PromptConversationDataset,
-             annotation_file=data_root + 'visual_prompts/prompt_conversation.json',
-             image_folder=coco2014_train, **common),
     ],
     shuffle_seed=42,
-    # the referring rows: their answers repeat the question's words
-    text_only_lm=[True, True, False, False, False, False])
+    text_only_lm=[True, True, False, False, False])  # the referring rows: their answers repeat the question's words
 # assignment, not update(): update() would merge into the inherited mixture
 train_dataloader.dataset = train_dataset
 train_dataloader.batch_size = batch_size
