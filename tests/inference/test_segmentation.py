@@ -7,8 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omg_llava.inference.image_io import PAD_COLOR, SquareGeometry, load_image, preprocess_image
-from omg_llava.inference.segmentation import coco_panoptic_class_names, panoptic_segments
+from omg_llava.inference.image_io import PAD_COLOR, load_image, preprocess_image
 
 from conftest import REPO_ROOT, load_tool
 
@@ -52,31 +51,6 @@ def test_unreadable_image_is_a_clear_error(tmp_path):
         load_image(tmp_path / 'missing.png')
 
 
-class _Head:
-    num_classes, num_things_classes, num_stuff_classes = 133, 80, 53
-
-
-def test_panoptic_segments_on_the_original_image():
-    geometry = SquareGeometry((40, 80), 80)  # image 80 wide, 40 high; square 80, offset top 20
-    q = 3
-    class_logits = torch.full((1, q, 134), -10.0)
-    class_logits[0, 0, 0] = 10.0  # person, confident
-    class_logits[0, 1, 100] = 10.0  # a stuff class, confident
-    class_logits[0, 2, 5] = 0.1  # unsure -> dropped
-    mask_logits = torch.full((1, q, 20, 20), -10.0)
-    mask_logits[0, 0, :, :10] = 10.0  # left half of the square
-    mask_logits[0, 1, :, 10:] = 10.0  # right half
-    output = type('Out', (), dict(class_logits=class_logits, mask_logits=mask_logits))()
-    encoder = type('Enc', (), dict(panoptic_head=_Head()))()
-    segments = panoptic_segments(encoder, output, geometry, coco_panoptic_class_names())
-    names = sorted(s.name for s in segments)
-    assert names == sorted(['person', coco_panoptic_class_names()[100]])
-    person = next(s for s in segments if s.name == 'person')
-    assert (person.mask.shape == (40, 80) and person.mask[:, :38].all()
-            and not person.mask[:, 42:].any())
-    assert person.is_thing and person.score > 0.99
-
-
 def test_readme_demo_writes_an_overlay(tmp_path, capsys):
     from skimage import data
     Image.fromarray(data.chelsea()).save(tmp_path / 'chelsea.png')
@@ -99,22 +73,3 @@ def test_readme_demo_writes_an_overlay(tmp_path, capsys):
     assert overlay.shape == (300, 451, 3)  # skimage's chelsea at its original size
     ids = np.asarray(Image.open(tmp_path / 'panoptic.png')).astype(np.int64)
     assert ids.shape == (300, 451, 3)
-
-
-def test_instance_segments_keep_things_ranked_by_score():
-    from omg_llava.inference.segmentation import instance_segments
-    geometry = SquareGeometry((40, 80), 80)
-    class_logits = torch.full((1, 3, 134), -10.0)
-    class_logits[0, 0, 2] = 10.0  # car, whole left half
-    class_logits[0, 1, 100] = 10.0  # stuff: never an instance
-    class_logits[0, 2, 0] = 10.0  # person, weaker mask
-    mask_logits = torch.full((1, 3, 20, 20), -10.0)
-    mask_logits[0, 0, :, :10] = 10.0
-    mask_logits[0, 1, :, 10:] = 10.0
-    mask_logits[0, 2, 8:12, 12:16] = 0.5
-    output = type('Out', (), dict(class_logits=class_logits, mask_logits=mask_logits))()
-    encoder = type('Enc', (), dict(panoptic_head=_Head()))()
-    segments = instance_segments(encoder, output, geometry, coco_panoptic_class_names(),
-                                 max_per_image=10)
-    assert [s.name for s in segments] == ['car', 'person']
-    assert segments[0].score > segments[1].score and segments[0].mask[:, :38].all()
