@@ -2,12 +2,12 @@
 
     python projects/tiny_omg_llava/benchmark.py [--work-dir work_dirs/tiny_synthetic]
 
-Prints wall time and peak memory of every step, the first / last logged losses of the four trainings, the
-held-out referring-segmentation metrics (also per expression kind, the share of answers repeating the expression,
-and the OMG-Seg pre-stage's own referring lookups: ``referring_figures.py``), the region-question
-accuracies next to chance and the colour / shape accuracy per prompt kind (point, box, mask:
-``prompt_qa.py``); writes ``curves.png`` (losses per iteration: raw logs faint, moving averages of
-10 logs bold) and ``figures.json``.
+Prints wall time and peak memory of every step, the first / last logged losses of the four
+trainings, the held-out referring-segmentation metrics (also per expression kind, the share of
+answers repeating the expression, and the OMG-Seg pre-stage's own referring lookups:
+``referring_figures.py``), the region-question accuracies next to chance and the colour / shape
+accuracy per prompt kind (point, box, mask: ``prompt_qa.py``); writes ``curves.png`` (losses per
+iteration: raw logs faint, moving averages of 10 logs bold) and ``figures.json``.
 """
 from __future__ import annotations
 
@@ -22,15 +22,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from referring_figures import (evaluate_pre_stage, format_kind_figures, kind_figures,  # noqa: E402
                                read_predictions, repeated_expression_share)
 
-STAGES = {'language': 'language stage (LLM)', 'omg_seg': 'OMG-Seg pre-stage', 'pretrain': 'OMG-LLaVA pretrain',
-          'finetune': 'OMG-LLaVA finetune'}
+STAGES = {'language': 'language stage (LLM)', 'omg_seg': 'OMG-Seg pre-stage',
+          'pretrain': 'OMG-LLaVA pretrain', 'finetune': 'OMG-LLaVA finetune'}
 
 
 def read_scalars(stage_dir: str) -> dict[str, list[tuple[int, float]]]:
     """``loss*`` series of the newest run in an mmengine work dir: name → [(iteration, value)]."""
     runs = sorted(glob.glob(os.path.join(stage_dir, '*', 'vis_data', 'scalars.json')))
     if not runs:
-        raise FileNotFoundError(f'no */vis_data/scalars.json under {stage_dir}: was the stage trained there?')
+        raise FileNotFoundError(f'no */vis_data/scalars.json under {stage_dir}: was the stage '
+                                'trained there?')
     series = defaultdict(list)
     with open(runs[-1], encoding='utf-8') as f:
         for line in f:
@@ -46,12 +47,14 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-SMOOTHING = 10  # logged points per moving-average window in the plot (batches mix tasks, so single logs are noisy)
+# logged points per moving-average window in the plot (batches mix tasks, so single logs are noisy)
+SMOOTHING = 10
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
     """Mean of the last ``window`` values at each point (fewer at the start)."""
-    return [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+    return [sum(values[max(0, i - window + 1):i + 1]) / (i + 1 - max(0, i - window + 1))
+            for i in range(len(values))]
 
 
 def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: str) -> None:
@@ -63,7 +66,8 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: str
         for name, points in sorted(series.items()):
             steps, values = [p[0] for p in points], [p[1] for p in points]
             raw, = ax.plot(steps, values, linewidth=0.8, alpha=0.3)
-            ax.plot(steps, moving_average(values, SMOOTHING), color=raw.get_color(), label=name, linewidth=1.6)
+            ax.plot(steps, moving_average(values, SMOOTHING), color=raw.get_color(), label=name,
+                    linewidth=1.6)
         ax.set_title(STAGES.get(stage, stage))
         ax.set_xlabel('iteration')
         ax.set_yscale('log')
@@ -75,21 +79,24 @@ def plot_curves(curves: dict[str, dict[str, list[tuple[int, float]]]], path: str
 
 
 def referring_breakdown(work_dir: str) -> dict:
-    """Per-kind figures of the held-out referring predictions, the share of answers repeating the expression and,
-    when the pre-stage exported its referring encoder, the pre-stage's own lookups on the same expressions."""
+    """Per-kind figures of the held-out referring predictions, the share of answers repeating the
+    expression and, when the pre-stage exported its referring encoder, the pre-stage's own lookups
+    on the same expressions."""
     from omg_llava.evaluation.runner import PREDICTIONS_FILE
     from omg_llava.models.omg_seg_trainer import REFERRING_QUERIES_FILE
     rows = read_predictions(os.path.join(work_dir, 'test', 'refseg', PREDICTIONS_FILE))
     stage_dir = os.path.join(work_dir, 'omg_seg')
     pre_stage = None
     if os.path.isfile(os.path.join(stage_dir, REFERRING_QUERIES_FILE)):
-        pre_stage = evaluate_pre_stage(stage_dir, os.path.join(work_dir, 'data', 'synthetic_shapes'))
+        pre_stage = evaluate_pre_stage(stage_dir,
+                                       os.path.join(work_dir, 'data', 'synthetic_shapes'))
     return dict(by_kind=kind_figures((r['sentence'], r['intersection'], r['union']) for r in rows),
                 repeated_expression=repeated_expression_share(rows), pre_stage=pre_stage)
 
 
 def report(work_dir: str) -> dict:
-    """Print the figures of ``work_dir``, write ``curves.png`` and ``figures.json``; return the figures."""
+    """Print the figures of ``work_dir``, write ``curves.png`` and ``figures.json``; return the
+    figures."""
     # a --committed-stages run trained the pretrain and the finetune only
     curves = {stage: read_scalars(os.path.join(work_dir, stage)) for stage in STAGES
               if os.path.isdir(os.path.join(work_dir, stage))}
@@ -101,8 +108,8 @@ def report(work_dir: str) -> dict:
     plan_path = os.path.join(work_dir, 'plan.json')
     plan = _read_json(plan_path) if os.path.exists(plan_path) else {}
     if plan:
-        print(f'training processes per stage: {plan["processes"]} x {plan["threads_per_process"]} thread(s) '
-              '(peak RSS is that of the largest single process)')
+        print(f'training processes per stage: {plan["processes"]} x {plan["threads_per_process"]} '
+              'thread(s) (peak RSS is that of the largest single process)')
     print('\nstep                    wall s   peak RSS so far (MiB)')
     for name, t in timings.items():
         print(f'{name:<22} {t["seconds"]:>7.0f}   {t["peak_rss_mib_so_far"]:>8}')
@@ -115,12 +122,14 @@ def report(work_dir: str) -> dict:
             print(f'  {STAGES[stage]:<20} {name:<10} {points[0][1]:8.3f} → {points[-1][1]:8.3f}  '
                   f'(iterations {points[0][0]}–{points[-1][0]})')
     print(f'\nreferring segmentation, held-out val ({refseg["num_expressions"]} expressions): '
-          f'cIoU {refseg["cIoU"]:.3f}, gIoU {refseg["gIoU"]:.3f}, answers without [SEG] {refseg["num_without_seg"]}')
+          f'cIoU {refseg["cIoU"]:.3f}, gIoU {refseg["gIoU"]:.3f}, answers without [SEG] '
+          f'{refseg["num_without_seg"]}')
     referring = referring_breakdown(work_dir)
     print(f'  answers repeating the asked-for expression: {referring["repeated_expression"]:.1%}\n'
           f'{format_kind_figures(referring["by_kind"])}')
     if referring['pre_stage']:
-        print(f'  the OMG-Seg pre-stage\'s own referring lookups:\n{format_kind_figures(referring["pre_stage"])}')
+        print('  the OMG-Seg pre-stage\'s own referring '
+              f'lookups:\n{format_kind_figures(referring["pre_stage"])}')
     print('region questions, held-out val:')
     for kind in ('what', 'colour', 'shape'):
         if f'accuracy_{kind}' in region_qa:
@@ -135,9 +144,10 @@ def report(work_dir: str) -> dict:
     png = os.path.join(work_dir, 'curves.png')
     plot_curves(curves, png)
     print(f'\ntraining curves: {png}')
-    figures = dict(plan=plan, timings=timings, training_seconds=training, refseg=refseg, referring=referring,
-                   region_qa=region_qa, prompt_qa=prompt_qa,
-                   losses={stage: {name: dict(first=points[0][1], last=points[-1][1]) for name, points in s.items()}
+    figures = dict(plan=plan, timings=timings, training_seconds=training, refseg=refseg,
+                   referring=referring, region_qa=region_qa, prompt_qa=prompt_qa,
+                   losses={stage: {name: dict(first=points[0][1], last=points[-1][1])
+                                   for name, points in s.items()}
                            for stage, s in curves.items()})
     with open(os.path.join(work_dir, 'figures.json'), 'w', encoding='utf-8') as f:
         json.dump(figures, f, indent=2)
@@ -145,8 +155,10 @@ def report(work_dir: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--work-dir', default='work_dirs/tiny_synthetic', help="train_tiny.py's work dir")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--work-dir', default='work_dirs/tiny_synthetic',
+                        help="train_tiny.py's work dir")
     return report(parser.parse_args(argv).work_dir)
 
 

@@ -8,7 +8,8 @@ import numpy as np
 from photos_scenes import Instance, Scene
 
 NUMBERS = ('no', 'one', 'two', 'three', 'four', 'five', 'six', 'seven', 'eight', 'nine', 'ten')
-ORDINALS = ('first', 'second', 'third', 'fourth', 'fifth', 'sixth', 'seventh', 'eighth', 'ninth', 'tenth')
+ORDINALS = ('first', 'second', 'third', 'fourth', 'fifth', 'sixth', 'seventh', 'eighth', 'ninth',
+            'tenth')
 PLURALS = {'person': 'people', 'bus': 'buses', 'sheep': 'sheep'}
 UNIQUE_NOUNS = ('sky', )  # 'the sky', never 'a sky'
 
@@ -64,8 +65,8 @@ def largest(scene: Scene) -> Instance:
 
 def caption(scene: Scene) -> str:
     big = largest(scene)
-    return (f'A photo with {inventory(scene)}. The largest is {count_phrase(big.name, 1)} {where(big.mask)}, '
-            f'covering about {_percent(big.mask)}% of the picture.')
+    return (f'A photo with {inventory(scene)}. The largest is {count_phrase(big.name, 1)} '
+            f'{where(big.mask)}, covering about {_percent(big.mask)}% of the picture.')
 
 
 def _percent(mask: np.ndarray) -> int:
@@ -104,6 +105,6 @@ def region_description(scene: Scene, inst: Instance) -> str:
     count = sum(i.name == inst.name for i in scene.instances)
     others = (f'It is one of {count_phrase(inst.name, count)} in the image.' if count > 1
               else f'It is the only {inst.name} in the image.')
-    return (f'{count_phrase(inst.name, 1).capitalize()} {where(inst.mask)} of the picture, covering about '
-            f'{_percent(inst.mask)}% of it. {others}')
+    return (f'{count_phrase(inst.name, 1).capitalize()} {where(inst.mask)} of the picture, '
+            f'covering about {_percent(inst.mask)}% of it. {others}')
 

@@ -56,7 +56,8 @@ PLACEMENT_TRIES = 100
 
 @dataclass
 class Obj:
-    """One drawn shape: attributes, visible (H, W) bool mask, its [x, y, w, h] box and (x, y) centroid in pixels."""
+    """One drawn shape: attributes, visible (H, W) bool mask, its [x, y, w, h] box and (x, y)
+    centroid in pixels."""
 
     kind: str
     colour: str
@@ -76,18 +77,22 @@ class Obj:
 
 @dataclass
 class Scene:
-    """(H, W, 3) uint8 image, its objects in painting order and the background kind (a key of BACKGROUNDS)."""
+    """(H, W, 3) uint8 image, its objects in painting order and the background kind (a key of
+    BACKGROUNDS)."""
 
     image: np.ndarray
     objects: list[Obj]
     background: str
 
 
-def shape_mask(kind: str, side: int, centre: tuple[float, float], extent: float, angle: float) -> np.ndarray:
-    """(side, side) bool mask of one shape about ``extent`` px across, rotated by ``angle`` radians."""
+def shape_mask(kind: str, side: int, centre: tuple[float, float], extent: float,
+               angle: float) -> np.ndarray:
+    """(side, side) bool mask of one shape about ``extent`` px across, rotated by ``angle``
+    radians."""
     mask = np.zeros((side, side), np.uint8)
     if kind == 'circle':  # all drawing at 1/16 px precision
-        cv2.circle(mask, (round(centre[0] * 16), round(centre[1] * 16)), round(extent * 8), 1, -1, shift=4)
+        cv2.circle(mask, (round(centre[0] * 16), round(centre[1] * 16)), round(extent * 8), 1, -1,
+                   shift=4)
         return mask.astype(bool)
     if kind == 'square':
         radii, phase = [0.6 * extent] * 4, np.pi / 4  # side 0.85 extent
@@ -96,7 +101,8 @@ def shape_mask(kind: str, side: int, centre: tuple[float, float], extent: float,
     else:  # five-pointed star, inner radius 0.45 of the outer one
         radii, phase = [0.6 * extent, 0.27 * extent] * 5, -np.pi / 2
     angles = phase + angle + 2 * np.pi * np.arange(len(radii)) / len(radii)
-    points = np.stack([centre[0] + np.cos(angles) * radii, centre[1] + np.sin(angles) * radii], axis=1)
+    points = np.stack([centre[0] + np.cos(angles) * radii, centre[1] + np.sin(angles) * radii],
+                      axis=1)
     cv2.fillPoly(mask, [np.round(points * 16).astype(np.int32)], 1, shift=4)
     return mask.astype(bool)
 
@@ -114,10 +120,12 @@ def _background(rng: np.random.Generator, side: int) -> tuple[np.ndarray, str]:
     if kind == 'noise':
         cells = int(rng.integers(4, 10))
         field = rng.uniform(-1, 1, (cells, cells, 3)).astype(np.float32)
-        return base + cv2.resize(field, (side, side), interpolation=cv2.INTER_CUBIC) * rng.uniform(10, 22), kind
+        return (base + cv2.resize(field, (side, side), interpolation=cv2.INTER_CUBIC)
+                * rng.uniform(10, 22), kind)
     yy, xx = np.ogrid[:side, :side]
     theta = rng.uniform(0, np.pi)
-    ramp = (xx * np.cos(theta) + yy * np.sin(theta)).astype(np.float32)  # distance along a random direction
+    # distance along a random direction
+    ramp = (xx * np.cos(theta) + yy * np.sin(theta)).astype(np.float32)
     if kind == 'stripes':
         wave = np.sin(2 * np.pi * ramp / rng.uniform(6, 20) + rng.uniform(0, 2 * np.pi))
         tint = (0.5 + rng.uniform(size=3)).astype(np.float32)  # stripe amplitude per channel
@@ -126,8 +134,10 @@ def _background(rng: np.random.Generator, side: int) -> tuple[np.ndarray, str]:
     return base * (1 - t) + _muted(rng) * t, kind
 
 
-def _sample_attributes(rng: np.random.Generator, taken: list[tuple[str, str, str]]) -> tuple[str, str, str]:
-    """(kind, colour, size) not yet in ``taken``; often sharing the colour or kind of an earlier object."""
+def _sample_attributes(rng: np.random.Generator,
+                       taken: list[tuple[str, str, str]]) -> tuple[str, str, str]:
+    """(kind, colour, size) not yet in ``taken``; often sharing the colour or kind of an earlier
+    object."""
     while True:
         kind, colour = str(rng.choice(KINDS)), str(rng.choice(list(COLOURS)))
         size = str(rng.choice(list(SIZE_CLASSES)))
@@ -140,7 +150,8 @@ def _sample_attributes(rng: np.random.Generator, taken: list[tuple[str, str, str
 
 def _place(rng: np.random.Generator, side: int, kind: str, size: str, full: list[np.ndarray],
            visible: list[np.ndarray], may_overlap: bool) -> np.ndarray | None:
-    """Full mask of a new shape that fits the rules against the placed ones, or None after PLACEMENT_TRIES."""
+    """Full mask of a new shape that fits the rules against the placed ones, or None after
+    PLACEMENT_TRIES."""
     kernel = np.ones((2 * GAP + 1, 2 * GAP + 1), np.uint8)
     for _ in range(PLACEMENT_TRIES):
         extent = rng.uniform(*SIZE_CLASSES[size]) * side
@@ -149,7 +160,8 @@ def _place(rng: np.random.Generator, side: int, kind: str, size: str, full: list
         angle = rng.uniform(-np.pi, np.pi) if kind == 'star' else np.radians(rng.uniform(-15, 15))
         mask = shape_mask(kind, side, centre, extent, angle)
         if may_overlap:
-            ok = all((v & ~mask).sum() >= (1 - MAX_OCCLUDED) * f.sum() and (f & mask).sum() <= MAX_OCCLUDED * mask.sum()
+            ok = all((v & ~mask).sum() >= (1 - MAX_OCCLUDED) * f.sum()
+                     and (f & mask).sum() <= MAX_OCCLUDED * mask.sum()
                      for f, v in zip(full, visible))
         else:
             grown = cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
@@ -160,7 +172,8 @@ def _place(rng: np.random.Generator, side: int, kind: str, size: str, full: list
 
 
 def sample_scene(rng: np.random.Generator, size: int = 128) -> Scene:
-    """Draw one image of ``size`` × ``size`` px with 2–4 shapes (see the module docstring for the rules)."""
+    """Draw one image of ``size`` × ``size`` px with 2–4 shapes (see the module docstring for the
+    rules)."""
     while True:
         image, background = _background(rng, size)
         count = int(rng.choice(OBJECT_COUNTS, p=OBJECT_COUNT_WEIGHTS))
@@ -175,7 +188,8 @@ def sample_scene(rng: np.random.Generator, size: int = 128) -> Scene:
             attributes.append((kind, colour, size_class))
             full.append(mask)
             visible.append(mask)
-            image[mask] = np.array(COLOURS[colour]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, size=3)
+            image[mask] = np.array(COLOURS[colour]) + rng.integers(-COLOUR_JITTER,
+                                                                   COLOUR_JITTER + 1, size=3)
         if len(full) >= 2:
             break
     image += PIXEL_NOISE * rng.standard_normal(image.shape, dtype=np.float32)
@@ -184,6 +198,7 @@ def sample_scene(rng: np.random.Generator, size: int = 128) -> Scene:
     for (kind, colour, size_class), mask in zip(attributes, visible):
         ys, xs = np.nonzero(mask)
         bbox = tuple(int(v) for v in cv2.boundingRect(mask.astype(np.uint8)))
-        objects.append(Obj(kind, colour, size_class, mask, bbox, (float(xs.mean()), float(ys.mean()))))
+        objects.append(Obj(kind, colour, size_class, mask, bbox,
+                           (float(xs.mean()), float(ys.mean()))))
     return Scene(image, objects, background)
 

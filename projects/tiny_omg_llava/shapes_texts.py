@@ -6,7 +6,8 @@ import numpy as np
 from shapes_scene import BACKGROUNDS, Scene
 
 def where(centre: tuple[float, float], side: int) -> str:
-    """Absolute position on a 3×3 grid: 'in the top left corner', 'on the right', 'at the bottom', 'in the centre'."""
+    """Absolute position on a 3×3 grid: 'in the top left corner', 'on the right', 'at the bottom',
+    'in the centre'."""
     x, y = centre
     h = 'left' if x < side / 3 else 'right' if x > 2 * side / 3 else ''
     v = 'top' if y < side / 3 else 'bottom' if y > 2 * side / 3 else ''
@@ -16,10 +17,12 @@ def where(centre: tuple[float, float], side: int) -> str:
 
 
 def caption(scene: Scene) -> tuple[str, list[tuple[int, int, int]]]:
-    """GCG caption listing the objects in reading order with their positions, and ``(start, end, object index)``
-    of each object phrase ('A small red circle in the top left corner, a large blue square ... background.')."""
+    """GCG caption listing the objects in reading order with their positions, and ``(start, end,
+    object index)`` of each object phrase ('A small red circle in the top left corner, a large blue
+    square ... background.')."""
     side = scene.image.shape[0]
-    order = sorted(range(len(scene.objects)), key=lambda i: (int(3 * scene.objects[i].centre[1] // side),
+    order = sorted(range(len(scene.objects)),
+                   key=lambda i: (int(3 * scene.objects[i].centre[1] // side),
                                                              scene.objects[i].centre[0]))
     text, spans = '', []
     for j, i in enumerate(order):
@@ -32,7 +35,8 @@ def caption(scene: Scene) -> tuple[str, list[tuple[int, int, int]]]:
 
 
 def region_description(scene: Scene, index: int) -> str:
-    """Osprey-style description of one object: 'A small red circle in the top left corner of the picture.'"""
+    """Osprey-style description of one object: 'A small red circle in the top left corner of the
+    picture.'"""
     obj = scene.objects[index]
     return f'A {obj.name} {where(obj.centre, scene.image.shape[0])} of the picture.'
 
@@ -51,14 +55,17 @@ def point_conversation(scene: Scene, indices: list[int]) -> list[tuple[str, str]
 def instruct_conversation(scene: Scene, expressions: list[tuple[int, str]],
                           rng: np.random.Generator) -> list[tuple[str, str]]:
     """LLaVA-style turns: the inventory, a colour count and where a referred object is."""
-    listed = ', '.join(f'a {o.name}' for o in scene.objects[:-1]) + f' and a {scene.objects[-1].name}'
+    listed = ', '.join(f'a {o.name}' for o in scene.objects[:-1]) + (' and a '
+                                                                     f'{scene.objects[-1].name}')
     colour = scene.objects[int(rng.integers(len(scene.objects)))].colour
     n = sum(o.colour == colour for o in scene.objects)
-    count = f'is one {colour} shape' if n == 1 else f'are {("two", "three", "four", "five")[n - 2]} {colour} shapes'
+    count = (f'is one {colour} shape' if n == 1
+             else f'are {("two", "three", "four", "five")[n - 2]} {colour} shapes')
     index, sentence = expressions[int(rng.integers(len(expressions)))]
     return [('<image>\nWhich shapes can you see in this image?', f'I can see {listed}.'),
             (f'How many {colour} shapes are there?', f'There {count}.'),
-            (f'Where is {sentence}?', f'It is {where(scene.objects[index].centre, scene.image.shape[0])}.')]
+            (f'Where is {sentence}?',
+             f'It is {where(scene.objects[index].centre, scene.image.shape[0])}.')]
 
 
 def region_conversation(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
@@ -67,7 +74,8 @@ def region_conversation(scene: Scene, rng: np.random.Generator) -> list[tuple[st
     for r, obj in enumerate(scene.objects, start=1):
         question, answer = [(f'What is <region{r}>?', f'It is a {obj.name}.'),
                             (f'What colour is <region{r}>?', f'It is {obj.colour}.'),
-                            (f'What shape is <region{r}>?', f'It is a {obj.kind}.')][int(rng.integers(3))]
+                            (f'What shape is <region{r}>?', f'It is a {obj.kind}.')][
+                                int(rng.integers(3))]
         turns.append(('<image>\n' + question if r == 1 else question, answer))
     return turns
 

@@ -17,7 +17,8 @@ yet not solvable without reading the expression. The pieces, by concern:
 
 The tree mirrors ``build_tiny_data.py``'s, so the tiny configs read either root:
 
-    python projects/tiny_omg_llava/synthetic_shapes.py --root data/synthetic_shapes --train 2000 --val 200
+    python projects/tiny_omg_llava/synthetic_shapes.py --root data/synthetic_shapes \\
+        --train 2000 --val 200
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-# EXPRESSION_KINDS, CATEGORIES, expression_kind, referring_expressions, sample_scene: re-exported, the
-# generator's public face for image_use.py, referring_figures.py and the tests
+# EXPRESSION_KINDS, CATEGORIES, expression_kind, referring_expressions, sample_scene: re-exported,
+# the generator's public face for image_use.py, referring_figures.py and the tests
 from shapes_expressions import (EXPRESSION_KINDS, Query, expression_kind,  # noqa: F401
                                 expression_queries, pick_sentences, referring_expressions)
 from shapes_scene import CATEGORIES, COLOURS, KINDS, Scene, sample_scene  # noqa: F401
@@ -40,7 +41,8 @@ from tiny_data_formats import DataWriter, disk_size, interior_point, messages, r
 MAX_MARKS = 4  # points per MDPV row
 JPEG_QUALITY = 90
 COCO_IMAGES = ('glamm_data', 'images', 'coco2014', 'train2014')
-COCO_INSTANCE_SPLITS = {'train': 'train2017', 'val': 'val2017'}  # our split → COCO folder (OMG-Seg pre-stage)
+# our split → COCO folder (OMG-Seg pre-stage)
+COCO_INSTANCE_SPLITS = {'train': 'train2017', 'val': 'val2017'}
 ANNOTATION_FILES = {  # rows of the training sources → file under the root
     'grandf_gcg': 'glamm_data/annotations/GranDf_HA_GCG_train.json',
     'osprey_detail_description': 'region_caption/osprey/osprey_detail_description.json',
@@ -147,7 +149,8 @@ def _region_question_row(scene: Scene, image: str, anns: list[dict]) -> dict:
     """One row of the held-out region-question manifest: every object's mask, colour and kind."""
     H, W = scene.image.shape[:2]
     return dict(image=image, height=H, width=W, regions=[
-        dict(segmentation=a['segmentation'], bbox=a['bbox'], colour=o.colour, kind=o.kind, size=o.size_class,
+        dict(segmentation=a['segmentation'], bbox=a['bbox'], colour=o.colour, kind=o.kind,
+             size=o.size_class,
              answer=f'{o.colour} {o.kind}') for a, o in zip(anns, scene.objects)])
 
 
@@ -155,28 +158,34 @@ def write_dataset(root: str, num_train: int, num_val: int, size: int = 128, seed
                   num_test: int | None = None) -> dict[str, int]:
     """Write the synthetic data set under ``root`` in the layout of ``build_tiny_data.py``.
 
-    Image ``k`` of each split is drawn from ``np.random.default_rng([seed, split, k])``, so an image does not depend
-    on the other counts. All images live in ``glamm_data/images/coco2014/train2014/`` (REFER and Osprey read them
-    there); the training ones are hard-linked into the GranD-f, MDPV, LLaVA and ADE20K folders.
+    Image ``k`` of each split is drawn from ``np.random.default_rng([seed, split, k])``, so an image
+    does not depend on the other counts. All images live in
+    ``glamm_data/images/coco2014/train2014/`` (REFER and Osprey read them there); the training ones
+    are hard-linked into the GranD-f, MDPV, LLaVA and ADE20K folders.
 
     Args:
         root: output folder (created; files of the same names are overwritten).
         num_train: training images: REFER 'train' refs and every other source.
-        num_val: held-out images with REFER 'val' refs; also listed in ``region_questions_val.json``.
+        num_val: held-out images with REFER 'val' refs; also listed in
+            ``region_questions_val.json``.
         size: image side in pixels.
         seed: seed of everything random.
         num_test: held-out images with REFER 'testA' refs (``num_val`` by default).
 
     Returns:
-        Rows per annotation file (for REFER: images per split, and refs), as the dataset classes count them.
+        Rows per annotation file (for REFER: images per split, and refs), as the dataset classes
+        count them.
     """
     if num_train < 1:
-        raise ValueError(f'num_train must be ≥ 1 (the training sources need images), got {num_train}')
+        raise ValueError('num_train must be ≥ 1 (the training sources need images), got '
+                         f'{num_train}')
     w = DataWriter(root, jpeg_quality=JPEG_QUALITY, jpeg_subsampling=0)  # 4:4:4: sharp colour edges
     rows: dict[str, list] = {k: [] for k in (*ANNOTATION_FILES, 'region_questions_val')}
     images, annotations, refs, sentences = [], [], [], 0
-    coco_splits = {split: ([], []) for split in COCO_INSTANCE_SPLITS}  # split → (images, annotations)
-    splits = (('train', num_train), ('val', num_val), ('testA', num_val if num_test is None else num_test))
+    # split → (images, annotations)
+    coco_splits = {split: ([], []) for split in COCO_INSTANCE_SPLITS}
+    splits = (('train', num_train), ('val', num_val),
+              ('testA', num_val if num_test is None else num_test))
     for code, (split, count) in enumerate(splits):
         for k in tqdm(range(count), desc=f'{split} images', leave=False):
             rng = np.random.default_rng([seed, code, k])
@@ -201,10 +210,11 @@ def write_dataset(root: str, num_train: int, num_val: int, size: int = 128, seed
             sentences += sum(len(r['sentences']) for r in image_refs)
             if split == 'train':
                 expressions = [(i, q.sentence()) for i, q in queries]
-                _write_train_sources(w, scene, k + 1, image_path, entry, anns, expressions, rng, rows)
+                _write_train_sources(w, scene, k + 1, image_path, entry, anns, expressions, rng,
+                                     rows)
             elif split == 'val':
-                rows['region_questions_val'].append(_region_question_row(scene, '/'.join(COCO_IMAGES + (file_name, )),
-                                                                         anns))
+                rows['region_questions_val'].append(
+                    _region_question_row(scene, '/'.join(COCO_IMAGES + (file_name, )), anns))
     categories = [dict(id=c + 1, name=name) for c, name in enumerate(CATEGORIES)]
     w.refer(images, annotations, categories, refs)
     for split, (split_images, split_annotations) in coco_splits.items():
@@ -213,15 +223,19 @@ def write_dataset(root: str, num_train: int, num_val: int, size: int = 128, seed
     for name, path in ANNOTATION_FILES.items():
         w.json(rows[name], *path.split('/'))
     w.json(list(KINDS), 'ade20k', 'ade20k_classes.json')
-    chance = dict(colour=1 / len(COLOURS), kind=1 / len(KINDS), colour_kind=1 / len(COLOURS) / len(KINDS))
-    w.json(dict(colours=list(COLOURS), kinds=list(KINDS), chance=chance, images=rows['region_questions_val']),
+    chance = dict(colour=1 / len(COLOURS), kind=1 / len(KINDS),
+                  colour_kind=1 / len(COLOURS) / len(KINDS))
+    w.json(dict(colours=list(COLOURS), kinds=list(KINDS), chance=chance,
+                images=rows['region_questions_val']),
            'region_questions_val.json')
     held_out = images[num_train:] or images
     w.link(os.path.join(root, *COCO_IMAGES, held_out[0]['file_name']), 'test.jpg')
     counts = {name: len(r) for name, r in rows.items()}
-    counts.update({f'refcoco_{s}': len({r['image_id'] for r in refs if r['split'] == s}) for s, _ in splits},
+    counts.update({f'refcoco_{s}': len({r['image_id'] for r in refs if r['split'] == s})
+                   for s, _ in splits},
                   refcoco_refs=len(refs), ade20k=num_train,
-                  **{f'coco_{folder}': len(coco_splits[s][0]) for s, folder in COCO_INSTANCE_SPLITS.items()})
+                  **{f'coco_{folder}': len(coco_splits[s][0])
+                     for s, folder in COCO_INSTANCE_SPLITS.items()})
     w.text(README.format(root=root, num_train=num_train, num_val=num_val, num_test=splits[2][1],
                          size=size, seed=seed, **counts), 'README.md')
     return counts
@@ -229,38 +243,55 @@ def write_dataset(root: str, num_train: int, num_val: int, size: int = 128, seed
 
 README = """# Synthetic shapes: a visual grounding task in the OMG-LLaVA data formats
 
-Generated by `python projects/tiny_omg_llava/synthetic_shapes.py --root {root} --train {num_train} --val {num_val}
---test {num_test} --size {size} --seed {seed}`; do not edit by hand (the module docstring explains the design).
+Generated by `python projects/tiny_omg_llava/synthetic_shapes.py --root {root} --train {num_train} \
+--val {num_val}
+--test {num_test} --size {size} --seed {seed}`; do not edit by hand (the module docstring explains \
+the design).
 
-{size}×{size} images with 2–4 shapes (circle, square, triangle, star; small or large; red, yellow, green, cyan,
-blue or purple) on dark textured backgrounds. Every text is derived from the drawn attributes; every referring
-expression picks out exactly one object. Masks are stored as COCO RLE (exact at this resolution, unlike polygons).
+{size}×{size} images with 2–4 shapes (circle, square, triangle, star; small or large; red, yellow, \
+green, cyan,
+blue or purple) on dark textured backgrounds. Every text is derived from the drawn attributes; \
+every referring
+expression picks out exactly one object. Masks are stored as COCO RLE (exact at this resolution, \
+unlike polygons).
 
 | annotation file | format | rows |
 |---|---|---|
 | ref_seg/refcoco/refs(unc).p + instances.json | REFER, images of train/val/testA | \
 {refcoco_train}/{refcoco_val}/{refcoco_testA} |
 | glamm_data/annotations/GranDf_HA_GCG_train.json | GranD-f GCG, RLE masks | {grandf_gcg} |
-| region_caption/osprey/osprey_detail_description.json | Osprey region captions | {osprey_detail_description} |
-| region_caption/osprey/osprey_conversation.json | Osprey region QA (what / colour / shape) | {osprey_conversation} |
+| region_caption/osprey/osprey_detail_description.json | Osprey region captions | \
+{osprey_detail_description} |
+| region_caption/osprey/osprey_conversation.json | Osprey region QA (what / colour / shape) | \
+{osprey_conversation} |
 | mdpv_point/gpt4v_tiny_point.json | MDPV point QA | {mdpv_point} |
-| llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json | LLaVA, one caption turn | {llava_pretrain} |
+| llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json | LLaVA, one caption turn | \
+{llava_pretrain} |
 | llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json | LLaVA, three turns | {llava_instruct} |
-| ade20k/ADEChallengeData2016/annotations/training/*.png | ADE-style label maps of the 4 kinds | {ade20k} |
-| coco/annotations/instances_{{train,val}}2017.json | COCO instances of the train / val images (OMG-Seg pre-stage) | \
+| ade20k/ADEChallengeData2016/annotations/training/*.png | ADE-style label maps of the 4 kinds | \
+{ade20k} |
+| coco/annotations/instances_{{train,val}}2017.json | COCO instances of the train / val images \
+(OMG-Seg pre-stage) | \
 {coco_train2017}/{coco_val2017} |
-| region_questions_val.json | held-out region questions: val images, masks, colour and kind | {region_questions_val} |
+| region_questions_val.json | held-out region questions: val images, masks, colour and kind | \
+{region_questions_val} |
 
-REFER has {refcoco_refs} refs (up to 3 sentences each: the simplest, one superlative/position, one relation). The
+REFER has {refcoco_refs} refs (up to 3 sentences each: the simplest, one superlative/position, one \
+relation). The
 val and testA refs use held-out images that no training file shows. All images are in
-glamm_data/images/coco2014/train2014/; the training ones are hard-linked into glamm_data/images/grandf/train/,
+glamm_data/images/coco2014/train2014/; the training ones are hard-linked into \
+glamm_data/images/grandf/train/,
 mdpv_point/images/, llava_data/LLaVA-Pretrain/images/, llava_data/llava_images/ and
-ade20k/ADEChallengeData2016/images/training/, and with the val ones into coco/{{train,val}}2017/. `test.jpg` is the
+ade20k/ADEChallengeData2016/images/training/, and with the val ones into coco/{{train,val}}2017/. \
+`test.jpg` is the
 first held-out image.
 
-region_questions_val.json: `{{"colours": [...], "kinds": [...], "chance": {{"colour", "kind", "colour_kind"}},
-"images": [{{"image": path from this folder, "height", "width", "regions": [{{"segmentation": RLE, "bbox",
-"colour", "kind", "size", "answer": "red circle"}}]}}]}}`; the chance rates are those of a uniform guess.
+region_questions_val.json: `{{"colours": [...], "kinds": [...], "chance": {{"colour", "kind", \
+"colour_kind"}},
+"images": [{{"image": path from this folder, "height", "width", "regions": [{{"segmentation": RLE, \
+"bbox",
+"colour", "kind", "size", "answer": "red circle"}}]}}]}}`; the chance rates are those of a uniform \
+guess.
 """
 
 
@@ -268,15 +299,18 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--root', default='data/synthetic_shapes', help='output folder')
     parser.add_argument('--train', type=int, default=2000, help='training images')
-    parser.add_argument('--val', type=int, default=200, help="held-out images with REFER 'val' refs")
+    parser.add_argument('--val', type=int, default=200,
+                        help="held-out images with REFER 'val' refs")
     parser.add_argument('--test', type=int, default=None,
                         help="held-out images with REFER 'testA' refs (default: as many as --val)")
     parser.add_argument('--size', type=int, default=128, help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0, help='seed of everything random')
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    counts = write_dataset(args.root, args.train, args.val, size=args.size, seed=args.seed, num_test=args.test)
-    print(f'wrote {args.root} in {time.perf_counter() - start:.1f} s ({disk_size(args.root) / 2 ** 20:.1f} MiB on '
+    counts = write_dataset(args.root, args.train, args.val, size=args.size, seed=args.seed,
+                           num_test=args.test)
+    print(f'wrote {args.root} in {time.perf_counter() - start:.1f} s '
+          f'({disk_size(args.root) / 2 ** 20:.1f} MiB on '
           'disk): ' + ', '.join(f'{k} {v}' for k, v in counts.items()))
     return counts
 
