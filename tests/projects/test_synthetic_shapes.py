@@ -1,5 +1,6 @@
-"""The synthetic shapes task: unambiguous expressions, masks true to the pixels, and data the real dataset classes
-read (REFER train / val / testA on held-out images, GranD-f GCG, Osprey, MDPV, LLaVA, ADE20K)."""
+"""The synthetic shapes task: unambiguous expressions, masks true to the pixels, and data the real
+dataset classes read (REFER train / val / testA on held-out images, GranD-f GCG, Osprey, MDPV,
+LLaVA, ADE20K)."""
 from __future__ import annotations
 
 import hashlib
@@ -28,8 +29,8 @@ NUM_TRAIN, NUM_VAL, NUM_TEST = 12, 6, 4
 
 
 def part(name: str):
-    """A module that synthetic_shapes.py is built from (``shapes_scene``, ``shapes_expressions``), as it
-    imported it."""
+    """A module that synthetic_shapes.py is built from (``shapes_scene``, ``shapes_expressions``),
+    as it imported it."""
     return importlib.import_module(name)
 
 
@@ -46,26 +47,33 @@ def scenes(gen):
 @pytest.fixture(scope='module')
 def built(gen, tmp_path_factory):
     root = tmp_path_factory.mktemp('synthetic') / 'data'
-    counts = gen.main(['--root', str(root), '--train', str(NUM_TRAIN), '--val', str(NUM_VAL), '--test', str(NUM_TEST)])
+    counts = gen.main(['--root', str(root), '--train', str(NUM_TRAIN), '--val', str(NUM_VAL),
+                       '--test', str(NUM_TEST)])
     return root, counts
 
 
 def interpret(gen, sentence: str, objects: list, side: int) -> tuple[set[int], set[int]]:
-    """Read a sentence of the grammar against the objects' attributes, independently of the generator's resolver.
+    """Read a sentence of the grammar against the objects' attributes, independently of the
+    generator's resolver.
 
-    Returns the objects it is clearly true of, and those for which it is borderline (neither clearly true nor
-    clearly false); an unambiguous sentence has exactly one of the first kind and none of the second.
+    Returns the objects it is clearly true of, and those for which it is borderline (neither clearly
+    true nor clearly false); an unambiguous sentence has exactly one of the first kind and none of
+    the second.
     """
     rules = part('shapes_expressions')
     colours, kinds = '|'.join(gen.COLOURS), '|'.join(gen.KINDS)
-    m = re.fullmatch(rf'the (?:(largest|smallest) )?(?:(small|large) )?(?:({colours}) )?({kinds}|shape)'
-                     r'(?: (on the left|on the right|at the top|at the bottom)| (left of|right of|above|below) (.+))?',
+    m = re.fullmatch(rf'the (?:(largest|smallest) )?(?:(small|large) )?(?:({colours}) '
+                     rf')?({kinds}|shape)'
+                     r'(?: (on the left|on the right|at the top|at the bottom)| (left of|right '
+                     r'of|above|below) (.+))?',
                      sentence)
     assert m, f'not in the grammar: {sentence!r}'
     superlative, size, colour, kind, position, relation, anchor_text = m.groups()
-    found = [i for i, o in enumerate(objects) if (size in (None, o.size_class) and colour in (None, o.colour)
+    found = [i for i, o in enumerate(objects)
+             if (size in (None, o.size_class) and colour in (None, o.colour)
                                                   and kind in ('shape', o.kind))]
-    vector = {'on the left': (-1, 0), 'on the right': (1, 0), 'at the top': (0, -1), 'at the bottom': (0, 1),
+    vector = {'on the left': (-1, 0), 'on the right': (1, 0), 'at the top': (0, -1),
+              'at the bottom': (0, 1),
               'left of': (-1, 0), 'right of': (1, 0), 'above': (0, -1), 'below': (0, 1)}
 
     def along(i: int, v: tuple[int, int]) -> float:
@@ -83,10 +91,12 @@ def interpret(gen, sentence: str, objects: list, side: int) -> tuple[set[int], s
         assert len(found) >= 2
         v = vector[position]
         return {t for t in found if along(t, v) > side / 2 * sum(v)
-                and all(along(t, v) - along(o, v) >= rules.POSITION_MARGIN * side for o in found if o != t)}, set()
+                and all(along(t, v) - along(o, v) >= rules.POSITION_MARGIN * side for o in found
+                        if o != t)}, set()
     if relation:
         anchors, unclear = interpret(gen, anchor_text, objects, side)
-        assert re.fullmatch(rf'the (small |large )?(({colours}) )?({kinds}|shape)', anchor_text)  # attributes only
+        # attributes only
+        assert re.fullmatch(rf'the (small |large )?(({colours}) )?({kinds}|shape)', anchor_text)
         assert len(anchors) == 1 and not unclear
         a = anchors.pop()
         v = vector[relation]
@@ -111,22 +121,27 @@ def test_every_expression_picks_exactly_one_object(gen, scenes):
         objects = scene.objects
         counts[len(objects)] += 1
         expressions = gen.referring_expressions(scene)
-        assert {i for i, _ in expressions} == set(range(len(objects)))  # every object can be referred to
+        # every object can be referred to
+        assert {i for i, _ in expressions} == set(range(len(objects)))
         assert len({s for _, s in expressions}) == len(expressions)
         for index, sentence in expressions:
             true, borderline = interpret(gen, sentence, objects, S)
             assert true == {index} and not borderline, (sentence, index, [o.name for o in objects])
-            families['relation' if re.search(r' (left of|right of|above|below) ', sentence) else 'other'] += 1
+            families['relation' if re.search(r' (left of|right of|above|below) ', sentence)
+                     else 'other'] += 1
         firsts = {}
-        for index, sentence in expressions:  # increasing specificity: an attribute-only sentence comes first
+        # increasing specificity: an attribute-only sentence comes first
+        for index, sentence in expressions:
             firsts.setdefault(index, sentence)
-        assert all(len(s.split()) <= 4 and not re.search(r'largest|smallest| on | at | of |above|below', s)
+        assert all(len(s.split()) <= 4
+                   and not re.search(r'largest|smallest| on | at | of |above|below', s)
                    for s in firsts.values())
     assert set(counts) == set(drawing.OBJECT_COUNTS)
-    assert families['relation'] > 100 and families['other'] > 500  # relations and the rest both occur
+    # relations and the rest both occur
+    assert families['relation'] > 100 and families['other'] > 500
     all_sentences = [s for scene in scenes[:40] for _, s in gen.referring_expressions(scene)]
-    for pattern in (r'^the largest shape$', r' on the (left|right)$', r' at the (top|bottom)$', r' left of the ',
-                    r'^the (small|large) (\w+) (circle|square|triangle|star)$'):
+    for pattern in (r'^the largest shape$', r' on the (left|right)$', r' at the (top|bottom)$',
+                    r' left of the ', r'^the (small|large) (\w+) (circle|square|triangle|star)$'):
         assert any(re.search(pattern, s) for s in all_sentences), pattern
 
 
@@ -138,7 +153,8 @@ def test_expression_kind_names_the_rule_that_made_each_sentence(gen, scenes):
             made_by = ('relation' if query.relation else 'attribute' if query.extreme is None
                        else 'superlative' if query.extreme in rules.SUPERLATIVES else 'position')
             assert gen.expression_kind(query.sentence()) == made_by, query.sentence()
-            assert gen.expression_kind(query.sentence().capitalize() + ' ') == made_by  # as an answer repeats it
+            # as an answer repeats it
+            assert gen.expression_kind(query.sentence().capitalize() + ' ') == made_by
             seen[made_by] += 1
     assert set(seen) == set(gen.EXPRESSION_KINDS)
     assert gen.expression_kind('the small circle') == 'attribute'  # a size word is an attribute
@@ -153,13 +169,17 @@ def test_masks_match_the_drawn_pixels(gen, scenes):
         assert (masks.sum(0) <= 1).all()  # visible masks are disjoint
         for obj in scene.objects:
             x, y, w, h = obj.bbox
-            assert obj.area > 0 and max(w, h) >= 0.8 * drawing.SIZE_CLASSES['small'][0] * S, obj.name
+            assert (obj.area > 0
+                    and max(w, h) >= 0.8 * drawing.SIZE_CLASSES['small'][0] * S), obj.name
             assert obj.mask[y:y + h, x:x + w].sum() == obj.area and x <= obj.centre[0] <= x + w
-            close = np.linalg.norm(scene.image - palette[obj.colour], axis=-1) < 60  # the object's colour
+            # the object's colour
+            close = np.linalg.norm(scene.image - palette[obj.colour], axis=-1) < 60
             same_colour = np.any([o.mask for o in scene.objects if o.colour == obj.colour], axis=0)
             assert (close & obj.mask).sum() >= 0.99 * obj.area, obj.name
-            assert (close & ~same_colour).sum() <= 0.01 * obj.area, obj.name  # nothing else has its colour
-        lo, hi = (drawing.SIZE_CLASSES['small'][0] * S) ** 2 * 0.3, (drawing.SIZE_CLASSES['large'][1] * S) ** 2
+            # nothing else has its colour
+            assert (close & ~same_colour).sum() <= 0.01 * obj.area, obj.name
+        lo, hi = ((drawing.SIZE_CLASSES['small'][0] * S) ** 2 * 0.3,
+                  (drawing.SIZE_CLASSES['large'][1] * S) ** 2)
         assert all(lo <= o.area <= hi for o in scene.objects)
 
 
@@ -184,7 +204,8 @@ def test_real_dataset_classes_read_every_row(built, tokenizer):
     root, counts = built
     common = dict(tokenizer=tokenizer, image_size=S)
     coco = str(root / 'glamm_data/images/coco2014/train2014')
-    refer = dict(data_root=str(root / 'ref_seg'), image_folder=coco, dataset='refcoco', split_by='unc', **common)
+    refer = dict(data_root=str(root / 'ref_seg'), image_folder=coco, dataset='refcoco',
+                 split_by='unc', **common)
     ade = root / 'ade20k/ADEChallengeData2016'
     datasets = dict(
         refcoco_train=ReferSegDataset(split='train', **refer),
@@ -196,14 +217,17 @@ def test_real_dataset_classes_read_every_row(built, tokenizer):
             str(root / 'region_caption/osprey/osprey_detail_description.json'), coco, **common),
         osprey_conversation=OspreyRegionConversationDataset(
             str(root / 'region_caption/osprey/osprey_conversation.json'), coco, **common),
-        mdpv_point=MDPVPointDataset(str(root / 'mdpv_point/gpt4v_tiny_point.json'), str(root / 'mdpv_point/images'),
-                                    **common),
-        llava_pretrain=LLaVADataset(str(root / 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json'),
-                                    str(root / 'llava_data/LLaVA-Pretrain/images'), **common),
-        llava_instruct=LLaVADataset(str(root / 'llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json'),
+        mdpv_point=MDPVPointDataset(str(root / 'mdpv_point/gpt4v_tiny_point.json'),
+                                    str(root / 'mdpv_point/images'), **common),
+        llava_pretrain=LLaVADataset(
+            str(root / 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json'),
+            str(root / 'llava_data/LLaVA-Pretrain/images'), **common),
+        llava_instruct=LLaVADataset(
+            str(root / 'llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json'),
                                     str(root / 'llava_data/llava_images'), **common),
         ade20k=SemanticSegDataset(str(ade / 'images/training'), str(ade / 'annotations/training'),
-                                  str(root / 'ade20k/ade20k_classes.json'), kind='ade20k', **common))
+                                  str(root / 'ade20k/ade20k_classes.json'), kind='ade20k',
+                                  **common))
     assert counts['refcoco_train'] == NUM_TRAIN and counts['refcoco_val'] == NUM_VAL
     assert counts['refcoco_testA'] == NUM_TEST
     for name, ds in datasets.items():
@@ -213,8 +237,10 @@ def test_real_dataset_classes_read_every_row(built, tokenizer):
             assert item['pixel_values'].shape == (3, S, S)
             assert all(m.any() for m in list(item['masks']) + list(item['regions'])), (name, i)
         assert not ds.skipped, (name, dict(ds.skipped))
-    assert all(len(datasets[n][0]['masks']) for n in ('refcoco_train', 'refcoco_val', 'grandf_gcg', 'ade20k'))
-    assert len(datasets['mdpv_point'][0]['points']) and len(datasets['osprey_conversation'][0]['regions'])
+    assert all(len(datasets[n][0]['masks'])
+               for n in ('refcoco_train', 'refcoco_val', 'grandf_gcg', 'ade20k'))
+    assert (len(datasets['mdpv_point'][0]['points'])
+            and len(datasets['osprey_conversation'][0]['regions']))
 
 
 def test_held_out_images_are_unseen_and_masks_reproducible(gen, built):
@@ -222,7 +248,8 @@ def test_held_out_images_are_unseen_and_masks_reproducible(gen, built):
     instances = json.loads((root / 'ref_seg/refcoco/instances.json').read_text())
     refs = load_refs(root / 'ref_seg/refcoco/refs(unc).p')
     images = {img['id']: img['file_name'] for img in instances['images']}
-    by_split = {s: {r['image_id'] for r in refs if r['split'] == s} for s in ('train', 'val', 'testA')}
+    by_split = {s: {r['image_id'] for r in refs if r['split'] == s}
+                for s in ('train', 'val', 'testA')}
     assert all(by_split.values()) and sum(len(v) for v in by_split.values()) == len(images)
     assert not (by_split['train'] & by_split['val'] or by_split['train'] & by_split['testA']
                 or by_split['val'] & by_split['testA'])
@@ -235,13 +262,15 @@ def test_held_out_images_are_unseen_and_masks_reproducible(gen, built):
 
     coco = root / 'glamm_data/images/coco2014/train2014'
     held_out = {digest(coco / images[i]) for i in by_split['val'] | by_split['testA']}
-    for folder in ('glamm_data/images/grandf/train', 'mdpv_point/images', 'llava_data/LLaVA-Pretrain/images',
+    for folder in ('glamm_data/images/grandf/train', 'mdpv_point/images',
+                   'llava_data/LLaVA-Pretrain/images',
                    'llava_data/llava_images', 'ade20k/ADEChallengeData2016/images/training'):
         files = [p for p in (root / folder).rglob('*.jpg')]
         assert len(files) == NUM_TRAIN and not held_out & {digest(p) for p in files}, folder
     assert len(held_out) == NUM_VAL + NUM_TEST and digest(root / 'test.jpg') in held_out
 
-    # the region-question manifest lists the val images; image k of a split is sample_scene(rng([seed, split, k]))
+    # the region-question manifest lists the val images; image k of a split is
+    # sample_scene(rng([seed, split, k]))
     manifest = json.loads((root / 'region_questions_val.json').read_text())
     assert len(manifest['images']) == NUM_VAL and manifest['chance']['colour_kind'] == 1 / 24
     for k, row in enumerate(manifest['images']):
@@ -254,10 +283,13 @@ def test_held_out_images_are_unseen_and_masks_reproducible(gen, built):
 
 def test_deterministic_by_seed(gen, built, tmp_path):
     root, counts = built
-    files = ('ref_seg/refcoco/instances.json', 'ref_seg/refcoco/refs(unc).p', 'mdpv_point/gpt4v_tiny_point.json',
-             'glamm_data/annotations/GranDf_HA_GCG_train.json', 'region_caption/osprey/osprey_conversation.json',
+    files = ('ref_seg/refcoco/instances.json', 'ref_seg/refcoco/refs(unc).p',
+             'mdpv_point/gpt4v_tiny_point.json',
+             'glamm_data/annotations/GranDf_HA_GCG_train.json',
+             'region_caption/osprey/osprey_conversation.json',
              'glamm_data/images/coco2014/train2014/COCO_train2014_000000000001.jpg')
-    assert gen.write_dataset(str(tmp_path / 'again'), NUM_TRAIN, NUM_VAL, num_test=NUM_TEST) == counts
+    assert gen.write_dataset(str(tmp_path / 'again'), NUM_TRAIN, NUM_VAL,
+                             num_test=NUM_TEST) == counts
     for path in files:
         assert (tmp_path / 'again' / path).read_bytes() == (root / path).read_bytes(), path
     gen.write_dataset(str(tmp_path / 'other'), 2, 1, seed=1)
@@ -269,18 +301,23 @@ def test_coco_instance_splits_feed_the_omg_seg_pre_stage(built, gen):
     root, counts = built
     from omg_llava.datasets.coco_instances import CocoInstanceDataset
     for folder, count in (('train2017', NUM_TRAIN), ('val2017', NUM_VAL)):
-        ds = CocoInstanceDataset(str(root / f'coco/annotations/instances_{folder}.json'), str(root / 'coco' / folder),
-                                 image_size=S)
-        assert len(ds) == count == counts[f'coco_{folder}'] and ds.category_names == list(gen.CATEGORIES)
+        ds = CocoInstanceDataset(str(root / f'coco/annotations/instances_{folder}.json'),
+                                 str(root / 'coco' / folder), image_size=S)
+        assert (len(ds) == count == counts[f'coco_{folder}']
+                and ds.category_names == list(gen.CATEGORIES))
         assert len(gen.CATEGORIES) == 24 and gen.CATEGORIES[:2] == ('red circle', 'yellow circle')
         sample = ds[0]
-        assert 2 <= len(sample['gt_labels']) <= max(drawing.OBJECT_COUNTS) and sample['gt_masks'].shape[1:] == (S, S)
+        assert (2 <= len(sample['gt_labels']) <= max(drawing.OBJECT_COUNTS)
+                and sample['gt_masks'].shape[1:] == (S, S))
         assert not ds.skipped
-    # the pre-stage config names the same classes: its dataset labels by them, its class embeddings are built from them
+    # the pre-stage config names the same classes: its dataset labels by them, its class embeddings
+    # are built from them
     pre_stage = Config.fromfile(str(REPO_ROOT / 'configs/tiny/omg_seg_tiny_synthetic.py'))
-    assert pre_stage.model.class_names == list(gen.CATEGORIES) == pre_stage.train_dataloader.dataset.category_names
+    assert (pre_stage.model.class_names == list(gen.CATEGORIES)
+            == pre_stage.train_dataloader.dataset.category_names)
     assert pre_stage.model.num_classes == len(gen.CATEGORIES)
     refs = load_refs(root / 'ref_seg/refcoco/refs(unc).p')
     train_ids = {r['image_id'] for r in refs if r['split'] == 'train'}
     coco_train = json.loads((root / 'coco/annotations/instances_train2017.json').read_text())
-    assert {img['id'] for img in coco_train['images']} == train_ids  # held-out images stay out of the pre-stage
+    # held-out images stay out of the pre-stage
+    assert {img['id'] for img in coco_train['images']} == train_ids
