@@ -30,8 +30,10 @@ import os, sys
 from mmengine.fileio import LocalBackend
 from mmengine.runner import Runner
 from toy_regression import ToyRegression, ToyRegressionDataset
+from omg_llava.engine import allow_mmengine_checkpoint_types
 from omg_llava.engine.hooks import AtomicCheckpointHook
 
+allow_mmengine_checkpoint_types()  # resume loads weights_only, with mmengine's own types allowed
 hook, work_dir = sys.argv[1], sys.argv[2]
 kill_at, max_iters, resume = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == 'resume'
 put = LocalBackend.put
@@ -66,8 +68,7 @@ def run(tmp_path: Path, hook: str, kill_at: int, max_iters: int,
     script.write_text(SCRIPT)
     env = dict(os.environ,
                PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get('PYTHONPATH', '')]),
-               # our own checkpoints: trusted
-               OMP_NUM_THREADS='1', TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD='1')
+               OMP_NUM_THREADS='1')
     command = [sys.executable, str(script), hook, str(tmp_path / 'work'), str(kill_at),
                str(max_iters), 'resume' if resume else 'fresh']
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env,
