@@ -137,7 +137,10 @@ def describe_file(path: str | os.PathLike) -> str:
     if size == 0:
         return 'an empty file (0 bytes)'
     if head.startswith(b'PK\x03\x04'):
-        return 'a torch zip checkpoint'
+        import zipfile
+        # a zip's directory is at its end: a cut download starts right but has none
+        return ('a torch zip checkpoint' if zipfile.is_zipfile(path)
+                else 'a truncated zip file (its directory at the end is missing)')
     if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05'):
         return 'a torch pickle'
     if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], 'little') < size:
@@ -183,6 +186,8 @@ def check_weight_file(path: str | os.PathLike, flag: str, allow_directory: bool 
     if kind in _WEIGHT_KINDS or kind == 'a binary file':
         return
     hint = {'an HTML page': ' (a download that returned an error page?)',
+            'a truncated zip file (its directory at the end is missing)':
+                ' (an interrupted download or copy?)',
             'a text file': ' (a config or a list given in place of the weights?)'}.get(kind, '')
     raise UsageError(f'{flag} {path} is {kind}{hint}, not a weight file: give the .pth / .bin / '
                      '.safetensors file')

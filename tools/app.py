@@ -16,9 +16,8 @@ import errno
 import os
 import socket
 import sys
-import zipfile
 
-from omg_llava.cli_errors import OneLineParser, UsageError
+from omg_llava.cli_errors import OneLineParser, UsageError, check_weight_file
 from omg_llava.config_paths import config_argument
 from omg_llava.inference.defaults import (DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT,
                                           checkpoint_for, is_default_config)
@@ -76,20 +75,6 @@ def check_port_free(host: str, port: int) -> None:
                              '127.0.0.1 or 0.0.0.0') from exc
 
 
-def check_weight_file(path: str) -> None:
-    """Raise :class:`UsageError` unless ``path`` looks like a weight file: a torch zip checkpoint, a
-    legacy torch pickle or safetensors (a cheap look at its first bytes; the loader checks the
-    content)."""
-    with open(path, 'rb') as f:
-        head = f.read(9)
-    legacy_pickle = head[:1] == b'\x80'  # pickle protocol marker
-    safetensors = len(head) == 9 and head[8:9] == b'{'  # 8-byte header length, then the JSON header
-    if not (zipfile.is_zipfile(path) or legacy_pickle or safetensors):
-        raise UsageError(f'--pth {path} is not a weight file (neither a torch checkpoint nor '
-                         'safetensors; a truncated download?): pass the released-format .pth, see '
-                         'docs/model_zoo.md')
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Everything that can be wrong with the command line, checked before the (slow) model build."""
     for flag, path in (('config', args.config), ('--pth', args.pth)):
@@ -98,7 +83,7 @@ def check_args(args: argparse.Namespace) -> None:
                              + (' (pass the released-format .pth file; see docs/model_zoo.md)'
                                 if flag == '--pth' else ''))
     if args.pth:
-        check_weight_file(args.pth)
+        check_weight_file(args.pth, '--pth')
     if args.max_new_tokens < 1:
         raise UsageError(f'--max-new-tokens must be at least 1, got {args.max_new_tokens}')
     check_port_free(args.host, args.port)

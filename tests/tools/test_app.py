@@ -395,12 +395,14 @@ def test_cli_bad_checkpoint_is_one_error_line(tmp_path, monkeypatch, capsys):
     truncated = tmp_path / 'truncated.pth'
     torch.save({'w': torch.zeros(64)}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:300])
-    for path in (bad, truncated):
+    expected = {bad: 'a text file (a config or a list given in place of the weights?)',
+                truncated: 'a truncated zip file (its directory at the end is missing) (an '
+                           'interrupted download or copy?)'}
+    for path, kind in expected.items():
         assert load_tool('app').main(['--pth', str(path), '--port', str(_free_port())]) == 2
         err = capsys.readouterr().err.strip()
-        assert err == (f'error: --pth {path} is not a weight file (neither a torch checkpoint nor '
-                       'safetensors; a truncated download?): pass the released-format .pth, see '
-                       'docs/model_zoo.md')
+        assert err == (f'error: --pth {path} is {kind}, not a weight file: give the .pth / .bin / '
+                       '.safetensors file')
 
 
 def test_cli_checkpoint_the_loader_refuses_is_one_error_line(tmp_path, monkeypatch, capsys):

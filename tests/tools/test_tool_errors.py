@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from omg_llava import cli_errors
-from omg_llava.cli_errors import UsageError, describe_file, error_message, one_line_errors
+from omg_llava.cli_errors import (UsageError, check_weight_file, describe_file, error_message,
+                                  one_line_errors)
 
 from conftest import TINY_CONFIG, load_tool
 
@@ -34,6 +35,14 @@ def test_describe_file_names_what_a_file_is(files):
                                                'weights.pth', 'absent.pth')] == [
         'a PNG image', 'an empty file (0 bytes)', 'an HTML page', 'a text file', 'a directory',
         'a torch zip checkpoint', 'missing']
+
+
+def test_a_cut_torch_file_is_named_truncated(files):
+    cut = files / 'cut.pth'
+    cut.write_bytes((files / 'weights.pth').read_bytes()[:300])  # starts like a zip, no directory
+    assert describe_file(cut) == 'a truncated zip file (its directory at the end is missing)'
+    with pytest.raises(UsageError, match='truncated zip file .* interrupted download'):
+        check_weight_file(cut, '--pth')
 
 
 def test_wrapper_prints_input_errors_and_keeps_tracebacks_of_bugs(capsys, monkeypatch):
