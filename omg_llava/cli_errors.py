@@ -26,9 +26,9 @@ import sys
 from typing import Callable
 
 __all__ = ['UsageError', 'OneLineParser', 'one_line_errors', 'error_message', 'is_input_error',
-           'describe_file',
-           'check_file', 'check_weight_file', 'check_device', 'check_out_dir', 'same_file',
-           'check_output_spares_inputs', 'check_new_out_dir', 'EXIT_USAGE', 'TRACEBACK_ENV']
+           'describe_file', 'add_precision_options', 'check_file', 'check_weight_file',
+           'check_device', 'check_out_dir', 'same_file', 'check_output_spares_inputs',
+           'check_new_out_dir', 'EXIT_USAGE', 'TRACEBACK_ENV']
 
 EXIT_USAGE = 2
 TRACEBACK_ENV = 'OMG_LLAVA_TRACEBACK'
@@ -86,6 +86,26 @@ def one_line_errors(main: Callable[..., int]) -> Callable[..., int]:
 
 
 # ------------------------------------------------------------------------------------- quantization
+def add_precision_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The model-precision options chat, test and app share: ``--encoder-dtype`` and the mutually
+    exclusive LLM quantizations ``--load-in-4bit`` / ``--load-in-8bit`` (bitsandbytes, CUDA) and
+    ``--quantize int8`` (weight-only, CPU); read the latter back with :func:`quantization_of` and
+    check them with :func:`check_quantization_device`."""
+    parser.add_argument('--encoder-dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
+                        help='visual encoder dtype: fp32 (default, as the reference) or bf16 (half '
+                             'its memory; masks agree within rounding)')
+    quant = parser.add_mutually_exclusive_group()
+    quant.add_argument('--load-in-4bit', action='store_true',
+                       help='NF4 LLM via bitsandbytes (CUDA only): the base the released LoRA was '
+                            'trained on; without a quantization option the LLM is unquantized in '
+                            '--dtype, whatever the config says')
+    quant.add_argument('--load-in-8bit', action='store_true',
+                       help='int8 LLM via bitsandbytes (CUDA only)')
+    quant.add_argument('--quantize', choices=('int8', ),
+                       help='int8 weight-only LLM on the CPU (about half the memory of bf16, '
+                            'faster decoding)')
+
+
 def quantization_of(args: argparse.Namespace) -> str:
     """``'4bit'``, ``'8bit'`` (bitsandbytes), ``'int8'`` (CPU weight-only) or ``'none'`` from the
     tools' mutually exclusive ``--load-in-4bit`` / ``--load-in-8bit`` / ``--quantize`` options."""

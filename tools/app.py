@@ -17,7 +17,8 @@ import os
 import socket
 import sys
 
-from omg_llava.cli_errors import OneLineParser, UsageError, check_weight_file
+from omg_llava.cli_errors import (OneLineParser, UsageError, add_precision_options,
+                                  check_quantization_device, check_weight_file, quantization_of)
 from omg_llava.config_paths import config_argument
 from omg_llava.inference.defaults import (DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT,
                                           checkpoint_for, is_default_config)
@@ -32,17 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help='released-format OMG-LLaVA checkpoint; default: the committed one for '
                         'the default config, none (random projectors) for any other')
     parser.add_argument('--device', default='cpu', help='torch device, e.g. cpu or cuda')
-    parser.add_argument('--quantize', choices=('int8', ),
-                        help='int8 weight-only LLM on the CPU (about half the memory of bf16; not '
-                             'on CUDA)')
     parser.add_argument('--attn', choices=('sdpa', 'eager'), default='sdpa',
                         help='LLM attention: sdpa (default, fused) or eager (the reference '
                              'numerics)')
     parser.add_argument('--dtype', choices=('fp32', 'fp16', 'bf16'), default='bf16',
                         help='dtype of the LLM and projectors')
-    parser.add_argument('--encoder-dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
-                        help='visual encoder dtype: fp32 (default, as the reference) or bf16 (half '
-                             'its memory; masks agree within rounding)')
+    add_precision_options(parser)
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the weights the files do not cover')
     parser.add_argument('--trust-checkpoint', action='store_true',
@@ -107,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     check_args(args)
+    check_quantization_device(quantization_of(args), args.device)
     from omg_llava.checkpoint import CheckpointError
     from omg_llava.inference.app_ui import build_demo, launch_demo
     from omg_llava.inference.chat import OMGLLaVAChat
@@ -117,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         chat, notes = OMGLLaVAChat.from_config(args.config, pth=args.pth, device=args.device,
                                                dtype=args.dtype, seed=args.seed,
                                                weights_only=not args.trust_checkpoint,
-                                               quantization=args.quantize or 'none',
+                                               quantization=quantization_of(args),
                                                attn_implementation=args.attn,
                                                encoder_dtype=args.encoder_dtype)
     except (FileNotFoundError, ValueError, KeyError, ImportError, CheckpointError) as exc:

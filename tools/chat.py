@@ -36,7 +36,8 @@ import time
 import traceback
 import warnings
 
-from omg_llava.cli_errors import (TRACEBACK_ENV, OneLineParser, UsageError, check_device,
+from omg_llava.cli_errors import (TRACEBACK_ENV, OneLineParser, UsageError, add_precision_options,
+                                  check_device,
                                   check_file, check_out_dir, check_output_spares_inputs,
                                   check_quantization_device, check_weight_file,
                                   error_message, one_line_errors, quantization_of)
@@ -100,21 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument('--keep-lora', action='store_true',
                        help='keep the LoRA adapters instead of merging them into the LLM weights '
                             '(slower, more memory; to compare)')
-    quant = model.add_mutually_exclusive_group()
-    quant.add_argument('--load-in-4bit', action='store_true',
-                       help='NF4 LLM via bitsandbytes (GPU only); without this or --load-in-8bit '
-                            'the LLM is unquantized in --dtype, whatever the config says')
-    quant.add_argument('--load-in-8bit', action='store_true',
-                       help='int8 LLM via bitsandbytes (GPU only)')
-    quant.add_argument('--quantize', choices=('int8', ),
-                       help='int8 weight-only LLM on the CPU (about half the '
-                            'memory of bf16, faster decoding)')
+    add_precision_options(model)
     model.add_argument('--attn', choices=('sdpa', 'eager'), default='sdpa',
                        help='LLM attention: sdpa (default, fused) or eager (the reference '
                             'numerics)')
-    model.add_argument('--encoder-dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
-                       help='visual encoder dtype: fp32 (default, as the reference) or bf16 (half '
-                            'its memory; masks agree within rounding)')
     model.add_argument('--seed', type=int, default=0,
                        help='seed of random weights and of sampling (default 0)')
     model.add_argument('--trust-checkpoint', action='store_true',

@@ -28,7 +28,8 @@ import json
 import os
 import sys
 
-from omg_llava.cli_errors import (OneLineParser, UsageError, check_device, check_file,
+from omg_llava.cli_errors import (OneLineParser, UsageError, add_precision_options, check_device,
+                                  check_file,
                                   check_out_dir, check_quantization_device, check_weight_file,
                                   one_line_errors, quantization_of)
 from omg_llava.config_paths import config_argument
@@ -76,17 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--dtype', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
                         help='LLM/projector dtype (auto: bf16, or fp16 with --load-in-4bit/8bit on '
                              'GPU, the reference\'s compute dtype)')
-    parser.add_argument('--encoder-dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
-                        help='visual encoder dtype: fp32 (default, as the reference) or bf16 (half '
-                             'its memory; masks agree within rounding)')
-    quant = parser.add_mutually_exclusive_group()
-    quant.add_argument('--load-in-4bit', action='store_true',
-                       help='NF4 LLM via bitsandbytes (CUDA only): the base the released LoRA was '
-                            'trained on (with --dtype fp16, the setting of the published numbers)')
-    quant.add_argument('--load-in-8bit', action='store_true',
-                       help='int8 LLM via bitsandbytes (CUDA only)')
-    quant.add_argument('--quantize', choices=('int8', ),
-                       help='int8 weight-only LLM on the CPU (use with --device cpu)')
+    add_precision_options(parser)
     parser.add_argument('--max-samples', type=int,
                         help='evaluate only the first N samples of the split')
     parser.add_argument('--max-new-tokens', type=int,
