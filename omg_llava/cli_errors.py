@@ -138,6 +138,10 @@ _MAGIC = ((b'\x89PNG\r\n\x1a\n', 'a PNG image'), (b'\xff\xd8\xff', 'a JPEG image
 _WEIGHT_KINDS = ('a torch zip checkpoint', 'a torch pickle', 'a safetensors file')
 
 
+#: what :func:`describe_file` calls a file that starts as a zip but lacks the directory at its end
+TRUNCATED_ZIP = 'a truncated zip file (its directory at the end is missing)'
+
+
 def describe_file(path: str | os.PathLike) -> str:
     """What ``path`` is, from its type and first bytes: ``'missing'``, ``'a directory'``, ``'an
     empty file (0 bytes)'``, ``'a PNG image'``, ``'an HTML page'``, ``'a text file'``, ``'a torch
@@ -159,8 +163,7 @@ def describe_file(path: str | os.PathLike) -> str:
     if head.startswith(b'PK\x03\x04'):
         import zipfile
         # a zip's directory is at its end: a cut download starts right but has none
-        return ('a torch zip checkpoint' if zipfile.is_zipfile(path)
-                else 'a truncated zip file (its directory at the end is missing)')
+        return 'a torch zip checkpoint' if zipfile.is_zipfile(path) else TRUNCATED_ZIP
     if head[:1] == b'\x80' and head[1:2] in (b'\x02', b'\x03', b'\x04', b'\x05'):
         return 'a torch pickle'
     if len(head) >= 10 and head[8:10] == b'{"' and int.from_bytes(head[:8], 'little') < size:
@@ -205,9 +208,10 @@ def check_weight_file(path: str | os.PathLike, flag: str, allow_directory: bool 
     kind = describe_file(path)
     if kind in _WEIGHT_KINDS or kind == 'a binary file':
         return
+    if kind == TRUNCATED_ZIP:
+        raise UsageError(f'{flag} {path} is truncated or corrupt ({kind}: an interrupted download '
+                         'or copy?): download or copy it again')
     hint = {'an HTML page': ' (a download that returned an error page?)',
-            'a truncated zip file (its directory at the end is missing)':
-                ' (an interrupted download or copy?)',
             'a text file': ' (a config or a list given in place of the weights?)'}.get(kind, '')
     raise UsageError(f'{flag} {path} is {kind}{hint}, not a weight file: give the .pth / .bin / '
                      '.safetensors file')

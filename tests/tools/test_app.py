@@ -395,14 +395,14 @@ def test_cli_bad_checkpoint_is_one_error_line(tmp_path, monkeypatch, capsys):
     truncated = tmp_path / 'truncated.pth'
     torch.save({'w': torch.zeros(64)}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:300])
-    expected = {bad: 'a text file (a config or a list given in place of the weights?)',
-                truncated: 'a truncated zip file (its directory at the end is missing) (an '
-                           'interrupted download or copy?)'}
-    for path, kind in expected.items():
+    expected = {bad: f'error: --pth {bad} is a text file (a config or a list given in place of '
+                     'the weights?), not a weight file: give the .pth / .bin / .safetensors file',
+                truncated: f'error: --pth {truncated} is truncated or corrupt (a truncated zip '
+                           'file (its directory at the end is missing): an interrupted download '
+                           'or copy?): download or copy it again'}
+    for path, message in expected.items():
         assert load_tool('app').main(['--pth', str(path), '--port', str(_free_port())]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err == (f'error: --pth {path} is {kind}, not a weight file: give the .pth / .bin / '
-                       '.safetensors file')
+        assert capsys.readouterr().err.strip() == message
 
 
 def test_cli_checkpoint_the_loader_refuses_is_one_error_line(tmp_path, monkeypatch, capsys):
