@@ -105,6 +105,16 @@ class Stage:
         return cls(*(row[k] for k in main), {k: v for k, v in row.items() if k not in main})
 
 
+def stage_recorder(stages: list[Stage], log: Callable[[str], None]) -> Callable[..., None]:
+    """``stage(name, seconds, **extra)``: append a :class:`Stage` with the process's peak and
+    current RSS now to ``stages`` and log its line."""
+    def stage(name: str, seconds: float, **extra) -> None:
+        stages.append(Stage(name, round(seconds, 3), round(peak_rss_gb(), 2), round(rss_gb(), 2),
+                            extra))
+        log(format_stage(stages[-1]))
+    return stage
+
+
 class LLMCallTimer:
     """Times of the LLM decoder's calls and of the start of ``[SEG]`` decoding, from module
     hooks."""
@@ -163,11 +173,7 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
     log(f'measuring the read bandwidth ({bandwidth_gb:g} GB, {threads} threads, {device}) ...')
     bandwidth = measure_read_bandwidth(device, bandwidth_gb)
     stages: list[Stage] = []
-
-    def stage(name: str, seconds: float, **extra) -> None:
-        stages.append(Stage(name, round(seconds, 3), round(peak_rss_gb(), 2), round(rss_gb(), 2),
-                            extra))
-        log(format_stage(stages[-1]))
+    stage = stage_recorder(stages, log)
 
     start = time.perf_counter()
     chat, notes = OMGLLaVAChat.from_config(paths.config, pth=paths.finetune, device=device,

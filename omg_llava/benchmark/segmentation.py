@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .bundle import BundlePaths
-from .runner import Stage, format_stage, peak_rss_gb, rss_gb
+from .runner import Stage, stage_recorder
 
 SEGMENTATION_TASKS = ('panoptic', 'semantic', 'instance', 'interactive', 'video')
 #: prompts of the interactive mode, in pixels of a 1024² image (scaled to other sides)
@@ -37,11 +37,7 @@ def run_segmentation_benchmark(bundle: str, task: str, *, side: int = 1024, fram
     from omg_llava.segmentation.video import frame_panoptic, track_video
     paths = BundlePaths.under(bundle)
     stages: list[Stage] = []
-
-    def stage(name: str, seconds: float, **extra) -> None:
-        stages.append(Stage(name, round(seconds, 3), round(peak_rss_gb(), 2), round(rss_gb(), 2),
-                            extra))
-        log(format_stage(stages[-1]))
+    stage = stage_recorder(stages, log)
 
     start = time.perf_counter()
     segmenter, notes = build_segmenter(paths.config, omg_seg=paths.omg_seg, clip=paths.clip,
