@@ -91,9 +91,11 @@ def add_precision_options(parser: argparse.ArgumentParser | argparse._ArgumentGr
     exclusive LLM quantizations ``--load-in-4bit`` / ``--load-in-8bit`` (bitsandbytes, CUDA) and
     ``--quantize int8`` (weight-only, CPU); read the latter back with :func:`quantization_of` and
     check them with :func:`check_quantization_device`."""
-    parser.add_argument('--encoder-dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
-                        help='visual encoder dtype: fp32 (default, as the reference) or bf16 (half '
-                             'its memory; masks agree within rounding)')
+    parser.add_argument('--encoder-dtype', choices=('auto', 'fp32', 'fp16', 'bf16'),
+                        default='auto',
+                        help='visual encoder dtype: auto (default: bf16 when the model runs bf16 '
+                             'on a CPU, else fp32), fp32 (as the reference) or bf16 (half its '
+                             'memory; masks agree within rounding)')
     quant = parser.add_mutually_exclusive_group()
     quant.add_argument('--load-in-4bit', action='store_true',
                        help='NF4 LLM via bitsandbytes (CUDA only): the base the released LoRA was '

@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--keep-lora', action='store_true', help='keep the LoRA adapters unmerged')
     run.add_argument('--attn', choices=('sdpa', 'eager'), default='sdpa',
                      help='LLM attention implementation')
-    run.add_argument('--encoder-dtype', choices=('fp32', 'fp16', 'bf16'), default='fp32',
-                     help='visual encoder dtype (default fp32, as the reference)')
+    run.add_argument('--encoder-dtype', choices=('auto', 'fp32', 'fp16', 'bf16'), default='auto',
+                     help='visual encoder dtype (default auto: bf16 for a bf16 model on a CPU, '
+                          'else fp32 as the reference)')
     run.add_argument('--quantize', choices=('none', 'int8'), default='none',
                      help='int8: weight-only int8 LLM on CPU (omg_llava/inference/quantize.py)')
     run.add_argument('--max-new-tokens', type=int, default=16,

@@ -161,13 +161,15 @@ def run_benchmark(bundle: str, device: str = 'cpu', dtype: str = 'bf16', merge_l
                   attn: str = 'sdpa', quantize: str = 'none', max_new_tokens: int = 16,
                   turns: int = 2,
                   seed: int = 0, bandwidth_gb: float = 2.0, masks_out: str | None = None,
-                  encoder_dtype: str = 'fp32', log: Callable[[str], None] = print) -> dict:
+                  encoder_dtype: str = 'auto', log: Callable[[str], None] = print) -> dict:
     """Measure the stages of the module docstring on the bundle under ``bundle``; returns the JSON
     record. ``masks_out``: also save each turn's masks there (``.npz``, ``turn{t}`` → (n, H, W)
     bool) for :func:`compare_runs`."""
     from transformers import LogitsProcessorList
 
     from omg_llava.inference.chat import OMGLLaVAChat
+    from omg_llava.inference.model_builder import resolve_encoder_dtype
+    encoder_dtype = resolve_encoder_dtype(encoder_dtype, device, dtype)
     paths = BundlePaths.under(bundle)
     threads = torch.get_num_threads()
     log(f'measuring the read bandwidth ({bandwidth_gb:g} GB, {threads} threads, {device}) ...')

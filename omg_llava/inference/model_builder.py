@@ -28,7 +28,7 @@ from omg_llava.models.lora import add_inference_lora
 from omg_llava.models.omg_llava import OMGLLaVA
 from omg_llava.models.released_weights import load_released_checkpoint
 from omg_llava.models.special_tokens import SpecialTokenIds, add_special_tokens, fit_embeddings
-from omg_llava.utils.allocator import release_free_memory
+from omg_llava.utils.allocator import release_free_memory, return_large_blocks_promptly
 from omg_llava.registry import build_component
 
 from .encoder_builder import (load_encoder_weights_or_random, resolve_encoder_weights,
@@ -49,13 +49,22 @@ class InsufficientMemoryError(ValueError):
     """The requested build does not fit the memory available on its device."""
 
 
+def resolve_encoder_dtype(encoder_dtype: str, device: str, dtype: str) -> str:
+    """The visual encoder's dtype for ``encoder_dtype='auto'``: ``bf16`` when the model runs in bf16
+    on a CPU (the 7B chat then fits 16.5 GB: the fp32 encoder holds 0.45 GB more and its activations
+    twice as much), ``fp32`` (the reference) otherwise; any other value is returned as given."""
+    if encoder_dtype != 'auto':
+        return encoder_dtype
+    return 'bf16' if torch.device(device).type == 'cpu' and dtype == 'bf16' else 'fp32'
+
+
 def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu',
                 dtype: str = 'fp32', seed: int = 0, weights_only: bool = True,
                 omg_seg: str | None = None, clip: str | None = None,
                 class_embed: str | None = None, quantization: str | None = 'none',
                 merge_lora: bool = True, check_memory: bool = True,
                 attn_implementation: str = 'sdpa',
-                encoder_dtype: str = 'fp32') -> tuple[OMGLLaVA, Config, list[str]]:
+                encoder_dtype: str = 'auto') -> tuple[OMGLLaVA, Config, list[str]]:
     """Build ``model`` of a config, load the encoder files it names and the OMG-LLaVA ``pth``.
 
     Args:
@@ -82,9 +91,10 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         check_memory: refuse a build whose :func:`estimate_memory` exceeds the available memory.
         attn_implementation: the LLM's attention, ``'sdpa'`` (default: torch's fused attention) or
             ``'eager'`` (the reference numerics); both give the same answers within rounding.
-        encoder_dtype: the frozen visual encoder's dtype: ``fp32`` (default, as the reference runs
-            OMG-Seg) or ``bf16``/``fp16`` (half its weights' and activations' memory; masks and
-            answers agree within rounding, docs/performance.md has the figures).
+        encoder_dtype: the frozen visual encoder's dtype: ``fp32`` (as the reference runs OMG-Seg),
+            ``bf16``/``fp16`` (half its weights' and activations' memory; masks and answers agree
+            within rounding, docs/performance.md has the figures) or ``auto`` (default,
+            :func:`resolve_encoder_dtype`: bf16 for a bf16 model on a CPU, else fp32).
 
     On the CPU the LLM's input embedding table is mapped from a temporary file
     (:func:`~omg_llava.inference.memory.map_embedding_to_file_`): only the rows looked up become
@@ -98,6 +108,8 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         InsufficientMemoryError: (a ``ValueError``) the build cannot fit; the message has the
             estimate.
     """
+    encoder_dtype = resolve_encoder_dtype(encoder_dtype, device, dtype)
+    return_large_blocks_promptly()  # host memory follows the live tensors (utils.allocator)
     for name, value in (('dtype', dtype), ('encoder_dtype', encoder_dtype)):
         if value not in DTYPES:
             raise ValueError(f'{name} must be one of {sorted(DTYPES)}, got {value!r}')
@@ -181,9 +193,10 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         notes.append(f'LLM: int8 weight-only ({quantize_llm_int8(model)} linear layers), '
                      f'activations in {dtype}')
     model.visual_encoder.to(DTYPES[encoder_dtype])
-    model.visual_encoder.keep_decoder_steps = False  # inference reads the last decoder step only
+    model.visual_encoder.prepare_for_inference_()  # last decoder step only, lean attention
     if encoder_dtype != 'fp32':
-        notes.append(f'visual encoder: {encoder_dtype} (the reference runs it in fp32)')
+        notes.append(f'visual encoder: {encoder_dtype} (the reference runs it in fp32: '
+                     '--encoder-dtype fp32)')
     model.llm.config._attn_implementation = attn_implementation
     embedding = model.llm.get_input_embeddings()
     if torch.device(device).type == 'cpu' and not quantized:

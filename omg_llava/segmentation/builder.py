@@ -4,6 +4,7 @@ from __future__ import annotations
 from omg_llava.config_paths import find_config
 from omg_llava.inference.encoder_builder import build_visual_encoder, visual_encoder_config
 from omg_llava.models.weights import read_class_embeddings
+from omg_llava.utils.allocator import return_large_blocks_promptly
 
 from .embedding_cache import DEFAULT_CACHE_DIR, cached_class_embeddings
 from .segmenter import UniversalSegmenter
@@ -40,6 +41,7 @@ def build_segmenter(
         ``(segmenter, notes)``: notes say what was loaded, randomised or embedded.
     """
     config = find_config(config)  # a path or a built-in config's name, from any working directory
+    return_large_blocks_promptly()  # host memory follows the live tensors (utils.allocator)
     vocabulary = parse_vocabulary(classes) if classes is not None else None
     encoder, notes = build_visual_encoder(config, omg_seg=omg_seg, clip=clip,
                                           class_embed=None if vocabulary else class_embed,

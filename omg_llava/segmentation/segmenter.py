@@ -82,7 +82,7 @@ class UniversalSegmenter:
 
     def __init__(self, encoder: OMGSegVisualEncoder, vocabulary: Vocabulary | None = None,
                  class_embeddings: Tensor | None = None, input_side: int = 1024) -> None:
-        self.encoder = encoder.eval()
+        self.encoder = encoder.eval().prepare_for_inference_()
         self.input_side = input_side
         head = encoder.panoptic_head
         if class_embeddings is not None:

@@ -53,7 +53,9 @@ def test_bandwidth_and_bytes_per_token(tiny_bundle):
     assert decode_bytes_per_token(llm) == expected
 
 
-def test_int8_layer_matches_its_float_weight_and_uses_the_fused_kernel_for_few_rows():
+def test_int8_layer_matches_its_float_weight_and_uses_the_fused_kernel_for_few_rows(monkeypatch):
+    from omg_llava.inference import quantize
+    monkeypatch.setattr(quantize, 'DEQUANTIZE_BLOCK_ROWS', 20)  # 48 output rows: 3 uneven blocks
     torch.manual_seed(0)
     linear = torch.nn.Linear(64, 48, bias=True).to(torch.bfloat16)
     q = Int8WeightOnlyLinear.from_linear(linear)
@@ -61,7 +63,8 @@ def test_int8_layer_matches_its_float_weight_and_uses_the_fused_kernel_for_few_r
     step = (linear.weight.float().abs().amax(1) / 127)[:, None]
     # half a step
     assert ((q.dequantized().float() - linear.weight.float()).abs() <= step * 0.51 + 1e-2).all()
-    for rows in (1, 40):  # fused kernel, then dequantize + matmul
+    # fused kernel up to FUSED_MAX_ROWS, then block-dequantized matmul
+    for rows in (1, quantize.FUSED_MAX_ROWS, quantize.FUSED_MAX_ROWS + 1, 40):
         x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
         expected = x.float() @ q.dequantized().float().T + linear.bias.float()
         torch.testing.assert_close(q(x).float(), expected, atol=0.1, rtol=0.02)

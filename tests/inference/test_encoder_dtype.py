@@ -1,5 +1,6 @@
 """``encoder_dtype='bf16'`` (``--encoder-dtype bf16``): the trained built-in model's answers and
-masks agree with the reference's fp32 encoder within bf16 rounding; fp32 stays the default."""
+masks agree with the reference's fp32 encoder within bf16 rounding; ``auto`` (the default) picks bf16
+only for a bf16 model on a CPU."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch
 from omg_llava.inference.chat import OMGLLaVAChat
 from omg_llava.inference.defaults import (DEFAULT_CONFIG, DEFAULT_IMAGE, DEFAULT_PROMPT,
                                           checkpoint_for)
-from omg_llava.inference.model_builder import estimate_memory
+from omg_llava.inference.model_builder import estimate_memory, resolve_encoder_dtype
 
 QUESTIONS = (DEFAULT_PROMPT, 'Please segment the smallest shape in this image.')
 
@@ -44,3 +45,23 @@ def test_memory_estimate_counts_the_encoder_dtype():
     full = estimate_memory(DEFAULT_CONFIG, 'bf16')
     half = estimate_memory(DEFAULT_CONFIG, 'bf16', encoder_dtype='bf16')
     assert full.encoder_bytes == 2 * half.encoder_bytes > 0
+
+
+def test_auto_encoder_dtype_is_bf16_only_for_a_bf16_model_on_a_cpu():
+    assert resolve_encoder_dtype('auto', 'cpu', 'bf16') == 'bf16'
+    assert resolve_encoder_dtype('auto', 'cpu', 'fp32') == 'fp32'
+    assert resolve_encoder_dtype('auto', 'cpu', 'fp16') == 'fp32'
+    assert resolve_encoder_dtype('auto', 'cuda', 'bf16') == 'fp32'  # the reference's fp32 on GPUs
+    assert resolve_encoder_dtype('auto', 'cuda:1', 'fp16') == 'fp32'
+    for explicit in ('fp32', 'fp16', 'bf16'):
+        assert resolve_encoder_dtype(explicit, 'cpu', 'bf16') == explicit
+
+
+def test_tools_default_to_the_auto_encoder_dtype():
+    import argparse
+
+    from omg_llava.cli_errors import add_precision_options
+    parser = argparse.ArgumentParser()
+    add_precision_options(parser)
+    assert parser.parse_args([]).encoder_dtype == 'auto'
+    assert parser.parse_args(['--encoder-dtype', 'fp32']).encoder_dtype == 'fp32'

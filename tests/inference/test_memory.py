@@ -1,5 +1,6 @@
 """The inference memory measures change no number: a file-mapped embedding table looks up the same
 rows."""
+import pytest
 import torch
 from torch import nn
 
@@ -53,6 +54,40 @@ def test_mapped_embedding_survives_state_dict_round_trip(tmp_path):
 def test_release_free_memory_runs():
     # glibc on Linux (this project's platform): the call must be found and succeed
     assert release_free_memory() is True
+
+
+FRAGMENTED_FREE = r"""
+import sys, torch
+from omg_llava.utils.allocator import return_large_blocks_promptly
+def rss():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * 4096
+block = torch.ones(16 * 2 ** 20, dtype=torch.uint8)
+del block  # freeing a mapped 16 MB block raises glibc's mmap threshold to 16 MB
+if sys.argv[1] == 'prompt':
+    assert return_large_blocks_promptly()
+pairs = [(torch.ones(2 ** 20, dtype=torch.uint8), torch.ones(2 ** 20, dtype=torch.uint8))
+         for _ in range(200)]
+before = rss()
+kept = [b for _, b in pairs]
+del pairs  # every other 1 MB block freed: holes between live blocks
+print((before - rss()) / 2 ** 20)
+"""
+
+
+@pytest.mark.parametrize('mode', ['prompt', 'default'])
+def test_large_blocks_go_back_when_freed_between_live_ones(mode):
+    """200 MB freed in 1 MB holes between live blocks: returned at once with
+    return_large_blocks_promptly, kept by glibc's heap without it (what the test tells apart)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-c', FRAGMENTED_FREE, mode], capture_output=True,
+                         text=True, check=True).stdout
+    returned_mb = float(out.split()[-1])
+    if mode == 'prompt':
+        assert returned_mb > 150
+    else:
+        assert returned_mb < 50
 
 
 def test_page_out_keeps_written_and_clean_pages_of_a_private_mapping(tmp_path):

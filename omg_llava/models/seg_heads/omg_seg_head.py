@@ -284,7 +284,7 @@ class OMGSegHead(nn.Module):
                 level = (step - 1) % self.num_feature_levels
                 attn_mask = out.attn_masks[-1].clone()
                 # re-open blocked rows
-                attn_mask[torch.where(attn_mask.sum(-1) == attn_mask.shape[-1])] = False
+                attn_mask[attn_mask.all(-1)] = False
                 query = decoder.layers[step - 1](
                     query=query, key=keys[level], value=keys[level], query_pos=pos,
                     key_pos=key_pos[level],
