@@ -105,6 +105,8 @@ def _run(args: argparse.Namespace) -> int:
     check_args(args)
     check_quantization_device(quantization_of(args), args.device)
     from omg_llava.checkpoint import CheckpointError
+    from omg_llava.utils.imports import skip_deepspeed_import
+    skip_deepspeed_import()  # before mmengine: inference never uses it
     from omg_llava.inference.app_ui import build_demo, launch_demo
     from omg_llava.inference.chat import OMGLLaVAChat
 

@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from omg_llava.utils.imports import skip_deepspeed_import
+    skip_deepspeed_import()  # before mmengine: what the chat, test and app tools do too
     return args.func(args)
 
 

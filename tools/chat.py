@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # raised inside the visual encoder's deps
     warnings.filterwarnings('ignore', message='torch.meshgrid')
+    from omg_llava.utils.imports import skip_deepspeed_import
+    skip_deepspeed_import()  # before mmengine: inference never uses it
     from omg_llava.inference.chat import OMGLLaVAChat
 
     device = check_device(args.device)

@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f'--data-root {args.data_root} {state}: give the annotation root of '
                          f'--task {args.task} (layouts in docs/evaluation.md)')
 
+    from omg_llava.utils.imports import skip_deepspeed_import
+    skip_deepspeed_import()  # before mmengine: inference never uses it
     from omg_llava.evaluation.gcg import TransformerPhraseSimilarity, bag_of_words_cosine
     from omg_llava.evaluation.runner import (MAX_NEW_TOKENS, ModelPredictor, evaluate,
                                              read_predictions)

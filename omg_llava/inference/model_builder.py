@@ -158,8 +158,14 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
     model: OMGLLaVA = build_component(model_cfg)
     if llm_files and os.path.isdir(llm_files):  # base vocabulary read by the resize, then dropped
         page_out_file_mappings(llm_files)
+    # the small parts take their final dtype before the LLM's weights arrive: a cast at the end
+    # would hold both copies (0.9 + 0.45 GB for the 7B encoder) at the build's peak
+    for part in (model.projector, model.projector_text2vision):
+        part.to(DTYPES[dtype])
     notes += load_encoder_weights_or_random(model.visual_encoder, weights, seed=seed,
                                             weights_only=weights_only)
+    model.visual_encoder.to(DTYPES[encoder_dtype])
+    release_free_memory()
     if stream:
         from .quantize import stream_llm_int8_
         layers = stream_llm_int8_(model.llm, llm_dir, pth, lora, weights_only=weights_only)

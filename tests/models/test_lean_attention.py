@@ -52,14 +52,19 @@ def test_lean_deformable_attention_equals_mmcv(monkeypatch, batch_first):
     assert inputs['query'].grad.abs().sum() > 0
 
 
-def test_weightless_attention_equals_torch_with_a_mask():
+@pytest.mark.parametrize('batch_first', [True, False])
+@pytest.mark.parametrize('mask_kind', ['bool', 'float', 'none'])
+def test_weightless_attention_equals_torch_with_a_mask(batch_first, mask_kind):
     torch.manual_seed(0)
-    reference = nn.MultiheadAttention(32, 4, batch_first=True).eval()
+    reference = nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
     lean = copy.deepcopy(reference)
     assert use_lean_attention_(lean) == 1 and type(lean) is WeightlessMultiheadAttention
     q, k = torch.randn(2, 5, 32), torch.randn(2, 40, 32)
+    if not batch_first:
+        q, k = q.transpose(0, 1), k.transpose(0, 1)
     mask = torch.rand(2 * 4, 5, 40) > 0.6
     mask[:, :, 0] = False  # every row attends somewhere
+    mask = {'bool': mask, 'float': torch.randn(2 * 4, 5, 40), 'none': None}[mask_kind]
     with torch.no_grad():
         expected, weights = reference(q, k, k, attn_mask=mask)
         got, none = lean(q, k, k, attn_mask=mask)

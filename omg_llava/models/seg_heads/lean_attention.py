@@ -108,12 +108,42 @@ class LeanMultiScaleDeformableAttention(MultiScaleDeformableAttention):
 
 
 class WeightlessMultiheadAttention(nn.MultiheadAttention):
-    """``nn.MultiheadAttention`` that never returns attention weights, so torch may use its fused
-    scaled-dot-product kernel instead of materialising (B·heads, L, S) scores. Same parameters."""
+    """``nn.MultiheadAttention`` without attention weights: torch's fused scaled-dot-product kernel
+    on the projected heads, a boolean mask passed as it is (torch's own module turns it into a float
+    (B·heads, L, S) mask first, 157 MB per decoder step at 1024²). Same parameters; returns
+    ``(output, None)``."""
 
-    def forward(self, *args, **kwargs):
-        kwargs['need_weights'] = False
-        return super().forward(*args, **kwargs)
+    def forward(self, query: Tensor, key: Tensor, value: Tensor,
+                key_padding_mask: Tensor | None = None, need_weights: bool = True,
+                attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, None]:
+        if (key_padding_mask is not None or is_causal or not self._qkv_same_embed_dim
+                or self.bias_k is not None or self.add_zero_attn):
+            return super().forward(query, key, value, key_padding_mask, False, attn_mask,
+                                   average_attn_weights, is_causal)
+        if not self.batch_first:  # (L, B, E) → (B, L, E)
+            query, key, value = (x.transpose(0, 1) for x in (query, key, value))
+        B, L, E = query.shape
+        S, heads = key.shape[1], self.num_heads
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = (None, None, None) if self.in_proj_bias is None else \
+            self.in_proj_bias.chunk(3)
+
+        def split_heads(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+            return F.linear(x, weight, bias).view(B, x.shape[1], heads, -1).transpose(1, 2)
+
+        q, k, v = split_heads(query, w_q, b_q), split_heads(key, w_k, b_k), \
+            split_heads(value, w_v, b_v)
+        if attn_mask is not None:
+            attn_mask = attn_mask.view(B, heads, L, S) if attn_mask.dim() == 3 else attn_mask
+            if attn_mask.dtype == torch.bool:
+                attn_mask = ~attn_mask  # torch's module: True = blocked; the kernel: True = kept
+            else:
+                attn_mask = attn_mask.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        out = self.out_proj(out.transpose(1, 2).reshape(B, L, E))
+        return (out if self.batch_first else out.transpose(0, 1)), None
 
 
 def use_lean_attention_(head: nn.Module) -> int:

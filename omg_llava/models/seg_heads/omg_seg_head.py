@@ -87,9 +87,9 @@ def masked_average_pool(features: Tensor, mask_logits: Tensor) -> Tensor:
     The binary mask is detached; an empty mask gives zeros (area normaliser + 1e-8).
     """
     with torch.no_grad():
-        mask = (mask_logits.detach() > 0).to(features.dtype)
-        weights = mask / (mask.sum(dim=(-1, -2), keepdim=True) + 1e-8)
-    return torch.einsum('nchw,nqhw->nqc', features, weights)
+        weights = (mask_logits.detach() > 0).to(features.dtype).flatten(2)  # (N, Q, HW)
+        weights /= weights.sum(dim=-1, keepdim=True) + 1e-8  # in place: one (N, Q, HW) tensor
+    return torch.bmm(weights, features.flatten(2).transpose(1, 2))  # no transposed copy
 
 
 def own_prediction_policy(step: int, logits: Tensor) -> Tensor:
