@@ -305,11 +305,17 @@ def _valid_llm_rows(name: str, have: Tensor, want: Tensor,
     return have, want
 
 
-def run_fixture(path: str | os.PathLike) -> list[CheckResult]:
+def run_fixture(path: str | os.PathLike, lean_attention: bool = False) -> list[CheckResult]:
     """Build the whole model from the fixture config, load every ``state_dict/*`` tensor strictly,
-    run the recorded inputs end to end and compare every output."""
+    run the recorded inputs end to end and compare every output. ``lean_attention``: with the
+    OMG-Seg head's inference attention
+    (:func:`~omg_llava.models.seg_heads.lean_attention.use_lean_attention_`, what every inference
+    build runs) instead of mmcv's and torch's modules."""
     tensors, meta = load_fixture(path)
     model = build_model(meta['config'])
+    if lean_attention:
+        from omg_llava.models.seg_heads.lean_attention import use_lean_attention_
+        use_lean_attention_(model.visual_encoder.panoptic_head)
     load_fixture_weights(model, tensors, '')
     model.visual_encoder.panoptic_head.set_class_embeddings(tensors['input/ov_class_embed'])
     got = compute_outputs(model.eval(), tensors, meta['config'])

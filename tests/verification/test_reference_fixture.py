@@ -16,11 +16,13 @@ def _status(line: str) -> str:
     return re.search(r'\s(PASS|FAIL|SKIP)(\s|$)', line).group(1)
 
 
+@pytest.mark.parametrize('lean_attention', [False, True], ids=['modules', 'lean_attention'])
 @pytest.mark.parametrize('fixture', fixture_paths(), ids=lambda p: p.stem)
-def test_every_output_passes_end_to_end(fixture):
+def test_every_output_passes_end_to_end(fixture, lean_attention):
     """Every recorded stage (visual encoder, projector, prompts, splicing, LLM with and without
-    LoRA, [SEG] masks) is computed from this project's own upstream results and matches."""
-    results = run_fixture(fixture)
+    LoRA, [SEG] masks) is computed from this project's own upstream results and matches, with the
+    OMG-Seg head's own attention modules and with the lean ones inference builds switch to."""
+    results = run_fixture(fixture, lean_attention=lean_attention)
     failed = [r.line() for r in results if r.status != 'PASS']
     assert not failed, '\n'.join(failed)
     names = {r.name for r in results}
