@@ -245,11 +245,11 @@ class OMGSegVisualEncoder(nn.Module):
     def _decode_prompts(self, points: Tensor, batch_idxs: Tensor, features: ImageFeatures,
                         policy: Any) -> PromptOutput:
         head = self.panoptic_head
-        content, pos = prompt_queries(head, points, features.image_size)  # (N, 1, C) each
         with (
             torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen),
-            self._own_precision(),
+            self._own_precision(),  # pos_linear too: the points are float32
         ):
+            content, pos = prompt_queries(head, points, features.image_size)  # (N, 1, C) each
             decode = head.decode_alone(content[:, 0], pos[:, 0], batch_idxs, features, policy)
         return PromptOutput(torch.cat([decode.queries[-1], pos], dim=-1), points, decode)
 

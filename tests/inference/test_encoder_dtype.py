@@ -65,3 +65,28 @@ def test_tools_default_to_the_auto_encoder_dtype():
     add_precision_options(parser)
     assert parser.parse_args([]).encoder_dtype == 'auto'
     assert parser.parse_args(['--encoder-dtype', 'fp32']).encoder_dtype == 'fp32'
+
+
+def test_bf16_encoder_takes_point_box_and_mask_prompts():
+    """The prompt queries' positional layer runs under the encoder's autocast too (a float32 point
+    encoding met bf16 weights before)."""
+    chats = {d: OMGLLaVAChat.from_config(DEFAULT_CONFIG, pth=checkpoint_for(DEFAULT_CONFIG, None),
+                                         dtype='bf16', encoder_dtype=d)[0] for d in ('fp32', 'bf16')}
+    mask = np.zeros((128, 128), bool)
+    mask[35:93, 51:110] = True
+    embeds = {}
+    for dtype, chat in chats.items():
+        chat.set_image(str(DEFAULT_IMAGE))
+        answer = chat.ask('There are some regions: region1 <region>, region2 <region>.\n'
+                          'What is at <mark>?', regions=[(51, 35, 110, 93), mask],
+                          points=[(80, 60)], max_new_tokens=8)
+        assert answer.text
+        from omg_llava.models.visual_prompts import VisualPrompt
+        prompts = [VisualPrompt('box', torch.tensor([51.0, 35.0, 110.0, 93.0])),
+                   VisualPrompt('point', torch.tensor([80.0, 60.0])),
+                   VisualPrompt('mask', torch.from_numpy(mask))]
+        with torch.no_grad():
+            embeds[dtype] = chat.model.prompt_embeddings(
+                prompts, chat._conversation.encoded).float()
+    cosine = torch.nn.functional.cosine_similarity(embeds['fp32'], embeds['bf16'], dim=-1)
+    assert (cosine > 0.98).all(), cosine
