@@ -1,6 +1,6 @@
 """``encoder_dtype='bf16'`` (``--encoder-dtype bf16``): the trained built-in model's answers and
-masks agree with the reference's fp32 encoder within bf16 rounding; ``auto`` (the default) picks bf16
-only for a bf16 model on a CPU."""
+masks agree with the reference's fp32 encoder within bf16 rounding; ``auto`` (the default) picks
+bf16 only for a bf16 model on a CPU."""
 import numpy as np
 import pytest
 import torch
@@ -70,8 +70,9 @@ def test_tools_default_to_the_auto_encoder_dtype():
 def test_bf16_encoder_takes_point_box_and_mask_prompts():
     """The prompt queries' positional layer runs under the encoder's autocast too (a float32 point
     encoding met bf16 weights before)."""
-    chats = {d: OMGLLaVAChat.from_config(DEFAULT_CONFIG, pth=checkpoint_for(DEFAULT_CONFIG, None),
-                                         dtype='bf16', encoder_dtype=d)[0] for d in ('fp32', 'bf16')}
+    pth = checkpoint_for(DEFAULT_CONFIG, None)
+    chats = {d: OMGLLaVAChat.from_config(DEFAULT_CONFIG, pth=pth, dtype='bf16', encoder_dtype=d)[0]
+             for d in ('fp32', 'bf16')}
     mask = np.zeros((128, 128), bool)
     mask[35:93, 51:110] = True
     embeds = {}
