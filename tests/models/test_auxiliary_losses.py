@@ -273,3 +273,39 @@ def test_tiny_recipe_losses_equal_those_recorded_before_the_refactor(stage):
     assert got == pytest.approx(recorded, rel=1e-5), (got, recorded)
     if stage == 'finetune':  # both terms were active on that batch
         assert got['loss_hint'] > 0 and got['loss_lm_text'] > 0
+
+
+def test_prompt_only_lm_loss_reads_the_prompts_of_the_prompt_rows_without_their_image():
+    from omg_llava.models.auxiliary_losses import PromptOnlyLMLoss
+    from omg_llava.models.multimodal_inputs import splice_multimodal_inputs
+    model = build_tiny(auxiliary_losses=[dict(type='PromptOnlyLMLoss', weight=0.5)],
+                       freeze_llm=False, llm_lora=None)
+    assert isinstance(model.auxiliary_losses[0], PromptOnlyLMLoss)
+    data_batch = seg_batch(model)  # row 0: a referring answer, row 1: a region + mark conversation
+    losses = model(data_batch, mode='loss')
+    assert 'loss_lm_prompt' in losses
+    # expected: row 1 alone, <image> dropped, its prompt embeddings spliced as the model does
+    ids, labels = data_batch['input_ids'][1:], data_batch['labels'][1:]
+    keep = data_batch['attention_mask'][1] & (ids[0] != IMAGE_TOKEN_INDEX)
+    ids, labels = ids[0][keep][None], labels[0][keep][None]
+    with torch.no_grad():
+        images = model.encode_images(data_batch['pixel_values'])
+        regions, marks, _ = model._batch_prompts(data_batch, strict=False)
+        spliced = splice_multimodal_inputs(
+            ids, model.llm.get_input_embeddings(), model.token_ids, labels=labels,
+            region_embeds=model.prompt_embeddings(regions, images),
+            mark_embeds=model.prompt_embeddings(marks, images))
+        logits = model.llm(inputs_embeds=spliced.inputs_embeds,
+                           position_ids=spliced.position_ids).logits
+    expected = F.cross_entropy(logits[0, :-1], spliced.labels[0, 1:], ignore_index=IGNORE_INDEX)
+    torch.testing.assert_close(losses['loss_lm_prompt'].detach(), 0.5 * expected)
+    # the prompt embeddings are what it trains: the projector gets a gradient through them
+    model.zero_grad()
+    losses['loss_lm_prompt'].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in model.projector.parameters())
+    # a batch without prompts gives zero, in the graph
+    turns = [Turn('Please segment the cat in this image.', 'It is <p> cat </p> [SEG].')]
+    plain = batch(model, [turns], [box_mask(40, 200, 30, 220)[None]])
+    none = model(plain, mode='loss')['loss_lm_prompt']
+    assert none.item() == 0 and none.requires_grad

@@ -358,3 +358,50 @@ def test_referring_weight_needs_expressions_in_the_batch(batch):
                       referring_per_image=0)
     with pytest.raises(ValueError, match='referring_weight > 0'):
         OMGSegTrainer(tiny_encoder_cfg(), num_classes=4).decode_referring(None, ['the circle'], [0])
+
+
+def test_prompt_class_loss_makes_prompt_contents_tell_classes_apart(batch, monkeypatch):
+    plain = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256))
+    assert plain.prompt_classifier is None and 'loss_prompt_cls' not in plain(batch, mode='loss')
+    with pytest.raises(ValueError, match='prompt_class_weight'):
+        OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, prompt_class_weight=-1.0)
+    torch.manual_seed(0)
+    model = OMGSegTrainer(tiny_encoder_cfg(), num_classes=4, criterion=dict(num_points=256),
+                          prompt_class_weight=1.0)
+    assert 'loss_prompt_cls' in model(batch, mode='loss')
+    encoder = model.visual_encoder
+    # every instance is prompted once, each kind through the encoder's own prompt encoder
+    calls = {}
+    for name in ('encode_point_prompts', 'encode_box_prompts', 'encode_region_prompts'):
+        original = getattr(encoder, name)
+
+        def counted(values, idxs, features, name=name, original=original):
+            calls[name] = calls.get(name, 0) + len(values)
+            return original(values, idxs, features)
+
+        monkeypatch.setattr(encoder, name, counted)
+    with torch.no_grad():
+        features = model.encode(batch['pixel_values'])[1]
+        model.prompt_class_loss(features, batch['gt_labels'], batch['gt_masks'])
+    assert sum(calls.values()) == sum(len(m) for m in batch['gt_masks'])
+    monkeypatch.undo()
+    head = encoder.panoptic_head
+    optimizer = torch.optim.AdamW(
+        list(head.parameters()) + list(model.prompt_classifier.parameters()), lr=3e-3)
+    losses = []
+    for _ in range(20):
+        with torch.no_grad():
+            features = model.encode(batch['pixel_values'])[1]
+        loss = model.prompt_class_loss(features, batch['gt_labels'], batch['gt_masks'])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    print('prompt class loss', [round(x, 3) for x in losses])
+    assert min(losses[-3:]) < 0.5 * losses[0]
+    # the gradient reaches the decoder layers that make the prompt feature, and the prompt's
+    # initial content
+    assert head.transformer_decoder.layers[-1].ffn.layers[1].weight.grad.abs().sum() > 0
+    assert head.pb_embedding.weight.grad.abs().sum() > 0
+    # the classifier belongs to the trainer: the exported encoder files do not hold it
+    assert not any('prompt_classifier' in k for k in encoder.state_dict())
