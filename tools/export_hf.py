@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from omg_llava.inference.model_builder import build_model
 
     start = time.perf_counter()  # bad input below: one error line, exit 2
+    # the visual encoder keeps the reference's fp32 in the files: the loading side picks its dtype
     model, _, notes = build_model(args.config, pth=args.pth, device=args.device, seed=args.seed,
-                                  dtype=args.dtype, weights_only=not args.trust_checkpoint)
+                                  dtype=args.dtype, weights_only=not args.trust_checkpoint,
+                                  encoder_dtype='fp32')
     for note in notes:
         print(f'  {note}')
     from omg_llava.utils.atomic import atomic_folder
