@@ -31,6 +31,7 @@ from omg_llava.utils.allocator import release_free_memory
 
 from .memory import map_embedding_to_file_
 from .safetensors_reader import iter_tensors
+from .single_row_linear import is_plain_linear
 
 #: Up to this many rows (batch x positions) the fused int8 kernel is used; above it, dequantize +
 #: matmul. Per 14336x4096 weight on 2 cores (bf16): fused 12 / 48 / 65 / 126 ms for 1 / 16 / 31 / 64
@@ -129,7 +130,7 @@ def quantize_llm_int8(model: nn.Module) -> int:
     if device.type != 'cpu':
         raise ValueError(f'--quantize int8 is for CPU inference (the LLM is on {device}); on CUDA '
                          'use --quantization 8bit or 4bit (bitsandbytes)')
-    names = [name for name, module in llm.named_modules() if type(module) is nn.Linear]
+    names = [name for name, module in llm.named_modules() if is_plain_linear(module)]
     for name in names:
         parent_name, _, child = name.rpartition('.')
         parent = llm.get_submodule(parent_name) if parent_name else llm
@@ -218,7 +219,7 @@ def stream_llm_int8_(llm: nn.Module, llm_dir: str, pth: str, lora: Any, *,
                                           f'layers, e.g. {missing[:3]}; check the config\'s '
                                           'llm_lora')
         scale = lora_scaling(config)
-    linears = {name for name, module in llm.named_modules() if type(module) is nn.Linear}
+    linears = {name for name, module in llm.named_modules() if is_plain_linear(module)}
     expected = dict(llm.named_parameters())
     done = set()
     pages = FilePages(pth)  # the finetune file's pages are dropped as its tensors are consumed
