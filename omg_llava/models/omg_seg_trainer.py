@@ -92,6 +92,7 @@ from .seg_heads.omg_seg_head import DecodeOutput, ImageFeatures, own_prediction_
 from .seg_heads.prompt_queries import prompt_queries
 from .seg_heads.set_criterion import SegmentationSetCriterion
 from .seg_losses import MaskLossConfig, non_negative_weight, seg_mask_losses
+from .visual_prompts import PROMPT_KINDS, VisualPrompt, encode_visual_prompts
 
 #: the files :meth:`OMGSegTrainer.export` writes (keys as in an OMG-LLaVA config's
 #: ``visual_encoder.weights``)
@@ -369,35 +370,25 @@ class OMGSegTrainer(BaseModel):
             ``prompt_class_weight`` × mean cross-entropy over the prompted instances (0 in the graph
             if none).
         """
-        encoder = self.visual_encoder
         device = features.mask_features.device
-        kinds = {'point': [], 'box': [], 'mask': []}  # kind → [(values, image idxs, labels)]
+        prompts, targets = [], []
         for b, (labels, masks) in enumerate(zip(gt_labels, gt_masks)):
             masks = masks.to(device)
             keep = (masks.flatten(1) > 0).any(-1)
             masks, labels = masks[keep], labels.to(device)[keep].long()
             if not len(masks):
                 continue
-            draw = torch.randint(3, (len(masks),), device=device)
-            idxs = torch.full((len(masks),), b, dtype=torch.long, device=device)
+            draw = torch.randint(len(PROMPT_KINDS), (len(masks),), device=device).tolist()
             values = {'point': random_mask_points(masks), 'box': mask2bbox(masks.bool()).float(),
                       'mask': masks}
-            for k, kind in enumerate(kinds):
-                chosen = draw == k
-                if chosen.any():
-                    kinds[kind].append((values[kind][chosen], idxs[chosen], labels[chosen]))
-        encoders = {'point': encoder.encode_point_prompts, 'box': encoder.encode_box_prompts,
-                    'mask': encoder.encode_region_prompts}
-        contents, targets = [], []
-        C = encoder.panoptic_head.feat_channels
-        for kind, parts in kinds.items():
-            if parts:
-                values, idxs, labels = (torch.cat(column) for column in zip(*parts))
-                contents.append(encoders[kind](values, idxs, features).query_features[:, 0, :C])
-                targets.append(labels)
-        if not contents:
+            prompts += [VisualPrompt(PROMPT_KINDS[k], values[PROMPT_KINDS[k]][i], b)
+                        for i, k in enumerate(draw)]
+            targets.append(labels)
+        if not prompts:
             return sum(p.sum() for p in self.prompt_classifier.parameters()) * 0.0
-        logits = self.prompt_classifier(torch.cat(contents).to(self.prompt_classifier.weight.dtype))
+        C = self.visual_encoder.panoptic_head.feat_channels
+        contents = encode_visual_prompts(self.visual_encoder, prompts, features)[:, :C]  # (N, C)
+        logits = self.prompt_classifier(contents.to(self.prompt_classifier.weight.dtype))
         return self.prompt_class_weight * F.cross_entropy(logits.float(), torch.cat(targets))
 
     def decode_referring(self, features: ImageFeatures, sentences: list[str],
