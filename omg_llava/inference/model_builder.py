@@ -194,14 +194,12 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         notes.append(f'LLM: {quantization} bitsandbytes quantization, compute dtype {dtype}')
     else:
         model.to(device)
-    for part in ((model.projector, model.projector_text2vision)
-                 + (() if quantized else (model.llm, ))):
-        part.to(DTYPES[dtype])
+    if not quantized:  # the loads copied into the other parts in place: their dtype is set
+        model.llm.to(DTYPES[dtype])
     if int8 and not stream:  # no checkpoint or a from-scratch LLM: quantized after the build
         from .quantize import quantize_llm_int8
         notes.append(f'LLM: int8 weight-only ({quantize_llm_int8(model)} linear layers), '
                      f'activations in {dtype}')
-    model.visual_encoder.to(DTYPES[encoder_dtype])
     model.visual_encoder.prepare_for_inference_()  # last decoder step only, lean attention
     if encoder_dtype != 'fp32':
         notes.append(f'visual encoder: {encoder_dtype} (the reference runs it in fp32: '

@@ -20,9 +20,12 @@ def answers():
         chat, notes = OMGLLaVAChat.from_config(DEFAULT_CONFIG,
                                                pth=checkpoint_for(DEFAULT_CONFIG, None),
                                                dtype='bf16', encoder_dtype=encoder_dtype)
-        assert next(chat.model.visual_encoder.parameters()).dtype == getattr(
-            torch, {'fp32': 'float32', 'bf16': 'bfloat16'}[encoder_dtype]
-        )
+        # every weight of each part in its dtype after the checkpoint's in-place loads
+        model = chat.model
+        wanted = {'fp32': torch.float32, 'bf16': torch.bfloat16}[encoder_dtype]
+        assert {p.dtype for p in model.visual_encoder.parameters()} == {wanted}
+        for part in (model.projector, model.projector_text2vision, model.llm):
+            assert {p.dtype for p in part.parameters()} == {torch.bfloat16}
         assert any('visual encoder: bf16' in n for n in notes) == (encoder_dtype == 'bf16')
         chat.set_image(str(DEFAULT_IMAGE))
         results[encoder_dtype] = [chat.ask(q, max_new_tokens=24) for q in QUESTIONS]
