@@ -175,13 +175,13 @@ def build_model(config_path: str, *, pth: str | None = None, device: str = 'cpu'
         notes.append(f'LLM: int8 weight-only ({layers} linear layers, streamed from {llm_dir} with '
                      f'the LoRA of {pth} merged), activations in {dtype}')
     if pth:
-        on_cpu = torch.device(device).type == 'cpu'
         report = load_released_checkpoint(
             model, pth, weights_only=weights_only, lora=lora if merge and not stream else None,
             skip_llm=stream,
-            # the finished embedding leaves memory before the merge makes the whole LLM resident
-            before_merge=((lambda: map_embedding_to_file_(model.llm.get_input_embeddings()))
-                          if on_cpu else None))
+            # the finished embedding leaves memory before the merge makes the whole LLM resident;
+            # for a GPU too, whose model is built here on the host and moved below, so the host's
+            # peak is the CPU build's
+            before_merge=lambda: map_embedding_to_file_(model.llm.get_input_embeddings()))
         merged = sum('.lora_' in k for k in report.loaded) if merge else 0
         notes.append(f'OMG-LLaVA weights: {pth} ({len(report.loaded)} tensors'
                      + (f'; {merged // 2} LoRA pairs merged into the LLM)' if merged else ')'))
