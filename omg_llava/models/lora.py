@@ -130,10 +130,18 @@ def merge_lora_delta_(weight: Tensor, lora_A: Tensor, lora_B: Tensor, scale: flo
         raise ValueError(f'LoRA pair A {list(lora_A.shape)} / B {list(lora_B.shape)} does not fit '
                          f'a weight of shape {list(weight.shape)}')
     a = lora_A.to(device=weight.device, dtype=torch.float32)  # (r, in)
+    # two (chunk, in) float32 buffers reused by every chunk: a fresh pair per chunk is a fresh
+    # page-faulted mapping each time on the CPU (large blocks are mapped: utils.allocator)
+    rows_per_chunk = min(chunk_rows, out_features)
+    delta_buffer, base_buffer = (
+        weight.new_empty((rows_per_chunk, in_features), dtype=torch.float32) for _ in range(2))
     for start in range(0, out_features, chunk_rows):
         rows = slice(start, start + chunk_rows)
-        delta = lora_B[rows].to(device=weight.device, dtype=torch.float32) @ a  # (chunk, in)
-        weight[rows] = delta.mul_(scale).add_(weight[rows].float()).to(weight.dtype)
+        b = lora_B[rows].to(device=weight.device, dtype=torch.float32)  # (chunk, r)
+        delta, base = delta_buffer[:len(b)], base_buffer[:len(b)]
+        torch.matmul(b, a, out=delta)
+        delta.mul_(scale).add_(base.copy_(weight[rows]))
+        weight[rows].copy_(delta)  # one rounding to weight's dtype
     return weight
 
 

@@ -43,6 +43,13 @@ def test_merge_delta_in_place_and_in_chunks_equals_the_formula():
     torch.testing.assert_close(weight, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match='does not fit'):
         merge_lora_delta_(weight, a, b[:, :3], 0.5)
+    # bf16: float32 arithmetic and one rounding (within one bf16 step of the exact sum), the last
+    # chunk shorter than the reused buffers
+    half = torch.randn(37, 20).to(torch.bfloat16)
+    exact = half.double() + 0.5 * b.double() @ a.double()
+    merge_lora_delta_(half, a, b, 0.5, chunk_rows=16)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.double(), exact, atol=1e-6, rtol=2 ** -8)
 
 
 def test_in_place_merge_gives_the_adapter_outputs():
