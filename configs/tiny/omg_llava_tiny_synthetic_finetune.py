@@ -30,9 +30,11 @@ from omg_llava.assets import TINY_SYNTHETIC_LLM_DIR
 
 from omg_llava.datasets.mdpv import MDPVPointDataset
 from omg_llava.datasets.osprey import OspreyRegionConversationDataset
+from omg_llava.datasets.prompt_conversation import PromptConversationDataset
 from omg_llava.datasets.tiny_templates import TINY_GCG_QUESTIONS
 from omg_llava.datasets.tiny_templates import TINY_REFERRING_SEG_QUESTIONS
 from omg_llava.models.auxiliary_losses import ObjectTokenHintLoss
+from omg_llava.models.auxiliary_losses import PromptOnlyLMLoss
 from omg_llava.models.auxiliary_losses import TextOnlyLMLoss
 
 with read_base():
@@ -80,7 +82,7 @@ tiny_llm = dict(type=InternLM2ForCausalLM,
                 config=dict(type=InternLM2Config, vocab_size=1000, hidden_size=128,
                             intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
                             num_key_value_heads=2, max_position_embeddings=2048))
-# auxiliary_losses: two terms the 7B recipe does not have (omg_llava/models/auxiliary_losses/):
+# auxiliary_losses: three terms the 7B recipe does not have (omg_llava/models/auxiliary_losses/):
 # * ObjectTokenHintLoss tells the tiny LLM which object token its [SEG] should reproduce (held-out
 #   cIoU 0.593 without it, 0.648 with it, on the same stages);
 # * TextOnlyLMLoss: also the LM loss of each referring conversation without its image (an extra pass
@@ -89,13 +91,19 @@ tiny_llm = dict(type=InternLM2ForCausalLM,
 #   swapped for one of another visible object). Weight 1 on 4 of 8 rows of any kind: 72% repeated;
 #   weight 3 on 4 of 8: 94%, but region-shape answers fell 0.54 -> 0.37 (the pass taught guessing
 #   them without the image); weight 3 on the referring rows only: 92%, cIoU 0.657 (0.603), region
-#   answers kept (docs/tiny_model_history.md).
+#   answers kept (docs/tiny_model_history.md);
+# * PromptOnlyLMLoss: also the LM loss of each row with a <region> or <mark> without its image (an
+#   extra pass of the tiny LLM on the text and the prompt embeddings), so that the answers about a
+#   prompted object can only come from its prompt embedding (docs/model.md). Without it the LLM
+#   answered about one object whichever was prompted (prompt_qa.py colour 0.48-0.51 per kind);
+#   weight 1: 0.75-0.82, cIoU 0.765; weight 3: 0.73-0.83, cIoU 0.782 (docs/tiny_model.md).
 # mask_loss num_points: the [SEG] masks are 32x32 = 1024 logits at 128 px; the reference's 12544
 # sampled points cost a fifth of the step for nothing (time per iteration 0.23 -> 0.18 s)
 model.update(freeze_llm=False, llm_lora=None, visual_encoder=visual_encoder, max_length=max_length,
              pretrained_pth=pretrained_pth, mask_loss=dict(num_points=1024),
              auxiliary_losses=[dict(type=ObjectTokenHintLoss, weight=1.0),
-                               dict(type=TextOnlyLMLoss, weight=3.0, rows=None)])
+                               dict(type=TextOnlyLMLoss, weight=3.0, rows=None),
+                               dict(type=PromptOnlyLMLoss, weight=3.0)])
 # assignment, not update(): update() would merge the parent's from-scratch `config` into
 # from_pretrained's kwargs
 model.llm = dict(type=InternLM2ForCausalLM.from_pretrained, pretrained_model_name_or_path=llm_dir)
@@ -125,10 +133,15 @@ train_dataset = dict(
              image_folder=coco2014_train, **common),
         dict(type=MDPVPointDataset, annotation_file=data_root + 'mdpv_point/gpt4v_tiny_point.json',
              image_folder=data_root + 'mdpv_point/images/', **common),
+        # questions with <region> / <mark> inline, as the chat and the app take them ("What
+        # colour is <region>?"); the Osprey and MDPV rows teach the released templates
+        dict(type=PromptConversationDataset,
+             annotation_file=data_root + 'visual_prompts/prompt_conversation.json',
+             image_folder=coco2014_train, **common),
     ],
     shuffle_seed=42,
     # the referring rows: their answers repeat the question's words
-    text_only_lm=[True, True, False, False, False])
+    text_only_lm=[True, True, False, False, False, False])
 # assignment, not update(): update() would merge into the inherited mixture
 train_dataloader.dataset = train_dataset
 train_dataloader.batch_size = batch_size

@@ -1,9 +1,10 @@
 """Synthetic shapes, part 3: the other texts of a scene (captions, region descriptions, point,
-region and instruction conversations), all derived from the drawn attributes."""
+region and instruction conversations, and questions about a prompted object in the wordings a user
+types), all derived from the drawn attributes."""
 from __future__ import annotations
 
 import numpy as np
-from shapes_scene import BACKGROUNDS, Scene
+from shapes_scene import BACKGROUNDS, Obj, Scene
 
 def where(centre: tuple[float, float], side: int) -> str:
     """Absolute position on a 3×3 grid: 'in the top left corner', 'on the right', 'at the bottom',
@@ -41,15 +42,21 @@ def region_description(scene: Scene, index: int) -> str:
     return f'A {obj.name} {where(obj.centre, scene.image.shape[0])} of the picture.'
 
 
-def point_conversation(scene: Scene, indices: list[int]) -> list[tuple[str, str]]:
-    """MDPV turns about marks on the given objects (Mark k on ``indices[k - 1]``)."""
+def point_conversation(scene: Scene, indices: list[int],
+                       rng: np.random.Generator) -> list[tuple[str, str]]:
+    """MDPV turns about marks on the given objects (Mark k on ``indices[k - 1]``):
+    :func:`question_plan`'s questions (any mark first, :data:`PROMPT_QUESTIONS` wordings), and
+    sometimes a description of all."""
     side, objects = scene.image.shape[0], scene.objects
-    first = objects[indices[0]]
-    marks = ', '.join(f'<Mark {m}>' for m in range(1, len(indices) + 1))
-    described = ' '.join(f'<Mark {m}> is on a {objects[i].name} {where(objects[i].centre, side)}.'
-                         for m, i in enumerate(indices, start=1))
-    return [('<image>\nWhat is at <Mark 1>?', f'A {first.colour} {first.kind}.'),
-            (f'Briefly describe {marks}.', described)]
+    turns = [attribute_turn(objects[indices[m]], f'<Mark {m + 1}>', attribute, rng)
+             for m, attribute in question_plan(len(indices), rng)]
+    if rng.uniform() < 0.3:
+        marks = ', '.join(f'<Mark {m}>' for m in range(1, len(indices) + 1))
+        described = ' '.join(f'<Mark {m}> is on a {objects[i].name} '
+                             f'{where(objects[i].centre, side)}.'
+                             for m, i in enumerate(indices, start=1))
+        turns.append((f'Briefly describe {marks}.', described))
+    return [('<image>\n' + turns[0][0], turns[0][1])] + turns[1:]
 
 
 def instruct_conversation(scene: Scene, expressions: list[tuple[int, str]],
@@ -68,14 +75,73 @@ def instruct_conversation(scene: Scene, expressions: list[tuple[int, str]],
              f'It is {where(scene.objects[index].centre, scene.image.shape[0])}.')]
 
 
-def region_conversation(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """Osprey-style turns: per region, what it is, its colour or its shape."""
-    turns = []
-    for r, obj in enumerate(scene.objects, start=1):
-        question, answer = [(f'What is <region{r}>?', f'It is a {obj.name}.'),
-                            (f'What colour is <region{r}>?', f'It is {obj.colour}.'),
-                            (f'What shape is <region{r}>?', f'It is a {obj.kind}.')][
-                                int(rng.integers(3))]
-        turns.append(('<image>\n' + question if r == 1 else question, answer))
-    return turns
+def region_conversation(scene: Scene, indices: list[int],
+                        rng: np.random.Generator) -> list[tuple[str, str]]:
+    """Osprey-style turns about the regions ``<region{r}>`` = ``indices[r - 1]``:
+    :func:`question_plan`'s questions (any region first, :data:`PROMPT_QUESTIONS` wordings)."""
+    turns = [attribute_turn(scene.objects[indices[r]], f'<region{r + 1}>', attribute, rng)
+             for r, attribute in question_plan(len(indices), rng)]
+    return [('<image>\n' + turns[0][0], turns[0][1])] + turns[1:]
 
+
+def inline_conversation(scene: Scene,
+                        rng: np.random.Generator) -> tuple[list[tuple[str, str]], list[tuple]]:
+    """Turns whose questions hold the prompt placeholder itself ("What colour is <region>?"), as
+    the chat, the app and the docs write them: :func:`question_plan`'s questions about objects in
+    random order, each prompted by a new ``<region>`` (a region mask) or ``<mark>`` (a point).
+
+    Returns:
+        ``(turns, prompts)``: the turns, and per placeholder in text order
+        ``('region' | 'mark', object index)``.
+    """
+    order = [int(i) for i in rng.permutation(len(scene.objects))]
+    turns, prompts = [], []
+    for slot, attribute in question_plan(len(order), rng):
+        kind = ('region', 'mark')[int(rng.integers(2))]
+        turns.append(attribute_turn(scene.objects[order[slot]], f'<{kind}>', attribute, rng))
+        prompts.append((kind, order[slot]))
+    return turns, prompts
+
+
+ATTRIBUTES = ('what', 'colour', 'shape')  # what a prompt question asks
+
+#: Question wordings about one prompted object, per asked attribute; ``{p}`` is the prompt as the
+#: text names it (``<region>``, ``<mark>``, ``region2``, ``Mark 1``). The first of each list is the
+#: one the docs suggest.
+PROMPT_QUESTIONS = {
+    'what': ('What is {p}?', 'What is at {p}?', 'Describe {p}.', 'What can you see at {p}?',
+             'What is {p} doing?', 'What object is {p}?'),
+    'colour': ('What colour is {p}?', 'What color is {p}?', 'What is the colour of {p}?',
+               'What is the color of {p}?', 'Which colour is {p}?', 'What colour does {p} have?'),
+    'shape': ('What shape is {p}?', 'What is the shape of {p}?', 'Which shape is {p}?',
+              'What kind of shape is {p}?', 'What shape does {p} have?'),
+}
+
+
+def attribute_answer(obj: Obj, attribute: str) -> str:
+    """The answer about ``obj``: 'It is a small red circle.' / 'It is red.' / 'It is a circle.'."""
+    return {'what': f'It is a {obj.name}.', 'colour': f'It is {obj.colour}.',
+            'shape': f'It is a {obj.kind}.'}[attribute]
+
+
+def question_plan(prompts: int, rng: np.random.Generator) -> list[tuple[int, str]]:
+    """One to three (one or two for one prompt) questions as ``(prompt index, attribute)``: the
+    prompts in random order, each once before any is asked again (a later answer cannot be copied
+    from an earlier one about the same prompt), a random attribute each, no pair twice."""
+    order = [int(i) for i in rng.permutation(prompts)]
+    plan: list[tuple[int, str]] = []
+    for turn in range(int(rng.integers(1, min(3, prompts + 1) + 1))):
+        prompt = order[turn % prompts]
+        asked = [a for p, a in plan if p == prompt]
+        free = [a for a in ATTRIBUTES if a not in asked]
+        plan.append((prompt, free[int(rng.integers(len(free)))]))
+    return plan
+
+
+def attribute_turn(obj: Obj, prompt: str, attribute: str,
+                   rng: np.random.Generator) -> tuple[str, str]:
+    """A question about the ``attribute`` of ``obj`` named ``prompt`` (a random wording), its
+    answer."""
+    wordings = PROMPT_QUESTIONS[attribute]
+    wording = wordings[int(rng.integers(len(wordings)))]
+    return wording.format(p=prompt), attribute_answer(obj, attribute)

@@ -26,6 +26,7 @@ import argparse
 import os
 import time
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -33,12 +34,13 @@ from tqdm import tqdm
 # the generator's public face for image_use.py, referring_figures.py and the tests
 from shapes_expressions import (EXPRESSION_KINDS, Query, expression_kind,  # noqa: F401
                                 expression_queries, pick_sentences, referring_expressions)
-from shapes_scene import CATEGORIES, COLOURS, KINDS, Scene, sample_scene  # noqa: F401
-from shapes_texts import (caption, instruct_conversation, point_conversation, region_conversation,
-                          region_description)
+from shapes_scene import CATEGORIES, COLOURS, KINDS, Obj, Scene, sample_scene  # noqa: F401
+from shapes_texts import (caption, inline_conversation, instruct_conversation, point_conversation,
+                          region_conversation, region_description)
 from tiny_data_formats import DataWriter, disk_size, interior_point, messages, refer_sentences, rle
 
 MAX_MARKS = 4  # points per MDPV row
+BOX_REGION_SHARE = 0.3  # region prompts given as the object's filled box (what a box prompt covers)
 JPEG_QUALITY = 90
 COCO_IMAGES = ('glamm_data', 'images', 'coco2014', 'train2014')
 # our split → COCO folder (OMG-Seg pre-stage)
@@ -48,6 +50,7 @@ ANNOTATION_FILES = {  # rows of the training sources → file under the root
     'osprey_detail_description': 'region_caption/osprey/osprey_detail_description.json',
     'osprey_conversation': 'region_caption/osprey/osprey_conversation.json',
     'mdpv_point': 'mdpv_point/gpt4v_tiny_point.json',
+    'prompt_conversation': 'visual_prompts/prompt_conversation.json',
     'llava_pretrain': 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json',
     'llava_instruct': 'llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json',
 }
@@ -82,25 +85,68 @@ def _grandf_row(w: DataWriter, n: int, image_path: str, text: str,
         for s, e, i in spans})
 
 
+def _prompted_objects(scene: Scene, rng: np.random.Generator, most: int) -> list[int]:
+    """One to ``most`` objects in random order (any of them may be prompt 1)."""
+    count = int(rng.integers(1, min(most, len(scene.objects)) + 1))
+    return [int(i) for i in rng.permutation(len(scene.objects))[:count]]
+
+
+def _region_prompt(obj: Obj, rng: np.random.Generator) -> dict:
+    """A region prompt on ``obj``: its mask or (BOX_REGION_SHARE of the time) its filled box."""
+    if rng.uniform() >= BOX_REGION_SHARE:
+        return dict(bbox=list(obj.bbox), segmentation=rle(obj.mask))
+    x, y, w, h = obj.bbox
+    box = np.zeros_like(obj.mask)
+    box[y:y + h, x:x + w] = True
+    return dict(bbox=list(obj.bbox), segmentation=rle(box))
+
+
+def random_interior_point(mask: np.ndarray, rng: np.random.Generator) -> list[int]:
+    """(x, y) of a random pixel at least 2 px inside ``mask`` (where a user may click), else of its
+    deepest one."""
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    ys, xs = np.nonzero(inner)
+    if not len(xs):
+        return interior_point(mask)
+    j = int(rng.integers(len(xs)))
+    return [int(xs[j]), int(ys[j])]
+
+
 def _osprey_rows(scene: Scene, entry: dict, anns: list[dict], rng: np.random.Generator
                  ) -> tuple[dict, dict]:
-    """Osprey: every object as a region; the description row and the conversation row."""
-    entry = dict(entry, annotation=[dict(bbox=a['bbox'], segmentation=a['segmentation'])
-                                    for a in anns])
-    description = dict(entry, description=[f'<region{r}>: {region_description(scene, r - 1)}'
-                                           for r in range(1, len(anns) + 1)])
-    return description, dict(entry, conversations=messages(region_conversation(scene, rng)))
+    """Osprey: the description row (every object a region) and the conversation row (some
+    objects, in random order, as regions)."""
+    description = dict(entry, annotation=[dict(bbox=a['bbox'], segmentation=a['segmentation'])
+                                          for a in anns],
+                       description=[f'<region{r}>: {region_description(scene, r - 1)}'
+                                    for r in range(1, len(anns) + 1)])
+    chosen = _prompted_objects(scene, rng, len(scene.objects))
+    regions = [_region_prompt(scene.objects[i], rng) for i in chosen]
+    return description, dict(entry, annotation=regions,
+                             conversations=messages(region_conversation(scene, chosen, rng)))
 
 
 def _mdpv_row(w: DataWriter, scene: Scene, n: int, image_path: str,
               rng: np.random.Generator) -> dict:
-    """MDPV point QA: marks at interior points of up to MAX_MARKS random objects."""
-    marked = [int(i) for i in rng.permutation(len(scene.objects))[:MAX_MARKS]]
+    """MDPV point QA: marks at random interior points of 1 to MAX_MARKS objects, in random
+    order."""
+    marked = _prompted_objects(scene, rng, MAX_MARKS)
     name = f'synthetic_{n:06d}.jpg'
     w.link(image_path, 'mdpv_point', 'images', name)
     return dict(id=f'synthetic_{n}', image=name,
-                points=[interior_point(scene.objects[i].mask) for i in marked],
-                conversations=messages(point_conversation(scene, marked)))
+                points=[random_interior_point(scene.objects[i].mask, rng) for i in marked],
+                conversations=messages(point_conversation(scene, marked, rng)))
+
+
+def _prompt_row(scene: Scene, entry: dict, rng: np.random.Generator) -> dict:
+    """A conversation with ``<region>`` / ``<mark>`` in its questions
+    (``PromptConversationDataset``)."""
+    turns, prompts = inline_conversation(scene, rng)
+    regions = [_region_prompt(scene.objects[i], rng) for kind, i in prompts if kind == 'region']
+    points = [random_interior_point(scene.objects[i].mask, rng)
+              for kind, i in prompts if kind == 'mark']
+    turns[0] = ('<image>\n' + turns[0][0], turns[0][1])
+    return dict(entry, regions=regions, points=points, conversations=messages(turns))
 
 
 def _llava_rows(w: DataWriter, scene: Scene, n: int, image_path: str, text: str,
@@ -131,14 +177,18 @@ def _write_ade20k(w: DataWriter, scene: Scene, n: int, image_path: str) -> None:
 def _write_train_sources(w: DataWriter, scene: Scene, n: int, image_path: str, entry: dict,
                          anns: list[dict], expressions: list[tuple[int, str]],
                          rng: np.random.Generator, rows: dict[str, list]) -> None:
-    """GranD-f GCG, Osprey, MDPV, LLaVA and ADE20K rows of the ``n``-th training image (images
-    hard-linked), in a fixed order: the random draws of each format follow the previous ones."""
+    """GranD-f GCG, Osprey, MDPV, prompt-conversation, LLaVA and ADE20K rows of the ``n``-th
+    training image (images hard-linked), in a fixed order: the random draws of each format follow
+    the previous ones."""
     text, spans = caption(scene)
     rows['grandf_gcg'].append(_grandf_row(w, n, image_path, text, spans, anns))
     description, conversation = _osprey_rows(scene, entry, anns, rng)
     rows['osprey_detail_description'].append(description)
+    # every image has a row of both released prompt templates (regions, marks) and one with
+    # <region> / <mark> inline
     rows['osprey_conversation'].append(conversation)
     rows['mdpv_point'].append(_mdpv_row(w, scene, n, image_path, rng))
+    rows['prompt_conversation'].append(_prompt_row(scene, entry, rng))
     pretrain, instruct = _llava_rows(w, scene, n, image_path, text, expressions, rng)
     rows['llava_pretrain'].append(pretrain)
     rows['llava_instruct'].append(instruct)
@@ -265,6 +315,8 @@ unlike polygons).
 | region_caption/osprey/osprey_conversation.json | Osprey region QA (what / colour / shape) | \
 {osprey_conversation} |
 | mdpv_point/gpt4v_tiny_point.json | MDPV point QA | {mdpv_point} |
+| visual_prompts/prompt_conversation.json | questions with `<region>`, `<mark>` inline | \
+{prompt_conversation} |
 | llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json | LLaVA, one caption turn | \
 {llava_pretrain} |
 | llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json | LLaVA, three turns | {llava_instruct} |

@@ -20,6 +20,7 @@ from omg_llava.datasets.llava import LLaVADataset
 from omg_llava.datasets.mask_decoding import decode_segmentation
 from omg_llava.datasets.mdpv import MDPVPointDataset
 from omg_llava.datasets.osprey import OspreyRegionCaptionDataset, OspreyRegionConversationDataset
+from omg_llava.datasets.prompt_conversation import PromptConversationDataset
 from omg_llava.datasets.refer_seg import ReferSegDataset, load_refs
 from omg_llava.datasets.semantic_seg import SemanticSegDataset
 from omg_llava.models.llm import InternLM2Tokenizer
@@ -219,6 +220,8 @@ def test_real_dataset_classes_read_every_row(built, tokenizer):
             str(root / 'region_caption/osprey/osprey_conversation.json'), coco, **common),
         mdpv_point=MDPVPointDataset(str(root / 'mdpv_point/gpt4v_tiny_point.json'),
                                     str(root / 'mdpv_point/images'), **common),
+        prompt_conversation=PromptConversationDataset(
+            str(root / 'visual_prompts/prompt_conversation.json'), coco, **common),
         llava_pretrain=LLaVADataset(
             str(root / 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json'),
             str(root / 'llava_data/LLaVA-Pretrain/images'), **common),
@@ -268,6 +271,14 @@ def test_held_out_images_are_unseen_and_masks_reproducible(gen, built):
         files = [p for p in (root / folder).rglob('*.jpg')]
         assert len(files) == NUM_TRAIN and not held_out & {digest(p) for p in files}, folder
     assert len(held_out) == NUM_VAL + NUM_TEST and digest(root / 'test.jpg') in held_out
+    # every training image has an Osprey conversation, an MDPV point row and an inline-prompt row
+    for name in ('osprey_conversation', 'prompt_conversation'):
+        rows = json.loads((root / gen.ANNOTATION_FILES[name]).read_text())
+        assert sorted(row['file_name'] for row in rows) == sorted(train_files), name
+    mdpv = json.loads((root / gen.ANNOTATION_FILES['mdpv_point']).read_text())
+    assert len(mdpv) == counts['mdpv_point'] == NUM_TRAIN
+    assert ({digest(root / 'mdpv_point/images' / row['image']) for row in mdpv}
+            == {digest(coco / file_name) for file_name in train_files})
 
     # the region-question manifest lists the val images; image k of a split is
     # sample_scene(rng([seed, split, k]))
@@ -321,3 +332,26 @@ def test_coco_instance_splits_feed_the_omg_seg_pre_stage(built, gen):
     coco_train = json.loads((root / 'coco/annotations/instances_train2017.json').read_text())
     # held-out images stay out of the pre-stage
     assert {img['id'] for img in coco_train['images']} == train_ids
+
+
+def test_prompt_questions_answer_the_prompted_object(gen, scenes):
+    """Every question about a prompt holds its one placeholder and is answered with that object's
+    colour, shape or both; the template conversations do not always ask about prompt 1 first."""
+    texts = importlib.import_module('shapes_texts')
+    first_asked = Counter()
+    for k, scene in enumerate(scenes):
+        rng = np.random.default_rng(k)
+        turns, prompts = texts.inline_conversation(scene, rng)
+        assert len(turns) == len(prompts) and 1 <= len(turns) <= 3
+        for (question, answer), (kind, index) in zip(turns, prompts):
+            obj = scene.objects[index]
+            assert question.count(f'<{kind}>') == 1 and question.count('<') == 1, question
+            assert obj.colour in answer or obj.kind in answer, (question, answer, obj.name)
+        chosen = [int(i) for i in rng.permutation(len(scene.objects))]
+        conversation = texts.region_conversation(scene, chosen, rng)
+        for question, answer in conversation:
+            r = int(re.search(r'<region(\d+)>', question).group(1))
+            obj = scene.objects[chosen[r - 1]]
+            assert obj.colour in answer or obj.kind in answer, (question, answer, obj.name)
+        first_asked[re.search(r'<region(\d+)>', conversation[0][0]).group(1)] += 1
+    assert len(first_asked) > 1, first_asked
