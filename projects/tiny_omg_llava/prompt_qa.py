@@ -33,7 +33,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from shapes_scene import COLOURS, KINDS, Scene, sample_scene  # noqa: E402
 from synthetic_shapes import JPEG_QUALITY  # noqa: E402
-from tiny_data_formats import interior_point  # noqa: E402
+from tiny_data_formats import random_interior_point  # noqa: E402
 
 PROMPT_KINDS = ('point', 'box', 'mask')
 ATTRIBUTES = {'colour': 'colour', 'shape': 'kind'}  # asked attribute → Obj field
@@ -46,17 +46,6 @@ PREAMBLE = {'point': 'There are some marks: {names}.\n',
             'box': 'There are some regions: {names}.\n',
             'mask': 'There are some regions: {names}.\n'}
 
-
-def random_interior_point(mask: np.ndarray, rng: np.random.Generator) -> list[int]:
-    """(x, y) of a random pixel at least 2 px inside ``mask`` (where a user may click), else of its
-    deepest one."""
-    import cv2
-    inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    ys, xs = np.nonzero(inner)
-    if not len(xs):
-        return interior_point(mask)
-    j = int(rng.integers(len(xs)))
-    return [int(xs[j]), int(ys[j])]
 
 def val_scene(k: int, seed: int = 0) -> tuple[Scene, np.ndarray]:
     """Val image ``k`` of ``synthetic_shapes.py`` and its (128, 128, 3) pixels after the data

@@ -26,7 +26,6 @@ import argparse
 import os
 import time
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -37,7 +36,8 @@ from shapes_expressions import (EXPRESSION_KINDS, Query, expression_kind,  # noq
 from shapes_scene import CATEGORIES, COLOURS, KINDS, Obj, Scene, sample_scene  # noqa: F401
 from shapes_texts import (caption, inline_conversation, instruct_conversation, point_conversation,
                           region_conversation, region_description)
-from tiny_data_formats import DataWriter, disk_size, interior_point, messages, refer_sentences, rle
+from tiny_data_formats import (DataWriter, disk_size, interior_point, messages,  # noqa: F401
+                               random_interior_point, refer_sentences, rle)
 
 MAX_MARKS = 4  # points per MDPV row
 BOX_REGION_SHARE = 0.3  # region prompts given as the object's filled box (what a box prompt covers)
@@ -99,17 +99,6 @@ def _region_prompt(obj: Obj, rng: np.random.Generator) -> dict:
     box = np.zeros_like(obj.mask)
     box[y:y + h, x:x + w] = True
     return dict(bbox=list(obj.bbox), segmentation=rle(box))
-
-
-def random_interior_point(mask: np.ndarray, rng: np.random.Generator) -> list[int]:
-    """(x, y) of a random pixel at least 2 px inside ``mask`` (where a user may click), else of its
-    deepest one."""
-    inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    ys, xs = np.nonzero(inner)
-    if not len(xs):
-        return interior_point(mask)
-    j = int(rng.integers(len(xs)))
-    return [int(xs[j]), int(ys[j])]
 
 
 def _osprey_rows(scene: Scene, entry: dict, anns: list[dict], rng: np.random.Generator

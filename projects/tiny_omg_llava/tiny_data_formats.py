@@ -100,6 +100,17 @@ def interior_point(mask: np.ndarray) -> list[int]:
     return [int(x), int(y)]
 
 
+def random_interior_point(mask: np.ndarray, rng: np.random.Generator) -> list[int]:
+    """(x, y) of a random pixel at least 2 px inside ``mask`` (where a user may click), else of its
+    deepest one."""
+    inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    ys, xs = np.nonzero(inner)
+    if not len(xs):
+        return interior_point(mask)
+    j = int(rng.integers(len(xs)))
+    return [int(xs[j]), int(ys[j])]
+
+
 def refer_sentences(sentences: list[str], first_id: int) -> list[dict]:
     """REFER ``sentences`` entries of one ref, ids counted on from ``first_id``."""
     return [dict(sent=s, raw=s, tokens=s.split(), sent_id=first_id + i)
