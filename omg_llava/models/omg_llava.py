@@ -108,6 +108,24 @@ class SegQueries:
 
 
 @dataclass
+class PromptRows:
+    """The visual-prompt embeddings the main pass spliced at the batch's placeholders (auxiliary
+    losses reuse them instead of decoding the prompts again).
+
+    Attributes:
+        region: (R, D) one row per ``<region>`` of the batch in batch order (zero rows where a
+            prompt was missing), or ``None`` without ``<region>``.
+        mark: (M, D) the same for ``<mark>``.
+        matched: whether the given prompts matched the placeholders (spec §6.4: the LM loss is
+            zeroed otherwise).
+    """
+
+    region: Tensor | None
+    mark: Tensor | None
+    matched: bool
+
+
+@dataclass
 class LossInfo:
     """Per-batch bookkeeping of the count-mismatch rules of spec §6 (logged, never silent)."""
 
@@ -398,8 +416,9 @@ class OMGLLaVA(BaseModel):
             seg_losses, seg = self._seg_losses(out.hidden_states[-1], spliced.labels,
                                                data.get('masks'), images)
             losses.update(seg_losses)
+        prompts = PromptRows(region_embeds, mark_embeds, prompts_matched)
         for term in self.auxiliary_losses:
-            losses[term.name] = term(self, data, out, seg)
+            losses[term.name] = term(self, data, out, seg, prompts)
         return losses
 
     def _fitted_prompt_rows(self, prompts: list[VisualPrompt], images: EncodedImages | None,

@@ -185,8 +185,8 @@ class SeenSegQueries(AuxiliaryLoss):
 
     name = 'loss_seen'
 
-    def compute(self, model, data, llm_output, seg):
-        self.seen = seg
+    def compute(self, model, data, llm_output, seg, prompts):
+        self.seen, self.prompts = seg, prompts
         return llm_output.logits.sum() * 0.0 if seg is None else seg.queries.pow(2).mean()
 
 
@@ -198,6 +198,13 @@ def test_a_term_gets_the_batch_the_llm_output_and_the_supervised_seg_queries():
     seen = model.auxiliary_losses[0].seen
     assert seen.queries.shape[0] == 3 and seen.batch_idxs.tolist() == [0, 1, 1]
     assert torch.equal(seen.gt_masks, torch.cat(data_batch['masks']))
+    prompts = model.auxiliary_losses[0].prompts  # one row per <region> / <mark> of the batch
+    ids = data_batch['input_ids']
+    for rows, token_id in ((prompts.region, model.token_ids.region),
+                           (prompts.mark, model.token_ids.mark)):
+        count = int((ids == token_id).sum())
+        assert (rows is None) if count == 0 else rows.shape == (count, model.llm.config.hidden_size)
+    assert prompts.matched
     torch.testing.assert_close(losses['loss_seen'], 3.0 * seen.queries.pow(2).mean())
     pretrain = build_tiny(stage='pretrain', llm_lora=None, auxiliary_losses=[SeenSegQueries()])
     caption = batch(pretrain, [[Turn('Describe the image.', 'A cat sitting.')]], [None])
@@ -282,7 +289,13 @@ def test_prompt_only_lm_loss_reads_the_prompts_of_the_prompt_rows_without_their_
                        freeze_llm=False, llm_lora=None)
     assert isinstance(model.auxiliary_losses[0], PromptOnlyLMLoss)
     data_batch = seg_batch(model)  # row 0: a referring answer, row 1: a region + mark conversation
+    decoded = []  # the prompts are decoded once, by the main pass; the term reuses its embeddings
+    prompt_embeddings = model.prompt_embeddings
+    model.prompt_embeddings = lambda prompts, images: decoded.append(len(prompts)) or (
+        prompt_embeddings(prompts, images))
     losses = model(data_batch, mode='loss')
+    del model.prompt_embeddings
+    assert decoded == [1, 1]  # one region, one mark
     assert 'loss_lm_prompt' in losses
     # expected: row 1 alone, <image> dropped, its prompt embeddings spliced as the model does
     ids, labels = data_batch['input_ids'][1:], data_batch['labels'][1:]

@@ -1,7 +1,7 @@
 """The interface of an auxiliary loss: a named, weighted term computed from one training batch.
 
 :meth:`OMGLLaVA.compute_loss <omg_llava.models.OMGLLaVA.compute_loss>` calls every configured term
-after its own losses, as ``term(model, data, llm_output, seg)``, and logs the result as
+after its own losses, as ``term(model, data, llm_output, seg, prompts)``, and logs the result as
 ``term.name``.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from ..omg_llava import OMGLLaVA, SegQueries
+    from ..omg_llava import OMGLLaVA, PromptRows, SegQueries
 
 
 class AuxiliaryLoss(ABC):
@@ -35,12 +35,12 @@ class AuxiliaryLoss(ABC):
         self.weight = weight
 
     def __call__(self, model: OMGLLaVA, data: dict, llm_output: Any,
-                 seg: SegQueries | None) -> Tensor:
-        return self.weight * self.compute(model, data, llm_output, seg)
+                 seg: SegQueries | None, prompts: PromptRows) -> Tensor:
+        return self.weight * self.compute(model, data, llm_output, seg, prompts)
 
     @abstractmethod
     def compute(self, model: OMGLLaVA, data: dict, llm_output: Any,
-                seg: SegQueries | None) -> Tensor:
+                seg: SegQueries | None, prompts: PromptRows) -> Tensor:
         """The unweighted term: a scalar in the autograd graph (0 when the batch has none to use).
 
         Args:
@@ -50,4 +50,5 @@ class AuxiliaryLoss(ABC):
                 ``.hidden_states``).
             seg: the decoded ``[SEG]`` queries that the mask losses supervised; ``None`` in the
                 pretrain stage and when no sample's ``[SEG]`` count matched its masks.
+            prompts: the visual-prompt embeddings spliced into the main pass.
         """

@@ -21,7 +21,7 @@ from omg_llava.registry import MODELS
 from .base import AuxiliaryLoss
 
 if TYPE_CHECKING:
-    from ..omg_llava import OMGLLaVA, SegQueries
+    from ..omg_llava import OMGLLaVA, PromptRows, SegQueries
 
 
 @MODELS.register_module()
@@ -46,7 +46,7 @@ class ObjectTokenHintLoss(AuxiliaryLoss):
         self.min_iou = min_iou
 
     def compute(self, model: OMGLLaVA, data: dict, llm_output: Any,
-                seg: SegQueries | None) -> Tensor:
+                seg: SegQueries | None, prompts: PromptRows) -> Tensor:
         if seg is None:
             return llm_output.logits.sum() * 0.0
         enc = seg.images.encoder_output

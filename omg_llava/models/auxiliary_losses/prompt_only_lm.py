@@ -2,7 +2,8 @@
 their visual prompts kept.
 
 Not in the reference. An extra pass of the LLM on each row that holds a ``<region>`` or ``<mark>``:
-``<image>`` dropped (no pixel or object tokens), every prompt embedding spliced in as usual. The
+``<image>`` dropped (no pixel or object tokens), the main pass's prompt embeddings spliced in again
+(not decoded a second time). The
 answers about a prompted object ("It is blue.") can then only come from its prompt embedding. In
 the main pass the image offers the tiny synthetic model's from-scratch LLM a way around reading its
 prompts (name a colour or shape of the image), which it took: its answers did not change with the
@@ -23,7 +24,7 @@ from ..omg_llava import shifted_cross_entropy
 from .base import AuxiliaryLoss
 
 if TYPE_CHECKING:
-    from ..omg_llava import OMGLLaVA, SegQueries
+    from ..omg_llava import OMGLLaVA, PromptRows, SegQueries
 
 
 @MODELS.register_module()
@@ -40,28 +41,21 @@ class PromptOnlyLMLoss(AuxiliaryLoss):
     name = 'loss_lm_prompt'
 
     def compute(self, model: OMGLLaVA, data: dict, llm_output: Any,
-                seg: SegQueries | None) -> Tensor:
+                seg: SegQueries | None, prompts: PromptRows) -> Tensor:
         ids, labels, mask = data['input_ids'], data['labels'], data.get('attention_mask')
         zero = llm_output.logits.sum() * 0.0
         token_ids = model.token_ids
         counts = (count_placeholders(ids, mask, token_ids.region)
                   + count_placeholders(ids, mask, token_ids.mark))  # (B,)
         rows = counts > 0
-        if not bool(rows.any()):
+        if not bool(rows.any()) or not prompts.matched:
             return zero
-        region_prompts, mark_prompts, matched = model._batch_prompts(data, strict=False)
-        if not matched:
-            return zero
-        images = seg.images if seg is not None else model._encode_batch_images(data)
-        # every placeholder lies in a kept row, so the batch-order embeddings are those of the rows
-        region_embeds = model._fitted_prompt_rows(region_prompts, images, ids, mask,
-                                                  token_ids.region)
-        mark_embeds = model._fitted_prompt_rows(mark_prompts, images, ids, mask, token_ids.mark)
+        # every placeholder lies in a kept row, so the main pass's batch-order rows are theirs
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
         ids, labels, mask = drop_tokens(ids[rows], labels[rows], mask[rows], [IMAGE_TOKEN_INDEX])
         spliced = splice_multimodal_inputs(ids, model.llm.get_input_embeddings(), token_ids,
                                            attention_mask=mask, labels=labels,
-                                           region_embeds=region_embeds, mark_embeds=mark_embeds)
+                                           region_embeds=prompts.region, mark_embeds=prompts.mark)
         out = model.llm(inputs_embeds=spliced.inputs_embeds, attention_mask=spliced.attention_mask,
                         position_ids=spliced.position_ids, use_cache=False, return_dict=True)
         return shifted_cross_entropy(out.logits, spliced.labels)

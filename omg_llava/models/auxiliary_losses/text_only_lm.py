@@ -20,7 +20,7 @@ from ..omg_llava import shifted_cross_entropy
 from .base import AuxiliaryLoss
 
 if TYPE_CHECKING:
-    from ..omg_llava import OMGLLaVA, SegQueries
+    from ..omg_llava import OMGLLaVA, PromptRows, SegQueries
 
 
 @MODELS.register_module()
@@ -50,7 +50,7 @@ class TextOnlyLMLoss(AuxiliaryLoss):
         self.rows = rows
 
     def compute(self, model: OMGLLaVA, data: dict, llm_output: Any,
-                seg: SegQueries | None) -> Tensor:
+                seg: SegQueries | None, prompts: PromptRows) -> Tensor:
         ids, labels = data['input_ids'], data['labels']  # (B, L)
         mask = data.get('attention_mask')
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask
