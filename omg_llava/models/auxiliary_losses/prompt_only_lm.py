@@ -3,11 +3,10 @@ their visual prompts kept.
 
 Not in the reference. An extra pass of the LLM on each row that holds a ``<region>`` or ``<mark>``:
 ``<image>`` dropped (no pixel or object tokens), the main pass's prompt embeddings spliced in again
-(not decoded a second time). The
-answers about a prompted object ("It is blue.") can then only come from its prompt embedding. In
-the main pass the image offers the tiny synthetic model's from-scratch LLM a way around reading its
-prompts (name a colour or shape of the image), which it took: its answers did not change with the
-prompted object (issue 26, docs/tiny_model_history.md).
+(not decoded a second time). The answers about a prompted object ("It is blue.") can then only come
+from its prompt embedding. In the main pass the image offers the tiny synthetic model's
+from-scratch LLM a way around reading its prompts (name a colour or shape of the image), which it
+took: its answers did not change with the prompted object (issue 26, docs/tiny_model_history.md).
 """
 from __future__ import annotations
 
