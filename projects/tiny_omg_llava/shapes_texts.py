@@ -56,7 +56,7 @@ def point_conversation(scene: Scene, indices: list[int],
                              f'{where(objects[i].centre, side)}.'
                              for m, i in enumerate(indices, start=1))
         turns.append((f'Briefly describe {marks}.', described))
-    return [('<image>\n' + turns[0][0], turns[0][1])] + turns[1:]
+    return image_first(turns)
 
 
 def instruct_conversation(scene: Scene, expressions: list[tuple[int, str]],
@@ -81,7 +81,7 @@ def region_conversation(scene: Scene, indices: list[int],
     :func:`question_plan`'s questions (any region first, :data:`PROMPT_QUESTIONS` wordings)."""
     turns = [attribute_turn(scene.objects[indices[r]], f'<region{r + 1}>', attribute, rng)
              for r, attribute in question_plan(len(indices), rng)]
-    return [('<image>\n' + turns[0][0], turns[0][1])] + turns[1:]
+    return image_first(turns)
 
 
 def inline_conversation(scene: Scene,
@@ -116,6 +116,11 @@ PROMPT_QUESTIONS = {
     'shape': ('What shape is {p}?', 'What is the shape of {p}?', 'Which shape is {p}?',
               'What kind of shape is {p}?', 'What shape does {p} have?'),
 }
+
+
+def image_first(turns: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The turns with ``<image>`` opening the first question, as the LLaVA-style files write it."""
+    return [('<image>\n' + turns[0][0], turns[0][1])] + turns[1:]
 
 
 def attribute_answer(obj: Obj, attribute: str) -> str:

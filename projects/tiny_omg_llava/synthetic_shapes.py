@@ -34,8 +34,8 @@ from tqdm import tqdm
 from shapes_expressions import (EXPRESSION_KINDS, Query, expression_kind,  # noqa: F401
                                 expression_queries, pick_sentences, referring_expressions)
 from shapes_scene import CATEGORIES, COLOURS, KINDS, Obj, Scene, sample_scene  # noqa: F401
-from shapes_texts import (caption, inline_conversation, instruct_conversation, point_conversation,
-                          region_conversation, region_description)
+from shapes_texts import (caption, image_first, inline_conversation, instruct_conversation,
+                          point_conversation, region_conversation, region_description)
 from tiny_data_formats import (DataWriter, disk_size, interior_point, messages,  # noqa: F401
                                random_interior_point, refer_sentences, rle)
 
@@ -134,8 +134,7 @@ def _prompt_row(scene: Scene, entry: dict, rng: np.random.Generator) -> dict:
     regions = [_region_prompt(scene.objects[i], rng) for kind, i in prompts if kind == 'region']
     points = [random_interior_point(scene.objects[i].mask, rng)
               for kind, i in prompts if kind == 'mark']
-    turns[0] = ('<image>\n' + turns[0][0], turns[0][1])
-    return dict(entry, regions=regions, points=points, conversations=messages(turns))
+    return dict(entry, regions=regions, points=points, conversations=messages(image_first(turns)))
 
 
 def _llava_rows(w: DataWriter, scene: Scene, n: int, image_path: str, text: str,
