@@ -38,6 +38,9 @@ class CPUDataParallelRunner(Runner):
     gradient in a step (e.g. a loss that only some batches have).
     """
 
+    #: whether :meth:`setup_env` opened the process group (then :meth:`train` closes it)
+    owns_process_group = False
+
     def setup_env(self, env_cfg: dict) -> None:
         if self.distributed and not is_distributed() and not torch.cuda.is_available():
             dist_cfg = dict(env_cfg.get('dist_cfg', {}))
@@ -47,7 +50,19 @@ class CPUDataParallelRunner(Runner):
                                  f'env_cfg.dist_cfg.backend="gloo", got {backend!r} (NCCL needs '
                                  'GPUs)')
             torch_dist.init_process_group(backend='gloo', **dist_cfg)
+            self.owns_process_group = True
         super().setup_env(env_cfg)
+
+    def train(self) -> torch.nn.Module:
+        """:meth:`Runner.train`, then the process group this runner opened is destroyed (also when
+        training fails). Left to the interpreter's exit, gloo's threads were once torn down while
+        running after a finished stage had written its output ("terminate called without an active
+        exception", SIGABRT), and torchrun reported the stage as failed."""
+        try:
+            return super().train()
+        finally:
+            if self.owns_process_group and torch_dist.is_initialized():
+                torch_dist.destroy_process_group()
 
     def wrap_model(self, model_wrapper_cfg: dict | None, model: torch.nn.Module) -> torch.nn.Module:
         if not self.distributed or model_wrapper_cfg is not None or torch.cuda.is_available():

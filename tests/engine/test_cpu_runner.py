@@ -72,3 +72,36 @@ def test_a_gpu_backend_on_cpu_is_refused_with_the_fix(tmp_path):
     result = train(tmp_path, 'nccl', 2, '--cfg-options', 'env_cfg.dist_cfg.backend=nccl')
     assert result.returncode != 0
     assert 'env_cfg.dist_cfg.backend="gloo"' in result.stdout + result.stderr
+
+
+def test_the_runner_closes_the_process_group_it_opened(tmp_path, monkeypatch):
+    """A process group left to the interpreter's exit once aborted a finished stage (SIGABRT in
+    gloo's teardown); the runner destroys the one it opened when training ends."""
+    import socket
+
+    from mmengine.config import Config
+
+    from omg_llava.engine import CPUDataParallelRunner
+    if torch.cuda.is_available():
+        pytest.skip('the runner opens the group itself only without CUDA')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    for key, value in dict(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK='0',
+                           LOCAL_RANK='0', WORLD_SIZE='1').items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.syspath_prepend(str(HERE))
+    config = tmp_path / 'toy_config.py'
+    config.write_text(CONFIG)
+    cfg = Config.fromfile(str(config))
+    cfg.work_dir = str(tmp_path / 'in_process')
+    cfg.launcher = 'pytorch'
+    runner = CPUDataParallelRunner.from_cfg(cfg)
+    try:
+        assert runner.owns_process_group and torch.distributed.is_initialized()
+        runner.train()
+        assert not torch.distributed.is_initialized()
+        assert (tmp_path / 'in_process' / 'iter_6.pth').exists()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
