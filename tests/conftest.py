@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -15,6 +16,13 @@ KEYS_DIR = DATA_DIR / 'keys'
 FINETUNE_CONFIG = REPO_ROOT / 'configs' / 'omg_llava_7b_finetune_8gpus.py'
 PRETRAIN_CONFIG = REPO_ROOT / 'configs' / 'omg_llava_7b_pretrain_8gpus.py'
 TINY_CONFIG = REPO_ROOT / 'configs' / 'tiny' / 'omg_llava_tiny_finetune.py'
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (for a process group or a server)."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
 
 
 def fixture_paths() -> list[Path]:

@@ -3,7 +3,6 @@ dicts."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from omg_llava.engine.convert import (DEEPSPEED_FOLDER, MMENGINE_FILE, checkpoin
 from omg_llava.models.released_weights import load_released_checkpoint
 from omg_llava.registry import build_component
 
-from conftest import REPO_ROOT, TINY_CONFIG, load_tool
+from conftest import REPO_ROOT, TINY_CONFIG, free_port, load_tool
 
 ZERO_CHECKPOINT_SCRIPT = Path(__file__).with_name('make_zero_checkpoint.py')
 
@@ -89,11 +88,9 @@ def test_mmengine_checkpoint_converts_without_trust_other_pickles_need_it(tiny_c
 
 def test_deepspeed_zero2_folder(tmp_path):
     """A real ZeRO-2 checkpoint written by DeepSpeed (CPU, gloo, one process) in a subprocess."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, DS_ACCELERATOR='cpu', MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
-               RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', LOCAL_SIZE='1', CUDA_VISIBLE_DEVICES='')
+    env = dict(os.environ, DS_ACCELERATOR='cpu', MASTER_ADDR='127.0.0.1',
+               MASTER_PORT=str(free_port()), RANK='0', WORLD_SIZE='1', LOCAL_RANK='0',
+               LOCAL_SIZE='1', CUDA_VISIBLE_DEVICES='')
     expected_path = tmp_path / 'expected.pt'
     work_dir = tmp_path / 'work_dir'
     run = subprocess.run([sys.executable, str(ZERO_CHECKPOINT_SCRIPT), str(TINY_CONFIG),

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import free_port
+from mmengine.config import Config
+
+from omg_llava.engine import CPUDataParallelRunner
 
 HERE = Path(__file__).parent
 
@@ -77,17 +81,9 @@ def test_a_gpu_backend_on_cpu_is_refused_with_the_fix(tmp_path):
 def test_the_runner_closes_the_process_group_it_opened(tmp_path, monkeypatch):
     """A process group left to the interpreter's exit once aborted a finished stage (SIGABRT in
     gloo's teardown); the runner destroys the one it opened when training ends."""
-    import socket
-
-    from mmengine.config import Config
-
-    from omg_llava.engine import CPUDataParallelRunner
     if torch.cuda.is_available():
         pytest.skip('the runner opens the group itself only without CUDA')
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    for key, value in dict(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK='0',
+    for key, value in dict(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()), RANK='0',
                            LOCAL_RANK='0', WORLD_SIZE='1').items():
         monkeypatch.setenv(key, value)
     monkeypatch.syspath_prepend(str(HERE))

@@ -28,7 +28,7 @@ from omg_llava.inference.app_ui import build_demo, launch_demo
 from omg_llava.inference.chat import OMGLLaVAChat
 from omg_llava.segmentation.segmenter import UniversalSegmenter
 
-from conftest import TINY_CONFIG, load_tool
+from conftest import TINY_CONFIG, free_port, load_tool
 
 CAT = data.chelsea()  # 300 x 451 RGB
 PHRASE = '<p> cat </p> [SEG]'
@@ -61,7 +61,7 @@ def app(chat, forced_phrase) -> ChatApp:
 def client(chat, forced_phrase, tmp_path_factory):
     max_new_tokens, generation_kwargs = forced_phrase
     demo = build_demo(chat, max_new_tokens=max_new_tokens, generation_kwargs=generation_kwargs)
-    launch_demo(demo, port=_free_port(), prevent_thread_lock=True)
+    launch_demo(demo, port=free_port(), prevent_thread_lock=True)
     try:
         yield Client(demo.local_url, verbose=False,
                      download_files=str(tmp_path_factory.mktemp('downloads')))
@@ -74,12 +74,6 @@ def cat_file(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp('images') / 'chelsea.png'
     Image.fromarray(CAT).save(path)
     return str(path)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def _read(path: str) -> np.ndarray:
@@ -343,7 +337,7 @@ def test_cli_builds_the_chat_and_serves_locally(chat, monkeypatch):
                         classmethod(lambda cls, path, **kw: calls.update(config=path, **kw)
                                     or (chat, ['random'])))
     monkeypatch.setattr(app_ui, 'launch_demo', lambda demo, **kw: calls.update(launch=kw))
-    port = _free_port()
+    port = free_port()
     assert load_tool('app').main(['--port', str(port), '--max-new-tokens', '8']) == 0
     assert (calls['config'] == 'configs/tiny/omg_llava_tiny_synthetic_finetune.py'
             and calls['weights_only'])
@@ -379,7 +373,7 @@ def test_cli_busy_port_is_one_error_line_before_the_model(monkeypatch, capsys):
 def test_cli_bad_arguments_are_one_error_line_before_the_model(argv, message, monkeypatch, capsys):
     _refuse_to_build(monkeypatch)
     try:
-        status = load_tool('app').main(argv + ['--port', str(_free_port())])
+        status = load_tool('app').main(argv + ['--port', str(free_port())])
     # argparse's own one-line usage error ('app.py: error: argument config: ...')
     except SystemExit as exc:
         status = exc.code
@@ -401,7 +395,7 @@ def test_cli_bad_checkpoint_is_one_error_line(tmp_path, monkeypatch, capsys):
                            'file (its directory at the end is missing): an interrupted download '
                            'or copy?): download or copy it again'}
     for path, message in expected.items():
-        assert load_tool('app').main(['--pth', str(path), '--port', str(_free_port())]) == 2
+        assert load_tool('app').main(['--pth', str(path), '--port', str(free_port())]) == 2
         assert capsys.readouterr().err.strip() == message
 
 
@@ -412,6 +406,6 @@ def test_cli_checkpoint_the_loader_refuses_is_one_error_line(tmp_path, monkeypat
     def build(cls, path, pth=None, **kwargs):
         raise CheckpointError(f'{pth}: 0 of 46 keys loaded, e.g. missing projector.model.0.weight')
     monkeypatch.setattr(OMGLLaVAChat, 'from_config', classmethod(build))
-    assert load_tool('app').main(['--pth', str(wrong), '--port', str(_free_port())]) == 2
+    assert load_tool('app').main(['--pth', str(wrong), '--port', str(free_port())]) == 2
     assert capsys.readouterr().err == (f'error: {wrong}: 0 of 46 keys loaded, e.g. missing '
                                        'projector.model.0.weight\n')
