@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import free_port
 from mmengine.config import Config
 
 from omg_llava.engine import CPUDataParallelRunner
+
+from conftest import free_port
 
 HERE = Path(__file__).parent
 
