@@ -16,7 +16,10 @@ conversation (``OMGLLaVAChat.reset``): 12 questions per image.
 An answer is right when the first colour (shape) word it names is the object's. ``distinct`` is,
 over the (image, prompt kind, wording, attribute) cases whose two objects differ in that attribute,
 the share where the two answers name different words: whether different regions of one image get
-their own answers.
+their own answers. ``by_kind`` and ``distinct`` count every wording; ``by_kind_one_prompt`` and
+``distinct_one_prompt`` only the questions with one prompt (the inline form and the one-prompt
+templates), so that what a question about one region gets is told apart from the two-prompt
+questions, where the name (``region2``) has to be bound to its prompt.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ ATTRIBUTES = {'colour': 'colour', 'shape': 'kind'}  # asked attribute → Obj fi
 QUESTION = {'colour': 'What colour is {p}?', 'shape': 'What shape is {p}?'}
 #: how a question names its prompt: inline, or the released template with one or two prompts
 WORDINGS = ('inline', 'template', 'template_two')
+ONE_PROMPT_WORDINGS = ('inline', 'template')
 PLACEHOLDER = {'point': '<mark>', 'box': '<region>', 'mask': '<region>'}
 NAMES = {'point': 'Mark {i}', 'box': 'region{i}', 'mask': 'region{i}'}
 PREAMBLE = {'point': 'There are some marks: {names}.\n',
@@ -130,8 +134,8 @@ def ask_cases(chat, cases: list[dict], seed: int = 0, max_new_tokens: int = 16) 
 
 
 def summary(cases: list[dict]) -> dict:
-    """Accuracy per prompt kind x attribute and per wording x attribute, overall, and the
-    ``distinct`` share (see the module docstring)."""
+    """Accuracy per prompt kind x attribute (all wordings, and one-prompt questions only), per
+    wording x attribute and overall, and the ``distinct`` shares (see the module docstring)."""
     def accuracy(rows):
         return round(sum(r['correct'] for r in rows) / len(rows), 4) if rows else None
 
@@ -139,24 +143,44 @@ def summary(cases: list[dict]) -> dict:
     for case in cases:
         groups[case['kind'], case['attribute']].append(case)
         groups[case['wording'], case['attribute']].append(case)
+        if case['wording'] in ONE_PROMPT_WORDINGS:
+            groups['one prompt', case['kind'], case['attribute']].append(case)
     by_kind = {kind: {a: accuracy(groups[kind, a]) for a in ATTRIBUTES} for kind in PROMPT_KINDS}
+    by_kind_one_prompt = {kind: {a: accuracy(groups['one prompt', kind, a]) for a in ATTRIBUTES}
+                          for kind in PROMPT_KINDS}
     by_wording = {w: {a: accuracy(groups[w, a]) for a in ATTRIBUTES} for w in WORDINGS
                   if any(groups[w, a] for a in ATTRIBUTES)}
+    differing = differing_pairs(cases)
+    one_prompt = [p for p in differing if p[0]['wording'] in ONE_PROMPT_WORDINGS]
+    return dict(by_kind=by_kind, by_kind_one_prompt=by_kind_one_prompt, by_wording=by_wording,
+                accuracy=accuracy(cases), num_questions=len(cases),
+                num_images=len({c['image'] for c in cases}),
+                distinct=distinct_share(differing), num_distinct_cases=len(differing),
+                distinct_one_prompt=distinct_share(one_prompt),
+                num_distinct_cases_one_prompt=len(one_prompt),
+                chance=dict(colour=1 / len(COLOURS), shape=1 / len(KINDS)))
+
+
+def differing_pairs(cases: list[dict]) -> list[dict]:
+    """The (image, prompt kind, wording, attribute) pairs of questions (slot 0 and slot 1) whose
+    two objects differ in the asked attribute."""
     pairs = defaultdict(dict)
     for case in cases:
         key = case['image'], case['kind'], case['wording'], case['attribute']
         pairs[key][case['slot']] = case
-    differing = [p for p in pairs.values() if len(p) == 2 and p[0]['truth'] != p[1]['truth']]
-    distinct = (round(sum(p[0]['said'] != p[1]['said'] for p in differing) / len(differing), 4)
-                if differing else None)
-    return dict(by_kind=by_kind, by_wording=by_wording, accuracy=accuracy(cases),
-                num_questions=len(cases), num_images=len({c['image'] for c in cases}),
-                distinct=distinct, num_distinct_cases=len(differing),
-                chance=dict(colour=1 / len(COLOURS), shape=1 / len(KINDS)))
+    return [p for p in pairs.values() if len(p) == 2 and p[0]['truth'] != p[1]['truth']]
+
+
+def distinct_share(pairs: list[dict]) -> float | None:
+    """The share of ``pairs`` whose two answers name different words (``None`` without pairs)."""
+    if not pairs:
+        return None
+    return round(sum(p[0]['said'] != p[1]['said'] for p in pairs) / len(pairs), 4)
 
 
 def format_table(metrics: dict) -> str:
-    """The per-kind table (prompt kind x colour / shape), the per-wording one, ``distinct``."""
+    """The per-kind tables (prompt kind x colour / shape; all wordings, then one-prompt questions),
+    the per-wording one, the ``distinct`` shares."""
     def cell(value):
         return '     -' if value is None else f'{value:>6.3f}'
 
@@ -164,12 +188,23 @@ def format_table(metrics: dict) -> str:
         return [f'  {name:<13} {cell(row["colour"])} {cell(row["shape"])}'
                 for name, row in table.items()]
 
+    def share(value):
+        return '-' if value is None else f'{value:.3f}'
+
     chance = metrics['chance']
+    # metrics.json files written before the one-prompt figures existed have the other lines only
+    one_prompt = ([] if 'by_kind_one_prompt' not in metrics else
+                  ['  prompt kind   colour  shape   (one prompt per question)',
+                   *rows(metrics['by_kind_one_prompt'])])
+    distinct_one_prompt = ('' if 'distinct_one_prompt' not in metrics else
+                           f'; one prompt per question: {share(metrics["distinct_one_prompt"])} '
+                           f'({metrics["num_distinct_cases_one_prompt"]} pairs)')
     return '\n'.join(
-        ['  prompt kind   colour  shape', *rows(metrics['by_kind']),
+        ['  prompt kind   colour  shape   (every wording)', *rows(metrics['by_kind']),
+         *one_prompt,
          '  wording       colour  shape', *rows(metrics['by_wording']),
-         f'  two objects that differ get different answers: {metrics["distinct"]:.3f} '
-         f'({metrics["num_distinct_cases"]} pairs)',
+         f'  two objects that differ get different answers: {share(metrics["distinct"])} '
+         f'({metrics["num_distinct_cases"]} pairs){distinct_one_prompt}',
          f'  {metrics["num_questions"]} questions on {metrics["num_images"]} images; chance '
          f'colour {chance["colour"]:.3f}, shape {chance["shape"]:.3f}'])
 
