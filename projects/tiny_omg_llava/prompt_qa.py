@@ -139,17 +139,19 @@ def summary(cases: list[dict]) -> dict:
     def accuracy(rows):
         return round(sum(r['correct'] for r in rows) / len(rows), 4) if rows else None
 
-    groups = defaultdict(list)
+    def per_kind(rows):
+        groups = defaultdict(list)
+        for case in rows:
+            groups[case['kind'], case['attribute']].append(case)
+        return {kind: {a: accuracy(groups[kind, a]) for a in ATTRIBUTES} for kind in PROMPT_KINDS}
+
+    by_wording_rows = defaultdict(list)
     for case in cases:
-        groups[case['kind'], case['attribute']].append(case)
-        groups[case['wording'], case['attribute']].append(case)
-        if case['wording'] in ONE_PROMPT_WORDINGS:
-            groups['one prompt', case['kind'], case['attribute']].append(case)
-    by_kind = {kind: {a: accuracy(groups[kind, a]) for a in ATTRIBUTES} for kind in PROMPT_KINDS}
-    by_kind_one_prompt = {kind: {a: accuracy(groups['one prompt', kind, a]) for a in ATTRIBUTES}
-                          for kind in PROMPT_KINDS}
-    by_wording = {w: {a: accuracy(groups[w, a]) for a in ATTRIBUTES} for w in WORDINGS
-                  if any(groups[w, a] for a in ATTRIBUTES)}
+        by_wording_rows[case['wording'], case['attribute']].append(case)
+    by_wording = {w: {a: accuracy(by_wording_rows[w, a]) for a in ATTRIBUTES} for w in WORDINGS
+                  if any(by_wording_rows[w, a] for a in ATTRIBUTES)}
+    by_kind = per_kind(cases)
+    by_kind_one_prompt = per_kind([c for c in cases if c['wording'] in ONE_PROMPT_WORDINGS])
     differing = differing_pairs(cases)
     one_prompt = [p for p in differing if p[0]['wording'] in ONE_PROMPT_WORDINGS]
     return dict(by_kind=by_kind, by_kind_one_prompt=by_kind_one_prompt, by_wording=by_wording,
