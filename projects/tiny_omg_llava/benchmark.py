@@ -2,7 +2,8 @@
 
     python projects/tiny_omg_llava/benchmark.py [--work-dir work_dirs/tiny_synthetic]
 
-Prints wall time and peak memory of every step, the first / last logged losses of the four
+Prints wall time and peak memory of every step, the binding part's tries and the language-stage
+LLM's binding checks (``name_binding.py``), the first / last logged losses of the four
 trainings, the held-out referring-segmentation metrics (also per expression kind, the share of
 answers repeating the expression, and the OMG-Seg pre-stage's own referring lookups:
 ``referring_figures.py``), the region-question accuracies next to chance and the colour / shape
@@ -94,6 +95,25 @@ def referring_breakdown(work_dir: str) -> dict:
                 repeated_expression=repeated_expression_share(rows), pre_stage=pre_stage)
 
 
+def name_binding_figures(work_dir: str) -> dict | None:
+    """The binding part's tries (``name_binding/binding_checks.json``, without their loss logs)
+    and the same checks of the language-stage LLM (``llm/``); ``None`` for a run without a binding
+    part (``--committed-stages``)."""
+    path = os.path.join(work_dir, 'name_binding', 'binding_checks.json')
+    if not os.path.exists(path):
+        return None
+    from name_binding import binding_checks
+
+    from omg_llava.models.llm import InternLM2ForCausalLM, InternLM2Tokenizer
+    recorded = _read_json(path)
+    folder = os.path.join(work_dir, 'llm')
+    llm = InternLM2ForCausalLM.from_pretrained(folder)
+    return dict(chosen_seed=recorded['chosen_seed'], passed=recorded['passed'],
+                tries=[{k: v for k, v in t.items() if k not in ('losses_every_50', 'llm')}
+                       for t in recorded['tries']],
+                language_stage=binding_checks(llm, InternLM2Tokenizer.from_pretrained(folder)))
+
+
 def report(work_dir: str) -> dict:
     """Print the figures of ``work_dir``, write ``curves.png`` and ``figures.json``; return the
     figures."""
@@ -113,9 +133,20 @@ def report(work_dir: str) -> dict:
     print('\nstep                    wall s   peak RSS so far (MiB)')
     for name, t in timings.items():
         print(f'{name:<22} {t["seconds"]:>7.0f}   {t["peak_rss_mib_so_far"]:>8}')
-    steps = ('language_stage', 'omg_seg_pre_stage', 'pretrain', 'finetune')
+    steps = ('name_binding', 'language_stage', 'omg_seg_pre_stage', 'pretrain', 'finetune')
     training = sum(timings[k]['seconds'] for k in steps if k in timings)
     print(f'training total          {training:>6.0f} s ({training / 60:.1f} min)')
+    binding = name_binding_figures(work_dir)
+    if binding:
+        print(f'\nbinding part ({len(binding["tries"])} tries; accuracy on held-out two-name '
+              'questions: its form, values scaled, every wording, three names):')
+        for t in binding['tries']:
+            print(f'  seed {t["seed"]}: {t["plain"]:.3f} / {t["scaled"]:.3f} / '
+                  f'{t["every_wording"]:.3f} / {t["three_names"]:.3f}'
+                  f'{"  (kept)" if t["seed"] == binding["chosen_seed"] else ""}')
+        checks = binding['language_stage']
+        print(f'  language-stage LLM: {checks["plain"]:.3f} / {checks["scaled"]:.3f} / '
+              f'{checks["every_wording"]:.3f} / {checks["three_names"]:.3f}')
     print('\nlosses (first logged → last logged)')
     for stage, series in curves.items():
         for name, points in sorted(series.items()):
@@ -144,7 +175,8 @@ def report(work_dir: str) -> dict:
     png = os.path.join(work_dir, 'curves.png')
     plot_curves(curves, png)
     print(f'\ntraining curves: {png}')
-    figures = dict(plan=plan, timings=timings, training_seconds=training, refseg=refseg,
+    figures = dict(plan=plan, timings=timings, training_seconds=training, name_binding=binding,
+                   refseg=refseg,
                    referring=referring, region_qa=region_qa, prompt_qa=prompt_qa,
                    losses={stage: {name: dict(first=points[0][1], last=points[-1][1])
                                    for name, points in s.items()}

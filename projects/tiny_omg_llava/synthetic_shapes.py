@@ -29,6 +29,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from binding_texts import BINDING_FILES, binding_file_rows
 # EXPRESSION_KINDS, CATEGORIES, expression_kind, referring_expressions, sample_scene: re-exported,
 # the generator's public face for image_use.py, referring_figures.py and the tests
 from shapes_expressions import (EXPRESSION_KINDS, Query, expression_kind,  # noqa: F401
@@ -261,6 +262,9 @@ def write_dataset(root: str, num_train: int, num_val: int, size: int = 128, seed
     for name, path in ANNOTATION_FILES.items():
         w.json(rows[name], *path.split('/'))
     w.json(list(KINDS), 'ade20k', 'ade20k_classes.json')
+    for name in BINDING_FILES:
+        rows[f'binding_{name}'] = binding_file_rows(name, num_train, seed)
+        w.json(rows[f'binding_{name}'], 'text_binding', f'{name}.json')
     chance = dict(colour=1 / len(COLOURS), kind=1 / len(KINDS),
                   colour_kind=1 / len(COLOURS) / len(KINDS))
     w.json(dict(colours=list(COLOURS), kinds=list(KINDS), chance=chance,
@@ -308,6 +312,8 @@ unlike polygons).
 | llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json | LLaVA, one caption turn | \
 {llava_pretrain} |
 | llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json | LLaVA, three turns | {llava_instruct} |
+| text_binding/{{first_wording,language,mixture}}.json | LLaVA, text only: names bound to values \
+(`binding_texts.py`) | {binding_first_wording}/{binding_language}/{binding_mixture} |
 | ade20k/ADEChallengeData2016/annotations/training/*.png | ADE-style label maps of the 4 kinds | \
 {ade20k} |
 | coco/annotations/instances_{{train,val}}2017.json | COCO instances of the train / val images \

@@ -9,7 +9,9 @@ Steps (each one a command a user could type; the script only chains them and tim
 1. ``synthetic_shapes.py`` writes the synthetic grounding data (train / held-out val / testA) into
    ``WORK_DIR/data/synthetic_shapes`` (the training steps run in WORK_DIR, where the configs'
    ``./data/`` points).
-2. ``xtuner train configs/tiny/llm_tiny_synthetic.py``: the language stage; its
+2. ``name_binding.py``: the binding part of the language stage (the LLM learns to look up a
+   name's value from the two-name text rows, from random init; checked, retried with the next seed),
+   then ``xtuner train configs/tiny/llm_tiny_synthetic.py`` from it: the language stage; its
    ``ExportStageOutputHook`` writes the LLM as a Hugging Face folder ``llm/`` (the tiny stand-in for
    ``internlm2-chat-7b``).
 3. ``xtuner train configs/tiny/omg_seg_tiny_synthetic.py``: the OMG-Seg pre-stage; its
@@ -29,7 +31,7 @@ Steps (each one a command a user could type; the script only chains them and tim
 (what the tiny synthetic config, ``tools/chat.py`` and ``tools/app.py`` load by default).
 ``--short`` trains far less (the CI test uses it) and never installs. ``--committed-stages`` runs
 steps 1 and 4-7 only, on the committed outputs of steps 2-3 (the language-stage LLM and the encoder
-of ``omg_llava/assets/tiny_synthetic/``).
+of ``omg_llava/assets/tiny_synthetic/``); ``--committed-encoder`` skips step 3 only.
 ``--processes`` (default 2 on 2 or more cores) runs each training stage data-parallel
 over that many CPU processes with the same batch per step (``CPUDataParallelRunner``,
 docs/training.md).
@@ -59,10 +61,13 @@ CHECKPOINT_NAME = 'omg_llava_tiny_synthetic.pth'
 PRETRAIN_CHECKPOINT_NAME = 'omg_llava_tiny_synthetic_pretrain.pth'
 
 #: images per split, iterations per stage, evaluated samples (None: the whole val split)
-FULL = dict(train=6000, val=100, test=50, language_iters=600, pre_iters=3000, pretrain_iters=2500,
-            finetune_iters=3500, refseg_samples=None, qa_samples=None, prompt_images=50)
-SHORT = dict(train=300, val=20, test=5, language_iters=200, pre_iters=800, pretrain_iters=60,
-             finetune_iters=500, refseg_samples=60, qa_samples=60, prompt_images=5)
+#: binding_tries: name_binding.py's tries (the short run keeps its one try whatever it reads)
+FULL = dict(train=6000, val=100, test=50, binding_iters=1000, binding_tries=6, language_iters=1000,
+            pre_iters=3000, pretrain_iters=2500, finetune_iters=3500, refseg_samples=None,
+            qa_samples=None, prompt_images=50)
+SHORT = dict(train=300, val=20, test=5, binding_iters=100, binding_tries=1, language_iters=200,
+             pre_iters=800, pretrain_iters=60, finetune_iters=500, refseg_samples=60,
+             qa_samples=60, prompt_images=5)
 
 
 def run_stage(name: str, command: list[str], timings: dict, log_dir: str, cwd: str = REPO_ROOT,
@@ -134,11 +139,12 @@ def _iterations(n: int) -> list[str]:
     return [f'train_cfg.max_iters={n}', f'param_scheduler.1.end={n}']
 
 
-def train(work_dir: str, plan: dict, processes: int = 1, committed_stages: bool = False) -> dict:
+def train(work_dir: str, plan: dict, processes: int = 1, committed_stages: bool = False,
+          committed_encoder: bool = False) -> dict:
     """Steps 1-5 into ``work_dir``, each training stage on ``processes`` CPU processes; returns the
     timings (also written to ``work_dir/timings.json``). ``committed_stages`` skips steps 2-3 and
     takes their outputs from ``omg_llava/assets/tiny_synthetic/`` (the committed language-stage LLM
-    and encoder).
+    and encoder); ``committed_encoder`` skips step 3 only.
 
     The training steps run with ``work_dir`` as working directory, so the configs'
     ``./data/synthetic_shapes/`` is ``work_dir/data/synthetic_shapes/``."""
@@ -166,13 +172,23 @@ def train(work_dir: str, plan: dict, processes: int = 1, committed_stages: bool 
                '--test',
                        str(plan['test'])], timings, logs)
     llm_dir = os.path.join(work_dir, LANGUAGE_MODEL_FOLDER)
-    encoder_dir = ASSET_DIR if committed_stages else os.path.join(work_dir, 'omg_seg')
+    committed_encoder = committed_encoder or committed_stages
+    encoder_dir = ASSET_DIR if committed_encoder else os.path.join(work_dir, 'omg_seg')
     if committed_stages:
         shutil.copytree(os.path.join(ASSET_DIR, LANGUAGE_MODEL_FOLDER), llm_dir, dirs_exist_ok=True)
     else:
-        run_training('language_stage', 'language', plan['language_iters'], [])
+        binding_dir = os.path.join(work_dir, 'name_binding')
+        run_stage('name_binding',
+                  [py, os.path.join(REPO_ROOT, 'projects/tiny_omg_llava/name_binding.py'),
+                   '--data-root', data_root, '--out', binding_dir, '--iters',
+                   str(plan['binding_iters']), '--tries', str(plan['binding_tries'])],
+                  timings, logs)
+        binding_llm = os.path.join(binding_dir, LANGUAGE_MODEL_FOLDER)
+        run_training('language_stage', 'language', plan['language_iters'],
+                     [f'model.llm.pretrained_model_name_or_path={binding_llm}'])
         shutil.copytree(os.path.join(work_dir, 'language', LANGUAGE_MODEL_FOLDER), llm_dir,
                         dirs_exist_ok=True)
+    if not committed_encoder:
         run_training('omg_seg_pre_stage', 'omg_seg', plan['pre_iters'], [])
     stage_inputs = ([f'model.visual_encoder.weights.{k}={os.path.join(encoder_dir, name)}'
                      for k, name in ENCODER_FILES.items()]
@@ -237,6 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help='skip the language stage and the OMG-Seg pre-stage: take the '
                              'committed LLM and encoder from omg_llava/assets/tiny_synthetic/ '
                              '(pretrain and finetune only)')
+    parser.add_argument('--committed-encoder', action='store_true',
+                        help='skip the OMG-Seg pre-stage only: take the committed encoder from '
+                             'omg_llava/assets/tiny_synthetic/')
     parser.add_argument('--processes', type=int, default=default_processes(),
                         help='CPU processes per training stage (data-parallel, one share of the '
                              'cores each; the batch per step stays the same); default 2 on 2 or '
@@ -247,7 +266,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.short and args.install:
         parser.error('--short trains a weaker model; it is never installed as the default')
     plan = SHORT if args.short else FULL
-    train(os.path.abspath(args.work_dir), plan, args.processes, args.committed_stages)
+    train(os.path.abspath(args.work_dir), plan, args.processes, args.committed_stages,
+          args.committed_encoder)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from benchmark import report
     figures = report(os.path.abspath(args.work_dir))

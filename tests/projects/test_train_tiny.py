@@ -65,3 +65,23 @@ def test_more_than_one_process_runs_xtuner_train_under_torchrun():
     assert '--nproc_per_node=2' in parallel and parallel[-3:] == ['CONFIG', '--launcher', 'pytorch']
     with pytest.raises(SystemExit):
         train_tiny.main(['--processes', '0'])
+
+
+def test_the_language_stage_starts_from_the_binding_parts_folder():
+    """Run alone in a work dir, the language config finds what name_binding.py wrote there (the
+    folder train_tiny.py also passes explicitly)."""
+    from omg_llava.models.language_model_trainer import LANGUAGE_MODEL_FOLDER
+    train_tiny = load_project_module('train_tiny')
+    cfg = Config.fromfile(str(REPO_ROOT / train_tiny.CONFIGS['language']))
+    assert cfg.model.llm.pretrained_model_name_or_path == f'./name_binding/{LANGUAGE_MODEL_FOLDER}'
+    datasets = cfg.train_dataloader.dataset.datasets
+    assert datasets[-1].data_path.endswith('text_binding/language.json')
+    assert list(cfg.train_dataloader.dataset.repeats) == [1] * (len(datasets) - 1) + [3]
+
+
+@pytest.mark.parametrize('stage', ['pretrain', 'finetune'])
+def test_the_pretrain_and_the_finetune_keep_binding_rows(stage):
+    train_tiny = load_project_module('train_tiny')
+    cfg = Config.fromfile(str(REPO_ROOT / train_tiny.CONFIGS[stage]))
+    paths = [d.get('data_path', '') for d in cfg.train_dataloader.dataset.datasets]
+    assert any(p.endswith('text_binding/mixture.json') for p in paths)
