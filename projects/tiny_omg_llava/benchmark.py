@@ -20,6 +20,7 @@ import sys
 from collections import defaultdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from name_binding import CHECK_NAMES  # noqa: E402
 from referring_figures import (evaluate_pre_stage, format_kind_figures, kind_figures,  # noqa: E402
                                read_predictions, repeated_expression_share)
 
@@ -108,7 +109,7 @@ def name_binding_figures(work_dir: str) -> dict | None:
     recorded = _read_json(path)
     folder = os.path.join(work_dir, 'llm')
     llm = InternLM2ForCausalLM.from_pretrained(folder)
-    return dict(chosen_seed=recorded['chosen_seed'], passed=recorded['passed'],
+    return dict(chosen_seeds=recorded['chosen_seeds'], passed=recorded['passed'],
                 tries=[{k: v for k, v in t.items() if k not in ('losses_every_50', 'llm')}
                        for t in recorded['tries']],
                 language_stage=binding_checks(llm, InternLM2Tokenizer.from_pretrained(folder)))
@@ -138,15 +139,14 @@ def report(work_dir: str) -> dict:
     print(f'training total          {training:>6.0f} s ({training / 60:.1f} min)')
     binding = name_binding_figures(work_dir)
     if binding:
-        print(f'\nbinding part ({len(binding["tries"])} tries; accuracy on held-out two-name '
-              'questions: its form, values scaled, every wording, three names):')
+        print(f'\nbinding part ({len(binding["tries"])} tries; held-out accuracy: region colours, '
+              'the same scaled, every form in the first wording, every wording, three names):')
         for t in binding['tries']:
-            print(f'  seed {t["seed"]}: {t["plain"]:.3f} / {t["scaled"]:.3f} / '
-                  f'{t["every_wording"]:.3f} / {t["three_names"]:.3f}'
-                  f'{"  (kept)" if t["seed"] == binding["chosen_seed"] else ""}')
+            kept = t['seed'] == binding['chosen_seeds'][t['part'] - 1]
+            print(f'  part {t["part"]} seed {t["seed"]}: '
+                  + ' / '.join(f'{t[k]:.3f}' for k in CHECK_NAMES) + ('  (kept)' if kept else ''))
         checks = binding['language_stage']
-        print(f'  language-stage LLM: {checks["plain"]:.3f} / {checks["scaled"]:.3f} / '
-              f'{checks["every_wording"]:.3f} / {checks["three_names"]:.3f}')
+        print('  language-stage LLM: ' + ' / '.join(f'{checks[k]:.3f}' for k in CHECK_NAMES))
     print('\nlosses (first logged → last logged)')
     for stage, series in curves.items():
         for name, points in sorted(series.items()):

@@ -45,8 +45,8 @@ def binding_turns(rng: np.random.Generator, names: int, questions: int, first_wo
             and colour or kind values (half each).
 
     Returns:
-        ``(turns, asked)``: the ``(question, answer)`` turns (the list opens the first question) and,
-        per turn, ``(asked entry counted from 0, its value word)``.
+        ``(turns, asked)``: the ``(question, answer)`` turns (the list opens the first question)
+        and, per turn, ``(asked entry counted from 0, its value word)``.
     """
     naming, name = NAMINGS['region' if narrow else ('region', 'mark')[int(rng.integers(2))]]
     attribute = 'colour' if narrow else ('colour', 'shape')[int(rng.integers(2))]
@@ -88,14 +88,17 @@ def binding_rows(seed: int, count: int, three_name_share: float, first_wording: 
 
 #: the binding files the data generator writes (under ``text_binding/``): name → the seed of its
 #: draw, its rows (``rows``, or ``rows_per_image`` training images, so that its share of a mixture
-#: stays the same in a shorter data set) and :func:`binding_rows`'s other arguments.
-#: ``first_wording`` is the binding part's (train_tiny.py step 2: two region names with a colour
-#: each, one wording, one question: the form the tiny LLM learns the binding from); ``language``
-#: joins the language stage's mixture (3 times: about 37% of its rows); ``mixture`` joins the
-#: pretrain's (40%) and the finetune's (about 6%), so that they keep the binding.
+#: stays the same in a shorter data set) and :func:`binding_rows`'s other arguments. The binding
+#: part (train_tiny.py step 2) learns from ``region_colour`` (two region names with a colour each,
+#: one wording, one question: the form the tiny LLM learns the lookup from) and then from
+#: ``first_wording`` (region and mark names, colours and kinds, the same wording);
+#: ``language`` joins the language stage's mixture (3 times: about a third of its rows);
+#: ``mixture`` joins the pretrain's (40%) and the finetune's (about 6%), so that they keep it.
 BINDING_FILES = {
-    'first_wording': dict(seed=0, rows=8000, three_name_share=0.0, first_wording=True,
+    'region_colour': dict(seed=0, rows=8000, three_name_share=0.0, first_wording=True,
                           max_questions=1, narrow=True),
+    'first_wording': dict(seed=3, rows=8000, three_name_share=0.0, first_wording=True,
+                          max_questions=1),
     'language': dict(seed=1, rows_per_image=2.0, three_name_share=0.3, first_wording=False,
                      max_questions=2),
     'mixture': dict(seed=2, rows_per_image=2 / 3, three_name_share=0.3, first_wording=False,

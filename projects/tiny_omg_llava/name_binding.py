@@ -2,20 +2,29 @@
 
 The tiny LLM must learn to look up what follows a name ("region2 red" → "What colour is region2?"
 → "It is red.") before the language stage, or two prompts in one question stay at chance after the
-finetune (docs/tiny_model.md, "Visual prompts"). It learns that from the two-name, one-wording rows
-of ``text_binding/first_wording.json`` (``binding_texts.py``) in a plain loop: rows drawn at random,
-AdamW with a one-cycle schedule. Whether a run learns it within its iterations depends on the
-initial draw (1 of 2 seeds within 1000 iterations), so the step runs tries side by side and keeps
-the first that passes the checks (seeds in order):
+finetune (docs/tiny_model.md, "Visual prompts"). It learns that from text rows
+(``binding_texts.py``) in a plain loop: rows drawn at random, AdamW with a one-cycle schedule, in
+two parts:
 
-* ``plain``: 200 held-out two-name questions in the binding part's form (region names, colours,
-  the first wording);
+1. from random init, ``text_binding/region_colour.json`` (two region names with a colour each, the
+   first wording). Whether a run learns the lookup within its iterations depends on the initial
+   draw (1 of 2 seeds within 1000 iterations), so tries run side by side and the first (in seed
+   order) that passes ``plain`` and ``scaled`` is kept;
+2. from it, ``text_binding/first_wording.json`` (region and mark names, colours and kinds): the
+   lookup learnt for colours does not carry over to kinds by itself, and rows of kinds alone make
+   the LLM forget the colours, so both. Two data orders run side by side; the first that passes
+   ``first_wording`` is kept.
+
+The checks (200 held-out questions each, two names unless said):
+
+* ``plain``: region names and colours, the first wording (part 1's form);
 * ``scaled``: the same with the value words' input embeddings multiplied by ``VALUE_SCALE``, the
   scale of the prompt embeddings the finetune feeds at those positions (norm about 70 where the
-  tiny LLM's word embeddings have about 0.3): an LLM that reads these binds prompts as well (an LLM
-  that did not lost the binding in the language stage);
-* ``every_wording`` and ``three_names``: 200 held-out two-name and three-name questions in every
-  naming, attribute and wording (reported; the language stage teaches them).
+  tiny LLM's word embeddings have about 0.3): an LLM that binds at that scale binds prompts as
+  well (one that did not lost the binding in the language stage);
+* ``first_wording``: every naming and attribute, the first wording (part 2's form);
+* ``every_wording`` and ``three_names``: every naming, attribute and wording, with two and with
+  three names (reported; the language stage teaches them).
 
 A question counts as right when the answer about the asked value is more likely than the answers
 about the other listed values (teacher-forced log-likelihood): chance is 1/2 with two names, 1/3
@@ -25,8 +34,8 @@ with three.
         --out WORK/name_binding
 
 writes ``OUT/llm/`` (a Hugging Face folder, the language stage's start; each try's in
-``OUT/try_<seed>/llm/``) and ``OUT/binding_checks.json`` (each try's seed, checks, losses and
-time).
+``OUT/part<k>_seed<seed>/llm/``) and ``OUT/binding_checks.json`` (each try's part, seed, checks,
+losses and time).
 """
 from __future__ import annotations
 
@@ -50,6 +59,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 LANGUAGE_CONFIG = os.path.join(REPO_ROOT, 'configs/tiny/llm_tiny_synthetic.py')
 VALUE_SCALE = 300.0  # prompt-embedding norm (about 70) / value-word embedding norm (about 0.25)
 CHECK_QUESTIONS = 200
+#: question forms of the checks → ``binding_turns``'s (first_wording, narrow)
+FORMS = {'region_colour': (True, True), 'first_wording': (True, False), 'every': (False, False)}
 
 
 def build_language_model(config_path: str, seed: int):
@@ -82,13 +93,12 @@ def _value_positions(ids: list[int], prompt_end: int, value_ids: list[list[int]]
 
 
 @torch.no_grad()
-def binding_accuracy(llm, tokenizer, names: int, value_scale: float = 1.0, narrow: bool = False,
+def binding_accuracy(llm, tokenizer, names: int, value_scale: float = 1.0, form: str = 'every',
                      questions: int = CHECK_QUESTIONS, seed: int = 0) -> float:
-    """Share of ``questions`` held-out binding questions (``names`` entries;
-    ``np.random.default_rng([6, seed, names, narrow])``) whose asked value's answer is the most
-    likely among the listed values' answers, with the listed values' input embeddings multiplied
-    by ``value_scale``. ``narrow``: the binding part's form (region names, colours, the first
-    wording); otherwise every naming, attribute and wording (``binding_texts.binding_turns``).
+    """Share of ``questions`` held-out binding questions (``names`` entries, of :data:`FORMS`
+    ``form``; ``np.random.default_rng([6, seed, names, k])`` for the k-th form) whose asked
+    value's answer is the most likely among the listed values' answers, with the listed values'
+    input embeddings multiplied by ``value_scale``.
 
     Args:
         llm: a causal LM taking ``inputs_embeds`` (B, S, D) and returning ``logits`` (B, S, V).
@@ -97,12 +107,13 @@ def binding_accuracy(llm, tokenizer, names: int, value_scale: float = 1.0, narro
     from binding_texts import VALUES, binding_turns
 
     from omg_llava.utils.conversation import Turn, encode_conversation
-    rng = np.random.default_rng([6, seed, names, int(narrow)])
+    first_wording, narrow = FORMS[form]
+    rng = np.random.default_rng([6, seed, names, list(FORMS).index(form)])
     embed = llm.get_input_embeddings()
     right = 0
     for _ in range(questions):
-        turns, asked = binding_turns(rng, names, 1, first_wording=narrow, narrow=narrow)
-        (question, answer), (_, value) = turns[0], asked[0]
+        turns, asked = binding_turns(rng, names, 1, first_wording, narrow)
+        question, value = turns[0][0], asked[0][1]
         words = next(w for w, _ in VALUES.values() if value in w)
         template = next(a for w, a in VALUES.values() if value in w)
         listed = [w for w in words if f' {w},' in question or f' {w}.' in question]
@@ -129,13 +140,15 @@ def binding_accuracy(llm, tokenizer, names: int, value_scale: float = 1.0, narro
 
 
 def binding_checks(llm, tokenizer, seed: int = 0) -> dict:
-    """The accuracies of the module docstring: ``plain`` and ``scaled`` (values ×
-    :data:`VALUE_SCALE`) in the binding part's form, ``every_wording`` and ``three_names`` in every
-    form."""
+    """The accuracies of the module docstring (``plain``, ``scaled``, ``first_wording``,
+    ``every_wording``, ``three_names``)."""
     was_training = llm.training
     llm.eval()
-    checks = dict(plain=binding_accuracy(llm, tokenizer, 2, narrow=True, seed=seed),
-                  scaled=binding_accuracy(llm, tokenizer, 2, VALUE_SCALE, narrow=True, seed=seed),
+    checks = dict(plain=binding_accuracy(llm, tokenizer, 2, form='region_colour', seed=seed),
+                  scaled=binding_accuracy(llm, tokenizer, 2, VALUE_SCALE, 'region_colour',
+                                          seed=seed),
+                  first_wording=binding_accuracy(llm, tokenizer, 2, form='first_wording',
+                                                 seed=seed),
                   every_wording=binding_accuracy(llm, tokenizer, 2, seed=seed),
                   three_names=binding_accuracy(llm, tokenizer, 3, seed=seed))
     llm.train(was_training)
@@ -172,18 +185,49 @@ def train_binding(model, rows_file: str, cfg, iters: int, batch: int, lr: float,
     return losses
 
 
-def binding_try(config: str, rows_file: str, out: str, iters: int, batch: int, lr: float,
-                seed: int, threads: int) -> dict:
-    """One try on ``threads`` threads: train from ``seed``, check, export to ``out/try_<seed>/``;
-    returns its record (seed, checks, losses, seconds, folder)."""
+def binding_try(config: str, rows_file: str, out: str, start: str | None, iters: int,
+                batch: int, lr: float, seed: int, threads: int) -> dict:
+    """One try on ``threads`` threads: from ``start`` (a Hugging Face folder; ``None``: random init
+    drawn from ``seed``), ``iters`` steps on ``rows_file`` in the data order of ``seed``, then the
+    checks; exports to ``out/``. Returns its record (seed, checks, losses, seconds, folder)."""
+    from omg_llava.models import LanguageModelTrainer
+    from omg_llava.models.llm import InternLM2ForCausalLM
     torch.set_num_threads(threads)
-    start = time.perf_counter()
+    began = time.perf_counter()
     model, cfg = build_language_model(config, seed)
+    if start is not None:
+        model = LanguageModelTrainer(llm=InternLM2ForCausalLM.from_pretrained(start),
+                                     tokenizer=model.tokenizer)
     losses = train_binding(model, rows_file, cfg, iters, batch, lr, seed)
     checks = binding_checks(model.llm, model.tokenizer)
-    folder = model.export(os.path.join(out, f'try_{seed}'))[0]
-    return dict(seed=seed, seconds=round(time.perf_counter() - start, 1), losses_every_50=losses,
+    folder = model.export(out)[0]
+    return dict(seed=seed, seconds=round(time.perf_counter() - began, 1), losses_every_50=losses,
                 llm=folder, **checks)
+
+
+def run_tries(part: int, jobs: list[tuple], parallel: int, passes) -> tuple[dict, list[dict]]:
+    """Run ``binding_try`` argument tuples ``parallel`` at a time until one passes; returns the
+    first that passed in order (else the best by ``passes``' score) and every record."""
+    tries: list[dict] = []
+    while jobs and not any(t['passed'] for t in tries):
+        batch, jobs = jobs[:parallel], jobs[parallel:]
+        if len(batch) == 1:
+            results = [binding_try(*batch[0])]
+        else:
+            with multiprocessing.get_context('spawn').Pool(len(batch)) as pool:
+                results = pool.starmap(binding_try, batch)
+        for record in results:
+            record.update(part=part, passed=passes(record) >= 1)
+            tries.append(record)
+            print(f'[name binding] part {part}, seed {record["seed"]}: '
+                  + ', '.join(f'{k} {record[k]:.3f}' for k in CHECK_NAMES)
+                  + f' ({"passed" if record["passed"] else "failed"}, {record["seconds"]:.0f} s)',
+                  flush=True)
+    chosen = next((t for t in tries if t['passed']), max(tries, key=passes))
+    return chosen, tries
+
+
+CHECK_NAMES = ('plain', 'scaled', 'first_wording', 'every_wording', 'three_names')
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -192,60 +236,58 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--out', required=True, help='writes OUT/llm/ and OUT/binding_checks.json')
     parser.add_argument('--config', default=LANGUAGE_CONFIG,
                         help='the language stage config (architecture, tokenizer, max_length)')
-    parser.add_argument('--iters', type=int, default=1000, help='steps per try')
+    parser.add_argument('--iters', type=int, nargs=2, default=(1000, 1500),
+                        metavar=('PART1', 'PART2'), help='steps per try of each part')
     parser.add_argument('--batch', type=int, default=8, help='rows per step')
     parser.add_argument('--lr', type=float, default=1e-3, help='peak learning rate')
     parser.add_argument('--seed', type=int, default=0, help='seed of the first try')
     parser.add_argument('--tries', type=int, default=6,
-                        help='tries at most (seeds SEED, SEED + 1, ...) until one passes the checks')
+                        help="part 1's tries at most (seeds SEED, SEED + 1, ...) until one passes; "
+                             'part 2 tries --parallel data orders')
     parser.add_argument('--parallel', type=int, default=min(2, os.cpu_count() or 1),
                         help='tries run side by side (one share of the cores each); default 2 on '
                              '2 or more cores')
     parser.add_argument('--min-plain', type=float, default=0.9,
-                        help='two-name accuracy a try must reach')
+                        help="part 1: the accuracy of its form a try must reach")
     parser.add_argument('--min-scaled', type=float, default=0.75,
-                        help='two-name accuracy with the values scaled a try must reach')
+                        help='part 1: the same with the values scaled')
+    parser.add_argument('--min-first-wording', type=float, default=0.9,
+                        help="part 2: the accuracy of its form a try must reach")
     args = parser.parse_args(argv)
-    rows_file = os.path.join(args.data_root, 'text_binding', 'first_wording.json')
-    if not os.path.isfile(rows_file):
-        parser.error(f'{rows_file} not found: write the data with synthetic_shapes.py first')
-    if min(args.tries, args.parallel, args.iters) < 1:
+    rows = {name: os.path.join(args.data_root, 'text_binding', f'{name}.json')
+            for name in ('region_colour', 'first_wording')}
+    for path in rows.values():
+        if not os.path.isfile(path):
+            parser.error(f'{path} not found: write the data with synthetic_shapes.py first')
+    if min(args.tries, args.parallel, *args.iters) < 1:
         parser.error('--tries, --parallel and --iters must be at least 1')
     threads = max(1, (os.cpu_count() or 1) // args.parallel)
-    tries = []
-    seeds = list(range(args.seed, args.seed + args.tries))
-    while seeds and not any(t['passed'] for t in tries):
-        round_seeds, seeds = seeds[:args.parallel], seeds[args.parallel:]
-        jobs = [(args.config, rows_file, args.out, args.iters, args.batch, args.lr, seed, threads)
-                for seed in round_seeds]
-        if len(jobs) == 1:
-            results = [binding_try(*jobs[0])]
-        else:
-            context = multiprocessing.get_context('spawn')
-            with context.Pool(len(jobs)) as pool:
-                results = pool.starmap(binding_try, jobs)
-        for record in results:
-            record['passed'] = (record['plain'] >= args.min_plain
-                                and record['scaled'] >= args.min_scaled)
-            tries.append(record)
-            print(f'[name binding] seed {record["seed"]}: plain {record["plain"]:.3f}, scaled '
-                  f'{record["scaled"]:.3f}, every wording {record["every_wording"]:.3f}, three '
-                  f'names {record["three_names"]:.3f} ({"passed" if record["passed"] else "failed"}'
-                  f', {record["seconds"]:.0f} s)', flush=True)
-    # the first try that passed, else the best
-    chosen = next((t for t in tries if t['passed']),
-                  max(tries, key=lambda t: t['plain'] + t['scaled']))
+
+    def jobs(part: int, start: str | None, seeds: range) -> list[tuple]:
+        return [(args.config, rows[('region_colour', 'first_wording')[part - 1]],
+                 os.path.join(args.out, f'part{part}_seed{seed}'), start, args.iters[part - 1],
+                 args.batch, args.lr, seed, threads) for seed in seeds]
+
+    first, tries = run_tries(
+        1, jobs(1, None, range(args.seed, args.seed + args.tries)), args.parallel,
+        lambda t: min(t['plain'] / args.min_plain, t['scaled'] / args.min_scaled))
+    second, more = run_tries(
+        2, jobs(2, first['llm'], range(args.seed, args.seed + args.parallel)), args.parallel,
+        lambda t: min(t['first_wording'] / args.min_first_wording,
+                      t['scaled'] / args.min_scaled))
     folder = os.path.join(args.out, LANGUAGE_MODEL_FOLDER)
     if os.path.isdir(folder):
         shutil.rmtree(folder)
-    shutil.copytree(chosen['llm'], folder)
-    result = dict(tries=tries, passed=chosen['passed'], chosen_seed=chosen['seed'], llm=folder,
-                  thresholds=dict(plain=args.min_plain, scaled=args.min_scaled))
+    shutil.copytree(second['llm'], folder)
+    result = dict(tries=tries + more, passed=first['passed'] and second['passed'],
+                  chosen_seeds=[first['seed'], second['seed']], llm=folder,
+                  thresholds=dict(plain=args.min_plain, scaled=args.min_scaled,
+                                  first_wording=args.min_first_wording))
     with open(os.path.join(args.out, 'binding_checks.json'), 'w', encoding='utf-8') as f:
         json.dump(result, f, indent=2)
-    if not chosen['passed']:
-        print(f'[name binding] no try passed the checks; kept the best (seed {chosen["seed"]}): '
-              'two prompts in one question will likely stay at chance', flush=True)
+    if not result['passed']:
+        print('[name binding] a part had no try that passed its checks; kept the best: two '
+              'prompts in one question will likely stay at chance', flush=True)
     return result
 
 

@@ -312,8 +312,9 @@ unlike polygons).
 | llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json | LLaVA, one caption turn | \
 {llava_pretrain} |
 | llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json | LLaVA, three turns | {llava_instruct} |
-| text_binding/{{first_wording,language,mixture}}.json | LLaVA, text only: names bound to values \
-(`binding_texts.py`) | {binding_first_wording}/{binding_language}/{binding_mixture} |
+| text_binding/{{region_colour,first_wording,language,mixture}}.json | LLaVA, text only: names \
+bound to values (`binding_texts.py`) | \
+{binding_region_colour}/{binding_first_wording}/{binding_language}/{binding_mixture} |
 | ade20k/ADEChallengeData2016/annotations/training/*.png | ADE-style label maps of the 4 kinds | \
 {ade20k} |
 | coco/annotations/instances_{{train,val}}2017.json | COCO instances of the train / val images \

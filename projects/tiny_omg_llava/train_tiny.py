@@ -61,13 +61,14 @@ CHECKPOINT_NAME = 'omg_llava_tiny_synthetic.pth'
 PRETRAIN_CHECKPOINT_NAME = 'omg_llava_tiny_synthetic_pretrain.pth'
 
 #: images per split, iterations per stage, evaluated samples (None: the whole val split)
-#: binding_tries: name_binding.py's tries (the short run keeps its one try whatever it reads)
-FULL = dict(train=6000, val=100, test=50, binding_iters=1000, binding_tries=6, language_iters=1000,
-            pre_iters=3000, pretrain_iters=2500, finetune_iters=3500, refseg_samples=None,
-            qa_samples=None, prompt_images=50)
-SHORT = dict(train=300, val=20, test=5, binding_iters=100, binding_tries=1, language_iters=200,
-             pre_iters=800, pretrain_iters=60, finetune_iters=500, refseg_samples=60,
-             qa_samples=60, prompt_images=5)
+#: binding_iters / binding_tries: name_binding.py's steps per part and part-1 tries (the short run
+#: keeps its one try whatever it reads)
+FULL = dict(train=6000, val=100, test=50, binding_iters=(1000, 1500), binding_tries=6,
+            language_iters=1000, pre_iters=3000, pretrain_iters=2500, finetune_iters=3500,
+            refseg_samples=None, qa_samples=None, prompt_images=50)
+SHORT = dict(train=300, val=20, test=5, binding_iters=(100, 100), binding_tries=1,
+             language_iters=200, pre_iters=800, pretrain_iters=60, finetune_iters=500,
+             refseg_samples=60, qa_samples=60, prompt_images=5)
 
 
 def run_stage(name: str, command: list[str], timings: dict, log_dir: str, cwd: str = REPO_ROOT,
@@ -181,7 +182,7 @@ def train(work_dir: str, plan: dict, processes: int = 1, committed_stages: bool 
         run_stage('name_binding',
                   [py, os.path.join(REPO_ROOT, 'projects/tiny_omg_llava/name_binding.py'),
                    '--data-root', data_root, '--out', binding_dir, '--iters',
-                   str(plan['binding_iters']), '--tries', str(plan['binding_tries'])],
+                   *map(str, plan['binding_iters']), '--tries', str(plan['binding_tries'])],
                   timings, logs)
         binding_llm = os.path.join(binding_dir, LANGUAGE_MODEL_FOLDER)
         run_training('language_stage', 'language', plan['language_iters'],

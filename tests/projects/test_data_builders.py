@@ -4,7 +4,8 @@ modules (issue 27): a recorded-value regression test guarding that refactor.
 ``tests/data/tiny_data_hashes.json`` holds the SHA-256 of every file that the single-file builders
 (commit c3ddb82, Osprey regions under 'annotation') wrote: ``synthetic_shapes.write_dataset`` with 3
 train / 2 val / 1 testA images and seed 5, and ``build_tiny_data.build_tiny_data`` with seed 3. A
-deliberate change of the generated data re-records it.
+deliberate change of the generated data re-records it: the synthetic set was re-recorded when it
+gained ``text_binding/`` (issue 26; every other file kept its bytes, README.md lists the new files).
 """
 from __future__ import annotations
 

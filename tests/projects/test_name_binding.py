@@ -7,9 +7,8 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import REPO_ROOT, load_project_module
+from conftest import load_project_module
 from omg_llava.datasets.llava import LLaVADataset
 
 LIST = re.compile(r'^There are some (regions|marks): (.*)\.\n')
@@ -102,6 +101,9 @@ def test_an_untrained_llm_binds_at_chance():
                                                    questions=60)
               for names in (2, 3)}
     assert 0.25 < checks[2] < 0.75 and 0.1 < checks[3] < 0.6
+    scaled = name_binding.binding_accuracy(model.llm, model.tokenizer, 2, 300.0,
+                                           form='region_colour', questions=60)
+    assert 0.25 < scaled < 0.75
 
 
 def test_the_binding_part_lowers_its_loss_and_writes_a_loadable_folder(tmp_path):
@@ -109,9 +111,12 @@ def test_the_binding_part_lowers_its_loss_and_writes_a_loadable_folder(tmp_path)
     gen.write_dataset(str(tmp_path / 'data'), 1, 1, num_test=1)
     name_binding = load_project_module('name_binding')
     result = name_binding.main(['--data-root', str(tmp_path / 'data'), '--out',
-                                str(tmp_path / 'out'), '--iters', '100', '--tries', '1'])
+                                str(tmp_path / 'out'), '--iters', '100', '50', '--tries', '1',
+                                '--parallel', '1'])
+    assert [(t['part'], t['seed']) for t in result['tries']] == [(1, 0), (2, 0)]
     losses = result['tries'][0]['losses_every_50']
     assert len(losses) == 2 and losses[1] < losses[0]
+    assert len(result['tries'][1]['losses_every_50']) == 1
     from omg_llava.models.llm import InternLM2ForCausalLM
     llm = InternLM2ForCausalLM.from_pretrained(result['llm'])
     from omg_llava.models.special_tokens import add_special_tokens
@@ -119,5 +124,6 @@ def test_the_binding_part_lowers_its_loss_and_writes_a_loadable_folder(tmp_path)
     from omg_llava.models.llm import InternLM2Tokenizer
     sized = add_special_tokens(InternLM2Tokenizer.from_pretrained(TINY_TOKENIZER_DIR))
     assert llm.get_input_embeddings().num_embeddings == sized.num_embeddings  # no resize later
-    assert json.loads((tmp_path / 'out' / 'binding_checks.json').read_text())['tries'][0]['seed'] == 0
+    recorded = json.loads((tmp_path / 'out' / 'binding_checks.json').read_text())
+    assert recorded['chosen_seeds'] == [0, 0]
     assert np.isfinite(result['tries'][0]['plain'])
