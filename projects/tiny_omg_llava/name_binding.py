@@ -8,12 +8,12 @@ two parts:
 
 1. from random init, ``text_binding/region_colour.json`` (two region names with a colour each, the
    first wording). Whether a run learns the lookup within its iterations depends on the initial
-   draw (1 of 2 seeds within 1000 iterations), so tries run side by side and the first (in seed
-   order) that passes ``plain`` and ``scaled`` is kept;
+   draw (1 of 2 seeds within 1000 iterations), so tries run side by side until one passes
+   ``plain`` and ``scaled``, and the best try that passed is kept;
 2. from it, ``text_binding/first_wording.json`` (region and mark names, colours and kinds): the
    lookup learnt for colours does not carry over to kinds by itself, and rows of kinds alone make
-   the LLM forget the colours, so both. Two data orders run side by side; the first that passes
-   ``first_wording`` is kept.
+   the LLM forget the colours, so both. Two data orders run side by side; the better one that
+   passes ``first_wording`` (and still ``scaled``) is kept.
 
 The checks (200 held-out questions each, two names unless said):
 
@@ -207,7 +207,7 @@ def binding_try(config: str, rows_file: str, out: str, start: str | None, iters:
 
 def run_tries(part: int, jobs: list[tuple], parallel: int, passes) -> tuple[dict, list[dict]]:
     """Run ``binding_try`` argument tuples ``parallel`` at a time until one passes; returns the
-    first that passed in order (else the best by ``passes``' score) and every record."""
+    best by ``passes``' score among those that passed (else among all) and every record."""
     tries: list[dict] = []
     while jobs and not any(t['passed'] for t in tries):
         batch, jobs = jobs[:parallel], jobs[parallel:]
@@ -223,7 +223,7 @@ def run_tries(part: int, jobs: list[tuple], parallel: int, passes) -> tuple[dict
                   + ', '.join(f'{k} {record[k]:.3f}' for k in CHECK_NAMES)
                   + f' ({"passed" if record["passed"] else "failed"}, {record["seconds"]:.0f} s)',
                   flush=True)
-    chosen = next((t for t in tries if t['passed']), max(tries, key=passes))
+    chosen = max((t for t in tries if t['passed']), key=passes, default=max(tries, key=passes))
     return chosen, tries
 
 
