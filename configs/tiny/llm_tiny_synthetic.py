@@ -23,6 +23,11 @@ with read_base():
 
 max_iters = 1000
 warmup_iters = 20
+# half the finetune's rate: at 1e-3 the stage unlearnt part of the binding part's lookup (two names
+# in every form 0.785, three 0.245, on the same start); 5e-4 kept it (0.905, three 0.545), 3e-4
+# kept it too but fitted the long GCG rows worse (docs/tiny_model_history.md, "Run J")
+lr = 5e-4
+optim_wrapper.optimizer.lr = lr
 
 # the binding part's Hugging Face folder (train_tiny.py points this at WORK_DIR/name_binding/llm)
 name_binding_llm = './name_binding/llm'
