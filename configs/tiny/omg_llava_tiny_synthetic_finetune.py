@@ -119,8 +119,6 @@ refer = dict(type=ReferSegDataset, data_root=data_root + 'ref_seg/', dataset='re
              split_by='unc',
              image_folder=coco2014_train, sampling='refs', questions=TINY_REFERRING_SEG_QUESTIONS,
              **common)
-binding_rows = dict(type=LLaVADataset, data_path=data_root + 'text_binding/mixture.json',
-                    image_folder='', **common)
 train_dataset = dict(
     type=CombinedDataset,
     datasets=[
@@ -140,14 +138,10 @@ train_dataset = dict(
         dict(type=PromptConversationDataset,
              annotation_file=data_root + 'visual_prompts/prompt_conversation.json',
              image_folder=coco2014_train, **common),
-        # text only: names bound to values ("There are some regions: region1 red, region2 blue."
-        # + "What colour is region2?"), which the two-prompt questions need; the LLM learnt them
-        # in the language stage and keeps them with these rows (about 10% of the mixture)
-        binding_rows,
     ],
     shuffle_seed=42,
     # the referring rows: their answers repeat the question's words
-    text_only_lm=[True, True, False, False, False, False, False])
+    text_only_lm=[True, True, False, False, False, False])
 # assignment, not update(): update() would merge into the inherited mixture
 train_dataloader.dataset = train_dataset
 train_dataloader.batch_size = batch_size

@@ -27,15 +27,12 @@ evaluation_inputs = ['Describe the image briefly.']
 # text-only LM loss)
 model.update(stage='pretrain', pretrained_pth=None, freeze_llm=False, auxiliary_losses=[])
 
-# the captions, and the finetune's text-only binding rows (40% of the rows): trained on captions
-# alone, the whole LLM forgets the names it bound in the language stage (docs/tiny_model.md)
 train_dataloader.dataset = dict(
-    type=CombinedDataset,
-    datasets=[dict(type=LLaVADataset,
-                   data_path=data_root + 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json',
-                   image_folder=data_root + 'llava_data/LLaVA-Pretrain/images', **common),
-              binding_rows],
-    shuffle_seed=42)
+    type=LLaVADataset,
+    data_path=data_root + 'llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json',
+    image_folder=data_root + 'llava_data/LLaVA-Pretrain/images',
+    **common,
+)
 train_dataloader.sampler = dict(type=DefaultSampler, shuffle=True)
 
 param_scheduler = [

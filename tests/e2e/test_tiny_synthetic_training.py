@@ -1,9 +1,9 @@
-"""The short CI version of the trained tiny default (projects/tiny_omg_llava/train_tiny.py
---short): synthetic data → binding part → language stage → OMG-Seg pre-stage → pretrain →
-finetune, each through `xtuner train`, then tools/test.py on held-out images. The losses must
-fall, and the held-out answers must show what training taught: a [SEG] mask for (almost) every
-referring expression and a cIoU above the untrained pipeline's, which is exactly 0 (same trained
-encoder, random LLM and projectors: it never answers with a [SEG]).
+"""The short CI version of the trained tiny default (projects/tiny_omg_llava/train_tiny.py --short):
+synthetic data → language stage → OMG-Seg pre-stage → pretrain → finetune, each through `xtuner
+train`, then tools/test.py on held-out images. The losses must fall, and the held-out answers must
+show what training taught: a [SEG] mask for (almost) every referring expression and a cIoU above the
+untrained pipeline's, which is exactly 0 (same trained encoder, random LLM and projectors: it never
+answers with a [SEG]).
 
 The floor (0.05) is about half of what the short run measured (0.101 on 60 at these lengths; the
 previous recipe's shorter run scored 0.200-0.215). Not asserted, because it was not re-measured on
@@ -60,13 +60,8 @@ def test_every_stage_learns(short_run):
         assert last < ratio * first, (stage, name, first, last)
     assert (work_dir / 'curves.png').stat().st_size > 10_000
     for name in (train_tiny.CHECKPOINT_NAME, *train_tiny.ENCODER_FILES.values(), 'llm/config.json',
-                 'llm/model.safetensors', 'name_binding/llm/model.safetensors'):
+                 'llm/model.safetensors'):
         assert (work_dir / name).is_file(), name
-    # the binding part's check ran on its try and on the language-stage LLM (values in [0, 1])
-    binding = figures['name_binding']
-    assert [(t['part'], t['seed']) for t in binding['tries']][0] == (1, 0)
-    assert {t['part'] for t in binding['tries']} == {1, 2}
-    assert all(0 <= v <= 1 for v in binding['language_stage'].values())
     assert figures['timings']['finetune']['seconds'] > 0
 
 

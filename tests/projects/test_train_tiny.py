@@ -67,21 +67,55 @@ def test_more_than_one_process_runs_xtuner_train_under_torchrun():
         train_tiny.main(['--processes', '0'])
 
 
-def test_the_language_stage_starts_from_the_binding_parts_folder():
-    """Run alone in a work dir, the language config finds what name_binding.py wrote there (the
-    folder train_tiny.py also passes explicitly)."""
+def test_the_name_binding_language_stage_starts_from_the_binding_parts_folder():
+    """Run alone in a work dir, the variant's language config finds what name_binding.py wrote
+    there (the folder train_tiny.py --name-binding also passes explicitly)."""
     from omg_llava.models.language_model_trainer import LANGUAGE_MODEL_FOLDER
     train_tiny = load_project_module('train_tiny')
-    cfg = Config.fromfile(str(REPO_ROOT / train_tiny.CONFIGS['language']))
+    cfg = Config.fromfile(str(REPO_ROOT / train_tiny.NAME_BINDING_CONFIGS['language']))
     assert cfg.model.llm.pretrained_model_name_or_path == f'./name_binding/{LANGUAGE_MODEL_FOLDER}'
     datasets = cfg.train_dataloader.dataset.datasets
     assert datasets[-1].data_path.endswith('text_binding/language.json')
     assert list(cfg.train_dataloader.dataset.repeats) == [1] * (len(datasets) - 1) + [3]
+    assert int(cfg.train_cfg.max_iters) == train_tiny.FULL['binding_language_iters']
 
 
 @pytest.mark.parametrize('stage', ['pretrain', 'finetune'])
-def test_the_pretrain_and_the_finetune_keep_binding_rows(stage):
+def test_the_name_binding_pretrain_and_finetune_keep_binding_rows(stage):
     train_tiny = load_project_module('train_tiny')
-    cfg = Config.fromfile(str(REPO_ROOT / train_tiny.CONFIGS[stage]))
+    default = Config.fromfile(str(REPO_ROOT / train_tiny.CONFIGS[stage]))
+    cfg = Config.fromfile(str(REPO_ROOT / train_tiny.NAME_BINDING_CONFIGS[stage]))
     paths = [d.get('data_path', '') for d in cfg.train_dataloader.dataset.datasets]
-    assert any(p.endswith('text_binding/mixture.json') for p in paths)
+    assert paths[-1].endswith('text_binding/mixture.json')
+    default_loader = default.train_dataloader
+    # the rest as in the installed recipe
+    assert cfg.train_cfg == default.train_cfg and cfg.model == default.model
+    assert cfg.train_dataloader.sampler == default_loader.sampler
+
+
+def test_name_binding_runs_are_never_installed():
+    train_tiny = load_project_module('train_tiny')
+    for extra in (['--install'], ['--committed-stages']):
+        with pytest.raises(SystemExit) as exc:
+            train_tiny.main(['--name-binding', *extra])
+        assert exc.value.code == 2
+
+
+def test_a_stage_that_crashed_after_its_final_checkpoint_counts_as_finished(tmp_path):
+    train_tiny = load_project_module('train_tiny')
+    stage = tmp_path / 'finetune'
+    stage.mkdir()
+    assert not train_tiny.stage_finished(str(stage), 500)  # nothing saved
+    (stage / 'iter_500.pth').write_bytes(b'x')
+    (stage / 'last_checkpoint').write_text(str(stage / 'iter_400.pth'))
+    assert not train_tiny.stage_finished(str(stage), 500)  # an earlier checkpoint
+    (stage / 'last_checkpoint').write_text(str(stage / 'iter_500.pth'))
+    assert train_tiny.stage_finished(str(stage), 500)
+    language = tmp_path / 'language'
+    language.mkdir()
+    (language / 'iter_500.pth').write_bytes(b'x')
+    (language / 'last_checkpoint').write_text(str(language / 'iter_500.pth'))
+    assert not train_tiny.stage_finished(str(language), 500)  # llm/ not exported yet
+    (language / 'llm').mkdir()
+    (language / 'llm' / 'config.json').write_text('{}')
+    assert train_tiny.stage_finished(str(language), 500)
